@@ -1,0 +1,66 @@
+"""One rooted error hierarchy with two channels.
+
+* Caller and configuration mistakes (a bad config key, a pack whose checksum does not
+  match, a backend that is not installed) raise subclasses of :class:`EdgeWorkerError`
+  early, before the daemon reports ready.
+* Expected runtime conditions (a file that is not DICOM, a truncated pixel stream) are
+  :class:`Rejection` values carrying a :class:`RejectReason`.  The daemon turns them into a
+  quarantine entry and an error message; it never dies on them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class EdgeWorkerError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(EdgeWorkerError):
+    """The configuration (file or flags) is invalid; the message names the key and line."""
+
+
+class PackError(EdgeWorkerError):
+    """A model pack is missing, malformed, or fails its integrity check."""
+
+
+class BackendError(EdgeWorkerError):
+    """No inference backend could be created; the message lists every failure."""
+
+
+class RejectReason(str, enum.Enum):
+    """Why an input file produced no verdict.  The values are stable: dashboards key on them."""
+
+    NOT_DICOM = "not_dicom"
+    UNREADABLE = "unreadable"
+    NO_PIXEL_DATA = "no_pixel_data"
+    TRUNCATED_PIXEL_DATA = "truncated_pixel_data"
+    UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
+    DECODE_FAILED = "decode_failed"
+    FOR_PROCESSING = "for_processing"
+    MULTI_FRAME = "multi_frame"
+    UNSUPPORTED_MODALITY = "unsupported_modality"
+    UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
+    TOO_LARGE = "too_large"
+    TOO_SMALL = "too_small"
+    INCOMPLETE_FILE = "incomplete_file"
+    NO_PACK_FOR_BODY_PART = "no_pack_for_body_part"
+    INFERENCE_FAILED = "inference_failed"
+
+
+class Rejection(EdgeWorkerError):
+    """An input the worker cannot judge, with a typed reason and a human-readable detail.
+
+    It is an exception so that deep decode code can raise it, but the daemon treats it as a
+    value: it is caught at the file boundary, quarantined and published, never re-raised.
+    """
+
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+    def as_dict(self) -> dict[str, str]:
+        """The rejection as the JSON-ready ``{"reason": ..., "detail": ...}`` pair."""
+        return {"reason": self.reason.value, "detail": self.detail}

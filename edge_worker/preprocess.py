@@ -1,0 +1,159 @@
+"""Geometry and tensor preparation shared by training (``models/``) and the worker.
+
+Training imports these functions so that a network sees exactly the pixels at training time
+that it will see on the box: one implementation, no train/serve skew.  Everything here is a
+pure function of numpy arrays; nothing imports torch.
+
+Coordinates are image pixels, x to the right and y down.  A :class:`RotatedBox` follows
+OpenCV's ``minAreaRect`` convention, normalised so that ``width >= height`` (the long side is
+the box's horizontal axis once the crop is rotated upright, as in the ankle paper, section 5.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: Longest side of the working copy that every stage is fed from.  The networks need at most
+#: a few hundred pixels; reducing a 3000x3000 radiograph once keeps every later step cheap.
+WORKING_MAX_SIDE = 512
+
+
+@dataclass(frozen=True)
+class RotatedBox:
+    """A rotated rectangle: centre, size and angle in degrees (OpenCV convention)."""
+
+    cx: float
+    cy: float
+    width: float
+    height: float
+    angle_deg: float
+
+    def corners(self) -> np.ndarray:
+        """The four corners as a ``(4, 2)`` float32 array, in OpenCV's ``boxPoints`` order."""
+        return cv2.boxPoints(((self.cx, self.cy), (self.width, self.height), self.angle_deg)).astype(
+            np.float32
+        )
+
+    def bounds(self) -> tuple[float, float, float, float]:
+        """The axis-aligned bounding box ``(x0, y0, x1, y1)`` of the rotated box."""
+        pts = self.corners()
+        return (
+            float(pts[:, 0].min()),
+            float(pts[:, 1].min()),
+            float(pts[:, 0].max()),
+            float(pts[:, 1].max()),
+        )
+
+    def scaled(self, sx: float, sy: float) -> RotatedBox:
+        """The same box in a coordinate frame scaled by ``sx`` along x and ``sy`` along y."""
+        return box_from_points(self.corners() * np.array([sx, sy], dtype=np.float32))
+
+
+def normalise_box(
+    cx: float, cy: float, width: float, height: float, angle_deg: float
+) -> RotatedBox:
+    """Canonical form: ``width >= height`` and the angle folded into ``(-90, 90]``."""
+    if height > width:
+        width, height = height, width
+        angle_deg += 90.0
+    angle = (angle_deg + 90.0) % 180.0 - 90.0
+    if angle <= -90.0:
+        angle += 180.0
+    return RotatedBox(float(cx), float(cy), float(width), float(height), float(angle))
+
+
+def box_from_points(points: np.ndarray) -> RotatedBox:
+    """The minimum-area rectangle around a set of ``(N, 2)`` points."""
+    (cx, cy), (w, h), angle = cv2.minAreaRect(points.astype(np.float32).reshape(-1, 1, 2))
+    return normalise_box(cx, cy, w, h, angle)
+
+
+def working_image(image: np.ndarray, max_side: int = WORKING_MAX_SIDE) -> tuple[np.ndarray, float]:
+    """Reduce a normalised image so that its longest side is at most ``max_side``.
+
+    Returns the reduced float32 image and the factor ``working / original`` (1.0 when the image
+    was already small enough).  Area interpolation avoids the aliasing of plain subsampling.
+    """
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / float(max(h, w)))
+    if scale >= 1.0:
+        return np.ascontiguousarray(image, dtype=np.float32), 1.0
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image.astype(np.float32, copy=False), size, interpolation=cv2.INTER_AREA), scale
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a 2-D float image to ``height x width`` (area when shrinking, linear otherwise)."""
+    h, w = image.shape[:2]
+    if (h, w) == (height, width):
+        return image.astype(np.float32, copy=False)
+    shrinking = height < h or width < w
+    interp = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image.astype(np.float32, copy=False), (width, height), interpolation=interp)
+
+
+def to_tensor(
+    image: np.ndarray, height: int, width: int, channels: int, mean: float, std: float
+) -> np.ndarray:
+    """A 2-D image in [0, 1] as a ``(1, channels, height, width)`` float32 network input."""
+    x = (resize(image, height, width) - np.float32(mean)) / np.float32(std)
+    return np.ascontiguousarray(np.broadcast_to(x, (1, channels, height, width)), dtype=np.float32)
+
+
+def crop_box(image: np.ndarray, box: RotatedBox, height: int, width: int) -> np.ndarray:
+    """Cut a rotated box out of ``image`` and return it upright as ``height x width``.
+
+    The box's long side becomes horizontal.  Pixels outside the image read as 0.
+    """
+    corners = box.corners()
+    # boxPoints order is bottom-left, top-left, top-right, bottom-right for the box's own
+    # frame; map three of them onto the output rectangle.
+    src = np.stack([corners[1], corners[2], corners[0]]).astype(np.float32)
+    dst = np.array([[0, 0], [width - 1, 0], [0, height - 1]], dtype=np.float32)
+    if np.linalg.norm(corners[2] - corners[1]) < np.linalg.norm(corners[0] - corners[1]):
+        # The short side came first: rotate the correspondence by a quarter turn.
+        src = np.stack([corners[0], corners[1], corners[3]]).astype(np.float32)
+    matrix = cv2.getAffineTransform(src, dst)
+    return cv2.warpAffine(
+        image.astype(np.float32, copy=False),
+        matrix,
+        (width, height),
+        flags=cv2.INTER_AREA if box.width > width else cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
+
+
+def mask_to_box(
+    probability: np.ndarray, threshold: float, min_area_fraction: float
+) -> RotatedBox | None:
+    """The minimum-area rectangle of the largest region where ``probability > threshold``.
+
+    ``probability`` is a 2-D map in [0, 1] (the segmenter's sigmoid output).  Returns ``None``
+    when the largest region covers less than ``min_area_fraction`` of the map: no ROI found.
+    The box is in the map's own pixel coordinates; scale it with :meth:`RotatedBox.scaled`.
+    """
+    binary = (probability > threshold).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count <= 1:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[largest, cv2.CC_STAT_AREA] < min_area_fraction * binary.size:
+        return None
+    ys, xs = np.nonzero(labels == largest)
+    # Pixel centres; +0.5 makes the rectangle enclose whole pixels rather than their centres.
+    pts = np.stack([xs, ys], axis=1).astype(np.float32)
+    corners = np.concatenate(
+        [pts + np.array(offset, dtype=np.float32) for offset in ((0, 0), (1, 0), (0, 1), (1, 1))]
+    )
+    return box_from_points(corners)
+
+
+def box_mask(shape: tuple[int, int], box: RotatedBox) -> np.ndarray:
+    """A ``uint8`` mask of ``shape`` that is 1 inside ``box``: the segmenter's training target."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    cv2.fillConvexPoly(mask, np.round(box.corners()).astype(np.int32), 1)
+    return mask
