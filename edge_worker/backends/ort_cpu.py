@@ -1,0 +1,25 @@
+"""ONNX Runtime on the CPU: always available where onnxruntime is installed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_worker.backends._ort import OrtSession
+
+NAME = "onnxruntime-cpu"
+
+
+def probe() -> str | None:
+    """``None`` when onnxruntime imports and offers the CPU provider."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return f"onnxruntime is not installed ({exc})"
+    if "CPUExecutionProvider" not in ort.get_available_providers():
+        return "onnxruntime offers no CPUExecutionProvider"
+    return None
+
+
+def load(path: Path, threads: int) -> OrtSession:
+    """A CPU session for the ONNX file at ``path``."""
+    return OrtSession(path, ["CPUExecutionProvider"], threads)

@@ -1,0 +1,273 @@
+"""Typed, strict configuration: a TOML file, or the quick-start flags, never both half-way.
+
+Every field is documented where it is declared.  Unknown keys and wrong types are rejected
+with the key's dotted name and its line in the file.  Loading has no side effects: it creates
+no folder and opens no connection (``edge-worker check`` does that on purpose).
+
+Secrets are not written in the file: the MQTT password is read from the systemd credential
+``mqtt-password`` in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``), or from
+``mqtt.password_file``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_worker.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    folder: Path = Path("/var/lib/edge-worker/incoming")
+    """Folder the modality writes DICOM files into."""
+    recursive: bool = True
+    """Also watch subfolders (modalities often write study/series folders)."""
+    settle_seconds: float = 0.5
+    """A file must keep its size and mtime this long before it is read."""
+    incomplete_deadline_seconds: float = 120.0
+    """A file still changing after this long is quarantined as incomplete."""
+    use_polling: bool = False
+    """Poll instead of inotify close-write events (network filesystems)."""
+
+
+@dataclass(frozen=True)
+class QuarantineConfig:
+    folder: Path = Path("/var/lib/edge-worker/quarantine")
+    """Rejected files are moved here with a ``.reason.json`` beside each."""
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    folder: Path = Path("/var/lib/edge-worker/state")
+    """Durable state: the outbox of unacknowledged messages."""
+    outbox_max_messages: int = 100_000
+    """Outbox bound; when full, new messages are refused and health reports it."""
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    path: str = ""
+    """Model pack folder; empty means the demo pack shipped with the worker."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    backends: tuple[str, ...] = ("onnxruntime-cpu",)
+    """Backend preference, first usable wins (onnxruntime-cuda, onnxruntime-cpu)."""
+    threads: int = 2
+    """Intra-op threads per network."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    enabled: bool = False
+    """Use TLS (also implied by an mqtts:// URL)."""
+    ca_file: str = ""
+    """CA bundle that signed the broker's certificate; empty uses the system store."""
+    cert_file: str = ""
+    """Client certificate for certificate authentication."""
+    key_file: str = ""
+    """Private key of the client certificate."""
+    insecure: bool = False
+    """Skip the broker hostname check (testing only)."""
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    url: str = "mqtt://127.0.0.1:1883"
+    """Broker URL: mqtt://host:port or mqtts://host:port."""
+    username: str = ""
+    """MQTT user name; empty for anonymous."""
+    password_file: str = ""
+    """File holding the password, if not given as the systemd credential 'mqtt-password'."""
+    client_id: str = ""
+    """MQTT client id; empty derives edge-worker-<site>-<station>."""
+    topic_prefix: str = "xray"
+    """First topic level: <prefix>/<site>/<station>/verdict."""
+    keepalive: int = 30
+    """Seconds between keepalive pings; the broker publishes the last will after 1.5x."""
+    tls: TlsConfig = field(default_factory=TlsConfig)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    modalities: tuple[str, ...] = ("CR", "DX", "RG", "XA", "RF", "PX", "OT")
+    """Modalities accepted as projection radiography."""
+    accept_for_processing: bool = False
+    """Judge 'For Processing' (raw detector) images too."""
+    max_side: int = 8192
+    """Largest accepted Rows or Columns."""
+
+
+@dataclass(frozen=True)
+class Config:
+    site: str = "site"
+    """Hospital or site name, second topic level."""
+    station: str = "station-1"
+    """This X-ray station's id, third topic level."""
+    watch: WatchConfig = field(default_factory=WatchConfig)
+    quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    pack: PackConfig = field(default_factory=PackConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def mqtt_password(self) -> str | None:
+        """The MQTT password from the systemd credential or the password file, if any."""
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / "mqtt-password").is_file():
+            return (Path(creds) / "mqtt-password").read_text(encoding="utf-8").strip()
+        if self.mqtt.password_file:
+            try:
+                return Path(self.mqtt.password_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"mqtt.password_file: cannot read it: {exc}") from exc
+        return None
+
+
+def _line_of(text: str, dotted: str) -> int | None:
+    """Best-effort line number of a dotted key in the TOML text, for error messages."""
+    *tables, key = dotted.split(".")
+    in_table = not tables
+    header = "[" + ".".join(tables) + "]"
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            in_table = stripped.split("#")[0].strip() == header
+            continue
+        if in_table and re.match(rf"^{re.escape(key)}\s*=", stripped):
+            return number
+    if tables:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip().split("#")[0].strip() == header:
+                return number
+    return None
+
+
+def _convert(value: Any, hint: Any, dotted: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {value!r}")
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"expected a path string, got {value!r}")
+        return Path(value)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError(f"expected a list of strings, got {value!r}")
+        return tuple(value)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a table [{dotted}], got {value!r}")
+        return _build(hint, value, dotted)
+    if isinstance(hint, types.UnionType):
+        raise TypeError(f"unsupported union type for {dotted}")
+    raise TypeError(f"unsupported type {hint!r}")
+
+
+class _FieldError(Exception):
+    def __init__(self, dotted: str, message: str) -> None:
+        super().__init__(message)
+        self.dotted = dotted
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else key
+            raise _FieldError(dotted, f"unknown key '{dotted}' (allowed here: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        dotted = f"{prefix}.{name}" if prefix else name
+        try:
+            kwargs[name] = _convert(value, hints[name], dotted)
+        except TypeError as exc:
+            raise _FieldError(dotted, f"{dotted}: {exc}") from exc
+    return cls(**kwargs)
+
+
+def validate(config: Config) -> Config:
+    """Cross-field checks that types alone cannot express; returns ``config`` unchanged."""
+    for key in ("site", "station"):
+        value = getattr(config, key)
+        if not _NAME.match(value):
+            raise ConfigError(
+                f"{key}: {value!r} must be 1-64 letters, digits, '.', '_' or '-' "
+                "(it becomes an MQTT topic level)"
+            )
+    if not config.inference.backends:
+        raise ConfigError("inference.backends: list at least one backend")
+    if config.inference.threads < 1:
+        raise ConfigError("inference.threads: must be at least 1")
+    if config.watch.settle_seconds < 0 or config.watch.incomplete_deadline_seconds <= 0:
+        raise ConfigError("watch: settle_seconds must be >= 0 and incomplete_deadline_seconds > 0")
+    if config.state.outbox_max_messages < 10:
+        raise ConfigError("state.outbox_max_messages: must be at least 10")
+    if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", config.mqtt.url):
+        raise ConfigError(f"mqtt.url: {config.mqtt.url!r} is not mqtt://host[:port] or mqtts://host[:port]")
+    if bool(config.mqtt.tls.cert_file) != bool(config.mqtt.tls.key_file):
+        raise ConfigError("mqtt.tls: cert_file and key_file go together")
+    return config
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    """Parse TOML text into a validated :class:`Config`; :class:`ConfigError` names key and line."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        config = _build(Config, raw, "")
+    except _FieldError as exc:
+        line = _line_of(text, exc.dotted)
+        where = f"{source}:{line}" if line else source
+        raise ConfigError(f"{where}: {exc}") from exc
+    return validate(config)
+
+
+def load(path: Path) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    return parse(text, str(path))
+
+
+def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy of ``config`` with some fields replaced, e.g. ``watch={"folder": Path(...)}``.
+
+    Top-level scalars go under the key ``top``.
+    """
+    top = sections.pop("top", {})
+    changes: dict[str, Any] = dict(top)
+    for name, fields in sections.items():
+        changes[name] = dataclasses.replace(getattr(config, name), **fields)
+    return validate(dataclasses.replace(config, **changes))

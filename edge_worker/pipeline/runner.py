@@ -1,0 +1,149 @@
+"""Run a pack's stages on one radiograph and decide what the radiographer should do."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_worker.backends import Selected, Session
+from edge_worker.pack import Pack, StageSpec
+from edge_worker.pipeline.stages import (
+    OrientationResult,
+    QualityResult,
+    RoiResult,
+    ViewResult,
+    run_orientation,
+    run_quality,
+    run_roi,
+    run_view,
+)
+from edge_worker.preprocess import working_image
+
+
+@dataclass
+class Judgement:
+    """Everything the networks said about one image, plus the decision and its reasons."""
+
+    view: ViewResult
+    roi: RoiResult | None
+    quality: QualityResult | None
+    orientation: OrientationResult | None
+    decision: str
+    reasons: list[str]
+    working_scale: float
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def decide(
+    pack: Pack,
+    view: ViewResult,
+    roi: RoiResult | None,
+    quality: QualityResult | None,
+    orientation: OrientationResult | None,
+) -> tuple[str, list[str]]:
+    """``ok``, ``retake`` or ``review``, with one human-readable reason per finding.
+
+    ``retake`` needs a confident view, a found ROI and a quality score clearly in grade 3;
+    anything the networks are unsure of becomes ``review`` so a person looks at it.
+    """
+    reasons: list[str] = []
+    unsure = False
+    view_spec = pack.stage("view")
+    min_conf = view_spec.threshold("min_confidence", 0.8) if view_spec else 0.8
+    if view.confidence < min_conf:
+        unsure = True
+        reasons.append(f"view uncertain: {view.label} at {view.confidence:.2f} < {min_conf:.2f}")
+    if pack.stage("roi", view.label) is not None and (roi is None or roi.box is None):
+        unsure = True
+        reasons.append(f"no {view.label} region of interest found")
+    quality_spec = pack.stage("quality", view.label)
+    if quality is not None and quality_spec is not None:
+        margin = quality_spec.threshold("review_margin", 0.15)
+        if abs(quality.score - 2.5) < margin:
+            unsure = True
+            reasons.append(f"quality {quality.score:.2f} is within {margin:.2f} of the retake boundary 2.5")
+        elif quality.grade == 3:
+            reasons.append(f"quality grade 3 (score {quality.score:.2f}): not diagnostic, retake")
+        else:
+            reasons.append(f"quality grade {quality.grade} (score {quality.score:.2f}): diagnostic")
+    elif quality_spec is None:
+        unsure = True
+        reasons.append(f"pack {pack.name} has no quality stage for view {view.label}")
+    orient_spec = pack.stage("orientation")
+    if orientation is not None and orient_spec is not None:
+        if orientation.confidence < orient_spec.threshold("min_norm", 0.5):
+            unsure = True
+            reasons.append("orientation uncertain")
+        elif orientation.suggested_rotation_deg:
+            reasons.append(
+                f"anatomy rotated {orientation.angle_deg:.0f} deg; rotate "
+                f"{orientation.suggested_rotation_deg} deg clockwise to display upright"
+            )
+    if unsure:
+        return "review", reasons
+    if quality is not None and quality.grade == 3:
+        return "retake", reasons
+    return "ok", reasons
+
+
+class Pipeline:
+    """A pack's sessions, loaded once, run in a fixed list order per image."""
+
+    def __init__(self, pack: Pack, backend: Selected, threads: int = 2) -> None:
+        self.pack = pack
+        self.backend = backend
+        self._sessions: dict[str, Session] = {
+            spec.name: backend.load(spec.file, threads) for spec in pack.stages
+        }
+
+    def warm_up(self) -> None:
+        """Run every network once so the first real image pays no lazy initialisation."""
+        for spec in self.pack.stages:
+            i = spec.input
+            self._sessions[spec.name].run(np.zeros((1, i.channels, i.height, i.width), np.float32))
+
+    def _timed(self, timings: dict[str, float], key: str, start: float) -> None:
+        timings[key] = round((time.perf_counter() - start) * 1000.0, 3)
+
+    def judge(self, pixels: np.ndarray) -> Judgement:
+        """Judge one normalised image (float32 in [0, 1], display polarity)."""
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        work, scale = working_image(pixels)
+        self._timed(timings, "resize", t)
+
+        view_spec = self._require("view", None)
+        t = time.perf_counter()
+        view = run_view(self._sessions[view_spec.name], view_spec, work)
+        self._timed(timings, "view", t)
+
+        roi: RoiResult | None = None
+        quality: QualityResult | None = None
+        roi_spec = self.pack.stage("roi", view.label)
+        if roi_spec is not None:
+            t = time.perf_counter()
+            roi = run_roi(self._sessions[roi_spec.name], roi_spec, work)
+            self._timed(timings, "roi", t)
+        quality_spec = self.pack.stage("quality", view.label)
+        if quality_spec is not None and roi is not None and roi.box is not None:
+            t = time.perf_counter()
+            quality = run_quality(self._sessions[quality_spec.name], quality_spec, work, roi.box)
+            self._timed(timings, "quality", t)
+
+        orientation: OrientationResult | None = None
+        orient_spec = self.pack.stage("orientation")
+        if orient_spec is not None:
+            t = time.perf_counter()
+            orientation = run_orientation(self._sessions[orient_spec.name], orient_spec, work)
+            self._timed(timings, "orientation", t)
+
+        decision, reasons = decide(self.pack, view, roi, quality, orientation)
+        return Judgement(view, roi, quality, orientation, decision, reasons, scale, timings)
+
+    def _require(self, task: str, view: str | None) -> StageSpec:
+        spec = self.pack.stage(task, view)
+        if spec is None:  # load_pack guarantees a view stage; this guards hand-built packs
+            raise RuntimeError(f"pack {self.pack.name} has no {task} stage")
+        return spec

@@ -1,0 +1,147 @@
+"""The published messages: a verdict per judged image, an error per rejected file.
+
+The payloads are documented as JSON Schemas in ``edge_worker/schema/``.  They never carry a
+patient's name, ID or birth date: the ingest header has none to give.  The message id is a
+UUID derived from the image (SOP Instance UID, else the file's sha256) and the pack, so a
+retry or a redelivery of the same image carries the same id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from edge_worker import __version__
+from edge_worker.errors import Rejection
+from edge_worker.ingest.types import Header
+from edge_worker.pack import Pack
+from edge_worker.pipeline.runner import Judgement
+
+VERDICT_SCHEMA = "xray-qc/verdict@1"
+ERROR_SCHEMA = "xray-qc/error@1"
+
+# A fixed namespace so ids are reproducible on every box.
+_NAMESPACE = uuid.UUID("6f1c2a3e-1d57-4c1b-9a8e-5b0e4f7a2c11")
+
+
+def utc_iso(ts: float) -> str:
+    """A POSIX timestamp as ISO 8601 UTC with milliseconds."""
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def message_id(image_key: str, pack_name: str, pack_version: str) -> str:
+    """Stable id of the verdict for one image judged by one pack version."""
+    return str(uuid.uuid5(_NAMESPACE, f"{image_key}|{pack_name}|{pack_version}"))
+
+
+def _round(value: float, digits: int = 4) -> float:
+    return float(round(value, digits))
+
+
+def build_verdict(
+    *,
+    site: str,
+    station: str,
+    header: Header,
+    image_key: str,
+    judgement: Judgement,
+    pack: Pack,
+    backend: str,
+    seen_at: float,
+    made_at: float,
+    stored_scale: float,
+    timings_ms: dict[str, float],
+) -> dict[str, Any]:
+    """The verdict payload for one judged image.
+
+    ``stored_scale`` is the factor from stored pixels to the working image, so the ROI box is
+    reported in the coordinates of the image as stored in the DICOM file.
+    """
+    j = judgement
+    roi: dict[str, Any] = {"found": False, "box": None, "rotated": None}
+    if j.roi is not None and j.roi.box is not None:
+        stored = j.roi.box.scaled(1.0 / stored_scale, 1.0 / stored_scale)
+        x0, y0, x1, y1 = stored.bounds()
+        x0, y0 = max(0.0, x0), max(0.0, y0)
+        x1, y1 = min(float(header.columns), x1), min(float(header.rows), y1)
+        roi = {
+            "found": True,
+            "box": [_round(x0, 1), _round(y0, 1), _round(x1, 1), _round(y1, 1)],
+            "rotated": {
+                "cx": _round(stored.cx, 1),
+                "cy": _round(stored.cy, 1),
+                "width": _round(stored.width, 1),
+                "height": _round(stored.height, 1),
+                "angle_deg": _round(stored.angle_deg, 2),
+            },
+        }
+    quality = None
+    if j.quality is not None:
+        quality = {
+            "score": _round(j.quality.score),
+            "grade": j.quality.grade,
+            "diagnostic": j.quality.diagnostic,
+        }
+    orientation = None
+    if j.orientation is not None:
+        orientation = {
+            "angle_deg": _round(j.orientation.angle_deg, 2),
+            "suggested_rotation_deg": j.orientation.suggested_rotation_deg,
+            "confidence": _round(j.orientation.confidence),
+        }
+    return {
+        "schema": VERDICT_SCHEMA,
+        "id": message_id(image_key, pack.name, pack.version),
+        "site": site,
+        "station": station,
+        "sop_instance_uid": header.sop_instance_uid,
+        "study_instance_uid": header.study_instance_uid,
+        "series_instance_uid": header.series_instance_uid,
+        "modality": header.modality,
+        "body_part": header.body_part,
+        "header_view_position": header.view_position,
+        "times": {"file_seen": utc_iso(seen_at), "verdict_made": utc_iso(made_at)},
+        "view": {
+            "label": j.view.label,
+            "confidence": _round(j.view.confidence),
+            "probabilities": {k: _round(v) for k, v in j.view.probabilities.items()},
+        },
+        "roi": roi,
+        "quality": quality,
+        "diagnostic": None if j.quality is None or j.decision == "review" else j.quality.diagnostic,
+        "decision": j.decision,
+        "reasons": list(j.reasons),
+        "orientation": orientation,
+        "timings_ms": {k: _round(v, 2) for k, v in timings_ms.items()},
+        "pack": pack.describe(),
+        "not_for_clinical_use": pack.not_for_clinical_use,
+        "backend": backend,
+        "worker_version": __version__,
+    }
+
+
+def build_error(
+    *,
+    site: str,
+    station: str,
+    rejection: Rejection,
+    image_key: str,
+    sop_instance_uid: str | None,
+    seen_at: float,
+    made_at: float,
+    quarantined_as: str | None,
+) -> dict[str, Any]:
+    """The error payload for a file that produced no verdict."""
+    return {
+        "schema": ERROR_SCHEMA,
+        "id": message_id(image_key, "error", rejection.reason.value),
+        "site": site,
+        "station": station,
+        "sop_instance_uid": sop_instance_uid,
+        "times": {"file_seen": utc_iso(seen_at), "rejected": utc_iso(made_at)},
+        "reason": rejection.reason.value,
+        "detail": rejection.detail,
+        "quarantined_as": quarantined_as,
+        "worker_version": __version__,
+    }
