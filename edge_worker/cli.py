@@ -1,0 +1,196 @@
+"""The ``edge-worker`` command line: run, analyze, demo, check.
+
+Argument parsing only; each subcommand hands over to the module that does the work.
+Exit codes: 0 success, 1 a check or run failed, 2 a usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from edge_worker import __version__
+from edge_worker.errors import EdgeWorkerError
+
+if TYPE_CHECKING:
+    from edge_worker.config import Config
+
+
+def _quick_config(args: argparse.Namespace) -> Config:
+    """A config from the quick-start flags (no file): the essentials, defaults for the rest."""
+    from edge_worker.config import Config, with_overrides
+
+    watch = Path(args.watch).resolve()
+    return with_overrides(
+        Config(),
+        top={"site": args.site, "station": args.station},
+        watch={"folder": watch},
+        quarantine={"folder": Path(args.quarantine).resolve() if args.quarantine else watch / ".quarantine"},
+        state={"folder": Path(args.state).resolve() if args.state else watch / ".state"},
+        pack={"path": args.pack or ""},
+        mqtt={"url": args.mqtt},
+        inference={"backends": tuple(args.backend) if args.backend else ("onnxruntime-cpu",)},
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_worker.config import load
+    from edge_worker.daemon import run_daemon
+
+    if args.config:
+        if args.watch or args.site or args.station:
+            raise SystemExit("edge-worker run: give either --config or the quick-start flags, not both")
+        config = load(Path(args.config))
+    else:
+        missing = [f"--{n}" for n in ("watch", "site", "station") if not getattr(args, n)]
+        if missing:
+            raise SystemExit(f"edge-worker run: without --config, {' '.join(missing)} are required")
+        config = _quick_config(args)
+    return run_daemon(config)
+
+
+def _iter_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            files.extend(sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")))
+        else:
+            files.append(p)
+    return files
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from edge_worker.backends import select
+    from edge_worker.ingest.types import IngestPolicy
+    from edge_worker.pack import load_pack
+    from edge_worker.pipeline.runner import Pipeline
+    from edge_worker.process import Judge
+
+    pack = load_pack(Path(args.pack) if args.pack else None)
+    pipeline = Pipeline(pack, select(args.backend or ["onnxruntime-cpu"]), threads=args.threads)
+    judge = Judge(pipeline, site="local", station="analyze", policy=IngestPolicy())
+    files = _iter_files(args.paths)
+    if not files:
+        print("edge-worker analyze: no files found", file=sys.stderr)
+        return 2
+    for path in files:
+        if not path.is_file():
+            print(f"{path}: no such file", file=sys.stderr)
+            continue
+        outcome = judge(path)
+        if args.json:
+            print(json.dumps({"file": str(path), "kind": outcome.kind, **outcome.payload}), flush=True)
+        else:
+            print(f"{path}: {summary_line(outcome.kind, outcome.payload)}", flush=True)
+    return 0
+
+
+def summary_line(kind: str, p: dict) -> str:  # type: ignore[type-arg]
+    """One human-readable line for a verdict or error payload."""
+    if kind == "error":
+        return f"REJECTED {p['reason']}: {p['detail']}"
+    quality = p.get("quality") or {}
+    q = f"quality {quality['score']:.2f} (grade {quality['grade']})" if quality else "quality -"
+    o = p.get("orientation") or {}
+    orient = f"rotated {o['angle_deg']:.0f} deg" if o else ""
+    flag = " [synthetic-trained pack, not for clinical use]" if p.get("not_for_clinical_use") else ""
+    reasons = "; ".join(p.get("reasons", []))
+    return (
+        f"{p['decision'].upper()} view {p['view']['label']} ({p['view']['confidence']:.2f}), "
+        f"{q}, {orient} - {reasons}{flag}"
+    )
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edge_worker.demo import run_demo
+
+    return run_demo(
+        mqtt_url=args.mqtt,
+        stations=args.stations,
+        interval_s=args.interval,
+        count=args.count,
+        workdir=Path(args.workdir) if args.workdir else None,
+        pack_dir=Path(args.pack) if args.pack else None,
+    )
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from edge_worker.check import run_checks
+
+    return run_checks(
+        Path(args.config) if args.config else None,
+        backend=args.backend,
+        pack_dir=Path(args.pack) if args.pack else None,
+        skip_broker=args.skip_broker,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(prog="edge-worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"edge-worker {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon: watch a folder, publish verdicts over MQTT")
+    run.add_argument("--config", help="TOML config file (see systemd/edge-worker.toml)")
+    run.add_argument("--watch", help="quick start: folder the modality writes DICOM files into")
+    run.add_argument("--site", help="quick start: site name (topic level)")
+    run.add_argument("--station", help="quick start: station id (topic level)")
+    run.add_argument("--mqtt", default="mqtt://127.0.0.1:1883", help="quick start: broker URL")
+    run.add_argument("--pack", help="quick start: model pack folder (default: the demo pack)")
+    run.add_argument("--quarantine", help="quick start: quarantine folder (default WATCH/.quarantine)")
+    run.add_argument("--state", help="quick start: state folder (default WATCH/.state)")
+    run.add_argument("--backend", action="append", help="quick start: backend, repeat for a preference list")
+    run.set_defaults(func=_cmd_run)
+
+    analyze = sub.add_parser("analyze", help="judge files or folders and print one line each; no broker")
+    analyze.add_argument("paths", nargs="+", help="DICOM files or folders (walked recursively)")
+    analyze.add_argument("--pack", help="model pack folder (default: the demo pack)")
+    analyze.add_argument("--json", action="store_true", help="one JSON object per line")
+    analyze.add_argument("--backend", action="append", help="backend, repeat for a preference list")
+    analyze.add_argument("--threads", type=int, default=2, help="threads per network")
+    analyze.set_defaults(func=_cmd_analyze)
+
+    demo = sub.add_parser("demo", help="broker + daemon + five simulated X-ray stations, verdicts printed")
+    demo.add_argument("--mqtt", help="use this broker instead of the in-process one")
+    demo.add_argument("--stations", type=int, default=5, help="number of simulated stations")
+    demo.add_argument("--interval", type=float, default=1.0, help="seconds between exposures")
+    demo.add_argument("--count", type=int, default=0, help="stop after this many verdicts (0: run until Ctrl-C)")
+    demo.add_argument("--workdir", help="folder for the stations' watch folders (default: a temp folder)")
+    demo.add_argument("--pack", help="model pack folder (default: the demo pack)")
+    demo.set_defaults(func=_cmd_demo)
+
+    check = sub.add_parser("check", help="validate config, pack, backend and broker; non-zero on any problem")
+    check.add_argument("--config", help="TOML config file")
+    check.add_argument("--backend", help="check this backend instead of the configured preference")
+    check.add_argument("--pack", help="check this pack instead of the configured one")
+    check.add_argument("--skip-broker", action="store_true", help="do not try to reach the broker")
+    check.set_defaults(func=_cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edge-worker`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args))
+    except EdgeWorkerError as exc:
+        print(f"edge-worker {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
