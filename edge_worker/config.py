@@ -138,6 +138,10 @@ class Config:
 
 def _line_of(text: str, dotted: str) -> int | None:
     """Best-effort line number of a dotted key in the TOML text, for error messages."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        # The key may itself be a table: [mqqt] or [mqqt.tls].
+        if re.match(rf"^\[\s*{re.escape(dotted)}\s*[\].]", line.strip()):
+            return number
     *tables, key = dotted.split(".")
     in_table = not tables
     header = "[" + ".".join(tables) + "]"
