@@ -26,7 +26,7 @@ def _broker(config: Config) -> str:
     )
     if config.mqtt.username:
         client.username_pw_set(config.mqtt.username, config.mqtt_password())
-    if settings.tls or config.mqtt.tls.enabled:
+    if settings.tls:
         client.tls_set(
             ca_certs=config.mqtt.tls.ca_file or None,
             certfile=config.mqtt.tls.cert_file or None,

@@ -70,8 +70,8 @@ class InferenceConfig:
 
 @dataclass(frozen=True)
 class TlsConfig:
-    enabled: bool = False
-    """Use TLS (also implied by an mqtts:// URL)."""
+    """TLS settings; TLS itself is switched on by an ``mqtts://`` URL."""
+
     ca_file: str = ""
     """CA bundle that signed the broker's certificate; empty uses the system store."""
     cert_file: str = ""
@@ -238,6 +238,9 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"mqtt.url: {config.mqtt.url!r} is not mqtt://host[:port] or mqtts://host[:port]")
     if bool(config.mqtt.tls.cert_file) != bool(config.mqtt.tls.key_file):
         raise ConfigError("mqtt.tls: cert_file and key_file go together")
+    tls = config.mqtt.tls
+    if config.mqtt.url.startswith("mqtt://") and (tls.ca_file or tls.cert_file or tls.insecure):
+        raise ConfigError("mqtt.tls: TLS settings given but mqtt.url is not mqtts://")
     return config
 
 

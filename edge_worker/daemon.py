@@ -91,7 +91,6 @@ def mqtt_settings(config: Config) -> MqttSettings:
         cert_file=m.tls.cert_file or None,
         key_file=m.tls.key_file or None,
         tls_insecure=m.tls.insecure,
-        **({"tls": True} if m.tls.enabled else {}),
     )
 
 
