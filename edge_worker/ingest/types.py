@@ -81,3 +81,5 @@ class Radiograph:
     pixels: np.ndarray
     scale: float = 1.0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: Oddities met while reading (no file meta, masked overlay bits, ...), one line each.
+    notes: tuple[str, ...] = ()

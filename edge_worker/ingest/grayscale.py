@@ -1,0 +1,299 @@
+"""The grayscale chain: stored pixel values -> display-ready float32 in [0, 1], bone bright.
+
+Every step is a pure function ``(array, metadata) -> array`` applied in the order of the
+standard's grayscale pipeline (PS3.3 C.11, PS3.4 N.2.1):
+
+    stored_values -> modality_lut -> voi (LUT sequence, else window, else percentile)
+    -> polarity (MONOCHROME1 inversion, after VOI) -> float32 [0, 1]
+
+:class:`GrayscaleMeta` holds the few attributes the chain reads; it is built once from a
+pydicom dataset (:func:`meta_from_dataset`) or by hand in tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Percentiles of the robust window used when a file carries no VOI transform.
+DEFAULT_PERCENTILES = (1.0, 99.0)
+#: The percentile window looks at no more than about this many pixels (strided subsample).
+_PERCENTILE_SAMPLES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Lut:
+    """A Modality or VOI LUT (PS3.3 C.11.1.1.1 / C.11.2.1.1): ``data[i]`` maps ``first + i``."""
+
+    first_mapped: int
+    bits: int
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class GrayscaleMeta:
+    """The attributes the chain reads, already parsed (first value of multi-valued ones)."""
+
+    photometric: str = "MONOCHROME2"
+    bits_stored: int = 16
+    signed: bool = False
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    modality_lut: Lut | None = None
+    voi_lut: Lut | None = None
+    window_center: float | None = None
+    window_width: float | None = None
+    voi_lut_function: str = "LINEAR"
+    padding_value: int | None = None
+    padding_range_limit: int | None = None
+
+
+def _first(value: Any) -> Any:
+    """The first value of a possibly multi-valued element (C.11.2.1.2: several windows)."""
+    if value is None or isinstance(value, (str, bytes, int, float)):
+        return value
+    try:
+        return value[0]
+    except (TypeError, IndexError):
+        return value
+
+
+def lut_from_item(item: Any, signed: bool, little_endian: bool = True) -> Lut:
+    """Parse one Modality/VOI LUT Sequence item (LUT Descriptor + LUT Data) into a :class:`Lut`.
+
+    Raises ``ValueError`` when the item is unusable (no descriptor or no data).
+    """
+    desc = [int(v) for v in item.LUTDescriptor]
+    if len(desc) != 3:
+        raise ValueError(f"LUT Descriptor has {len(desc)} values, expected 3")
+    entries, first, bits = desc
+    entries = entries or 65536  # C.11.1.1.1: 0 means 2^16 entries
+    if signed and first >= 32768:  # C.11.1.1.1: first mapped value is signed for signed pixels
+        first -= 65536
+    raw = item.LUTData
+    if isinstance(raw, (bytes, bytearray)):
+        order = "<" if little_endian else ">"
+        dtype = np.dtype(np.uint8) if bits <= 8 and len(raw) == entries else np.dtype(f"{order}u2")
+        data = np.frombuffer(raw, dtype=dtype)
+    else:
+        data = np.asarray(raw if isinstance(raw, (list, tuple)) else [raw], dtype=np.int64)
+    if data.size == 0:
+        raise ValueError("LUT Data is empty")
+    return Lut(first_mapped=first, bits=bits, data=data[:entries].astype(np.float64))
+
+
+def meta_from_dataset(ds: Any) -> GrayscaleMeta:
+    """Read :class:`GrayscaleMeta` from a pydicom ``Dataset`` (header only is enough)."""
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    little = bool(getattr(ds, "original_encoding", (True, True))[1] in (True, None))
+
+    def lut(seq_name: str) -> Lut | None:
+        seq = ds.get(seq_name)
+        if not seq:
+            return None
+        return lut_from_item(seq[0], signed, little)
+
+    def num(name: str) -> float | None:
+        value = _first(ds.get(name))
+        return None if value is None or value == "" else float(value)
+
+    def integer(name: str) -> int | None:
+        value = _first(ds.get(name))
+        return None if value is None or value == "" else int(value)
+
+    slope, intercept = num("RescaleSlope"), num("RescaleIntercept")
+    return GrayscaleMeta(
+        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper(),
+        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
+        signed=signed,
+        rescale_slope=1.0 if slope is None or slope == 0.0 else slope,
+        rescale_intercept=0.0 if intercept is None else intercept,
+        modality_lut=lut("ModalityLUTSequence"),
+        voi_lut=lut("VOILUTSequence"),
+        window_center=num("WindowCenter"),
+        window_width=num("WindowWidth"),
+        voi_lut_function=str(_first(ds.get("VOILUTFunction")) or "LINEAR").strip().upper(),
+        padding_value=integer("PixelPaddingValue"),
+        padding_range_limit=integer("PixelPaddingRangeLimit"),
+    )
+
+
+def stored_values(arr: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
+    """Keep only the ``bits_stored`` low bits, sign-extended when signed (PS3.5 8.1.1).
+
+    Bits above High Bit may hold overlay planes (retired C.9.2 usage) or garbage; they are
+    not part of the pixel value.
+    """
+    bits = meta.bits_stored
+    if bits <= 0 or bits >= arr.dtype.itemsize * 8 or arr.dtype.kind not in "ui":
+        return arr
+    if meta.signed:
+        shift = arr.dtype.itemsize * 8 - bits
+        signed = arr.view(arr.dtype.str.replace("u", "i"))
+        return (signed << shift) >> shift
+    limit = (1 << bits) - 1
+    if int(arr.max(initial=0)) <= limit:
+        return arr
+    return arr & arr.dtype.type(limit)
+
+
+def apply_lut(arr: np.ndarray, lut: Lut) -> np.ndarray:
+    """Map values through ``lut``; values outside its range take the first/last entry."""
+    index = np.clip(arr.astype(np.int64) - lut.first_mapped, 0, lut.data.size - 1)
+    return lut.data[index]
+
+
+def modality_lut(arr: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
+    """Stored values -> modality output (float64): Modality LUT Sequence, else rescale.
+
+    PS3.3 C.11.1: the LUT and Rescale Slope/Intercept are alternatives; the LUT wins.
+    """
+    if meta.modality_lut is not None:
+        return apply_lut(arr, meta.modality_lut)
+    out = arr.astype(np.float64)
+    if meta.rescale_slope != 1.0:
+        out *= meta.rescale_slope
+    if meta.rescale_intercept != 0.0:
+        out += meta.rescale_intercept
+    return out
+
+
+def lut_output_max(lut: Lut) -> float:
+    """The value that a VOI LUT's output maps to white.
+
+    C.11.2.1.1 says ``2**bits - 1``; some vendors declare 16 bits and fill 12 (DCMTK's
+    ``CIF_CheckLutBitDepth`` handles the same quirk), so the depth actually used wins.
+    """
+    declared = lut.bits if 0 < lut.bits <= 16 else 16
+    used = max(int(lut.data.max(initial=0)), 1).bit_length()
+    bits = used if used > declared or used <= declared - 4 else declared
+    return float((1 << bits) - 1)
+
+
+def voi_lut(arr: np.ndarray, lut: Lut) -> np.ndarray:
+    """Modality output -> [0, 1] through a VOI LUT Sequence item (C.11.2.1.1)."""
+    return np.clip(apply_lut(arr, lut) / lut_output_max(lut), 0.0, 1.0)
+
+
+def window(arr: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Modality output -> [0, 1] through a window (PS3.3 C.11.2.1.2 and C.11.2.1.3).
+
+    ``function`` is the VOI LUT Function: LINEAR (the default, with its half-pixel offsets),
+    LINEAR_EXACT or SIGMOID.  Raises ``ValueError`` for a width the function does not allow
+    (LINEAR needs >= 1, the others > 0).
+    """
+    function = function.upper()
+    x = arr.astype(np.float64, copy=False)
+    if function == "SIGMOID":
+        if width <= 0:
+            raise ValueError(f"window width {width} must be > 0 for SIGMOID")
+        return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
+    if function == "LINEAR_EXACT":
+        if width <= 0:
+            raise ValueError(f"window width {width} must be > 0 for LINEAR_EXACT")
+        return np.clip((x - center) / width + 0.5, 0.0, 1.0)
+    if width < 1:
+        raise ValueError(f"window width {width} must be >= 1 for LINEAR")
+    if width == 1:  # C.11.2.1.2.1: a unit window is a threshold at c - 0.5
+        return (x > center - 0.5).astype(np.float64)
+    return np.clip((x - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+def padding_mask(stored: np.ndarray, meta: GrayscaleMeta) -> np.ndarray | None:
+    """True where a stored value is Pixel Padding (C.7.5.1.1.2), or ``None`` without padding.
+
+    With a Pixel Padding Range Limit, every value between it and the Pixel Padding Value
+    (inclusive, either order) is padding.
+    """
+    if meta.padding_value is None:
+        return None
+    lo, hi = meta.padding_value, meta.padding_value
+    if meta.padding_range_limit is not None:
+        lo, hi = sorted((meta.padding_value, meta.padding_range_limit))
+    return (stored >= lo) & (stored <= hi) if lo != hi else stored == lo
+
+
+def border_runs(arr: np.ndarray) -> np.ndarray:
+    """True on runs of the exact minimum or maximum value that touch the image border.
+
+    These are collimator blades, shutters and burnt-out frames: large, flat and at the
+    extremes, they would otherwise pull a percentile window onto themselves.  A run starts at
+    an edge and continues along its row (or column) while the value stays saturated.
+    """
+    lo, hi = arr.min(), arr.max()
+    sat = (arr == lo) | (arr == hi)
+    mask = np.logical_and.accumulate(sat, axis=1)
+    mask |= np.logical_and.accumulate(sat[:, ::-1], axis=1)[:, ::-1]
+    mask |= np.logical_and.accumulate(sat, axis=0)
+    mask |= np.logical_and.accumulate(sat[::-1, :], axis=0)[::-1, :]
+    return mask
+
+
+def percentile_window(
+    arr: np.ndarray,
+    exclude: np.ndarray | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> np.ndarray:
+    """Modality output -> [0, 1] by a linear window between two percentiles.
+
+    ``exclude`` (same shape, True = ignore) removes padding and saturated border runs from
+    the statistics, not from the output.  When fewer than 1 % of the pixels remain, all pixels
+    are used.  A flat image maps to 0.
+    """
+    step = max(1, int(np.sqrt(arr.size / _PERCENTILE_SAMPLES)))
+    sample = arr[::step, ::step] if arr.ndim == 2 else arr
+    keep = ~border_runs(sample)
+    if exclude is not None:
+        keep &= ~(exclude[::step, ::step] if arr.ndim == 2 else exclude)
+    values = sample[keep] if keep.sum() >= 0.01 * sample.size else sample.ravel()
+    lo, hi = np.percentile(values, percentiles)
+    if not hi > lo:
+        lo, hi = float(values.min()), float(values.max())
+    if not hi > lo:
+        return np.zeros(arr.shape, dtype=np.float64)
+    return np.clip((arr.astype(np.float64, copy=False) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def voi(arr: np.ndarray, meta: GrayscaleMeta, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Modality output -> [0, 1]: VOI LUT Sequence, else window, else percentile window.
+
+    C.11.2.1 allows either of a VOI LUT and a window; the LUT is preferred because CR/DX
+    vendors encode their non-linear tone curve there.  An unusable window (bad width) falls
+    through to the percentile window.
+    """
+    if meta.voi_lut is not None:
+        return voi_lut(arr, meta.voi_lut)
+    if meta.window_center is not None and meta.window_width is not None:
+        try:
+            return window(arr, meta.window_center, meta.window_width, meta.voi_lut_function)
+        except ValueError:
+            pass
+    return percentile_window(arr, exclude)
+
+
+def polarity(arr: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
+    """Invert MONOCHROME1 so that high means bright; VOI output must come in (PS3.3 C.7.6.3.1.2).
+
+    Inverting before VOI would turn the window upside down (cornerstone3D#2215).
+    """
+    return 1.0 - arr if meta.photometric == "MONOCHROME1" else arr
+
+
+def to_unit_float32(arr: np.ndarray) -> np.ndarray:
+    """Clip to [0, 1] and return a contiguous float32 array."""
+    return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)
+
+
+def normalise(pixels: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
+    """The whole chain: decoded stored pixels -> 2-D float32 in [0, 1], bone bright.
+
+    Padding pixels come out black (0): they are not part of the image (C.7.5.1.1.2).
+    """
+    stored = stored_values(pixels, meta)
+    pad = padding_mask(stored, meta)
+    out = polarity(voi(modality_lut(stored, meta), meta, pad), meta)
+    if pad is not None and pad.any():
+        out = np.where(pad, 0.0, out)
+    return to_unit_float32(out)

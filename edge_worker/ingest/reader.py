@@ -1,0 +1,152 @@
+"""File -> :class:`Header` or :class:`Radiograph`; every failure becomes a :class:`Rejection`.
+
+The header is parsed and validated (``stop_before_pixels=True``) before any pixel is read,
+so a refused file costs a header parse.  pydicom's warnings and its decoder log records
+(which carry tracebacks) are captured while we work and reported as one warning per odd
+file through this module's logger.
+
+``warnings.catch_warnings`` is process-global: warnings raised by other threads while a
+file is read here are captured too (Python < 3.14 has no per-thread filters).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from edge_worker.errors import Rejection, RejectReason
+from edge_worker.ingest import decode as _decode
+from edge_worker.ingest.grayscale import meta_from_dataset, normalise
+from edge_worker.ingest.header import header_from_dataset, open_dataset, validate_header
+from edge_worker.ingest.types import Header, IngestPolicy, Radiograph
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_POLICY = IngestPolicy()
+#: Loggers pydicom writes to; filters do not apply to records propagating from children,
+#: so each one needs its own (pydicom/pixels/decoders/base.py logs with ``__name__``).
+_PYDICOM_LOGGERS = ("pydicom", "pydicom.pixels.decoders.base", "pydicom.pixels.utils")
+
+
+class _Capture(logging.Filter):
+    """Swallows pydicom's log records (``LOGGER.exception`` prints tracebacks) into notes."""
+
+    def __init__(self, notes: list[str]) -> None:
+        super().__init__()
+        self.notes = notes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.notes.append(record.getMessage().splitlines()[0][:300])
+        return False
+
+
+@contextmanager
+def _quiet(notes: list[str]) -> Iterator[None]:
+    """Collect pydicom warnings and log records into ``notes`` instead of printing them."""
+    loggers = [logging.getLogger(name) for name in _PYDICOM_LOGGERS]
+    capture = _Capture(notes)
+    for each in loggers:
+        each.addFilter(capture)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for each in loggers:
+            each.removeFilter(capture)
+        notes.extend(str(w.message).splitlines()[0][:300] for w in caught)
+
+
+def _report(path: str | os.PathLike[str], notes: list[str]) -> tuple[str, ...]:
+    """Log one warning for an odd file; returns the de-duplicated notes."""
+    unique = tuple(dict.fromkeys(notes))
+    if unique:
+        logger.warning("%s: %s", Path(path).name, "; ".join(unique))
+    return unique
+
+
+def _unexpected(exc: Exception, reason: RejectReason) -> Rejection:
+    """Wrap an exception we did not anticipate, keeping its type and message."""
+    return Rejection(reason, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500])
+
+
+def _header(fp: io.BufferedIOBase | io.BytesIO, policy: IngestPolicy, notes: list[str]) -> Header:
+    """Parse the header from ``fp`` and validate it; raises :class:`Rejection`."""
+    ds, _ = open_dataset(fp, stop_before_pixels=True, notes=notes)
+    header = header_from_dataset(ds)
+    validate_header(header, policy)
+    _decode.check_transfer_syntax(header.transfer_syntax)
+    return header
+
+
+def read_header(path: str | os.PathLike[str], policy: IngestPolicy = _DEFAULT_POLICY) -> Header:
+    """Read and validate the header of the DICOM file at ``path`` without touching pixels.
+
+    Returns the :class:`Header` (no patient identifiers).  Raises :class:`Rejection` for a
+    file that is not DICOM, unreadable, or refused by ``policy``; never another exception.
+    """
+    notes: list[str] = []
+    try:
+        with _quiet(notes), open(path, "rb") as fp:
+            header = _header(fp, policy, notes)
+    except Rejection:
+        _report(path, notes)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract: only Rejection escapes
+        _report(path, notes)
+        raise _unexpected(exc, RejectReason.UNREADABLE) from exc
+    _report(path, notes)
+    return header
+
+
+def read_radiograph(
+    path: str | os.PathLike[str],
+    policy: IngestPolicy = _DEFAULT_POLICY,
+    max_side: int | None = None,
+) -> Radiograph:
+    """Read, validate, decode and normalise the radiograph at ``path``.
+
+    ``max_side`` lets a codec that can decode at reduced resolution (1/2, 1/4, 1/8) do so
+    while keeping the long side >= ``max_side``; the final resize is the caller's
+    (``edge_worker.preprocess.working_image``).  Returns a :class:`Radiograph` whose pixels
+    are 2-D float32 in [0, 1], bone bright, and whose ``scale`` is output / stored size.
+    Raises :class:`Rejection` (and nothing else) when the file cannot be judged.
+    """
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    stage = "read"
+    try:
+        with _quiet(notes):
+            data = Path(path).read_bytes()
+            stage = "header"
+            header = _header(io.BytesIO(data), policy, notes)
+            timings["header_ms"] = (time.perf_counter() - start) * 1000
+            ds, parse_warnings = open_dataset(io.BytesIO(data), stop_before_pixels=False, notes=notes)
+            _decode.check_pixel_data(ds, header, parse_warnings, notes)
+            stage = "decode"
+            t0 = time.perf_counter()
+            stored, scale = _decode.decode(ds, header, max_side, notes)
+            timings["decode_ms"] = (time.perf_counter() - t0) * 1000
+            stage = "grayscale"
+            t0 = time.perf_counter()
+            pixels = normalise(stored, meta_from_dataset(ds))
+            timings["grayscale_ms"] = (time.perf_counter() - t0) * 1000
+    except Rejection:
+        _report(path, notes)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract: only Rejection escapes
+        _report(path, notes)
+        reason = RejectReason.DECODE_FAILED if stage in ("decode", "grayscale") else RejectReason.UNREADABLE
+        raise _unexpected(exc, reason) from exc
+    timings["total_ms"] = (time.perf_counter() - start) * 1000
+    return Radiograph(
+        header=header, pixels=pixels, scale=scale, timings_ms=timings, notes=_report(path, notes)
+    )
