@@ -1,0 +1,373 @@
+"""MQTT publisher: durable outbox in front of a paho 2.x client.
+
+Write before you send: :meth:`Publisher.publish` stores the message in the
+:class:`~edge_worker.publish.outbox.Outbox` and returns; a sender thread hands stored rows to
+paho (QoS 1) in insertion order while connected, and a row is deleted only when paho's
+``on_publish`` reports the broker's PUBACK for it.  This is the only module that imports paho.
+
+Delivery is at least once: after a crash a message may be sent twice, so consumers deduplicate
+on the message id carried in the payload.
+
+Threads: paho's network loop (``loop_start``) and one sender thread.  Our lock is never held
+while calling into paho, because paho calls ``on_publish`` while holding its own outgoing-message
+lock, and ``Client.publish`` takes that same lock: holding ours across it would deadlock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_worker.errors import ConfigError
+from edge_worker.publish.outbox import Outbox
+from edge_worker.publish.settings import MqttSettings, Topics
+
+__all__ = ["KINDS", "MqttSettings", "Publisher", "Topics"]
+
+if TYPE_CHECKING:
+    from typing import Self  # 3.11+; annotations are not evaluated on 3.10
+
+log = logging.getLogger(__name__)
+
+KINDS = frozenset({"verdict", "error"})
+ONLINE = b"online"
+OFFLINE = b"offline"
+# Rows handed to paho and not yet acknowledged; bounds paho's in-memory queue (which is
+# unbounded by default) while the outbox holds the rest on disk.
+DEFAULT_WINDOW = 100
+_MISSING = object()
+
+
+class Publisher:
+    """Publishes verdicts and errors for one station through a durable outbox.
+
+    Construct, :meth:`start`, call :meth:`publish` from any thread, :meth:`stop` once.  The
+    outbox belongs to the caller (it is not closed by :meth:`stop`).
+    """
+
+    def __init__(
+        self, settings: MqttSettings, topics: Topics, outbox: Outbox, *, window: int = DEFAULT_WINDOW
+    ) -> None:
+        """Prepare a publisher; nothing touches the network until :meth:`start`."""
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.settings = settings
+        self.topics = topics
+        self._outbox = outbox
+        self._window = window
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._connected = False
+        self._last_error: str | None = None
+        self._epoch = 0  # bumped on every CONNACK; a sender pass from an older epoch restarts
+        self._cursor = 0  # highest row id handed to paho in this epoch
+        self._inflight: dict[int, int | None] = {}  # paho mid -> outbox row id (None: not a row)
+        self._inflight_rows: set[int] = set()
+        # Rows paho held at the last CONNACK: paho re-sends them itself right after on_connect
+        # returns, so new rows wait until these are settled to keep the send order.
+        self._barrier: set[int] = set()
+        self._early_acks: dict[int, ReasonCode] = {}  # PUBACKs that beat their publish() return
+        self._status: bytes | None = None
+        self._client: paho.Client | None = None
+        self._sender: threading.Thread | None = None
+        self._stopped = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (in the background) and sending the outbox.
+
+        Returns at once; :attr:`connected` turns true after the broker's CONNACK.  Raises
+        :class:`ConfigError` when the TLS files cannot be loaded and ``RuntimeError`` when
+        called twice.
+        """
+        if self._client is not None:
+            raise RuntimeError("Publisher.start() called twice")
+        self._client = self._make_client()
+        s = self.settings
+        log.info("MQTT: connecting to %s as %r", s.url, self._client_id())
+        self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
+        self._client.loop_start()
+        self._sender = threading.Thread(
+            target=self._send_loop, name="edge-worker/mqtt-sender", daemon=True
+        )
+        self._sender.start()
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop sending, publish retained ``offline`` if connected, disconnect, join threads.
+
+        Unacknowledged messages stay in the outbox for the next start.  Idempotent.
+        """
+        if self._client is None or self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + timeout
+        self._stopping.set()
+        self._wake.set()
+        assert self._sender is not None
+        self._sender.join(max(0.0, deadline - time.monotonic()))
+        if self._sender.is_alive():
+            log.error("MQTT: sender thread did not stop within %.1f s", timeout)
+        client = self._client
+        if self.connected:
+            info = self._send(self.topics.availability, OFFLINE, 1, True, None)
+            try:
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("MQTT: could not publish offline before stopping: %s", exc)
+        client.disconnect()
+        # paho joins its thread without a timeout; it is bounded by paho's connect timeout.
+        client.loop_stop()
+        with self._lock:
+            self._connected = False
+        log.info("MQTT: stopped; %d message(s) left in the outbox", self.outbox_depth)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- public API ------------------------------------------------------------------------
+
+    def publish(self, kind: str, payload: dict[str, Any], key: str) -> bool:
+        """Store one message durably and schedule it for sending; return at once.
+
+        ``kind`` is ``"verdict"`` or ``"error"``; ``payload`` is JSON-serialisable (no NaN) and
+        should carry ``key`` so consumers can deduplicate; ``key`` is the message id, stable
+        across retries.  Returns False when a message with this key is already pending (nothing
+        new is stored).  Raises ``ValueError`` for a bad kind or payload, and
+        :class:`~edge_worker.publish.outbox.OutboxFull` when the outbox is full (a health
+        failure for the caller; nothing was stored).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+        topic = self.topics.verdict if kind == "verdict" else self.topics.error
+        try:
+            data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{kind} payload for {key!r} is not strict JSON: {exc}") from exc
+        result = self._outbox.put(topic, data.encode("utf-8"), key, qos=1, retain=False)
+        if result.created:
+            log.debug("MQTT: queued %s %s as outbox row %d", kind, key, result.row_id)
+            self._wake.set()
+        else:
+            log.info("MQTT: %s %s is already pending (row %d); not stored twice", kind, key, result.row_id)
+        return result.created
+
+    def set_status(self, payload: dict[str, Any]) -> None:
+        """Publish a retained status document now (if connected) and after every reconnect.
+
+        Status is the latest state only, so it is kept in memory rather than in the outbox: a
+        stale status replayed after a restart would be wrong.
+        """
+        data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        with self._lock:
+            self._status = data
+            connected = self._connected
+        if connected:
+            self._send(self.topics.status, data, 1, True, None)
+
+    def wait_drained(self, timeout: float) -> bool:
+        """Block until the outbox is empty (every message acknowledged); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._drained:
+            while self._outbox.depth() > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                # Bounded waits: a put from another thread does not notify, so re-check.
+                self._drained.wait(min(remaining, 0.1))
+        return True
+
+    @property
+    def connected(self) -> bool:
+        """True only between a successful CONNACK and the next disconnect."""
+        with self._lock:
+            return self._connected
+
+    @property
+    def outbox_depth(self) -> int:
+        """Messages stored but not yet acknowledged by the broker."""
+        return self._outbox.depth()
+
+    @property
+    def last_error(self) -> str | None:
+        """The most recent connection refusal or rejected message, for health reporting."""
+        with self._lock:
+            return self._last_error
+
+    # -- paho wiring -----------------------------------------------------------------------
+
+    def _client_id(self) -> str:
+        return self.settings.client_id or f"xray-edge-{self.topics.site}-{self.topics.station}"
+
+    def _make_client(self) -> paho.Client:
+        s = self.settings
+        if s.protocol == "5":
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=self._client_id(), protocol=paho.MQTTv5
+            )
+        else:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self._client_id(),
+                protocol=paho.MQTTv311,
+                clean_session=True,  # the outbox, not a broker session, holds undelivered messages
+            )
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            try:
+                client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"mqtt TLS files cannot be loaded: {exc}") from exc
+            client.tls_insecure_set(s.tls_insecure)
+        client.reconnect_delay_set(s.reconnect_min_delay, s.reconnect_max_delay)
+        # Room for our window plus availability/status messages, so paho never holds rows back.
+        client.max_inflight_messages_set(self._window + 4)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _on_connect(
+        self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.error("MQTT: broker %s refused the connection: %s", self.settings.url, reason)
+            with self._lock:
+                self._connected = False
+                self._last_error = f"connection refused: {reason}"
+            return
+        with self._lock:
+            self._connected = True
+            self._last_error = None
+            self._epoch += 1
+            self._cursor = 0  # rescan: rows refused earlier are sent again
+            self._barrier = set(self._inflight_rows)
+            status = self._status
+        log.info("MQTT: connected to %s; %d message(s) in the outbox", self.settings.url, self.outbox_depth)
+        self._send(self.topics.availability, ONLINE, 1, True, None)
+        if status is not None:
+            self._send(self.topics.status, status, 1, True, None)
+        self._wake.set()
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        log.warning("MQTT: cannot reach broker %s; retrying", self.settings.url)
+
+    def _on_disconnect(
+        self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        with self._lock:
+            was_connected, self._connected = self._connected, False
+        if self._stopping.is_set():
+            log.info("MQTT: disconnected from %s", self.settings.url)
+        elif was_connected:
+            log.warning("MQTT: lost connection to %s (%s); reconnecting", self.settings.url, reason)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: object, mid: int, reason: ReasonCode, props: Any
+    ) -> None:
+        with self._lock:
+            row_id = self._inflight.pop(mid, _MISSING)
+            if row_id is _MISSING:
+                self._early_acks[mid] = reason
+                return
+        assert row_id is None or isinstance(row_id, int)
+        self._settle(mid, row_id, reason)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, row_id: int | None) -> paho.MQTTMessageInfo:
+        """Hand one message to paho and record its mid; every publish goes through here."""
+        assert self._client is not None
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            # paho did not keep it; the row stays in the outbox and is retried on reconnect.
+            log.error("MQTT: paho refused to queue a message for %s (queue full)", topic)
+            with self._lock:
+                if row_id is not None:
+                    self._inflight_rows.discard(row_id)
+            return info
+        # NO_CONN is fine for QoS 1: paho keeps the message and sends it after reconnecting.
+        with self._lock:
+            reason = self._early_acks.pop(info.mid, None)
+            if reason is None:
+                self._inflight[info.mid] = row_id
+                return info
+        self._settle(info.mid, row_id, reason)
+        return info
+
+    def _settle(self, mid: int, row_id: int | None, reason: ReasonCode) -> None:
+        """Apply a broker acknowledgement: delete the row, or keep it if the broker refused it."""
+        if row_id is None:
+            return
+        if reason.is_failure:
+            # MQTT 5 only: the broker refused this message (e.g. not authorised).  Keep the row
+            # (never drop a verdict); it is retried after the next reconnect.
+            log.error("MQTT: broker refused outbox row %d (mid %d): %s", row_id, mid, reason)
+            with self._lock:
+                self._inflight_rows.discard(row_id)
+                self._barrier.discard(row_id)
+                self._last_error = f"message refused: {reason}"
+            self._wake.set()
+            return
+        self._outbox.ack(row_id)
+        with self._drained:
+            self._inflight_rows.discard(row_id)
+            self._barrier.discard(row_id)
+            self._drained.notify_all()
+        self._wake.set()
+
+    def _send_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self._send_pending()
+            except Exception as exc:  # keep the sender alive; the rows stay stored
+                log.exception("MQTT: sending from the outbox failed; retrying in 1 s")
+                with self._lock:
+                    self._last_error = f"outbox send failed: {exc}"
+                self._stopping.wait(1.0)
+
+    def _send_pending(self) -> None:
+        """Hand stored rows to paho, oldest first, while connected and the window has room."""
+        while not self._stopping.is_set():
+            with self._lock:
+                if not self._connected or self._barrier:
+                    return
+                room = self._window - len(self._inflight_rows)
+                cursor, epoch = self._cursor, self._epoch
+            if room <= 0:
+                return
+            rows = self._outbox.pending(limit=room, after_id=cursor)
+            if not rows:
+                return
+            for row in rows:
+                with self._lock:
+                    if not self._connected or epoch != self._epoch:
+                        return
+                    self._cursor = row.row_id
+                    if row.row_id in self._inflight_rows:
+                        continue  # paho still holds it and re-sends it itself after reconnecting
+                    self._inflight_rows.add(row.row_id)
+                self._send(row.topic, row.payload, row.qos, row.retain, row.row_id)
