@@ -25,7 +25,8 @@ from edge_worker.journal import Journal
 from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.process import Judge, Outcome
-from edge_worker.publish.mqtt import MqttSettings, Publisher
+from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
+from edge_worker.publish.outbox import Outbox
 from edge_worker.quarantine import Quarantine, QuarantineError
 from edge_worker.verdict import build_error
 from edge_worker.watch import FolderWatcher
@@ -103,16 +104,15 @@ class StationDaemon:
         self.judge = Judge(pipeline, config.site, config.station, ingest_policy(config))
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
+        settings = mqtt_settings(config)
+        config.state.folder.mkdir(parents=True, exist_ok=True)
+        self.outbox = Outbox(config.state.folder / "outbox.sqlite3", max_rows=config.state.outbox_max_messages)
         self.publisher = Publisher(
-            mqtt_settings(config),
-            site=config.site,
-            station=config.station,
-            outbox_path=config.state.folder / "outbox.sqlite3",
-            max_messages=config.state.outbox_max_messages,
+            settings, Topics(config.site, config.station, settings.topic_prefix), self.outbox
         )
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._work, name=f"judge-{config.station}", daemon=True)
+        self._worker = threading.Thread(target=self._work, name=f"edge-worker/judge-{config.station}", daemon=True)
         self.watcher = FolderWatcher(
             config.watch.folder,
             on_ready=self._enqueue,
@@ -153,6 +153,7 @@ class StationDaemon:
         self.publisher.stop(max(0.1, deadline - time.monotonic()))
         self.watcher.join(1.0)
         self.journal.close()
+        self.outbox.close()
 
     # -- the work --------------------------------------------------------------------------
     def _enqueue(self, path: Path) -> None:

@@ -51,7 +51,7 @@ class Modality(threading.Thread):
     """
 
     def __init__(self, folders: list[Path], interval_s: float, stop: threading.Event) -> None:
-        super().__init__(name="simulated-modality", daemon=True)
+        super().__init__(name="edge-worker/modality", daemon=True)
         self.folders = folders
         self.interval_s = interval_s
         self.stop_event = stop
