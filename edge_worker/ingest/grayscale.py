@@ -20,7 +20,7 @@ import numpy as np
 #: Percentiles of the robust window used when a file carries no VOI transform.
 DEFAULT_PERCENTILES = (1.0, 99.0)
 #: The percentile window looks at no more than about this many pixels (strided subsample).
-_PERCENTILE_SAMPLES = 1 << 20
+_PERCENTILE_SAMPLES = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -231,46 +231,71 @@ def border_runs(arr: np.ndarray) -> np.ndarray:
     return mask
 
 
+def percentile_bounds(
+    values: np.ndarray,
+    exclude: np.ndarray | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> tuple[float, float] | None:
+    """The two percentiles of ``values`` where ``exclude`` is False; ``None`` if flat.
+
+    When fewer than 1 % of the values remain after exclusion, all of them are used.
+    """
+    keep = values[~exclude] if exclude is not None else values.ravel()
+    if keep.size < max(1, 0.01 * values.size):
+        keep = values.ravel()
+    lo, hi = (float(v) for v in np.percentile(keep, percentiles))
+    if not hi > lo:
+        lo, hi = float(keep.min()), float(keep.max())
+    return (lo, hi) if hi > lo else None
+
+
+def linear(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``lo`` -> 0 and ``hi`` -> 1, clipped."""
+    return np.clip((arr - lo) / (hi - lo), 0.0, 1.0)
+
+
 def percentile_window(
     arr: np.ndarray,
     exclude: np.ndarray | None = None,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
 ) -> np.ndarray:
-    """Modality output -> [0, 1] by a linear window between two percentiles.
+    """Modality output -> [0, 1] by a linear window between two percentiles of ``arr``.
 
-    ``exclude`` (same shape, True = ignore) removes padding and saturated border runs from
-    the statistics, not from the output.  When fewer than 1 % of the pixels remain, all pixels
-    are used.  A flat image maps to 0.
+    ``exclude`` (True = ignore) removes padding and border runs from the statistics only.
+    A flat image maps to 0.
     """
-    step = max(1, int(np.sqrt(arr.size / _PERCENTILE_SAMPLES)))
-    sample = arr[::step, ::step] if arr.ndim == 2 else arr
-    keep = ~border_runs(sample)
-    if exclude is not None:
-        keep &= ~(exclude[::step, ::step] if arr.ndim == 2 else exclude)
-    values = sample[keep] if keep.sum() >= 0.01 * sample.size else sample.ravel()
-    lo, hi = np.percentile(values, percentiles)
-    if not hi > lo:
-        lo, hi = float(values.min()), float(values.max())
-    if not hi > lo:
+    bounds = percentile_bounds(arr, exclude, percentiles)
+    if bounds is None:
         return np.zeros(arr.shape, dtype=np.float64)
-    return np.clip((arr.astype(np.float64, copy=False) - lo) / (hi - lo), 0.0, 1.0)
+    return linear(arr.astype(np.float64, copy=False), *bounds)
 
 
-def voi(arr: np.ndarray, meta: GrayscaleMeta, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Modality output -> [0, 1]: VOI LUT Sequence, else window, else percentile window.
+def has_voi(meta: GrayscaleMeta) -> bool:
+    """True when the file's own VOI (a LUT, or a window of allowed width) will be used."""
+    if meta.voi_lut is not None:
+        return True
+    if meta.window_center is None or meta.window_width is None:
+        return False
+    if meta.voi_lut_function in ("LINEAR_EXACT", "SIGMOID"):
+        return meta.window_width > 0
+    return meta.window_width >= 1  # C.11.2.1.2.1: LINEAR needs a width of at least 1
 
-    C.11.2.1 allows either of a VOI LUT and a window; the LUT is preferred because CR/DX
-    vendors encode their non-linear tone curve there.  An unusable window (bad width) falls
-    through to the percentile window.
+
+def voi(arr: np.ndarray, meta: GrayscaleMeta, bounds: tuple[float, float] | None) -> np.ndarray:
+    """Modality output -> [0, 1]: VOI LUT Sequence, else window, else ``bounds``.
+
+    C.11.2.1 allows either a VOI LUT or a window; the LUT is preferred because CR/DX vendors
+    encode their non-linear tone curve there.  ``bounds`` is the fallback window, usually
+    from :func:`percentile_bounds` over the whole image; ``None`` means a flat image -> 0.
     """
     if meta.voi_lut is not None:
         return voi_lut(arr, meta.voi_lut)
-    if meta.window_center is not None and meta.window_width is not None:
-        try:
-            return window(arr, meta.window_center, meta.window_width, meta.voi_lut_function)
-        except ValueError:
-            pass
-    return percentile_window(arr, exclude)
+    if has_voi(meta):
+        assert meta.window_center is not None and meta.window_width is not None
+        return window(arr, meta.window_center, meta.window_width, meta.voi_lut_function)
+    if bounds is None:
+        return np.zeros(arr.shape, dtype=np.float64)
+    return linear(arr.astype(np.float64, copy=False), *bounds)
 
 
 def polarity(arr: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
@@ -286,14 +311,45 @@ def to_unit_float32(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(arr, 0.0, 1.0), dtype=np.float32)
 
 
+def fallback_bounds(
+    stored: np.ndarray,
+    meta: GrayscaleMeta,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+) -> tuple[float, float] | None:
+    """The percentile window (in modality units) for an image without its own VOI.
+
+    Statistics come from a strided subsample of about 2^18 pixels, without padding values
+    and without saturated border runs (collimation, shutters).
+    """
+    step = max(1, int(np.sqrt(stored.size / _PERCENTILE_SAMPLES)))
+    sample = stored[::step, ::step]
+    exclude = border_runs(sample)
+    pad = padding_mask(sample, meta)
+    if pad is not None:
+        exclude |= pad
+    return percentile_bounds(modality_lut(sample, meta), exclude, percentiles)
+
+
+def _chain(values: np.ndarray, meta: GrayscaleMeta, bounds: tuple[float, float] | None) -> np.ndarray:
+    """Stored values (already masked) -> display values, padding black (C.7.5.1.1.2)."""
+    out = polarity(voi(modality_lut(values, meta), meta, bounds), meta)
+    pad = padding_mask(values, meta)
+    return np.where(pad, 0.0, out) if pad is not None else out
+
+
 def normalise(pixels: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
     """The whole chain: decoded stored pixels -> 2-D float32 in [0, 1], bone bright.
 
-    Padding pixels come out black (0): they are not part of the image (C.7.5.1.1.2).
+    Every step is element-wise once the fallback window is known, so for 8/16-bit input the
+    chain runs over each possible stored value once and the image is mapped through that
+    table: the same result as the element-wise chain, several times faster.
     """
     stored = stored_values(pixels, meta)
-    pad = padding_mask(stored, meta)
-    out = polarity(voi(modality_lut(stored, meta), meta, pad), meta)
-    if pad is not None and pad.any():
-        out = np.where(pad, 0.0, out)
-    return to_unit_float32(out)
+    bounds = None if has_voi(meta) else fallback_bounds(stored, meta)
+    if stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2:
+        unsigned = stored.view(f"u{stored.dtype.itemsize}")
+        size = int(unsigned.max(initial=0)) + 1 if stored.dtype.kind == "u" else 1 << (8 * stored.dtype.itemsize)
+        codes = np.arange(size, dtype=unsigned.dtype).view(stored.dtype)
+        table = to_unit_float32(_chain(codes, meta, bounds))
+        return table[unsigned]
+    return to_unit_float32(_chain(stored, meta, bounds))
