@@ -118,7 +118,9 @@ def test_window_sigmoid() -> None:
     )
 
 
-@pytest.mark.parametrize(("function", "width"), [("LINEAR", 0.5), ("LINEAR_EXACT", 0.0), ("SIGMOID", -1.0)])
+@pytest.mark.parametrize(
+    ("function", "width"), [("LINEAR", 0.5), ("LINEAR_EXACT", 0.0), ("SIGMOID", -1.0)]
+)
 def test_window_rejects_widths_the_standard_forbids(function: str, width: float) -> None:
     with pytest.raises(ValueError):
         g.window(np.array([1.0]), 0.0, width, function)
@@ -131,7 +133,9 @@ def test_voi_prefers_lut_then_window_then_bounds() -> None:
     lut = Lut(first_mapped=0, bits=8, data=np.array([255.0, 0.0, 0.0]))
     both = GrayscaleMeta(voi_lut=lut, window_center=1.0, window_width=2.0)
     assert g.voi(x, both, None).tolist() == [1.0, 0.0, 0.0]
-    window_only = GrayscaleMeta(window_center=1.0, window_width=2.0, voi_lut_function="LINEAR_EXACT")
+    window_only = GrayscaleMeta(
+        window_center=1.0, window_width=2.0, voi_lut_function="LINEAR_EXACT"
+    )
     assert g.voi(x, window_only, None).tolist() == [0.0, 0.5, 1.0]
     assert g.voi(x, GrayscaleMeta(), (0.0, 4.0)).tolist() == [0.0, 0.25, 0.5]
     assert g.voi(x, GrayscaleMeta(), None).tolist() == [0.0, 0.0, 0.0]
@@ -147,7 +151,9 @@ def test_monochrome1_is_inverted_and_monochrome2_is_not() -> None:
 
 
 def test_monochrome1_inversion_comes_after_the_window() -> None:
-    meta = GrayscaleMeta(photometric="MONOCHROME1", bits_stored=12, window_center=100.0, window_width=11.0)
+    meta = GrayscaleMeta(
+        photometric="MONOCHROME1", bits_stored=12, window_center=100.0, window_width=11.0
+    )
     # VOI first: [0, 0.05, 0.55, 1]; then 1 - v.  Inverting the stored values first (4095 - x)
     # would put every pixel outside the window and give all ones.
     out = g.normalise(u16([[90, 95, 100, 110]]), meta)
@@ -231,8 +237,12 @@ def test_table_lookup_equals_the_elementwise_chain(photometric: str, signed: boo
     dtype = np.int16 if signed else np.uint16
     arr = rng.integers(-2000 if signed else 0, 4000, size=(64, 80)).astype(dtype)
     meta = GrayscaleMeta(
-        photometric=photometric, bits_stored=13, signed=signed,
-        rescale_slope=0.5, rescale_intercept=-10.0, padding_value=int(arr[0, 0]),
+        photometric=photometric,
+        bits_stored=13,
+        signed=signed,
+        rescale_slope=0.5,
+        rescale_intercept=-10.0,
+        padding_value=int(arr[0, 0]),
     )
     stored = g.stored_values(arr, meta)
     bounds = g.fallback_bounds(stored, meta)
@@ -242,7 +252,9 @@ def test_table_lookup_equals_the_elementwise_chain(photometric: str, signed: boo
     direct = np.where(pad, 0.0, direct)
     np.testing.assert_allclose(g.normalise(arr, meta), direct, atol=1e-6)
     windowed = replace(meta, window_center=100.0, window_width=500.0, voi_lut_function="SIGMOID")
-    expected = g.polarity(g.window(g.modality_lut(stored, windowed), 100.0, 500.0, "SIGMOID"), windowed)
+    expected = g.polarity(
+        g.window(g.modality_lut(stored, windowed), 100.0, 500.0, "SIGMOID"), windowed
+    )
     np.testing.assert_allclose(g.normalise(arr, windowed), np.where(pad, 0.0, expected), atol=1e-6)
 
 
@@ -258,5 +270,9 @@ def test_meta_from_dataset_takes_the_first_of_several_windows() -> None:
     ds.PixelPaddingValue = 0
     meta = g.meta_from_dataset(ds)
     assert (meta.window_center, meta.window_width) == (550.0, 1024.0)
-    assert (meta.voi_lut_function, meta.photometric, meta.bits_stored) == ("LINEAR_EXACT", "MONOCHROME1", 10)
+    assert (meta.voi_lut_function, meta.photometric, meta.bits_stored) == (
+        "LINEAR_EXACT",
+        "MONOCHROME1",
+        10,
+    )
     assert (meta.rescale_slope, meta.rescale_intercept, meta.padding_value) == (1.0, 0.0, 0)

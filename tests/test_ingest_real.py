@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ ACCEPTED = sorted(name for name, outcome in OUTCOMES.items() if isinstance(outco
 REJECTED = sorted(name for name, outcome in OUTCOMES.items() if isinstance(outcome, RejectReason))
 
 
-@lru_cache(maxsize=None)
+@cache
 def radiograph(name: str) -> Radiograph:
     """Each file is decoded once per module run: the whole module stays within seconds."""
     return read_radiograph(DICOM / name)
@@ -120,7 +120,9 @@ def test_policy_decides_mammography_and_for_processing() -> None:
     result = read_radiograph(DICOM / "fodicom_OutOfBoundsOverlay.dcm", policy=with_mg)
     assert result.pixels.shape == (788, 1318)
     with pytest.raises(Rejection) as info:
-        read_radiograph(DICOM / "openrem_DX-Im-GE_XR220-2.dcm", IngestPolicy(accept_for_processing=True))
+        read_radiograph(
+            DICOM / "openrem_DX-Im-GE_XR220-2.dcm", IngestPolicy(accept_for_processing=True)
+        )
     assert info.value.reason is R.TOO_SMALL
 
 
@@ -140,9 +142,7 @@ def test_acr_nema_file_is_read_as_implicit_little_endian() -> None:
         ("wg04_RG3_UNC.dcm", (0.45, 0.55, 0.48, 0.54), (0.45, 0.55, 0.3, 0.36)),
     ],
 )
-def test_bone_is_bright(
-    name: str, bright: tuple[float, ...], dark: tuple[float, ...]
-) -> None:
+def test_bone_is_bright(name: str, bright: tuple[float, ...], dark: tuple[float, ...]) -> None:
     pixels = radiograph(name).pixels
     h, w = pixels.shape
 
@@ -168,8 +168,10 @@ def test_polarity_follows_photometric_interpretation(name: str) -> None:
 @pytest.mark.parametrize(
     ("lossless", "lossy"),
     [
-        (["wg04_RG3_UNC.dcm", "wg04_RG3_J2KR.dcm", "wg04_RG3_JPLL.dcm", "wg04_RG3_RLE.dcm"],
-         ["wg04_RG3_JLSN.dcm"]),
+        (
+            ["wg04_RG3_UNC.dcm", "wg04_RG3_J2KR.dcm", "wg04_RG3_JPLL.dcm", "wg04_RG3_RLE.dcm"],
+            ["wg04_RG3_JLSN.dcm"],
+        ),
         (["wg04_RG2_J2KR.dcm", "wg04_RG2_JLSL.dcm", "wg04_RG2_RLE.dcm"], ["wg04_RG2_J2KI.dcm"]),
     ],
 )

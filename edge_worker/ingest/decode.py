@@ -43,8 +43,12 @@ class Codec:
 
 
 NATIVE = frozenset(
-    {ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
-     DeflatedExplicitVRLittleEndian}
+    {
+        ImplicitVRLittleEndian,
+        ExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+    }
 )
 CODECS: dict[str, Codec] = {
     "1.2.840.10008.1.2.5": Codec(ends_ffd9=False),  # RLE Lossless
@@ -121,7 +125,9 @@ def fragments(value: bytes) -> list[bytes]:
     return items[1:]
 
 
-def check_pixel_data(ds: Dataset, header: Header, parse_warnings: list[str], notes: list[str]) -> None:
+def check_pixel_data(
+    ds: Dataset, header: Header, parse_warnings: list[str], notes: list[str]
+) -> None:
     """Raise NO_PIXEL_DATA or TRUNCATED_PIXEL_DATA unless the pixel stream is complete.
 
     Native data must hold Rows x Columns x Bits Allocated; encapsulated data must be framed
@@ -134,7 +140,9 @@ def check_pixel_data(ds: Dataset, header: Header, parse_warnings: list[str], not
                 "encapsulated Pixel Data ends before its sequence delimiter (file cut short)",
             )
         other = [kw for kw in ("FloatPixelData", "DoubleFloatPixelData") if kw in ds]
-        detail = f"only {other[0]}, which is not a radiograph" if other else "no (7FE0,0010) Pixel Data"
+        detail = (
+            f"only {other[0]}, which is not a radiograph" if other else "no (7FE0,0010) Pixel Data"
+        )
         raise Rejection(RejectReason.NO_PIXEL_DATA, detail)
     value = ds.PixelData
     if header.transfer_syntax in NATIVE:
@@ -167,8 +175,11 @@ def _decode_reduced_jpeg(frame: bytes, header: Header, factor: int) -> np.ndarra
     """8-bit JPEG decoded at ``1/factor`` scale by libjpeg-turbo, or ``None`` if it cannot."""
     import cv2  # lazily: only this path needs OpenCV's codecs
 
-    flags = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-             8: cv2.IMREAD_REDUCED_GRAYSCALE_8}[factor] | cv2.IMREAD_IGNORE_ORIENTATION
+    flags = {
+        2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+        4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+        8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+    }[factor] | cv2.IMREAD_IGNORE_ORIENTATION
     arr = cv2.imdecode(np.frombuffer(frame, dtype=np.uint8), flags)
     shape = (math.ceil(header.rows / factor), math.ceil(header.columns / factor))
     if arr is None or arr.shape != shape:
@@ -176,7 +187,9 @@ def _decode_reduced_jpeg(frame: bytes, header: Header, factor: int) -> np.ndarra
     return arr
 
 
-def decode(ds: Dataset, header: Header, max_side: int | None, notes: list[str]) -> tuple[np.ndarray, float]:
+def decode(
+    ds: Dataset, header: Header, max_side: int | None, notes: list[str]
+) -> tuple[np.ndarray, float]:
     """Decode the single frame; returns ``(stored values, scale)``, scale = output / stored.
 
     Raises DECODE_FAILED naming the transfer syntax and every plugin's error.
@@ -194,7 +207,7 @@ def decode(ds: Dataset, header: Header, max_side: int | None, notes: list[str]) 
         arr, _ = get_decoder(UID(uid)).as_array(
             ds, index=0, raw=True, decoding_plugin=codec.plugin if codec else ""
         )
-    except Exception as exc:  # noqa: BLE001 - plugins raise RuntimeError, ValueError, ...
+    except Exception as exc:
         message = " ".join(str(exc).split())
         raise Rejection(RejectReason.DECODE_FAILED, f"{ts_label(uid)}: {message}") from exc
     if arr.shape != (header.rows, header.columns):

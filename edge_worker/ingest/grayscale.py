@@ -96,12 +96,17 @@ def meta_from_dataset(ds: Any) -> GrayscaleMeta:
         return lut_from_item(seq[0], signed, little)
 
     def num(name: str) -> float | None:
-        value = _first(ds.get(name))
-        return None if value is None or value == "" else float(value)
+        # An unparsable value (DS/IS text in a damaged header) counts as absent: the chain
+        # then falls back to the next transform instead of refusing the image.
+        try:
+            value = _first(ds.get(name))
+            return None if value is None or value == "" else float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
 
     def integer(name: str) -> int | None:
-        value = _first(ds.get(name))
-        return None if value is None or value == "" else int(value)
+        number = num(name)
+        return None if number is None or not np.isfinite(number) else int(number)
 
     slope, intercept = num("RescaleSlope"), num("RescaleIntercept")
     return GrayscaleMeta(
@@ -330,7 +335,9 @@ def fallback_bounds(
     return percentile_bounds(modality_lut(sample, meta), exclude, percentiles)
 
 
-def _chain(values: np.ndarray, meta: GrayscaleMeta, bounds: tuple[float, float] | None) -> np.ndarray:
+def _chain(
+    values: np.ndarray, meta: GrayscaleMeta, bounds: tuple[float, float] | None
+) -> np.ndarray:
     """Stored values (already masked) -> display values, padding black (C.7.5.1.1.2)."""
     out = polarity(voi(modality_lut(values, meta), meta, bounds), meta)
     pad = padding_mask(values, meta)
@@ -348,7 +355,11 @@ def normalise(pixels: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
     bounds = None if has_voi(meta) else fallback_bounds(stored, meta)
     if stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2:
         unsigned = stored.view(f"u{stored.dtype.itemsize}")
-        size = int(unsigned.max(initial=0)) + 1 if stored.dtype.kind == "u" else 1 << (8 * stored.dtype.itemsize)
+        size = (
+            int(unsigned.max(initial=0)) + 1
+            if stored.dtype.kind == "u"
+            else 1 << (8 * stored.dtype.itemsize)
+        )
         codes = np.arange(size, dtype=unsigned.dtype).view(stored.dtype)
         table = to_unit_float32(_chain(codes, meta, bounds))
         return table[unsigned]

@@ -71,7 +71,7 @@ def open_dataset(
                     RejectReason.NOT_DICOM, "no DICM preamble and the content is not a dataset"
                 ) from None
             notes.append("no file meta information (ACR-NEMA style)")
-        except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
+        except Exception as exc:
             raise Rejection(RejectReason.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = getattr(ds, "original_encoding", (True, True))
@@ -166,7 +166,9 @@ def validate_header(header: Header, policy: IngestPolicy) -> None:
     intent = header.extra.get("presentation_intent_type", "")
     if not policy.accept_for_processing:
         if intent == "FOR PROCESSING":
-            raise Rejection(RejectReason.FOR_PROCESSING, "Presentation Intent Type is FOR PROCESSING")
+            raise Rejection(
+                RejectReason.FOR_PROCESSING, "Presentation Intent Type is FOR PROCESSING"
+            )
         if header.sop_class_uid in FOR_PROCESSING_SOP_CLASSES:
             raise Rejection(
                 RejectReason.FOR_PROCESSING,

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import decode as _decode
@@ -77,7 +78,7 @@ def _unexpected(exc: Exception, reason: RejectReason) -> Rejection:
     return Rejection(reason, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500])
 
 
-def _header(fp: io.BufferedIOBase | io.BytesIO, policy: IngestPolicy, notes: list[str]) -> Header:
+def _header(fp: BinaryIO, policy: IngestPolicy, notes: list[str]) -> Header:
     """Parse the header from ``fp`` and validate it; raises :class:`Rejection`."""
     ds, _ = open_dataset(fp, stop_before_pixels=True, notes=notes)
     header = header_from_dataset(ds)
@@ -99,7 +100,7 @@ def read_header(path: str | os.PathLike[str], policy: IngestPolicy = _DEFAULT_PO
     except Rejection:
         _report(path, notes)
         raise
-    except Exception as exc:  # noqa: BLE001 - the contract: only Rejection escapes
+    except Exception as exc:
         _report(path, notes)
         raise _unexpected(exc, RejectReason.UNREADABLE) from exc
     _report(path, notes)
@@ -129,7 +130,9 @@ def read_radiograph(
             stage = "header"
             header = _header(io.BytesIO(data), policy, notes)
             timings["header_ms"] = (time.perf_counter() - start) * 1000
-            ds, parse_warnings = open_dataset(io.BytesIO(data), stop_before_pixels=False, notes=notes)
+            ds, parse_warnings = open_dataset(
+                io.BytesIO(data), stop_before_pixels=False, notes=notes
+            )
             _decode.check_pixel_data(ds, header, parse_warnings, notes)
             stage = "decode"
             t0 = time.perf_counter()
@@ -142,9 +145,13 @@ def read_radiograph(
     except Rejection:
         _report(path, notes)
         raise
-    except Exception as exc:  # noqa: BLE001 - the contract: only Rejection escapes
+    except Exception as exc:
         _report(path, notes)
-        reason = RejectReason.DECODE_FAILED if stage in ("decode", "grayscale") else RejectReason.UNREADABLE
+        reason = (
+            RejectReason.DECODE_FAILED
+            if stage in ("decode", "grayscale")
+            else RejectReason.UNREADABLE
+        )
         raise _unexpected(exc, reason) from exc
     timings["total_ms"] = (time.perf_counter() - start) * 1000
     return Radiograph(
