@@ -1,0 +1,189 @@
+"""Train one stage: ``python -m models.train {view,roi,quality,orientation} --csv CSV --out DIR``.
+
+Recipes follow the papers: view (ankle paper 5.1) SGD lr 1e-3, momentum 0.9, weight decay
+1e-5, cross-entropy; roi (5.2) Adam lr 1e-4, weight decay 1e-4, pixel-wise MSE on the sigmoid
+output; quality (5.3) SGD lr 1e-3, momentum 0.9, weight decay 1e-3, MSE on the 1-3 score, on
+crops of the ground-truth ROI; orientation (paper 003) Adam, circular MSE on (cos, sin).
+ROI and quality train one model per view (``--view AP`` / ``--view LAT``).
+
+The checkpoint (``<out>/<task>[_<view>].pt``) holds the weights, the architecture, the input
+specification and the validation figures, everything ``export`` needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from models.data import MEAN, STD, Sample, example, load_samples, read_csv
+from models.networks import ArchConfig, build
+from models.evaluate import evaluate
+
+
+@dataclass
+class TrainConfig:
+    """One training run.  ``lr`` ``None`` means the paper's learning rate for the task."""
+
+    task: str
+    view: str | None = None
+    steps: int = 1000
+    batch: int = 8
+    height: int = 128
+    width: int = 128
+    lr: float | None = None
+    seed: int = 0
+    arch: ArchConfig = field(default_factory=lambda: ArchConfig("view"))
+
+
+def optimizer(task: str, params: list[nn.Parameter], lr: float | None) -> torch.optim.Optimizer:
+    """The papers' optimiser for ``task``."""
+    if task == "view":
+        return torch.optim.SGD(params, lr=lr or 1e-3, momentum=0.9, weight_decay=1e-5)
+    if task == "quality":
+        return torch.optim.SGD(params, lr=lr or 1e-3, momentum=0.9, weight_decay=1e-3)
+    if task == "roi":
+        return torch.optim.Adam(params, lr=lr or 1e-4, weight_decay=1e-4)
+    return torch.optim.Adam(params, lr=lr or 1e-3, betas=(0.9, 0.999), eps=1e-8)
+
+
+def loss_fn(task: str, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The papers' loss for ``task`` on a batch."""
+    from models.networks import circular_mse
+
+    if task == "view":
+        return F.cross_entropy(output, target)
+    if task == "orientation":
+        return circular_mse(output, target[:, 0])
+    return F.mse_loss(output, target)
+
+
+def select(samples: list[Sample], task: str, view: str | None) -> list[Sample]:
+    """The samples a task can learn from: right view, and the labels it needs."""
+    chosen = [s for s in samples if view is None or s.record.view == view]
+    if task in ("roi", "quality"):
+        chosen = [s for s in chosen if s.roi is not None]
+    if task == "quality":
+        chosen = [s for s in chosen if s.record.score is not None]
+    if task == "orientation":
+        chosen = [s for s in chosen if s.record.rotation_deg is not None]
+    if not chosen:
+        raise ValueError(f"no samples with labels for task {task!r} (view {view})")
+    return chosen
+
+
+def checkpoint_name(task: str, view: str | None) -> str:
+    """``view.pt``, ``roi_ap.pt``, ...: also the stage name in the pack."""
+    return f"{task}_{view.lower()}.pt" if view else f"{task}.pt"
+
+
+def train(
+    config: TrainConfig, train_samples: list[Sample], val_samples: list[Sample], out: Path
+) -> Path:
+    """Train for ``config.steps`` steps, evaluate on ``val_samples`` and save a checkpoint."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    data = select(train_samples, config.task, config.view)
+    val = select(val_samples, config.task, config.view)
+    net = build(config.arch)
+    opt = optimizer(config.task, list(net.parameters()), config.lr)
+    net.train()
+    started = time.monotonic()
+    bar = tqdm(range(config.steps), desc=checkpoint_name(config.task, config.view)[:-3])
+    running = None
+    for _ in bar:
+        picks = rng.integers(0, len(data), size=config.batch)
+        pairs = [example(config.task, data[i], config.height, config.width, rng) for i in picks]
+        x = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        y = torch.from_numpy(np.stack([p[1] for p in pairs]))
+        loss = loss_fn(config.task, net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        # Regression from scratch with SGD + momentum can blow up in the first steps.
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}")
+    metrics = evaluate(config.task, net, val, config.height, config.width)
+    metrics["train_seconds"] = round(time.monotonic() - started, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / checkpoint_name(config.task, config.view)
+    torch.save({
+        "task": config.task,
+        "view": config.view,
+        "arch": config.arch.as_dict(),
+        "input": {"height": config.height, "width": config.width,
+                  "channels": config.arch.in_channels, "mean": MEAN, "std": STD},
+        "steps": config.steps,
+        "n_train": len(data),
+        "metrics": metrics,
+        "state_dict": net.state_dict(),
+    }, path)  # fmt: skip
+    print(f"{path.name}: validation on {len(val)} images: {metrics}")
+    return path
+
+
+def default_arch(task: str, width: float, depth: float, height: int, width_px: int) -> ArchConfig:
+    """The demo-sized architecture for ``task`` at a given width multiplier."""
+    if task in ("view", "quality"):
+        drop = 0.4 if task == "view" else 0.2
+        return ArchConfig(task, width=width, depth=depth, image_size=max(height, width_px),
+                          drop_connect=drop)  # fmt: skip
+    # ASPP rates of 12/24/36 suit a 400 px input at output stride 8 (a 50 px feature map);
+    # scale them with the feature map so the dilated taps stay inside it.
+    scale = max(height, width_px) / 400.0
+    rates = tuple(max(1, round(r * scale)) for r in (12, 24, 36))
+    return ArchConfig(task, width=width, depth=depth, aspp_rates=rates)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=["view", "roi", "quality", "orientation"])
+    parser.add_argument("--csv", type=Path, required=True, help="training label CSV")
+    parser.add_argument("--val-csv", type=Path, help="validation CSV (default: 20%% of --csv)")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder")
+    parser.add_argument("--view", choices=["AP", "LAT"], help="roi/quality: the view to train")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=128, help="input height (and width)")
+    parser.add_argument("--input-width", type=int, help="input width if not square")
+    parser.add_argument("--width", type=float, default=0.5, help="network width multiplier")
+    parser.add_argument("--depth", type=float, default=1.0, help="EfficientNet depth multiplier")
+    parser.add_argument("--lr", type=float, help="override the paper's learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    args = parse_args(argv)
+    if args.task in ("roi", "quality") and args.view is None:
+        raise SystemExit(f"{args.task} trains one model per view: pass --view AP or --view LAT")
+    records = read_csv(args.csv)
+    if args.val_csv:
+        train_records, val_records = records, read_csv(args.val_csv)
+    else:
+        order = np.random.default_rng(args.seed).permutation(len(records))
+        cut = max(1, len(records) // 5)
+        val_records = [records[i] for i in order[:cut]]
+        train_records = [records[i] for i in order[cut:]]
+    width_px = args.input_width or args.size
+    config = TrainConfig(
+        task=args.task, view=args.view, steps=args.steps, batch=args.batch,
+        height=args.size, width=width_px, lr=args.lr, seed=args.seed,
+        arch=default_arch(args.task, args.width, args.depth, args.size, width_px),
+    )  # fmt: skip
+    train(config, load_samples(train_records), load_samples(val_records), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
