@@ -125,6 +125,7 @@ def header_from_dataset(ds: Dataset) -> Header:
     extra = {
         "transfer_syntax_name": UID(ts).name if ts else "",
         "presentation_intent_type": _text(ds, "PresentationIntentType"),
+        "presentation_lut_shape": _text(ds, "PresentationLUTShape").upper(),
         "image_type": _text(ds, "ImageType"),
         "number_of_frames": str(_int(ds, "NumberOfFrames", 1)),
         "samples_per_pixel": str(_int(ds, "SamplesPerPixel", 1)),
@@ -150,6 +151,20 @@ def header_from_dataset(ds: Dataset) -> Header:
         manufacturer=_text(ds, "Manufacturer"),
         extra=extra,
     )
+
+
+def oddities(header: Header) -> list[str]:
+    """Non-fatal inconsistencies worth one log line (the image is still read)."""
+    notes = []
+    shape = header.extra.get("presentation_lut_shape", "")
+    expected = {"MONOCHROME1": "INVERSE", "MONOCHROME2": "IDENTITY"}.get(header.photometric)
+    if shape and expected and shape != expected:
+        # C.8.11.6.1.2: INVERSE goes with MONOCHROME1 only; the Photometric Interpretation is
+        # what the pixel values mean, so it decides the polarity.
+        notes.append(
+            f"Presentation LUT Shape {shape} with {header.photometric}; polarity from the latter"
+        )
+    return notes
 
 
 def validate_header(header: Header, policy: IngestPolicy) -> None:

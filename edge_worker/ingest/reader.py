@@ -24,7 +24,12 @@ from typing import BinaryIO
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import decode as _decode
 from edge_worker.ingest.grayscale import meta_from_dataset, normalise
-from edge_worker.ingest.header import header_from_dataset, open_dataset, validate_header
+from edge_worker.ingest.header import (
+    header_from_dataset,
+    oddities,
+    open_dataset,
+    validate_header,
+)
 from edge_worker.ingest.types import Header, IngestPolicy, Radiograph
 
 logger = logging.getLogger(__name__)
@@ -84,6 +89,7 @@ def _header(fp: BinaryIO, policy: IngestPolicy, notes: list[str]) -> Header:
     header = header_from_dataset(ds)
     validate_header(header, policy)
     _decode.check_transfer_syntax(header.transfer_syntax)
+    notes.extend(oddities(header))
     return header
 
 
