@@ -1,7 +1,7 @@
 """File -> :class:`Header` or :class:`Radiograph`; every failure becomes a :class:`Rejection`.
 
-The header is parsed and validated (``stop_before_pixels=True``) before any pixel is read,
-so a refused file costs a header parse.  pydicom's warnings and its decoder log records
+The header is parsed and validated (``stop_before_pixels=True``) before the rest of the
+file is read, so a refused file costs a header parse.  pydicom's warnings and its decoder log records
 (which carry tracebacks) are captured while we work and reported as one warning per odd
 file through this module's logger.
 
@@ -132,10 +132,16 @@ def read_radiograph(
     stage = "read"
     try:
         with _quiet(notes):
-            data = Path(path).read_bytes()
-            stage = "header"
-            header = _header(io.BytesIO(data), policy, notes)
-            timings["header_ms"] = (time.perf_counter() - start) * 1000
+            with open(path, "rb") as fp:
+                stage = "header"
+                header = _header(fp, policy, notes)
+                timings["header_ms"] = (time.perf_counter() - start) * 1000
+                # Only an accepted header gets the rest read.  The full parse runs on an
+                # in-memory copy: a corrupt element length then reads what exists instead
+                # of making the file reader allocate the declared size.
+                fp.seek(0)
+                data = fp.read()
+            stage = "pixels"
             ds, parse_warnings = open_dataset(
                 io.BytesIO(data), stop_before_pixels=False, notes=notes
             )
