@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -370,3 +371,55 @@ def test_jpeg_baseline_decodes_at_reduced_resolution(tmp_path: Path) -> None:
     reference, factor = working_image(full.pixels, 256)
     assert factor == 0.25
     assert float(np.abs(reference - quarter.pixels).mean()) < 0.01
+
+
+def test_refused_header_leaves_the_pixels_unread(tmp_path: Path) -> None:
+    big = np.zeros((2048, 2560), dtype=np.uint16)  # 10 MB of pixel data behind a CT header
+    path = write(tmp_path / "ct.dcm", big, Modality="CT")
+    tracemalloc.start()
+    try:
+        error = rejected(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert error.reason is R.UNSUPPORTED_MODALITY
+    assert peak < 2_000_000
+
+
+@pytest.mark.parametrize(
+    "ts", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+)
+def test_native_transfer_syntaxes_decode_alike(tmp_path: Path, ts: str) -> None:
+    reference = read_radiograph(write(tmp_path / "ref.dcm")).pixels
+    result = read_radiograph(write(tmp_path / "a.dcm", ts=ts))
+    assert result.header.transfer_syntax == ts
+    assert np.array_equal(result.pixels, reference)
+
+
+def test_contradictory_presentation_lut_shape_is_noted(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "a.dcm",
+        Modality="DX",
+        SOPClassUID=DX_PRESENTATION,
+        PresentationIntentType="FOR PRESENTATION",
+        PresentationLUTShape="INVERSE",
+    )
+    result = read_radiograph(path)
+    assert any("Presentation LUT Shape INVERSE" in note for note in result.notes)
+    # Polarity follows MONOCHROME2: the bone band stays bright.
+    assert result.pixels[:, 40].mean() > result.pixels[:, 5].mean()
+
+
+def test_missing_decoder_plugin_is_unsupported_transfer_syntax(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Unavailable:
+        is_available = False
+        missing_dependencies = ("pylibjpeg - requires numpy, pylibjpeg and pylibjpeg-openjpeg",)
+
+    monkeypatch.setattr("edge_worker.ingest.decode.get_decoder", lambda uid: Unavailable())
+    junk = b"\xff\x4f\xff\x51" + b"\0" * 64 + b"\xff\xd9"
+    path = write(tmp_path / "a.dcm", ts=JPEG2000Lossless, pixel_data=encapsulate([junk]))
+    error = rejected(path)
+    assert error.reason is R.UNSUPPORTED_TRANSFER_SYNTAX
+    assert "pylibjpeg-openjpeg" in error.detail and JPEG2000Lossless in error.detail
