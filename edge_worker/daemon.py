@@ -175,6 +175,9 @@ class StationDaemon:
                 self.handle(path, seen_at)
             except EdgeWorkerError as exc:
                 self.health.fail("worker", f"{path.name}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one file must never kill the station
+                log.exception("unexpected failure on %s", path.name)
+                self.health.fail("worker", f"{path.name}: {type(exc).__name__}: {exc}")
 
     def _journal_key(self, path: Path) -> str | None:
         try:

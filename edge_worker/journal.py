@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 
@@ -25,8 +26,7 @@ class Journal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS processed ("
-            " key TEXT PRIMARY KEY, message_id TEXT NOT NULL, kind TEXT NOT NULL,"
-            " at REAL NOT NULL DEFAULT (unixepoch('subsec')))"
+            " key TEXT PRIMARY KEY, message_id TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL)"
         )
 
     @staticmethod
@@ -44,8 +44,8 @@ class Journal:
         """Remember that ``key`` produced ``message_id`` (a verdict or an error)."""
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO processed (key, message_id, kind) VALUES (?, ?, ?)",
-                (key, message_id, kind),
+                "INSERT OR REPLACE INTO processed (key, message_id, kind, at) VALUES (?, ?, ?, ?)",
+                (key, message_id, kind, time.time()),
             )
 
     def count(self) -> int:
