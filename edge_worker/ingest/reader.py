@@ -70,11 +70,13 @@ def _quiet(notes: list[str]) -> Iterator[None]:
         notes.extend(str(w.message).splitlines()[0][:300] for w in caught)
 
 
-def _report(path: str | os.PathLike[str], notes: list[str]) -> tuple[str, ...]:
-    """Log one warning for an odd file; returns the de-duplicated notes."""
+def _report(
+    path: str | os.PathLike[str], notes: list[str], level: int = logging.WARNING
+) -> tuple[str, ...]:
+    """Log one line for an odd file; returns the de-duplicated notes."""
     unique = tuple(dict.fromkeys(notes))
     if unique:
-        logger.warning("%s: %s", Path(path).name, "; ".join(unique))
+        logger.log(level, "%s: %s", Path(path).name, "; ".join(unique))
     return unique
 
 
@@ -100,16 +102,17 @@ def read_header(path: str | os.PathLike[str], policy: IngestPolicy = _DEFAULT_PO
     file that is not DICOM, unreadable, or refused by ``policy``; never another exception.
     """
     notes: list[str] = []
+    # DEBUG here: callers go on to read_radiograph, which logs the same oddities as a warning.
     try:
         with _quiet(notes), open(path, "rb") as fp:
             header = _header(fp, policy, notes)
     except Rejection:
-        _report(path, notes)
+        _report(path, notes, logging.DEBUG)
         raise
     except Exception as exc:
-        _report(path, notes)
+        _report(path, notes, logging.DEBUG)
         raise _unexpected(exc, RejectReason.UNREADABLE) from exc
-    _report(path, notes)
+    _report(path, notes, logging.DEBUG)
     return header
 
 
