@@ -276,3 +276,19 @@ def test_meta_from_dataset_takes_the_first_of_several_windows() -> None:
         10,
     )
     assert (meta.rescale_slope, meta.rescale_intercept, meta.padding_value) == (1.0, 0.0, 0)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+def test_meta_from_dataset_ignores_unusable_values() -> None:
+    ds = Dataset()
+    ds.WindowCenter = "nan"
+    ds.WindowWidth = "400"
+    broken = Dataset()
+    broken.LUTDescriptor = [2, 0]  # two values instead of three
+    broken.LUTData = [0, 1]
+    ds.VOILUTSequence = [broken]
+    meta = g.meta_from_dataset(ds)
+    assert meta.window_center is None and meta.voi_lut is None and not g.has_voi(meta)
+    ds.ModalityLUTSequence = [broken]
+    with pytest.raises(ValueError):
+        g.meta_from_dataset(ds)

@@ -100,13 +100,22 @@ def meta_from_dataset(ds: Any) -> GrayscaleMeta:
         # then falls back to the next transform instead of refusing the image.
         try:
             value = _first(ds.get(name))
-            return None if value is None or value == "" else float(value)
+            number = None if value is None or value == "" else float(value)
         except (TypeError, ValueError, OverflowError):
             return None
+        return number if number is not None and np.isfinite(number) else None
 
     def integer(name: str) -> int | None:
         number = num(name)
-        return None if number is None or not np.isfinite(number) else int(number)
+        return None if number is None else int(number)
+
+    def voi_lut() -> Lut | None:
+        # A damaged VOI LUT falls back to the window (C.11.2.1 offers both); a damaged
+        # Modality LUT raises, since the stored values then have no known meaning.
+        try:
+            return lut("VOILUTSequence")
+        except (AttributeError, TypeError, ValueError):
+            return None
 
     slope, intercept = num("RescaleSlope"), num("RescaleIntercept")
     return GrayscaleMeta(
@@ -116,7 +125,7 @@ def meta_from_dataset(ds: Any) -> GrayscaleMeta:
         rescale_slope=1.0 if slope is None or slope == 0.0 else slope,
         rescale_intercept=0.0 if intercept is None else intercept,
         modality_lut=lut("ModalityLUTSequence"),
-        voi_lut=lut("VOILUTSequence"),
+        voi_lut=voi_lut(),
         window_center=num("WindowCenter"),
         window_width=num("WindowWidth"),
         voi_lut_function=str(_first(ds.get("VOILUTFunction")) or "LINEAR").strip().upper(),
