@@ -62,8 +62,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # -- thread-leak guard ----------------------------------------------------------------------
 
 
-def _is_guarded(thread: threading.Thread) -> bool:
-    return not thread.daemon or thread.name.startswith(OWNED_THREAD_PREFIXES)
+def leaked_threads(before: set[threading.Thread], grace: float = _THREAD_GRACE_S) -> list[threading.Thread]:
+    """Threads started since ``before`` that should have been joined, after up to ``grace`` s.
+
+    Guarded: every non-daemon thread, and daemon threads named with OWNED_THREAD_PREFIXES.
+    """
+    deadline = time.monotonic() + grace
+    while True:
+        leaked = [
+            t for t in threading.enumerate()
+            if t not in before and (not t.daemon or t.name.startswith(OWNED_THREAD_PREFIXES))
+        ]
+        if not leaked or time.monotonic() > deadline:
+            return leaked
+        time.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)
@@ -71,12 +83,7 @@ def _no_leaked_threads() -> Iterator[None]:
     """Fail the test if it started threads it did not join (after a short grace period)."""
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + _THREAD_GRACE_S
-    while True:
-        leaked = [t for t in threading.enumerate() if t not in before and _is_guarded(t)]
-        if not leaked or time.monotonic() > deadline:
-            break
-        time.sleep(0.02)
+    leaked = leaked_threads(before)
     if leaked:
         names = ", ".join(f"{t.name} (daemon={t.daemon})" for t in leaked)
         pytest.fail(f"test leaked thread(s): {names}", pytrace=False)
@@ -123,17 +130,23 @@ class Mosquitto:
 
     host = "127.0.0.1"
 
-    def __init__(self, binary: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, binary: str, workdir: Path, port: int | None = None, extra_config: str = "") -> None:
+        """Write the config (``extra_config`` lines are appended); the broker is not started."""
         self.binary = binary
         self.port = port or free_port()
         self.config = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        # As root, mosquitto drops to user "mosquitto", which cannot read files under the
+        # private tmp_path (an acl_file in extra_config); stay root instead.
+        user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         self.config.write_text(
-            f"listener {self.port} {self.host}\n"
+            user
+            + f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            + extra_config
         )
         self._proc: subprocess.Popen[bytes] | None = None
 

@@ -47,6 +47,7 @@ def test_publisher_delivers_through_embedded_broker(
 ) -> None:
     topics = Topics("demo", "room1")
     with EmbeddedBroker() as broker, Outbox(tmp_path / "outbox.sqlite") as box:
+        assert broker.port is not None
         sub = subscriber((broker.host, broker.port), topics.verdict)
         pub = Publisher(MqttSettings("127.0.0.1", broker.port), topics, box)
         pub.start()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mosquitto, Subscriber
+from conftest import Mosquitto, Subscriber, find_mosquitto
 
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox, OutboxFull
@@ -40,9 +41,28 @@ def make_publisher(outbox: Outbox) -> Iterator[MakePublisher]:
         pub.stop()
 
 
-def wait_connected(pub: Publisher, timeout: float = 5.0) -> None:
-    import time
+@pytest.fixture
+def custom_mosquitto(tmp_path: Path) -> Iterator[Callable[[str], Mosquitto]]:
+    """Factory for brokers with extra config lines (ACLs, no anonymous access)."""
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("mosquitto binary not found in PATH or /usr/sbin (apt install mosquitto)")
+    made: list[Mosquitto] = []
 
+    def make(extra_config: str) -> Mosquitto:
+        workdir = tmp_path / f"broker{len(made)}"
+        workdir.mkdir()
+        broker = Mosquitto(binary, workdir, extra_config=extra_config)
+        made.append(broker)
+        broker.start()
+        return broker
+
+    yield make
+    for broker in made:
+        broker.stop()
+
+
+def wait_connected(pub: Publisher, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not pub.connected:
         assert time.monotonic() < deadline, "publisher did not connect"
@@ -53,7 +73,7 @@ def test_verdict_delivered_with_topic_qos_payload(
     mosquitto: Mosquitto, subscriber: Callable[..., Subscriber], make_publisher: MakePublisher
 ) -> None:
     sub = subscriber(mosquitto, "xray/#")
-    pub = make_publisher(mosquitto.url)
+    pub = make_publisher(mosquitto.url, protocol="3.1.1")
     payload = {"id": "1.2.3.4", "type": "new", "ok": True, "score": 0.93, "note": "côté"}
     assert pub.publish("verdict", payload, key="1.2.3.4") is True
     (msg,) = sub.wait_for("xray/site1/room3/verdict", 1)
@@ -68,7 +88,7 @@ def test_error_kind_goes_to_error_topic(
     mosquitto: Mosquitto, subscriber: Callable[..., Subscriber], make_publisher: MakePublisher
 ) -> None:
     sub = subscriber(mosquitto, TOPICS.error)
-    pub = make_publisher(mosquitto.url, protocol="5")
+    pub = make_publisher(mosquitto.url)  # MQTT 5, the default
     pub.publish("error", {"id": "9.9", "reason": "not_dicom"}, key="9.9")
     (msg,) = sub.wait_for(TOPICS.error, 1)
     assert json.loads(msg.payload)["reason"] == "not_dicom"
@@ -174,3 +194,37 @@ def test_full_outbox_refuses_new_messages_and_keeps_old(
             pub.stop()
     finally:
         box.close()
+
+
+@pytest.mark.broker
+def test_refused_connection_is_not_connected(
+    custom_mosquitto: Callable[[str], Mosquitto], make_publisher: MakePublisher
+) -> None:
+    broker = custom_mosquitto("allow_anonymous false\n")
+    pub = make_publisher(broker.url)
+    deadline = time.monotonic() + 5.0
+    while pub.last_error is None:
+        assert time.monotonic() < deadline, "no refusal reported"
+        time.sleep(0.01)
+    assert "refused" in pub.last_error
+    assert not pub.connected
+
+
+@pytest.mark.broker
+def test_message_refused_by_acl_stays_in_outbox(
+    custom_mosquitto: Callable[[str], Mosquitto], outbox: Outbox, make_publisher: MakePublisher,
+    tmp_path: Path,
+) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(f"topic readwrite {TOPICS.availability}\ntopic read xray/#\n")
+    broker = custom_mosquitto(f"acl_file {acl}\n")
+    pub = make_publisher(broker.url)  # MQTT 5: the PUBACK carries "not authorised"
+    wait_connected(pub)
+    pub.publish("verdict", {"id": "denied"}, key="denied")
+    deadline = time.monotonic() + 5.0
+    while pub.last_error is None:
+        assert time.monotonic() < deadline, "no refusal reported"
+        time.sleep(0.01)
+    assert "refused" in pub.last_error
+    assert pub.connected
+    assert [e.key for e in outbox.pending()] == ["denied"]  # never dropped

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mosquitto, Subscriber, free_port
+from conftest import Message, Mosquitto, Subscriber, free_port
 
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
@@ -162,8 +162,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = 
         time.sleep(0.01)
 
 
-def ids(messages: list[object]) -> list[str]:
-    return [json.loads(m.payload)["id"] for m in messages]  # type: ignore[attr-defined]
+def ids(messages: list[Message]) -> list[str]:
+    return [json.loads(m.payload)["id"] for m in messages]
 
 
 def test_last_will_offline_when_connection_is_lost(

@@ -46,6 +46,17 @@ DEFAULT_WINDOW = 100
 _MISSING = object()
 
 
+class _DemoteNotConnected(logging.Filter):
+    """paho 2.2 logs "Client is not connected" at ERROR after every clean disconnect (its loop
+    runs once more without a socket).  Our own callbacks report connection state, so this
+    record is demoted to DEBUG rather than alarming operators at each shutdown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Client is not connected"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 class Publisher:
     """Publishes verdicts and errors for one station through a durable outbox.
 
@@ -227,7 +238,10 @@ class Publisher:
                 protocol=paho.MQTTv311,
                 clean_session=True,  # the outbox, not a broker session, holds undelivered messages
             )
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        paho_log = logging.getLogger(f"{__name__}.paho")
+        if not any(isinstance(f, _DemoteNotConnected) for f in paho_log.filters):
+            paho_log.addFilter(_DemoteNotConnected())
+        client.enable_logger(paho_log)
         client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)

@@ -30,7 +30,9 @@ class MqttSettings:
     rigs only).  username, password: broker credentials (password never appears in ``repr``).
     keepalive: seconds between pings; it bounds how long a half-open connection goes unnoticed.
     client_id: MQTT client id ("" = ``xray-edge-<site>-<station>``, stable so broker ACLs can use
-    ``%c``).  topic_prefix: first topic level.  protocol: ``"3.1.1"`` or ``"5"``.
+    ``%c``).  topic_prefix: first topic level.  protocol: ``"5"`` (default) or ``"3.1.1"``; with
+    3.1.1 a broker that denies a publish by ACL still acknowledges it and drops it, so the
+    verdict is lost silently, while MQTT 5 returns "not authorised" and the outbox keeps it.
     reconnect_min_delay, reconnect_max_delay: back-off bounds in seconds between attempts.
     """
 
@@ -46,7 +48,7 @@ class MqttSettings:
     keepalive: int = 30
     client_id: str = ""
     topic_prefix: str = "xray"
-    protocol: str = "3.1.1"
+    protocol: str = "5"
     reconnect_min_delay: int = 1
     reconnect_max_delay: int = 60
 
@@ -86,7 +88,7 @@ class MqttSettings:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise ConfigError(f"mqtt url {url!r}: {exc}") from exc
+            raise ConfigError(f"mqtt url {url!r}: bad host or port ({exc})") from exc
         if parts.scheme not in _SCHEMES:
             raise ConfigError(f"mqtt url {url!r}: scheme must be mqtt:// or mqtts://")
         if not parts.hostname:
