@@ -24,6 +24,8 @@ from typing import Any
 from edge_worker.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: How long a file found by a scan (not an event) must hold still; see edge_worker.watch.
+SCAN_SETTLE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -230,8 +232,13 @@ def validate(config: Config) -> Config:
         raise ConfigError("inference.backends: list at least one backend")
     if config.inference.threads < 1:
         raise ConfigError("inference.threads: must be at least 1")
-    if config.watch.settle_seconds < 0 or config.watch.incomplete_deadline_seconds <= 0:
-        raise ConfigError("watch: settle_seconds must be >= 0 and incomplete_deadline_seconds > 0")
+    if config.watch.settle_seconds <= 0:
+        raise ConfigError("watch.settle_seconds: must be > 0")
+    if config.watch.incomplete_deadline_seconds <= max(config.watch.settle_seconds, SCAN_SETTLE_SECONDS):
+        raise ConfigError(
+            "watch.incomplete_deadline_seconds: must exceed settle_seconds and the "
+            f"{SCAN_SETTLE_SECONDS:.0f} s a file found by a folder scan must hold still"
+        )
     if config.state.outbox_max_messages < 10:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
     if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", config.mqtt.url):

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from edge_worker.backends import select
-from edge_worker.config import Config
+from edge_worker.config import SCAN_SETTLE_SECONDS, Config
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.journal import Journal
@@ -117,6 +117,7 @@ class StationDaemon:
             config.watch.folder,
             on_ready=self._enqueue,
             settle_s=config.watch.settle_seconds,
+            scan_settle_s=SCAN_SETTLE_SECONDS,
             incomplete_deadline_s=config.watch.incomplete_deadline_seconds,
             on_incomplete=self._incomplete,
             recursive=config.watch.recursive,

@@ -44,6 +44,7 @@ def test_unknown_top_level_table_is_refused() -> None:
         ('[mqtt]\nurl = "http://broker"\n', "mqtt.url"),
         ('[mqtt.tls]\ncert_file = "/c.pem"\n', "cert_file and key_file go together"),
         ("site = \n", "not valid TOML"),
+        ("[watch]\nincomplete_deadline_seconds = 1.5\n", "must exceed settle_seconds"),
     ],
 )
 def test_bad_values_are_refused(text: str, message: str) -> None:
