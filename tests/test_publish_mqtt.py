@@ -73,7 +73,7 @@ def test_verdict_delivered_with_topic_qos_payload(
     mosquitto: Mosquitto, subscriber: Callable[..., Subscriber], make_publisher: MakePublisher
 ) -> None:
     sub = subscriber(mosquitto, "xray/#")
-    pub = make_publisher(mosquitto.url, protocol="3.1.1")
+    pub = make_publisher(mosquitto.url)  # MQTT 3.1.1, the default
     payload = {"id": "1.2.3.4", "type": "new", "ok": True, "score": 0.93, "note": "côté"}
     assert pub.publish("verdict", payload, key="1.2.3.4") is True
     (msg,) = sub.wait_for("xray/site1/room3/verdict", 1)
@@ -88,7 +88,7 @@ def test_error_kind_goes_to_error_topic(
     mosquitto: Mosquitto, subscriber: Callable[..., Subscriber], make_publisher: MakePublisher
 ) -> None:
     sub = subscriber(mosquitto, TOPICS.error)
-    pub = make_publisher(mosquitto.url)  # MQTT 5, the default
+    pub = make_publisher(mosquitto.url, protocol="5")
     pub.publish("error", {"id": "9.9", "reason": "not_dicom"}, key="9.9")
     (msg,) = sub.wait_for(TOPICS.error, 1)
     assert json.loads(msg.payload)["reason"] == "not_dicom"
@@ -218,7 +218,7 @@ def test_message_refused_by_acl_stays_in_outbox(
     acl = tmp_path / "acl"
     acl.write_text(f"topic readwrite {TOPICS.availability}\ntopic read xray/#\n")
     broker = custom_mosquitto(f"acl_file {acl}\n")
-    pub = make_publisher(broker.url)  # MQTT 5: the PUBACK carries "not authorised"
+    pub = make_publisher(broker.url, protocol="5")  # the PUBACK carries "not authorised"
     wait_connected(pub)
     pub.publish("verdict", {"id": "denied"}, key="denied")
     deadline = time.monotonic() + 5.0

@@ -137,13 +137,14 @@ def outbox_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_publisher(outbox_path: Path) -> Iterator[Callable[[str], Publisher]]:
+def make_publisher(outbox_path: Path) -> Iterator[Callable[..., Publisher]]:
     """Started publishers on a fresh Outbox over ``outbox_path``; stopped and closed after."""
     made: list[tuple[Publisher, Outbox]] = []
 
-    def make(url: str) -> Publisher:
+    def make(url: str, protocol: str = "3.1.1") -> Publisher:
         box = Outbox(outbox_path)
-        pub = Publisher(MqttSettings.from_url(url, **FAST_RECONNECT), TOPICS, box)
+        settings = MqttSettings.from_url(url, protocol=protocol, **FAST_RECONNECT)
+        pub = Publisher(settings, TOPICS, box)
         made.append((pub, box))
         pub.start()
         return pub
@@ -168,7 +169,7 @@ def ids(messages: list[Message]) -> list[str]:
 
 def test_last_will_offline_when_connection_is_lost(
     mosquitto: Mosquitto, proxy: TcpProxy, subscriber: Callable[..., Subscriber],
-    make_publisher: Callable[[str], Publisher],
+    make_publisher: Callable[..., Publisher],
 ) -> None:
     sub = subscriber(mosquitto, TOPICS.availability)
     pub = make_publisher(proxy.url)
@@ -187,11 +188,12 @@ def test_last_will_offline_when_connection_is_lost(
     assert late.wait_for(TOPICS.availability, 2, timeout=5.0)[-1].payload == b"online"
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_messages_published_during_broker_outage_arrive_after_restart(
     mosquitto: Mosquitto, proxy: TcpProxy, subscriber: Callable[..., Subscriber],
-    make_publisher: Callable[[str], Publisher],
+    make_publisher: Callable[..., Publisher], protocol: str,
 ) -> None:
-    pub = make_publisher(proxy.url)
+    pub = make_publisher(proxy.url, protocol)
     wait_until(lambda: pub.connected, what="connect")
     proxy.refusing = True
     mosquitto.stop()
@@ -208,12 +210,13 @@ def test_messages_published_during_broker_outage_arrive_after_restart(
     assert pub.outbox_depth == 0
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_in_flight_messages_resent_in_order_after_lost_connection(
     mosquitto: Mosquitto, proxy: TcpProxy, subscriber: Callable[..., Subscriber],
-    make_publisher: Callable[[str], Publisher],
+    make_publisher: Callable[..., Publisher], protocol: str,
 ) -> None:
     sub = subscriber(mosquitto, TOPICS.verdict)
-    pub = make_publisher(proxy.url)
+    pub = make_publisher(proxy.url, protocol)
     wait_until(lambda: pub.connected, what="connect")
     pub.publish("verdict", {"id": "a0"}, key="a0")
     sub.wait_for(TOPICS.verdict, 1)
@@ -239,7 +242,7 @@ def test_in_flight_messages_resent_in_order_after_lost_connection(
 
 def test_outbox_survives_publisher_restart(
     mosquitto: Mosquitto, subscriber: Callable[..., Subscriber], outbox_path: Path,
-    make_publisher: Callable[[str], Publisher],
+    make_publisher: Callable[..., Publisher],
 ) -> None:
     first = make_publisher(mosquitto.url)
     wait_until(lambda: first.connected, what="connect")
@@ -260,7 +263,7 @@ def test_outbox_survives_publisher_restart(
         assert reopened.depth() == 0
 
 
-def test_stop_while_broker_unreachable_is_prompt(make_publisher: Callable[[str], Publisher]) -> None:
+def test_stop_while_broker_unreachable_is_prompt(make_publisher: Callable[..., Publisher]) -> None:
     pub = make_publisher(f"mqtt://127.0.0.1:{free_port()}")
     pub.publish("verdict", {"id": "z"}, key="z")
     started = time.monotonic()

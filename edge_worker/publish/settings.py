@@ -30,9 +30,10 @@ class MqttSettings:
     rigs only).  username, password: broker credentials (password never appears in ``repr``).
     keepalive: seconds between pings; it bounds how long a half-open connection goes unnoticed.
     client_id: MQTT client id ("" = ``xray-edge-<site>-<station>``, stable so broker ACLs can use
-    ``%c``).  topic_prefix: first topic level.  protocol: ``"5"`` (default) or ``"3.1.1"``; with
-    3.1.1 a broker that denies a publish by ACL still acknowledges it and drops it, so the
-    verdict is lost silently, while MQTT 5 returns "not authorised" and the outbox keeps it.
+    ``%c``).  topic_prefix: first topic level.  protocol: ``"3.1.1"`` (default: the embedded
+    amqtt broker speaks nothing else) or ``"5"``, recommended with mosquitto: under 3.1.1 a
+    broker that denies a publish by ACL still acknowledges it and drops it, so the verdict is
+    lost silently, while MQTT 5 returns "not authorised" and the outbox keeps the row.
     reconnect_min_delay, reconnect_max_delay: back-off bounds in seconds between attempts.
     """
 
@@ -48,7 +49,7 @@ class MqttSettings:
     keepalive: int = 30
     client_id: str = ""
     topic_prefix: str = "xray"
-    protocol: str = "5"
+    protocol: str = "3.1.1"
     reconnect_min_delay: int = 1
     reconnect_max_delay: int = 60
 
