@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import Mosquitto, Subscriber, find_mosquitto
 
-from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
+from edge_worker.errors import EdgeWorkerError
+from edge_worker.publish.mqtt import MqttSettings, PayloadError, Publisher, Topics
 from edge_worker.publish.outbox import Outbox, OutboxFull
 
 TOPICS = Topics("site1", "room3")
@@ -97,10 +98,12 @@ def test_error_kind_goes_to_error_topic(
 
 def test_bad_kind_and_payload_are_caller_errors(outbox: Outbox) -> None:
     pub = Publisher(MqttSettings("127.0.0.1"), TOPICS, outbox)  # never started: no network
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(PayloadError, match="kind"):
         pub.publish("status", {}, key="k")
-    with pytest.raises(ValueError, match="strict JSON"):
+    with pytest.raises(PayloadError, match="strict JSON"):
         pub.publish("verdict", {"score": float("nan")}, key="k")
+    with pytest.raises(EdgeWorkerError):
+        pub.publish("verdict", {"when": object()}, key="k")
     assert outbox.depth() == 0
 
 

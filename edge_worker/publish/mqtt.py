@@ -26,11 +26,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_worker.errors import ConfigError
+from edge_worker.errors import ConfigError, EdgeWorkerError
 from edge_worker.publish.outbox import Outbox
 from edge_worker.publish.settings import MqttSettings, Topics
 
-__all__ = ["KINDS", "MqttSettings", "Publisher", "Topics"]
+__all__ = ["KINDS", "MqttSettings", "PayloadError", "Publisher", "Topics"]
 
 if TYPE_CHECKING:
     from typing import Self  # 3.11+; annotations are not evaluated on 3.10
@@ -44,6 +44,11 @@ OFFLINE = b"offline"
 # unbounded by default) while the outbox holds the rest on disk.
 DEFAULT_WINDOW = 100
 _MISSING = object()
+
+
+class PayloadError(EdgeWorkerError, ValueError):
+    """A caller mistake in :meth:`Publisher.publish`: unknown kind, or a payload that is not
+    strict JSON (NaN and infinities included: dashboards' JSON parsers reject them)."""
 
 
 class _DemoteNotConnected(logging.Filter):
@@ -120,9 +125,10 @@ class Publisher:
 
         Unacknowledged messages stay in the outbox for the next start.  Idempotent.
         """
-        if self._client is None or self._stopped:
-            return
-        self._stopped = True
+        with self._lock:
+            if self._client is None or self._stopped:
+                return
+            self._stopped = True
         deadline = time.monotonic() + timeout
         self._stopping.set()
         self._wake.set()
@@ -159,17 +165,17 @@ class Publisher:
         ``kind`` is ``"verdict"`` or ``"error"``; ``payload`` is JSON-serialisable (no NaN) and
         should carry ``key`` so consumers can deduplicate; ``key`` is the message id, stable
         across retries.  Returns False when a message with this key is already pending (nothing
-        new is stored).  Raises ``ValueError`` for a bad kind or payload, and
+        new is stored).  Raises :class:`PayloadError` for a bad kind or payload, and
         :class:`~edge_worker.publish.outbox.OutboxFull` when the outbox is full (a health
         failure for the caller; nothing was stored).
         """
         if kind not in KINDS:
-            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+            raise PayloadError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
         topic = self.topics.verdict if kind == "verdict" else self.topics.error
         try:
             data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"{kind} payload for {key!r} is not strict JSON: {exc}") from exc
+            raise PayloadError(f"{kind} payload for {key!r} is not strict JSON: {exc}") from exc
         result = self._outbox.put(topic, data.encode("utf-8"), key, qos=1, retain=False)
         if result.created:
             log.debug("MQTT: queued %s %s as outbox row %d", kind, key, result.row_id)
@@ -276,6 +282,11 @@ class Publisher:
             self._cursor = 0  # rescan: rows refused earlier are sent again
             self._barrier = set(self._inflight_rows)
             status = self._status
+        if self._stopping.is_set():
+            # Connected while stop() runs: stop() may already have decided there is nothing to
+            # say, and its clean DISCONNECT suppresses the will; leave "offline" retained.
+            self._send(self.topics.availability, OFFLINE, 1, True, None)
+            return
         log.info("MQTT: connected to %s; %d message(s) in the outbox", self.settings.url, self.outbox_depth)
         self._send(self.topics.availability, ONLINE, 1, True, None)
         if status is not None:
