@@ -65,14 +65,16 @@ def _iter_files(paths: Sequence[str]) -> list[Path]:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from edge_worker.backends import select
+    from edge_worker.backends import LoadOptions, select
     from edge_worker.ingest.types import IngestPolicy
     from edge_worker.pack import load_pack
     from edge_worker.pipeline.runner import Pipeline
     from edge_worker.process import Judge
 
     pack = load_pack(Path(args.pack) if args.pack else None)
-    pipeline = Pipeline(pack, select(args.backend or ["onnxruntime-cpu"]), threads=args.threads)
+    pipeline = Pipeline(
+        pack, select(args.backend or ["onnxruntime-cpu"]), LoadOptions(threads=args.threads)
+    )
     judge = Judge(pipeline, site="local", station="analyze", policy=IngestPolicy())
     files = _iter_files(args.paths)
     if not files:

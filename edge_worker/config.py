@@ -65,9 +65,14 @@ class PackConfig:
 @dataclass(frozen=True)
 class InferenceConfig:
     backends: tuple[str, ...] = ("onnxruntime-cpu",)
-    """Backend preference, first usable wins (onnxruntime-cuda, onnxruntime-cpu)."""
+    """Backend preference, first usable wins: tensorrt, onnxruntime-tensorrt, onnxruntime-cuda,
+    onnxruntime-cpu.  Falling back to the CPU after a GPU backend is a health failure."""
     threads: int = 2
     """Intra-op threads per network."""
+    precision: str = "fp16"
+    """TensorRT precision: fp32, fp16 or int8; refused, never lowered, where the GPU cannot."""
+    max_batch: int = 8
+    """Largest batch of the TensorRT optimisation profile."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +235,10 @@ def validate(config: Config) -> Config:
             )
     if not config.inference.backends:
         raise ConfigError("inference.backends: list at least one backend")
+    if config.inference.precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"inference.precision: {config.inference.precision!r} is not fp32, fp16 or int8")
+    if config.inference.max_batch < 1:
+        raise ConfigError("inference.max_batch: must be at least 1")
     if config.inference.threads < 1:
         raise ConfigError("inference.threads: must be at least 1")
     if config.watch.settle_seconds <= 0:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from edge_worker.backends import select
+from edge_worker.backends import LoadOptions, select
 from edge_worker.config import SCAN_SETTLE_SECONDS, Config
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
 from edge_worker.ingest.types import IngestPolicy
@@ -64,9 +64,30 @@ def build_pipeline(config: Config) -> Pipeline:
     """Load and verify the pack, select the backend, create and warm every session."""
     pack = load_pack(Path(config.pack.path) if config.pack.path else None)
     backend = select(list(config.inference.backends))
-    pipeline = Pipeline(pack, backend, threads=config.inference.threads)
+    options = LoadOptions(
+        threads=config.inference.threads,
+        cache_dir=config.state.folder / "engines",
+        precision=config.inference.precision,
+        max_batch=config.inference.max_batch,
+    )
+    pipeline = Pipeline(pack, backend, options)
     pipeline.warm_up()
     return pipeline
+
+
+def backend_problem(config: Config, pipeline: Pipeline) -> str | None:
+    """Why the running backend is not what was asked for, or ``None``.
+
+    Running on the CPU when a GPU backend was preferred is a health failure: the box still
+    judges images, but too slowly, and IT must know.
+    """
+    wanted = config.inference.backends[0]
+    chosen = pipeline.backend
+    if chosen.name == wanted:
+        return None
+    failures = "; ".join(f"{k}: {v}" for k, v in chosen.failures.items())
+    where = "on the CPU " if chosen.on_cpu else ""
+    return f"running {where}with {chosen.name} although {wanted} was preferred ({failures})"
 
 
 def ingest_policy(config: Config) -> IngestPolicy:
@@ -125,6 +146,9 @@ class StationDaemon:
             use_polling=config.watch.use_polling,
         )
         self.processed = 0
+        problem = backend_problem(config, pipeline)
+        if problem:
+            self.health.fail("backend", problem)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:

@@ -1,7 +1,7 @@
 """Inference backends: small modules behind one small Protocol, in one explicit table.
 
 Each backend module exposes ``NAME``, ``probe() -> str | None`` (``None`` when usable,
-otherwise what is missing) and ``load(path, threads) -> Session``.  Modules are imported
+otherwise what is missing) and ``load(path, options) -> Session``.  Modules are imported
 lazily, so a missing GPU library costs nothing until that backend is asked for.  Selection
 tries the configured preference list in order and raises one :class:`BackendError` that lists
 every failure; it never falls back to a backend that was not asked for.
@@ -21,13 +21,29 @@ from edge_worker.errors import BackendError
 
 #: The explicit table: backend name -> module.  No scanning, no plugin discovery.
 BACKENDS: dict[str, str] = {
-    "onnxruntime-cpu": "edge_worker.backends.ort_cpu",
+    "tensorrt": "edge_worker.backends.tensorrt",
+    "onnxruntime-tensorrt": "edge_worker.backends.ort_tensorrt",
     "onnxruntime-cuda": "edge_worker.backends.ort_cuda",
+    "onnxruntime-cpu": "edge_worker.backends.ort_cpu",
 }
 
 #: Backends that run on the CPU.  Selecting one of these when a GPU backend was preferred
 #: first is reported as a health failure by the caller.
 CPU_BACKENDS = frozenset({"onnxruntime-cpu"})
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to create sessions: shared by every backend, each uses what applies to it."""
+
+    threads: int = 2
+    """Intra-op CPU threads (ONNX Runtime)."""
+    cache_dir: Path | None = None
+    """Where engines and optimised models are cached (TensorRT); ``None``: no cache."""
+    precision: str = "fp16"
+    """TensorRT precision: fp32, fp16 or int8.  Never silently lowered or raised."""
+    max_batch: int = 8
+    """Largest batch of the TensorRT optimisation profile (1..max_batch)."""
 
 
 class Session(Protocol):
@@ -43,7 +59,7 @@ class BackendModule(Protocol):
 
     def probe(self) -> str | None: ...
 
-    def load(self, path: Path, threads: int) -> Session: ...
+    def load(self, path: Path, options: LoadOptions) -> Session: ...
 
 
 @dataclass(frozen=True)
@@ -58,8 +74,8 @@ class Selected:
     def on_cpu(self) -> bool:
         return self.name in CPU_BACKENDS
 
-    def load(self, path: Path, threads: int) -> Session:
-        return self.module.load(path, threads)
+    def load(self, path: Path, options: LoadOptions) -> Session:
+        return self.module.load(path, options)
 
 
 def _import(name: str) -> BackendModule:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_worker.backends import LoadOptions
 from edge_worker.backends._ort import OrtSession
 
 NAME = "onnxruntime-cpu"
@@ -20,6 +21,6 @@ def probe() -> str | None:
     return None
 
 
-def load(path: Path, threads: int) -> OrtSession:
+def load(path: Path, options: LoadOptions) -> OrtSession:
     """A CPU session for the ONNX file at ``path``."""
-    return OrtSession(path, ["CPUExecutionProvider"], threads)
+    return OrtSession(path, ["CPUExecutionProvider"], options.threads)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_worker.errors import BackendError
+from edge_worker.backends import LoadOptions
 from edge_worker.backends._ort import OrtSession
+from edge_worker.errors import BackendError
 
 NAME = "onnxruntime-cuda"
 
@@ -25,9 +26,9 @@ def probe() -> str | None:
     return None
 
 
-def load(path: Path, threads: int) -> OrtSession:
+def load(path: Path, options: LoadOptions) -> OrtSession:
     """A CUDA session; refuses to run if ORT silently placed the model on the CPU only."""
-    session = OrtSession(path, [("CUDAExecutionProvider", {"device_id": 0})], threads)
+    session = OrtSession(path, [("CUDAExecutionProvider", {"device_id": 0})], options.threads)
     if "CUDAExecutionProvider" not in session.providers:
         # ORT falls back to the CPU when the CUDA libraries fail to load; never accept that.
         raise BackendError(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_worker.backends import Selected, Session
+from edge_worker.backends import LoadOptions, Selected, Session
 from edge_worker.pack import Pack, StageSpec
 from edge_worker.pipeline.stages import (
     OrientationResult,
@@ -91,11 +91,12 @@ def decide(
 class Pipeline:
     """A pack's sessions, loaded once, run in a fixed list order per image."""
 
-    def __init__(self, pack: Pack, backend: Selected, threads: int = 2) -> None:
+    def __init__(self, pack: Pack, backend: Selected, options: LoadOptions | None = None) -> None:
         self.pack = pack
         self.backend = backend
+        self.options = options or LoadOptions()
         self._sessions: dict[str, Session] = {
-            spec.name: backend.load(spec.file, threads) for spec in pack.stages
+            spec.name: backend.load(spec.file, self.options) for spec in pack.stages
         }
 
     def warm_up(self) -> None:
