@@ -34,6 +34,7 @@ def _quick_config(args: argparse.Namespace) -> Config:
         pack={"path": args.pack or ""},
         mqtt={"url": args.mqtt},
         inference={"backends": tuple(args.backend) if args.backend else ("onnxruntime-cpu",)},
+        service={"metrics_listen": args.metrics or ""},
     )
 
 
@@ -149,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quarantine", help="quick start: quarantine folder (default WATCH/.quarantine)")
     run.add_argument("--state", help="quick start: state folder (default WATCH/.state)")
     run.add_argument("--backend", action="append", help="quick start: backend, repeat for a preference list")
+    run.add_argument("--metrics", help="quick start: serve Prometheus metrics on HOST:PORT (default: off)")
     run.set_defaults(func=_cmd_run)
 
     analyze = sub.add_parser("analyze", help="judge files or folders and print one line each; no broker")

@@ -117,6 +117,18 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    metrics_listen: str = "127.0.0.1:9750"
+    """host:port of the Prometheus endpoint (/metrics); empty disables it."""
+    status_interval_seconds: float = 30.0
+    """How often the retained status message is refreshed (also on every health change)."""
+    stall_seconds: float = 120.0
+    """Files waiting and none judged for this long: the systemd watchdog ping is withheld."""
+    stop_timeout_seconds: float = 20.0
+    """On SIGTERM: time to finish queued files and deliver messages (keep under TimeoutStopSec)."""
+
+
+@dataclass(frozen=True)
 class Config:
     site: str = "site"
     """Hospital or site name, second topic level."""
@@ -129,6 +141,7 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def mqtt_password(self) -> str | None:
         """The MQTT password from the systemd credential or the password file, if any."""
@@ -248,6 +261,10 @@ def validate(config: Config) -> Config:
             "watch.incomplete_deadline_seconds: must exceed settle_seconds and the "
             f"{SCAN_SETTLE_SECONDS:.0f} s a file found by a folder scan must hold still"
         )
+    if config.service.metrics_listen and not re.match(r"^[^\s:]*:\d+$", config.service.metrics_listen):
+        raise ConfigError(f"service.metrics_listen: {config.service.metrics_listen!r} is not host:port")
+    if config.service.status_interval_seconds <= 0 or config.service.stall_seconds <= 0:
+        raise ConfigError("service: status_interval_seconds and stall_seconds must be > 0")
     if config.state.outbox_max_messages < 10:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
     if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", config.mqtt.url):

@@ -13,15 +13,17 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 from edge_worker.backends import LoadOptions, select
 from edge_worker.config import SCAN_SETTLE_SECONDS, Config
+from edge_worker import sdnotify
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
+from edge_worker.health import Health, Watchdog, declare_metrics, record_outcome, status_document
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.journal import Journal
+from edge_worker.metrics import MetricsServer, Registry
 from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.process import Judge, Outcome
@@ -34,30 +36,6 @@ from edge_worker.watch import FolderWatcher
 log = logging.getLogger(__name__)
 
 _STOP = object()
-
-
-@dataclass
-class Health:
-    """Problems the daemon knows of, by component; empty means healthy."""
-
-    problems: dict[str, str] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def fail(self, component: str, why: str) -> None:
-        with self.lock:
-            if self.problems.get(component) != why:
-                log.error("health: %s: %s", component, why)
-            self.problems[component] = why
-
-    def clear(self, component: str) -> None:
-        with self.lock:
-            if self.problems.pop(component, None) is not None:
-                log.info("health: %s recovered", component)
-
-    @property
-    def ok(self) -> bool:
-        with self.lock:
-            return not self.problems
 
 
 def build_pipeline(config: Config) -> Pipeline:
@@ -119,9 +97,19 @@ def mqtt_settings(config: Config) -> MqttSettings:
 class StationDaemon:
     """One X-ray station: its watch folder, quarantine, journal and publisher."""
 
-    def __init__(self, config: Config, pipeline: Pipeline, queue_size: int = 256) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pipeline: Pipeline,
+        registry: Registry | None = None,
+        queue_size: int = 256,
+    ) -> None:
         self.config = config
-        self.health = Health()
+        self.health = Health(on_change=self.publish_status)
+        self.metrics = declare_metrics(registry or Registry())
+        self.started_at = time.time()
+        self.last_message_at: float | None = None
+        self._last_progress = time.monotonic()
         self.judge = Judge(pipeline, config.site, config.station, ingest_policy(config))
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
@@ -146,6 +134,9 @@ class StationDaemon:
             use_polling=config.watch.use_polling,
         )
         self.processed = 0
+        self._status_thread = threading.Thread(
+            target=self._status_loop, name=f"edge-worker/status-{config.station}", daemon=True
+        )
         problem = backend_problem(config, pipeline)
         if problem:
             self.health.fail("backend", problem)
@@ -155,8 +146,10 @@ class StationDaemon:
         """Start publishing, judging and watching (the watcher reconciles the folder first)."""
         self.config.watch.folder.mkdir(parents=True, exist_ok=True)
         self.publisher.start()
+        self.publish_status()
         self._worker.start()
         self.watcher.start()
+        self._status_thread.start()
         log.info(
             "station %s/%s watching %s with pack %s %s on %s",
             self.config.site,
@@ -174,11 +167,47 @@ class StationDaemon:
         self._stop.set()
         self._queue.put(_STOP)
         self._worker.join(max(0.1, deadline - time.monotonic()))
+        self._status_thread.join(1.0)
         self.publisher.wait_drained(max(0.1, min(3.0, deadline - time.monotonic())))
         self.publisher.stop(max(0.1, deadline - time.monotonic()))
         self.watcher.join(1.0)
         self.journal.close()
         self.outbox.close()
+
+    # -- health ----------------------------------------------------------------------------
+    def publish_status(self) -> None:
+        """Publish the retained status document (also re-sent after every reconnect)."""
+        publisher = getattr(self, "publisher", None)
+        if publisher is None:
+            return  # health changed during construction; start() publishes
+        pipeline = self.judge.pipeline
+        publisher.set_status(
+            status_document(
+                site=self.config.site,
+                station=self.config.station,
+                health=self.health,
+                backend=pipeline.backend.name,
+                pack=pipeline.pack.describe(),
+                outbox_depth=publisher.outbox_depth,
+                broker_connected=publisher.connected,
+                processed=self.processed,
+                started_at=self.started_at,
+                last_message_at=self.last_message_at,
+            )
+        )
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(self.config.service.status_interval_seconds):
+            self.publish_status()
+
+    def progressing(self) -> bool:
+        """False when a thread died, or files wait and nothing was judged for too long."""
+        if not (self._worker.is_alive() and self.watcher.is_alive()):
+            return False
+        if self._queue.empty():
+            self._last_progress = time.monotonic()
+            return True
+        return time.monotonic() - self._last_progress < self.config.service.stall_seconds
 
     # -- the work --------------------------------------------------------------------------
     def _enqueue(self, path: Path) -> None:
@@ -195,9 +224,12 @@ class StationDaemon:
             item = self._queue.get()
             if item is _STOP:
                 return
-            path, seen_at = item  # type: ignore[misc]
+            assert isinstance(item, tuple)
+            path: Path = item[0]
+            seen_at: float = item[1]
             try:
                 self.handle(path, seen_at)
+                self._last_progress = time.monotonic()
             except EdgeWorkerError as exc:
                 self.health.fail("worker", f"{path.name}: {exc}")
             except Exception as exc:  # noqa: BLE001 - one file must never kill the station
@@ -230,6 +262,7 @@ class StationDaemon:
         self._publish(outcome)
         self.journal.record(key, outcome.id, outcome.kind)
         self.processed += 1
+        record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
         return outcome
 
     def _quarantine(self, path: Path, rejection: Rejection) -> str | None:
@@ -251,6 +284,7 @@ class StationDaemon:
         except EdgeWorkerError as exc:
             self.health.fail("outbox", str(exc))
             raise
+        self.last_message_at = time.time()
         log.info("%s: %s", self.config.station, summary_line(outcome.kind, outcome.payload))
 
     def _incomplete(self, path: Path, why: str) -> None:
@@ -270,10 +304,32 @@ class StationDaemon:
         self._publish(Outcome("error", payload, rejection))
 
 
+def _serve_metrics(config: Config, registry: Registry, daemon: StationDaemon) -> MetricsServer | None:
+    listen = config.service.metrics_listen
+    if not listen:
+        return None
+    host, _, port = listen.rpartition(":")
+    registry.gauge_callback("edge_worker_outbox_depth", lambda: float(daemon.publisher.outbox_depth))
+    registry.gauge_callback("edge_worker_broker_connected", lambda: float(daemon.publisher.connected))
+    registry.gauge_callback("edge_worker_healthy", lambda: float(daemon.health.ok))
+    pipeline = daemon.judge.pipeline
+    registry.set(
+        "edge_worker_backend_info", 1.0,
+        backend=pipeline.backend.name, pack=pipeline.pack.name, pack_version=pipeline.pack.version,
+    )  # fmt: skip
+    server = MetricsServer(registry, host or "127.0.0.1", int(port))
+    server.start()
+    log.info("metrics on http://%s:%d/metrics", host or "127.0.0.1", server.port)
+    return server
+
+
 def run_daemon(config: Config) -> int:
-    """Run one station until SIGTERM or SIGINT; returns the process exit code."""
-    pipeline = build_pipeline(config)
-    daemon = StationDaemon(config, pipeline)
+    """Run one station until SIGTERM or SIGINT; returns the process exit code.
+
+    Under systemd (``Type=notify``): READY=1 once the pack is verified and every network is
+    warmed up, STATUS= lines on the way, WATCHDOG=1 pings while the pipeline makes progress,
+    STOPPING=1 when a signal arrives.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -282,10 +338,26 @@ def run_daemon(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    sdnotify.notify("STATUS=loading and warming up the model pack")
+    pipeline = build_pipeline(config)
+    registry = Registry()
+    daemon = StationDaemon(config, pipeline, registry)
     daemon.start()
+    metrics = _serve_metrics(config, registry, daemon)
+    interval = sdnotify.watchdog_interval()
+    watchdog = Watchdog(interval, daemon.progressing) if interval else None
+    if watchdog:
+        watchdog.start()
+    pack = pipeline.pack
+    sdnotify.notify(f"READY=1\nSTATUS=judging with {pack.name} {pack.version} on {pipeline.backend.name}")
     try:
         while not stop.wait(1.0):
             pass
     finally:
-        daemon.stop()
+        sdnotify.notify("STOPPING=1\nSTATUS=draining work in flight")
+        if watchdog:
+            watchdog.stop()
+        daemon.stop(timeout=config.service.stop_timeout_seconds)
+        if metrics:
+            metrics.stop()
     return 0
