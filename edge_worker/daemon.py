@@ -146,6 +146,7 @@ class StationDaemon:
         """Start publishing, judging and watching (the watcher reconciles the folder first)."""
         self.config.watch.folder.mkdir(parents=True, exist_ok=True)
         self.publisher.start()
+        self._replay_unqueued()
         self.publish_status()
         self._worker.start()
         self.watcher.start()
@@ -259,8 +260,7 @@ class StationDaemon:
         outcome = self.judge(path, seen_at)
         if outcome.kind == "error" and outcome.rejection is not None:
             outcome.payload["quarantined_as"] = self._quarantine(path, outcome.rejection)
-        self._publish(outcome)
-        self.journal.record(key, outcome.id, outcome.kind)
+        self._send(outcome, key)
         self.processed += 1
         record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
         return outcome
@@ -275,17 +275,31 @@ class StationDaemon:
             self.health.fail("quarantine", str(exc))
             return None
 
-    def _publish(self, outcome: Outcome) -> None:
+    def _send(self, outcome: Outcome, key: str | None) -> None:
+        """Remember the message, hand it to the outbox, then mark the file done.
+
+        If this image was judged before (same id), the stored payload is sent instead of the
+        new one, so every copy of a message that ever reaches the broker is identical.
+        """
         from edge_worker.cli import summary_line
 
+        payload = self.journal.remember(outcome.id, outcome.kind, outcome.payload)
         try:
-            self.publisher.publish(outcome.kind, outcome.payload, key=outcome.id)
+            self.publisher.publish(outcome.kind, payload, key=outcome.id)
             self.health.clear("outbox")
         except EdgeWorkerError as exc:
             self.health.fail("outbox", str(exc))
             raise
+        self.journal.mark_queued(key, outcome.id, outcome.kind)
         self.last_message_at = time.time()
-        log.info("%s: %s", self.config.station, summary_line(outcome.kind, outcome.payload))
+        log.info("%s: %s", self.config.station, summary_line(outcome.kind, payload))
+
+    def _replay_unqueued(self) -> None:
+        """Hand to the outbox the messages a crash left between the journal and the outbox."""
+        for message_id, kind, payload in self.journal.unqueued():
+            log.info("re-queueing message %s left by an interrupted run", message_id)
+            self.publisher.publish(kind, payload, key=message_id)
+            self.journal.mark_queued(None, message_id, kind)
 
     def _incomplete(self, path: Path, why: str) -> None:
         rejection = Rejection(RejectReason.INCOMPLETE_FILE, why)
@@ -301,7 +315,7 @@ class StationDaemon:
             quarantined_as=None,
         )
         payload["quarantined_as"] = self._quarantine(path, rejection)
-        self._publish(Outcome("error", payload, rejection))
+        self._send(Outcome("error", payload, rejection), None)
 
 
 def _serve_metrics(config: Config, registry: Registry, daemon: StationDaemon) -> MetricsServer | None:
