@@ -1,4 +1,4 @@
-"""The ``edge-worker`` command line: run, analyze, demo, check.
+"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, tail.
 
 Argument parsing only; each subcommand hands over to the module that does the work.
 Exit codes: 0 success, 1 a check or run failed, 2 a usage or configuration error.
@@ -18,6 +18,7 @@ from edge_worker.errors import EdgeWorkerError
 
 if TYPE_CHECKING:
     from edge_worker.config import Config
+    from edge_worker.publish.settings import MqttSettings
 
 
 def _quick_config(args: argparse.Namespace) -> Config:
@@ -133,6 +134,43 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
 
 
+def _watch_settings(args: argparse.Namespace) -> MqttSettings:
+    """Broker settings for the read-only subcommands (dashboard, tail) from their flags."""
+    from edge_worker.publish.settings import MqttSettings
+
+    password = None
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise SystemExit(f"edge-worker {args.command}: cannot read --password-file: {exc}") from exc
+    return MqttSettings.from_url(
+        args.mqtt, password=password, ca_file=args.ca_file, topic_prefix=args.prefix, protocol=args.protocol
+    )
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from edge_worker.dashboard.server import parse_listen, run_dashboard
+
+    settings = _watch_settings(args)
+    return run_dashboard(settings, parse_listen(args.listen), prefix=settings.topic_prefix)
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from edge_worker.tail import run_tail
+
+    settings = _watch_settings(args)
+    return run_tail(settings, prefix=settings.topic_prefix, as_json=args.json)
+
+
+def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mqtt", required=True, help="broker URL, mqtt://[user@]host[:port] or mqtts://...")
+    parser.add_argument("--prefix", default="xray", help="first topic level(s) (mqtt.topic_prefix)")
+    parser.add_argument("--password-file", help="file holding the broker password (user in the URL)")
+    parser.add_argument("--ca-file", help="CA bundle for an mqtts:// broker (default: the system store)")
+    parser.add_argument("--protocol", default="3.1.1", choices=["3.1.1", "5"], help="MQTT protocol version")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(prog="edge-worker", description=__doc__.splitlines()[0])
@@ -176,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--pack", help="check this pack instead of the configured one")
     check.add_argument("--skip-broker", action="store_true", help="do not try to reach the broker")
     check.set_defaults(func=_cmd_check)
+
+    dashboard = sub.add_parser("dashboard", help="serve the ward dashboard: every station live in a browser")
+    _add_watch_flags(dashboard)
+    dashboard.add_argument(
+        "--listen", default="127.0.0.1:8080", help="HOST:PORT to serve on (0.0.0.0:8080 for a wall screen)"
+    )
+    dashboard.set_defaults(func=_cmd_dashboard)
+
+    tail = sub.add_parser("tail", help="print every verdict, error and availability change as it arrives")
+    _add_watch_flags(tail)
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+    tail.set_defaults(func=_cmd_tail)
     return parser
 
 

@@ -129,6 +129,15 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class VerdictConfig:
+    thumbnail: bool = False
+    """Add a small PNG of the region of interest to each verdict, for the ward dashboard.  Off by
+    default: a radiograph can carry burned-in patient details, which would then leave the box."""
+    thumbnail_size: int = 192
+    """Longest side of the thumbnail in pixels (32-512)."""
+
+
+@dataclass(frozen=True)
 class Config:
     site: str = "site"
     """Hospital or site name, second topic level."""
@@ -142,6 +151,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    verdict: VerdictConfig = field(default_factory=VerdictConfig)
 
     def mqtt_password(self) -> str | None:
         """The MQTT password from the systemd credential or the password file, if any."""
@@ -265,6 +275,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"service.metrics_listen: {config.service.metrics_listen!r} is not host:port")
     if config.service.status_interval_seconds <= 0 or config.service.stall_seconds <= 0:
         raise ConfigError("service: status_interval_seconds and stall_seconds must be > 0")
+    if not 32 <= config.verdict.thumbnail_size <= 512:
+        raise ConfigError("verdict.thumbnail_size: must be 32..512 pixels")
     if config.state.outbox_max_messages < 10:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
     if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", config.mqtt.url):

@@ -110,7 +110,8 @@ class StationDaemon:
         self.started_at = time.time()
         self.last_message_at: float | None = None
         self._last_progress = time.monotonic()
-        self.judge = Judge(pipeline, config.site, config.station, ingest_policy(config))
+        thumbnail = config.verdict.thumbnail_size if config.verdict.thumbnail else None
+        self.judge = Judge(pipeline, config.site, config.station, ingest_policy(config), thumbnail)
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
         settings = mqtt_settings(config)

@@ -16,7 +16,8 @@ from typing import Any
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_header, read_radiograph
 from edge_worker.ingest.types import IngestPolicy
-from edge_worker.pipeline.runner import Pipeline
+from edge_worker.pipeline.runner import Judgement, Pipeline
+from edge_worker.thumbnail import make_thumbnail
 from edge_worker.verdict import build_error, build_verdict
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,34 @@ def _image_key(path: Path, sop_instance_uid: str | None) -> str:
 
 
 class Judge:
-    """Judges files for one site and station with one loaded pipeline."""
+    """Judges files for one site and station with one loaded pipeline.
 
-    def __init__(self, pipeline: Pipeline, site: str, station: str, policy: IngestPolicy) -> None:
+    ``thumbnail_size``: when set, each verdict carries an ROI thumbnail of at most that many
+    pixels a side (off by default: a radiograph may show burned-in patient details).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        site: str,
+        station: str,
+        policy: IngestPolicy,
+        thumbnail_size: int | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.site = site
         self.station = station
         self.policy = policy
+        self.thumbnail_size = thumbnail_size
+
+    def _thumbnail(self, judgement: Judgement, timings: dict[str, float]) -> str | None:
+        if self.thumbnail_size is None or judgement.working_image is None:
+            return None
+        t = time.perf_counter()
+        box = judgement.roi.box if judgement.roi is not None else None
+        thumbnail = make_thumbnail(judgement.working_image, box, self.thumbnail_size)
+        timings["thumbnail"] = (time.perf_counter() - t) * 1000.0
+        return thumbnail
 
     def __call__(self, path: Path, seen_at: float | None = None) -> Outcome:
         """Judge the file at ``path``; ``seen_at`` is when the watcher saw it complete."""
@@ -79,6 +101,7 @@ class Judge:
                 log.exception("inference failed on %s", path.name)
                 raise Rejection(RejectReason.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}") from exc
             timings = {"read_decode": read_ms, **image.timings_ms, **judgement.timings_ms}
+            thumbnail = self._thumbnail(judgement, timings)
             timings["total"] = (time.perf_counter() - start) * 1000.0
             payload = build_verdict(
                 site=self.site,
@@ -92,6 +115,7 @@ class Judge:
                 made_at=time.time(),
                 stored_scale=image.scale * judgement.working_scale,
                 timings_ms=timings,
+                thumbnail=thumbnail,
             )
             return Outcome("verdict", payload)
         except Rejection as rejection:

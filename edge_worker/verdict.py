@@ -52,11 +52,13 @@ def build_verdict(
     made_at: float,
     stored_scale: float,
     timings_ms: dict[str, float],
+    thumbnail: str | None = None,
 ) -> dict[str, Any]:
     """The verdict payload for one judged image.
 
     ``stored_scale`` is the factor from stored pixels to the working image, so the ROI box is
-    reported in the coordinates of the image as stored in the DICOM file.
+    reported in the coordinates of the image as stored in the DICOM file.  ``thumbnail``, a
+    PNG data URL (see :mod:`edge_worker.thumbnail`), is added only when given.
     """
     j = judgement
     roi: dict[str, Any] = {"found": False, "box": None, "rotated": None}
@@ -90,7 +92,7 @@ def build_verdict(
             "suggested_rotation_deg": j.orientation.suggested_rotation_deg,
             "confidence": _round(j.orientation.confidence),
         }
-    return {
+    verdict = {
         "schema": VERDICT_SCHEMA,
         "id": message_id(image_key, pack.name, pack.version),
         "site": site,
@@ -119,6 +121,9 @@ def build_verdict(
         "backend": backend,
         "worker_version": __version__,
     }
+    if thumbnail is not None:
+        verdict["thumbnail"] = thumbnail
+    return verdict
 
 
 def build_error(

@@ -34,6 +34,9 @@ class Judgement:
     reasons: list[str]
     working_scale: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: The reduced image every stage was fed (the ROI box is in its coordinates); kept for the
+    #: optional verdict thumbnail.
+    working_image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 def decide(
@@ -141,7 +144,7 @@ class Pipeline:
             self._timed(timings, "orientation", t)
 
         decision, reasons = decide(self.pack, view, roi, quality, orientation)
-        return Judgement(view, roi, quality, orientation, decision, reasons, scale, timings)
+        return Judgement(view, roi, quality, orientation, decision, reasons, scale, timings, work)
 
     def _require(self, task: str, view: str | None) -> StageSpec:
         spec = self.pack.stage(task, view)

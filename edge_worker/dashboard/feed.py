@@ -1,0 +1,159 @@
+"""A read-only MQTT subscription for the dashboard and ``edge-worker tail``.
+
+:class:`MqttFeed` wraps a paho 2.x client: it connects in the background, reconnects by itself
+with back-off, subscribes again after every reconnect (the session is clean: the dashboard keeps
+its own state, and retained availability messages arrive again on each subscribe), and reports
+its connection state truthfully: "connected" only once the broker has granted the
+subscription, "disconnected" at once when the connection drops.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_worker.errors import ConfigError
+from edge_worker.publish.settings import MqttSettings
+
+log = logging.getLogger(__name__)
+
+#: ``(topic, payload)`` for each message; called on paho's network thread.
+MessageHandler = Callable[[str, bytes], None]
+#: ``(connected, detail)`` on each change of connection state; called on paho's network thread.
+StateHandler = Callable[[bool, str], None]
+
+
+def station_filters(prefix: str, kinds: Sequence[str] = ("verdict", "error", "availability")) -> list[str]:
+    """The topic filters ``<prefix>/+/+/<kind>`` for every site and station."""
+    return [f"{prefix}/+/+/{kind}" for kind in kinds]
+
+
+class MqttFeed:
+    """Subscribes to ``filters`` (QoS 1) and hands every message to ``on_message``.
+
+    ``client_name`` becomes the start of the MQTT client id (a random suffix keeps two
+    dashboards from disconnecting each other).  :meth:`start` returns at once; :meth:`stop`
+    disconnects and joins paho's thread.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        filters: Sequence[str],
+        on_message: MessageHandler,
+        on_state: StateHandler,
+        client_name: str = "edge-worker-dashboard",
+    ) -> None:
+        self.settings = settings
+        self.filters = list(filters)
+        self._on_message_cb = on_message
+        self._on_state_cb = on_state
+        self._client_id = f"{client_name}-{uuid.uuid4().hex[:8]}"
+        self._client: paho.Client | None = None
+        self._lock = threading.Lock()
+        self._connected = False
+        self._stopping = False
+        self._pending_mid: int | None = None
+
+    @property
+    def connected(self) -> bool:
+        """True between the broker granting the subscription and the next disconnect."""
+        with self._lock:
+            return self._connected
+
+    def start(self) -> None:
+        """Start connecting in the background; raises ConfigError if TLS files cannot be loaded."""
+        if self._client is not None:
+            raise RuntimeError("MqttFeed.start() called twice")
+        s = self.settings
+        protocol = paho.MQTTv5 if s.protocol == "5" else paho.MQTTv311
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol)
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            try:
+                client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"mqtt TLS files cannot be loaded: {exc}") from exc
+            client.tls_insecure_set(s.tls_insecure)
+        # A wall screen should come back within seconds of the broker, not after a minute.
+        client.reconnect_delay_set(s.reconnect_min_delay, min(s.reconnect_max_delay, 10))
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        log.info("MQTT: subscribing to %s on %s as %r", ", ".join(self.filters), s.url, self._client_id)
+        client.connect_async(s.host, s.port, keepalive=s.keepalive)
+        client.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect and join paho's network thread.  Idempotent."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        with self._lock:
+            self._stopping = True
+        client.disconnect()
+        client.loop_stop()
+        self._set_state(False, "stopped")
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+
+    def _set_state(self, connected: bool, detail: str) -> None:
+        with self._lock:
+            changed = self._connected is not connected
+            self._connected = connected
+        if changed or not connected:
+            self._on_state_cb(connected, detail)
+
+    def _on_connect(self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any) -> None:
+        if reason.is_failure:
+            log.error("MQTT: broker %s refused the connection: %s", self.settings.url, reason)
+            self._set_state(False, f"broker refused the connection: {reason}")
+            return
+        result, mid = client.subscribe([(f, 1) for f in self.filters])
+        with self._lock:
+            self._pending_mid = mid
+        log.debug("MQTT: connected to %s; subscribe sent (rc %s)", self.settings.url, result)
+
+    def _on_subscribe(self, client: paho.Client, userdata: object, mid: int, codes: list[ReasonCode], props: Any) -> None:
+        with self._lock:
+            expected = mid == self._pending_mid
+        if not expected:
+            return
+        refused = [str(c) for c in codes if c.is_failure]
+        if refused:
+            log.error("MQTT: broker refused the subscription: %s", ", ".join(refused))
+            self._set_state(False, f"subscription refused: {', '.join(refused)}")
+            return
+        log.info("MQTT: connected to %s and subscribed", self.settings.url)
+        self._set_state(True, "connected")
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        log.warning("MQTT: cannot reach broker %s; retrying", self.settings.url)
+        self._set_state(False, "cannot reach the broker; retrying")
+
+    def _on_disconnect(self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any) -> None:
+        with self._lock:
+            stopping = self._stopping
+        if stopping:
+            return
+        log.warning("MQTT: lost connection to %s (%s); reconnecting", self.settings.url, reason)
+        self._set_state(False, f"lost the broker ({reason}); reconnecting")
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        try:
+            self._on_message_cb(msg.topic, bytes(msg.payload))
+        except Exception:  # paho would drop the connection over it; one bad message must not
+            log.exception("MQTT: handling a message on %s failed", msg.topic)
