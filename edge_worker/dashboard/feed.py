@@ -31,6 +31,16 @@ MessageHandler = Callable[[str, bytes], None]
 StateHandler = Callable[[bool, str], None]
 
 
+class _QuietShutdown(logging.Filter):
+    """paho 2.2 logs "Client is not connected" at ERROR once after every clean disconnect (its
+    loop runs once more without a socket); our own callbacks report the connection state."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith("Client is not connected"):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def station_filters(prefix: str, kinds: Sequence[str] = ("verdict", "error", "availability")) -> list[str]:
     """The topic filters ``<prefix>/+/+/<kind>`` for every site and station."""
     return [f"{prefix}/+/+/{kind}" for kind in kinds]
@@ -76,7 +86,10 @@ class MqttFeed:
         s = self.settings
         protocol = paho.MQTTv5 if s.protocol == "5" else paho.MQTTv311
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol)
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        paho_log = logging.getLogger(f"{__name__}.paho")
+        if not paho_log.filters:
+            paho_log.addFilter(_QuietShutdown())
+        client.enable_logger(paho_log)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls:

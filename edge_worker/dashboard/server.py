@@ -123,10 +123,10 @@ class _HttpServer(http.server.ThreadingHTTPServer):
     dashboard: Dashboard
 
     def __init__(self, address: tuple[str, int], handler: type[http.server.BaseHTTPRequestHandler]) -> None:
-        super().__init__(address, handler)
         self._names = itertools.count(1)
         self._live_lock = threading.Lock()
         self._live: dict[threading.Thread, socket.socket] = {}
+        super().__init__(address, handler)  # binds; calls server_close() if that fails
 
     def process_request(self, request: Any, client_address: Any) -> None:
         t = threading.Thread(

@@ -182,7 +182,8 @@
     }
     put(tile, ".orient", orient);
     put(tile, ".since", v ? ago(v.at) : "\u2014");
-    put(tile, ".reason", v ? (v.kind === "error" ? `${v.reason}: ${v.detail}` : (v.reasons[0] || "")) : "");
+    // Every reason: for a review the one that matters (e.g. "orientation uncertain") is rarely first.
+    put(tile, ".reason", v ? (v.kind === "error" ? `${v.reason}: ${v.detail}` : v.reasons.join(" \u00b7 ")) : "");
     tile.querySelector(".flag").hidden = !(v && v.not_for_clinical_use);
 
     const img = tile.querySelector(".thumb");

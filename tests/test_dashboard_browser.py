@@ -1,0 +1,284 @@
+"""The ward dashboard in a real browser: mosquitto, three daemons, the dashboard, headless Chromium.
+
+Real parts throughout: a mosquitto broker, one ``edge-worker run`` subprocess per station on the
+demo pack, phantom DICOM files dropped into their watch folders, the dashboard server
+in-process, and Debian's chromium driven through chromedriver by selenium.  The page must show
+exactly the decision each verdict on the broker carried (the demo pack is not always right, so
+the test never assumes which decision the networks make), a stopped station as offline, and
+recover by itself after the broker restarts and after the dashboard server restarts, without a
+reload.  A screenshot is saved in the test's tmp folder (and in ``$EDGE_WORKER_SCREENSHOT_DIR``
+when set: that is how ``docs/dashboard.png`` is made).
+
+Skipped where chromium, chromedriver or selenium is absent; ``.ci/run`` installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_worker.dashboard.server import Dashboard
+from edge_worker.phantom import write_phantom
+from edge_worker.publish.settings import MqttSettings
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="needs chromium and chromedriver (apt)"),
+    pytest.mark.timeout(170),
+]
+
+SITE = "st-ward"
+#: station -> (thumbnail on?, phantoms as (view, grade)); grades 1 and 3 to likely see ok and retake.
+PLAN = {
+    "xr-01": (True, [("AP", 1), ("AP", 3)]),
+    "xr-02": (True, [("AP", 3), ("LAT", 1)]),
+    "xr-03": (False, [("LAT", 1), ("LAT", 3)]),
+}
+TILES_JS = "return Array.from(document.querySelectorAll('.tile')).map((t) => Object.assign({}, t.dataset));"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1600,1000",
+)  # fmt: skip
+
+
+@dataclass
+class Station:
+    name: str
+    proc: subprocess.Popen[bytes]
+    watch: Path
+    log: Path
+    thumbnail: bool
+    dropped: int = 0
+
+
+def _config(root: Path, name: str, url: str, thumbnail: bool) -> Path:
+    path = root / "edge-worker.toml"
+    path.write_text(
+        f'site = "{SITE}"\nstation = "{name}"\n'
+        f'[watch]\nfolder = "{root / "incoming"}"\nsettle_seconds = 0.2\n'
+        f'[quarantine]\nfolder = "{root / "quarantine"}"\n'
+        f'[state]\nfolder = "{root / "state"}"\n'
+        f'[mqtt]\nurl = "{url}"\n'
+        '[service]\nmetrics_listen = ""\n'
+        f"[verdict]\nthumbnail = {'true' if thumbnail else 'false'}\n"
+    )
+    return path
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def stations(tmp_path: Path, mosquitto: Any) -> Iterator[dict[str, Station]]:
+    """One daemon subprocess per station of PLAN, on the demo pack, started in parallel."""
+    made: dict[str, Station] = {}
+    try:
+        for name, (thumbnail, _) in PLAN.items():
+            root = tmp_path / name
+            (root / "incoming").mkdir(parents=True)
+            log = root / "daemon.log"
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "edge_worker", "run", "--config", str(_config(root, name, mosquitto.url, thumbnail))],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            made[name] = Station(name, proc, root / "incoming", log, thumbnail)
+        yield made
+    finally:
+        for station in made.values():
+            _stop(station.proc)
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Headless Debian chromium through Debian's chromedriver; nothing is downloaded."""
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # never let selenium look for drivers online
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _drop(station: Station, view: str, grade: int) -> None:
+    """A phantom written under a hidden name and renamed in: the modality's move-in."""
+    station.dropped += 1
+    name = f"IMG{station.dropped:04d}.dcm"
+    temp = station.watch / f".{name}.part"
+    seed = 4100 + 10 * int(station.name[-2:]) + station.dropped
+    write_phantom(temp, seed=seed, view=view, grade=grade, size=1024)
+    os.replace(temp, station.watch / name)
+
+
+def _tiles(driver: Any) -> dict[str, dict[str, str]]:
+    return {t["key"]: t for t in driver.execute_script(TILES_JS)}
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float, driver: Any, stations: dict[str, Station]) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with the page's state and logs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            logs = {n: s.log.read_text(errors="replace")[-1500:] for n, s in stations.items()}
+            pytest.fail(f"timed out after {timeout} s waiting for {what}\npage tiles: {_tiles(driver)}\n"
+                        f"body: {driver.execute_script('return Object.assign({}, document.body.dataset)')}\n"
+                        f"daemon logs: {json.dumps(logs, indent=1)}")  # fmt: skip
+        time.sleep(0.1)
+
+
+def _body(driver: Any) -> dict[str, str]:
+    return dict(driver.execute_script("return Object.assign({}, document.body.dataset);"))
+
+
+def _shows(driver: Any, key: str, verdict: dict[str, Any]) -> bool:
+    tile = _tiles(driver).get(key, {})
+    return tile.get("verdictId") == verdict["id"] and tile.get("decision") == verdict["decision"]
+
+
+def _screenshot(driver: Any, tmp_path: Path) -> Path:
+    shot = tmp_path / "dashboard.png"
+    assert driver.save_screenshot(str(shot)), "chromium took no screenshot"
+    target = os.environ.get("EDGE_WORKER_SCREENSHOT_DIR")
+    if target:
+        shutil.copyfile(shot, Path(target) / "dashboard.png")
+    return shot
+
+
+@pytest.fixture
+def dashboards(mosquitto: Any) -> Iterator[Callable[[int], Dashboard]]:
+    """Factory: a started in-process dashboard on ``port`` (0: a free one); all stopped after."""
+    made: list[Dashboard] = []
+
+    def start(port: int = 0) -> Dashboard:
+        dashboard = Dashboard(MqttSettings.from_url(mosquitto.url), ("127.0.0.1", port), heartbeat_s=1.0)
+        made.append(dashboard)
+        dashboard.start()
+        return dashboard
+
+    yield start
+    for dashboard in made:
+        dashboard.stop()
+
+
+def _verdicts(sub: Any, name: str) -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in sub.messages(f"xray/{SITE}/{name}/verdict")]
+
+
+def test_dashboard_in_a_real_browser(
+    mosquitto: Any,
+    stations: dict[str, Station],
+    browser: Any,
+    dashboards: Callable[[int], Dashboard],
+    subscriber: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    driver = browser
+    sub = subscriber(mosquitto, f"xray/{SITE}/#")
+    dashboard = dashboards(0)
+    driver.get(dashboard.url)
+    driver.execute_script("window.__sameDocument = true;")  # gone if the page ever reloads
+    keys = {f"{SITE}/{name}" for name in stations}
+
+    # Every station comes online (retained availability) and gets a tile.
+    for name in stations:
+        sub.wait_for(f"xray/{SITE}/{name}/availability", 1, timeout=90)
+    _wait("three online tiles", lambda: all(_tiles(driver).get(k, {}).get("online") == "true" for k in keys),
+          20, driver, stations)  # fmt: skip
+    assert _body(driver) == {"server": "live", "broker": "connected"}
+
+    # Phantoms in, verdicts out: each tile shows exactly what the broker carried.
+    for name, (_, plan) in PLAN.items():
+        for view, grade in plan:
+            _drop(stations[name], view, grade)
+    for name, (_, plan) in PLAN.items():
+        sub.wait_for(f"xray/{SITE}/{name}/verdict", len(plan), timeout=60)
+    latest: dict[str, dict[str, Any]] = {}
+    for name, station in stations.items():
+        verdicts = _verdicts(sub, name)
+        latest[name] = verdicts[-1]
+        key = f"{SITE}/{name}"
+        last = verdicts[-1]
+        _wait(f"{name} showing {last['decision']}", lambda k=key, v=last: _shows(driver, k, v), 10, driver, stations)
+        tile = _tiles(driver)[key]
+        assert tile["history"] == ",".join(v["decision"] for v in verdicts), tile
+        assert tile["thumbnail"] == str(station.thumbnail).lower()
+        assert ("thumbnail" in verdicts[-1]) is station.thumbnail
+    # The not-for-clinical-use flag of the demo pack is on the page.
+    assert driver.execute_script("return !document.getElementById('banner-nfcu').hidden;")
+
+    # A retake raises the alert on exactly the stations whose latest verdict is a retake.
+    retakes = {f"{SITE}/{n}" for n, v in latest.items() if v["decision"] == "retake"}
+    tiles = _tiles(driver)
+    assert {k for k, t in tiles.items() if t["alert"] == "true"} == retakes
+    banner = driver.find_element("id", "banner-retake")
+    assert banner.is_displayed() is bool(retakes)
+
+    # A station going offline (SIGTERM) shows offline.
+    stations["xr-03"].proc.send_signal(signal.SIGTERM)
+    assert stations["xr-03"].proc.wait(30) == 0
+    _wait("xr-03 offline", lambda: _tiles(driver)[f"{SITE}/xr-03"]["online"] == "false", 10, driver, stations)
+    shot = _screenshot(driver, tmp_path)
+    assert shot.stat().st_size > 10_000
+
+    # Acknowledging a retake by a click stops its alert.
+    for key in retakes:
+        driver.find_element("css selector", f'.tile[data-key="{key}"]').click()
+    _wait("alerts acknowledged", lambda: all(t["alert"] == "false" for t in _tiles(driver).values()), 5, driver, stations)
+    assert not banner.is_displayed()
+
+    # The broker restarts: the page says so, then recovers and shows a new verdict, no reload.
+    online_seen = len(sub.messages(f"xray/{SITE}/xr-01/availability"))
+    mosquitto.stop()
+    _wait("broker lost shown", lambda: _body(driver).get("broker") == "disconnected", 10, driver, stations)
+    assert "disconnected from broker" in driver.find_element("id", "banner-link").text
+    mosquitto.start()
+    _wait("broker back", lambda: _body(driver).get("broker") == "connected", 20, driver, stations)
+    # The daemon's new retained "online" reaching our subscriber: both are connected again.
+    sub.wait_for(f"xray/{SITE}/xr-01/availability", online_seen + 1, timeout=30)
+    _drop(stations["xr-01"], "AP", 1)
+    after = sub.wait_for(f"xray/{SITE}/xr-01/verdict", 3, timeout=30)
+    fresh = json.loads(after[-1].payload)
+    _wait("verdict after the broker restart", lambda: _shows(driver, f"{SITE}/xr-01", fresh), 10, driver, stations)
+    assert _tiles(driver)[f"{SITE}/xr-03"]["online"] == "false"  # kept across the broker restart
+    assert not driver.find_element("id", "banner-link").is_displayed()
+
+    # The dashboard server restarts on the same port: the page reconnects by itself.
+    port = dashboard.address[1]
+    dashboard.stop()
+    _wait("server lost shown", lambda: _body(driver).get("server") == "reconnecting", 10, driver, stations)
+    dashboards(port)
+    _wait("server back", lambda: _body(driver) == {"server": "live", "broker": "connected"}, 15, driver, stations)
+    _wait("xr-01 online again", lambda: _tiles(driver).get(f"{SITE}/xr-01", {}).get("online") == "true", 10, driver, stations)
+    assert driver.execute_script("return window.__sameDocument === true;"), "the page was reloaded"
