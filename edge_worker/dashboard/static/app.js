@@ -173,7 +173,7 @@
       avail.textContent = `OFFLINE since ${clockTime(st.online_since)}`;
     }
 
-    put(tile, ".decision", v ? LABELS[decision] || decision : "NO IMAGE YET");
+    put(tile, ".decision", v ? LABELS[decision] || decision : "No image yet");
     put(tile, ".quality", v && v.score != null ? `${v.score.toFixed(2)} \u00b7 grade ${v.grade ?? "\u2014"}` : "\u2014");
     put(tile, ".view", v && v.view ? `${v.view} ${v.view_confidence != null ? v.view_confidence.toFixed(2) : ""}` : "\u2014");
     let orient = "\u2014";
