@@ -8,6 +8,8 @@ when it passes.  No torch: this runs on the boxes, which have the worker's packa
 
 from __future__ import annotations
 
+import argparse
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 from edge_worker.backends import LoadOptions, ort_cpu
 from edge_worker.backends.engine_cache import EngineCache
 from edge_worker.backends.parity import GateReport, gate
-from edge_worker.errors import BackendError, Rejection
+from edge_worker.errors import BackendError, EdgeWorkerError, Rejection
 from edge_worker.ingest import read_radiograph
 from edge_worker.pack import InputSpec, load_pack, sha256_file
 from edge_worker.phantom import make_dataset
@@ -108,3 +110,28 @@ def build_pack_engines(
     if refused:
         raise BackendError("engines refused by the parity gate: " + " | ".join(refused))
     return reports
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``edge-export engines`` on the CLI's subparsers."""
+    cmd = sub.add_parser("engines", help="build, gate and cache TensorRT engines for a pack, on this box")
+    cmd.add_argument("--pack", type=Path, help="model pack folder (default: the demo pack)")
+    cmd.add_argument("--cache", type=Path, required=True, help="engine cache folder (the worker's state/engines)")
+    cmd.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="fp16")
+    cmd.add_argument("--max-batch", type=int, default=8, help="optimisation profile: batch 1..N")
+    cmd.add_argument("--golden", type=Path, help="folder of DICOM files added to the parity gate's inputs")
+    cmd.add_argument("--calibration", type=Path, help="folder of DICOM files for INT8 calibration")
+    cmd.add_argument("--force", action="store_true", help="rebuild even when a current engine is cached")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``edge-export engines``; 0 when every engine passed its gate, 1 otherwise."""
+    try:
+        build_pack_engines(
+            args.pack, args.cache, args.precision, args.max_batch,
+            golden_dir=args.golden, calibration_dir=args.calibration, force=args.force,
+        )  # fmt: skip
+    except EdgeWorkerError as exc:
+        print(f"edge-export engines: {exc}", file=sys.stderr)
+        return 1
+    return 0
