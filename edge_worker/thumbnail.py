@@ -61,7 +61,9 @@ def make_thumbnail(image: np.ndarray, box: RotatedBox | None, size: int = 192) -
         corners = (box.corners() - np.array([x0, y0], np.float32)) * np.float32(scale)
         thickness = max(1, size // 96)
         cv2.polylines(picture, [np.round(corners).astype(np.int32)], True, BOX_COLOUR, thickness, cv2.LINE_AA)
-    ok, png = cv2.imencode(".png", picture, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    # Level 6: a tenth larger than level 9 and about ten times faster on a radiograph's
+    # smooth gradients (a few ms against tens of ms on the judge thread).
+    ok, png = cv2.imencode(".png", picture, [cv2.IMWRITE_PNG_COMPRESSION, 6])
     if not ok:  # OpenCV reports failure by value; a uint8 BGR image should always encode
         raise ValueError("OpenCV could not encode the thumbnail as PNG")
     return DATA_URL_PREFIX + base64.b64encode(png.tobytes()).decode("ascii")

@@ -44,11 +44,12 @@ pytestmark = [
 SITE = "st-ward"
 #: station -> (thumbnail on?, phantoms as (view, grade, seed)).  Grades 1 and 3 to likely see ok
 #: and retake; the seeds gave the demo pack of the time a mix of all three decisions for the
-#: README's screenshot.  Nothing asserts them: a retrained pack may decide otherwise.
+#: README's screenshot.  Nothing asserts them: a retrained pack may decide otherwise.  Each
+#: seed is used once: the seed makes the SOP Instance UID, and with it the verdict's id.
 PLAN = {
-    "xr-01": (True, [("AP", 3, 4100), ("AP", 1, 4100)]),
+    "xr-01": (True, [("AP", 3, 4104), ("AP", 1, 4100)]),
     "xr-02": (True, [("AP", 1, 4101), ("LAT", 3, 4103)]),
-    "xr-03": (False, [("LAT", 1, 4100), ("LAT", 3, 4105)]),
+    "xr-03": (False, [("LAT", 1, 4102), ("LAT", 3, 4105)]),
 }
 TILES_JS = "return Array.from(document.querySelectorAll('.tile')).map((t) => Object.assign({}, t.dataset));"
 CHROMIUM_FLAGS = (
@@ -268,7 +269,7 @@ def test_dashboard_in_a_real_browser(
     _wait("broker back", lambda: _body(driver).get("broker") == "connected", 20, driver, stations)
     # The daemon's new retained "online" reaching our subscriber: both are connected again.
     sub.wait_for(f"xray/{SITE}/xr-01/availability", online_seen + 1, timeout=30)
-    _drop(stations["xr-01"], "AP", 1, 4102)
+    _drop(stations["xr-01"], "AP", 1, 4107)
     after = sub.wait_for(f"xray/{SITE}/xr-01/verdict", 3, timeout=30)
     fresh = json.loads(after[-1].payload)
     _wait("verdict after the broker restart", lambda: _shows(driver, f"{SITE}/xr-01", fresh), 10, driver, stations)
