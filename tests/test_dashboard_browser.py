@@ -15,6 +15,7 @@ Skipped where chromium, chromedriver or selenium is absent; ``.ci/run`` installs
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -41,6 +42,7 @@ pytestmark = [
     pytest.mark.timeout(170),
 ]
 
+log = logging.getLogger(__name__)
 SITE = "st-ward"
 #: station -> (thumbnail on?, phantoms as (view, grade, seed)).  Grades 1 and 3 to likely see ok
 #: and retake; the seeds gave the demo pack of the time a mix of all three decisions for the
@@ -262,17 +264,27 @@ def test_dashboard_in_a_real_browser(
 
     # The broker restarts: the page says so, then recovers and shows a new verdict, no reload.
     online_seen = len(sub.messages(f"xray/{SITE}/xr-01/availability"))
+    t0 = time.monotonic()
     mosquitto.stop()
     _wait("broker lost shown", lambda: _body(driver).get("broker") == "disconnected", 10, driver, stations)
     assert "disconnected from broker" in driver.find_element("id", "banner-link").text
+    log.info("broker stopped: page showed 'disconnected from broker' after %.2f s", time.monotonic() - t0)
+    t0 = time.monotonic()
     mosquitto.start()
     _wait("broker back", lambda: _body(driver).get("broker") == "connected", 20, driver, stations)
+    log.info("broker started: page back to live after %.2f s", time.monotonic() - t0)
     # The daemon's new retained "online" reaching our subscriber: both are connected again.
     sub.wait_for(f"xray/{SITE}/xr-01/availability", online_seen + 1, timeout=30)
+    running = {f"{SITE}/xr-01", f"{SITE}/xr-02"}
+    # The broker may hand out the stations' last wills as it shuts down; they come back online.
+    _wait("running stations online again", lambda: all(_tiles(driver)[k]["online"] == "true" for k in running),
+          20, driver, stations)  # fmt: skip
+    log.info("broker started: running stations online again after %.2f s", time.monotonic() - t0)
     _drop(stations["xr-01"], "AP", 1, 4107)
     after = sub.wait_for(f"xray/{SITE}/xr-01/verdict", 3, timeout=30)
     fresh = json.loads(after[-1].payload)
     _wait("verdict after the broker restart", lambda: _shows(driver, f"{SITE}/xr-01", fresh), 10, driver, stations)
+    log.info("broker started: new verdict (%s) on the page %.2f s after the restart", fresh["decision"], time.monotonic() - t0)
     assert _tiles(driver)[f"{SITE}/xr-03"]["online"] == "false"  # kept across the broker restart
     assert not driver.find_element("id", "banner-link").is_displayed()
 
@@ -280,7 +292,9 @@ def test_dashboard_in_a_real_browser(
     port = dashboard.address[1]
     dashboard.stop()
     _wait("server lost shown", lambda: _body(driver).get("server") == "reconnecting", 10, driver, stations)
+    t0 = time.monotonic()
     dashboards(port)
     _wait("server back", lambda: _body(driver) == {"server": "live", "broker": "connected"}, 15, driver, stations)
+    log.info("dashboard server restarted: page live again after %.2f s", time.monotonic() - t0)
     _wait("xr-01 online again", lambda: _tiles(driver).get(f"{SITE}/xr-01", {}).get("online") == "true", 10, driver, stations)
     assert driver.execute_script("return window.__sameDocument === true;"), "the page was reloaded"
