@@ -198,6 +198,10 @@ def test_a_stream_that_does_not_read_is_closed() -> None:
         except queue.Empty:
             break
     assert len(items) == 1 and items[0] is not None and not isinstance(items[0], int)  # ... with the sentinel
+    # Once the server is stopping, a stream that connects late is closed at once.
+    hub.close_all()
+    late = hub.subscribe()
+    assert late.get_nowait() is items[0] and len(hub) == 0
 
 
 @pytest.mark.parametrize(

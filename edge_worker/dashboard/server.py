@@ -77,10 +77,14 @@ class _Hub:
     def __init__(self, depth: int = 256) -> None:
         self._depth = depth
         self._queues: set[queue.Queue[object]] = set()
+        self._closed = False
 
     def subscribe(self) -> queue.Queue[object]:
         q: queue.Queue[object] = queue.Queue(self._depth)
-        self._queues.add(q)
+        if self._closed:  # a browser that connected while the server was stopping
+            q.put_nowait(_CLOSE)
+        else:
+            self._queues.add(q)
         return q
 
     def unsubscribe(self, q: queue.Queue[object]) -> None:
@@ -95,6 +99,7 @@ class _Hub:
                 self._close(q)
 
     def close_all(self) -> None:
+        self._closed = True
         for q in list(self._queues):
             self._close(q)
 
@@ -355,7 +360,7 @@ def run_dashboard(settings: MqttSettings, listen: tuple[str, int], prefix: str =
         while not stop.wait(0.5):
             pass
     except KeyboardInterrupt:
-        pass
+        log.info("dashboard: interrupted; stopping")
     finally:
         dashboard.stop()
     return 0
