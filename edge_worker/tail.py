@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from edge_worker.cli import summary_line
 from edge_worker.dashboard.feed import MqttFeed, station_filters
+from edge_worker.dashboard.state import KINDS
 from edge_worker.publish.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ class TailFormatter:
         """The line for one message received at ``now`` (POSIX s), or None to print nothing."""
         head = self.prefix + "/"
         levels = topic[len(head):].split("/") if topic.startswith(head) else []
-        if len(levels) != 3:
+        # Checked here, not left to the broker: amqtt (the demo's broker) has been seen to
+        # deliver <prefix>/<site>/<station>/status to these subscriptions.
+        if len(levels) != 3 or levels[2] not in KINDS:
             return None
         site, station, kind = levels
         where = f"{site}/{station}"

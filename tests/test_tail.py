@@ -56,6 +56,7 @@ def test_odd_messages() -> None:
     f = TailFormatter(prefix="hosp/xray")
     assert f.line("xray/st-a/xr-01/verdict", b"{}", T0) is None  # another prefix
     assert f.line("hosp/xray/st-a/verdict", b"{}", T0) is None  # a level missing
+    assert f.line("hosp/xray/st-a/xr-01/status", b"{}", T0) is None  # not ours, whatever the broker says
     line = f.line("hosp/xray/st-a/xr-01/verdict", b"{not json", T0)
     assert line is not None and "unreadable verdict" in line
     line = f.line("hosp/xray/st-a/xr-01/verdict", b'{"decision": "ok"}', T0)
