@@ -141,7 +141,11 @@
     if (!tile) {
       tile = $("tile-template").content.firstElementChild.cloneNode(true);
       tile.dataset.key = key;
+      tile.tabIndex = 0;  // a keyboard can acknowledge too
       tile.addEventListener("click", () => acknowledge([key]));
+      tile.addEventListener("keydown", (e) => {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); acknowledge([key]); }
+      });
       state.tiles.set(key, tile);
     }
     return tile;
