@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.pack import StageFile
+from models.data import VIEW_LABELS
 from models.networks import ArchConfig, build
 
 OPSET = 18
@@ -137,3 +139,32 @@ def phantom_batch(task: str, input_spec: dict[str, float], view: str | None, n: 
             working = crop_box(working, truth.roi.scaled(scale, scale), h, w)
         tensors.append(to_tensor(working, h, w, c, mean, std)[0])
     return np.stack(tensors)
+
+
+def export_stage(
+    checkpoint: str | Path, out_dir: str | Path, atol: float = ATOL, rtol: float = RTOL
+) -> tuple[StageFile, dict[str, float]]:
+    """Checkpoint -> ``<out_dir>/<stage>.onnx`` through the parity gate.
+
+    Returns the pack stage (named after the checkpoint: ``view``, ``roi_ap``, ...) and the
+    parity errors per output.  Raises :class:`ExportError` when the gate fails.
+    """
+    loaded = load_checkpoint(checkpoint)
+    name = Path(checkpoint).stem
+    spec = loaded.input
+    onnx_path = export_onnx(loaded.net, Path(out_dir) / f"{name}.onnx", loaded.task,
+                            int(spec["channels"]), int(spec["height"]), int(spec["width"]))
+    batch = phantom_batch(loaded.task, spec, loaded.view)
+    errors = check_parity(loaded.net, onnx_path, batch, atol, rtol)
+    stage = StageFile(
+        name=name,
+        task=loaded.task,
+        onnx_path=onnx_path,
+        output_name=OUTPUT_NAMES[loaded.task],
+        input=spec,
+        architecture=loaded.arch.describe(),
+        opset=OPSET,
+        applies_to_view=loaded.view,
+        labels=list(VIEW_LABELS) if loaded.task == "view" else None,
+    )
+    return stage, errors

@@ -206,8 +206,10 @@ def build(config: ArchConfig) -> nn.Module:
         return efficientnet_b0(config, num_classes=2)
     if config.task == "quality":
         net = efficientnet_b0(config, num_classes=1)
-        # Start at the middle of the 1-3 scale so that early steps are not spent on the bias.
+        # Start every image at the middle of the 1-3 scale: with random weights, drop connect
+        # and dropout make the first outputs swing by several grades and the MSE explode.
         nn.init.constant_(net._fc.bias, 2.0)
+        nn.init.normal_(net._fc.weight, std=1e-3)
         return net
     if config.task == "roi":
         return DeepLabV3(config)

@@ -1,0 +1,81 @@
+"""``edge-export``: turn training checkpoints into ONNX files and model packs.
+
+    edge-export onnx CKPT --out FILE.onnx          # one stage, through the parity gate
+    edge-export pack CKPT... --out DIR --training-data DATA.json [--validation VAL.json]
+
+Both commands refuse (exit status 1, message on stderr) when the ONNX file does not match the
+torch model within the tolerance (``--atol``, ``--rtol``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from export.onnx import ATOL, OPSET, RTOL, ExportError, export_stage
+from export.pack import write_pack
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("onnx", "pack"):
+        cmd = sub.add_parser(name, help=f"export {'one checkpoint' if name == 'onnx' else 'a pack'}")
+        cmd.add_argument("checkpoints", nargs="+" if name == "pack" else 1, type=Path,
+                         metavar="CKPT", help="checkpoint(s) written by models.train")
+        cmd.add_argument("--out", type=Path, required=True,
+                         help="ONNX file" if name == "onnx" else "pack folder")
+        cmd.add_argument("--atol", type=float, default=ATOL, help="parity gate absolute tolerance")
+        cmd.add_argument("--rtol", type=float, default=RTOL, help="parity gate relative tolerance")
+    pack = sub.choices["pack"]
+    pack.add_argument("--name", default="ankle-demo")
+    pack.add_argument("--version", default="1.0.0")
+    pack.add_argument("--description", default="Ankle AP/LAT quality pipeline.")
+    pack.add_argument("--training-data", type=Path, required=True,
+                      help="JSON object for the manifest's training_data (kind, description...)")
+    pack.add_argument("--validation", type=Path, help="JSON object for the manifest's validation")
+    pack.add_argument("--clinical", action="store_true",
+                      help="omit the not-for-clinical-use flag (refused for synthetic data)")
+    return parser
+
+
+def _onnx(args: argparse.Namespace) -> None:
+    ckpt: Path = args.checkpoints[0]
+    stage, errors = export_stage(ckpt, args.out.parent, args.atol, args.rtol)
+    if stage.onnx_path.resolve() != args.out.resolve():
+        stage.onnx_path.replace(args.out)
+    print(f"{args.out}: opset {OPSET}, parity max abs error {errors}")
+
+
+def _pack(args: argparse.Namespace) -> None:
+    training = json.loads(args.training_data.read_text())
+    validation = json.loads(args.validation.read_text()) if args.validation else {}
+    if args.clinical and training.get("kind") == "synthetic-phantom":
+        raise ExportError("a pack trained on synthetic phantoms is never for clinical use")
+    stages = []
+    for ckpt in args.checkpoints:
+        stage, errors = export_stage(ckpt, args.out, args.atol, args.rtol)
+        print(f"{stage.name}: parity max abs error {errors}")
+        stages.append(stage)
+    manifest = write_pack(args.out, stages, name=args.name, version=args.version,
+                          description=args.description, training_data=training,
+                          validation=validation, not_for_clinical_use=not args.clinical)
+    print(f"wrote {manifest}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``edge-export`` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        _onnx(args) if args.command == "onnx" else _pack(args)
+    except (ExportError, FileNotFoundError, json.JSONDecodeError) as exc:
+        print(f"edge-export: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
