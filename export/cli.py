@@ -2,6 +2,7 @@
 
     edge-export onnx CKPT --out FILE.onnx          # one stage, through the parity gate
     edge-export pack CKPT... --out DIR --training-data DATA.json [--validation VAL.json]
+    edge-export engines --cache DIR [--pack DIR] [--precision fp16]  # TensorRT, on the GPU box
 
 Both commands refuse (exit status 1, message on stderr) when the ONNX file does not match the
 torch model within the tolerance (``--atol``, ``--rtol``).
@@ -14,8 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from export.onnx import ATOL, OPSET, RTOL, ExportError, export_stage
-from export.pack import write_pack
+# export.onnx imports torch: it is imported inside the commands that need it, so that
+# `edge-export engines` runs on a GPU box that has the worker's packages only.
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,8 +29,8 @@ def _parser() -> argparse.ArgumentParser:
                          metavar="CKPT", help="checkpoint(s) written by models.train")
         cmd.add_argument("--out", type=Path, required=True,
                          help="ONNX file" if name == "onnx" else "pack folder")
-        cmd.add_argument("--atol", type=float, default=ATOL, help="parity gate absolute tolerance")
-        cmd.add_argument("--rtol", type=float, default=RTOL, help="parity gate relative tolerance")
+        cmd.add_argument("--atol", type=float, help="parity gate absolute tolerance (default 1e-4)")
+        cmd.add_argument("--rtol", type=float, help="parity gate relative tolerance (default 1e-4)")
     pack = sub.choices["pack"]
     pack.add_argument("--name", default="ankle-demo")
     pack.add_argument("--version", default="1.0.0")
@@ -39,25 +40,39 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("--validation", type=Path, help="JSON object for the manifest's validation")
     pack.add_argument("--clinical", action="store_true",
                       help="omit the not-for-clinical-use flag (refused for synthetic data)")
+    from export.engines import add_parser
+
+    add_parser(sub)
     return parser
 
 
+def _tolerances(args: argparse.Namespace) -> tuple[float, float]:
+    from export.onnx import ATOL, RTOL
+
+    return (ATOL if args.atol is None else args.atol, RTOL if args.rtol is None else args.rtol)
+
+
 def _onnx(args: argparse.Namespace) -> None:
+    from export.onnx import OPSET, export_stage
+
     ckpt: Path = args.checkpoints[0]
-    stage, errors = export_stage(ckpt, args.out.parent, args.atol, args.rtol)
+    stage, errors = export_stage(ckpt, args.out.parent, *_tolerances(args))
     if stage.onnx_path.resolve() != args.out.resolve():
         stage.onnx_path.replace(args.out)
     print(f"{args.out}: opset {OPSET}, parity max abs error {errors}")
 
 
 def _pack(args: argparse.Namespace) -> None:
+    from export.onnx import ExportError, export_stage
+    from export.pack import write_pack
+
     training = json.loads(args.training_data.read_text())
     validation = json.loads(args.validation.read_text()) if args.validation else {}
     if args.clinical and training.get("kind") == "synthetic-phantom":
         raise ExportError("a pack trained on synthetic phantoms is never for clinical use")
     stages = []
     for ckpt in args.checkpoints:
-        stage, errors = export_stage(ckpt, args.out, args.atol, args.rtol)
+        stage, errors = export_stage(ckpt, args.out, *_tolerances(args))
         print(f"{stage.name}: parity max abs error {errors}")
         stages.append(stage)
     manifest = write_pack(args.out, stages, name=args.name, version=args.version,
@@ -69,6 +84,12 @@ def _pack(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edge-export`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "engines":
+        from export.engines import run
+
+        return run(args)
+    from export.onnx import ExportError
+
     try:
         _onnx(args) if args.command == "onnx" else _pack(args)
     except (ExportError, FileNotFoundError, json.JSONDecodeError) as exc:
