@@ -190,3 +190,14 @@ def test_engines_build_gate_and_run_on_the_gpu(tmp_path: Path) -> None:
     reports = build_pack_engines(default_pack_dir(), tmp_path, "fp16", 4, report=lambda s: None)
     assert reports and all(r.passed for r in reports)
     select(["tensorrt"]).load(load_pack().stages[0].file, LoadOptions(cache_dir=tmp_path, precision="fp16", max_batch=4))
+
+
+@pytest.mark.skipif(_has_cuda(), reason="this machine has TensorRT and CUDA")
+def test_edge_export_engines_refuses_without_tensorrt_and_needs_no_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys, export.cli as c; rc = c.main(['engines', '--cache', sys.argv[1]]); "
+        "assert 'torch' not in sys.modules, 'engines imported torch'; sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 1, result.stderr
+    assert "cannot build TensorRT engines here: the tensorrt Python package is not installed" in result.stderr
