@@ -136,6 +136,22 @@ def test_status_is_retained_and_republished(
     assert (json.loads(msg.payload), msg.retain) == ({"state": "ready"}, True)
 
 
+def test_status_function_is_rebuilt_on_every_connect(
+    mosquitto: Mosquitto, subscriber: Callable[..., Subscriber], outbox: Outbox
+) -> None:
+    pub = Publisher(MqttSettings.from_url(mosquitto.url), TOPICS, outbox)
+    pub.set_status(lambda: {"broker_connected": pub.connected})  # not connected yet: not sent
+    sub = subscriber(mosquitto, TOPICS.status)
+    pub.start()
+    try:
+        (msg,) = sub.wait_for(TOPICS.status, 1)
+        assert json.loads(msg.payload) == {"broker_connected": True}
+        with pytest.raises(PayloadError):
+            pub.set_status({"load": float("inf")})
+    finally:
+        pub.stop()
+
+
 def test_connected_false_when_broker_unreachable(outbox: Outbox) -> None:
     from conftest import free_port
 

@@ -20,6 +20,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KINDS = frozenset({"verdict", "error"})
+StatusSource = dict[str, Any] | Callable[[], dict[str, Any]]
 ONLINE = b"online"
 OFFLINE = b"offline"
 # Rows handed to paho and not yet acknowledged; bounds paho's in-memory queue (which is
@@ -93,7 +95,7 @@ class Publisher:
         # returns, so new rows wait until these are settled to keep the send order.
         self._barrier: set[int] = set()
         self._early_acks: dict[int, ReasonCode] = {}  # PUBACKs that beat their publish() return
-        self._status: bytes | None = None
+        self._status: StatusSource | None = None
         self._client: paho.Client | None = None
         self._sender: threading.Thread | None = None
         self._stopped = False
@@ -184,18 +186,20 @@ class Publisher:
             log.info("MQTT: %s %s is already pending (row %d); not stored twice", kind, key, result.row_id)
         return result.created
 
-    def set_status(self, payload: dict[str, Any]) -> None:
+    def set_status(self, status: StatusSource) -> None:
         """Publish a retained status document now (if connected) and after every reconnect.
 
-        Status is the latest state only, so it is kept in memory rather than in the outbox: a
-        stale status replayed after a restart would be wrong.
+        ``status`` is the document, or a function that builds it: a function is called again
+        on every reconnect, so fields such as "broker connected" are fresh rather than the
+        value from before the outage.  Status is latest-state only, so it lives in memory, not
+        in the outbox.  Raises :class:`PayloadError` when the document is not strict JSON.
         """
-        data = json.dumps(payload, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        data = None if callable(status) else self._status_bytes(status)  # reject bad JSON now
         with self._lock:
-            self._status = data
+            self._status = status
             connected = self._connected
         if connected:
-            self._send(self.topics.status, data, 1, True, None)
+            self._send(self.topics.status, data or self._status_bytes(status), 1, True, None)
 
     def wait_drained(self, timeout: float) -> bool:
         """Block until the outbox is empty (every message acknowledged); False on timeout."""
@@ -227,6 +231,14 @@ class Publisher:
             return self._last_error
 
     # -- paho wiring -----------------------------------------------------------------------
+
+    @staticmethod
+    def _status_bytes(status: StatusSource) -> bytes:
+        doc = status() if callable(status) else status
+        try:
+            return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise PayloadError(f"status document is not strict JSON: {exc}") from exc
 
     def _client_id(self) -> str:
         return self.settings.client_id or f"xray-edge-{self.topics.site}-{self.topics.station}"
@@ -290,7 +302,12 @@ class Publisher:
         log.info("MQTT: connected to %s; %d message(s) in the outbox", self.settings.url, self.outbox_depth)
         self._send(self.topics.availability, ONLINE, 1, True, None)
         if status is not None:
-            self._send(self.topics.status, status, 1, True, None)
+            try:
+                data = self._status_bytes(status)
+            except Exception:  # a callback boundary: never let it kill paho's network thread
+                log.exception("MQTT: building the status document failed; not re-published")
+            else:
+                self._send(self.topics.status, data, 1, True, None)
         self._wake.set()
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
