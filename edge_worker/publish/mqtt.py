@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import ssl
 import threading
 import time
@@ -272,6 +273,9 @@ class Publisher:
         client.reconnect_delay_set(s.reconnect_min_delay, s.reconnect_max_delay)
         # Room for our window plus availability/status messages, so paho never holds rows back.
         client.max_inflight_messages_set(self._window + 4)
+        # An exception in one of our callbacks must not end paho's network thread (paho logs
+        # it as "Caught exception in on_...").
+        client.suppress_exceptions = True
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -370,7 +374,14 @@ class Publisher:
                 self._last_error = f"message refused: {reason}"
             self._wake.set()
             return
-        self._outbox.ack(row_id)
+        try:
+            self._outbox.ack(row_id)
+        except (sqlite3.Error, RuntimeError) as exc:
+            # The broker has the message but the row stays: it is sent again after the next
+            # reconnect or restart (a duplicate, which consumers tolerate), never lost.
+            log.error("MQTT: could not delete acknowledged outbox row %d: %s", row_id, exc)
+            with self._lock:
+                self._last_error = f"outbox ack failed: {exc}"
         with self._drained:
             self._inflight_rows.discard(row_id)
             self._barrier.discard(row_id)
