@@ -279,6 +279,8 @@ def validate(config: Config) -> Config:
         raise ConfigError("verdict.thumbnail_size: must be 32..512 pixels")
     if config.state.outbox_max_messages < 10:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
+    if config.mqtt.protocol not in ("5", "3.1.1"):
+        raise ConfigError(f"mqtt.protocol: {config.mqtt.protocol!r} is not \"5\" or \"3.1.1\"")
     if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", config.mqtt.url):
         raise ConfigError(f"mqtt.url: {config.mqtt.url!r} is not mqtt://host[:port] or mqtts://host[:port]")
     if bool(config.mqtt.tls.cert_file) != bool(config.mqtt.tls.key_file):

@@ -87,6 +87,7 @@ def mqtt_settings(config: Config) -> MqttSettings:
         client_id=m.client_id or f"edge-worker-{config.site}-{config.station}",
         topic_prefix=m.topic_prefix,
         keepalive=m.keepalive,
+        protocol=m.protocol,
         ca_file=m.tls.ca_file or None,
         cert_file=m.tls.cert_file or None,
         key_file=m.tls.key_file or None,
@@ -183,8 +184,10 @@ class StationDaemon:
         if publisher is None:
             return  # health changed during construction; start() publishes
         pipeline = self.judge.pipeline
+        # A function, not a document: the publisher rebuilds it on every reconnect, so the
+        # retained status never carries a stale broker_connected.
         publisher.set_status(
-            status_document(
+            lambda: status_document(
                 site=self.config.site,
                 station=self.config.station,
                 health=self.health,

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 SITE = "demo-hospital"
 
 
-def _station_config(base: Config, workdir: Path, station: str, url: str) -> Config:
+def _station_config(base: Config, workdir: Path, station: str, url: str, protocol: str) -> Config:
     root = workdir / station
     return with_overrides(
         base,
@@ -39,7 +39,7 @@ def _station_config(base: Config, workdir: Path, station: str, url: str) -> Conf
         watch={"folder": root / "incoming", "settle_seconds": 0.2},
         quarantine={"folder": root / "quarantine"},
         state={"folder": root / "state"},
-        mqtt={"url": url},
+        mqtt={"url": url, "protocol": protocol},
     )
 
 
@@ -121,6 +121,8 @@ def run_demo(
     if workdir is None:
         temp = tempfile.TemporaryDirectory(prefix="edge-worker-demo-")
         workdir = Path(temp.name)
+    # amqtt speaks MQTT 3.1.1 only; a real broker gets MQTT 5 (refusals become visible).
+    protocol = "3.1.1" if mqtt_url is None else "5"
     if mqtt_url is None:
         broker = EmbeddedBroker()
         mqtt_url = f"mqtt://127.0.0.1:{broker.start()}"
@@ -134,7 +136,7 @@ def run_demo(
         flush=True,
     )
     names = [f"xr-{i + 1:02d}" for i in range(stations)]
-    daemons = [StationDaemon(_station_config(base, workdir, n, mqtt_url), pipeline) for n in names]
+    daemons = [StationDaemon(_station_config(base, workdir, n, mqtt_url, protocol), pipeline) for n in names]
     done = threading.Event()
     subscriber = _subscribe(mqtt_url, stations, done, count)
     for d in daemons:
