@@ -61,7 +61,10 @@ class _DemoteNotConnected(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR and str(record.msg).startswith("Client is not connected"):
+            # Handlers have no level of their own here, so relabelling alone would still print
+            # it; keep it only when this logger would show a DEBUG record.
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
         return True
 
 
