@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from edge_worker.ingest import read_radiograph
 from edge_worker.preprocess import RotatedBox, box_mask, crop_box, resize, to_tensor, working_image
 
 MEAN, STD = 0.5, 0.25
@@ -86,7 +87,11 @@ def read_csv(csv_path: str | Path) -> list[Record]:
 
 
 def read_image(path: Path) -> tuple[np.ndarray, float]:
-    """A radiograph as display-polarity float32 in [0, 1] and the stored->pixels scale."""
+    """A radiograph as display-polarity float32 in [0, 1] and the stored->pixels scale.
+
+    DICOM goes through the worker's own ingest, so training sees the worker's grayscale
+    chain (Modality LUT, VOI, MONOCHROME1 inversion); it raises the ingest's ``Rejection``.
+    """
     if path.suffix.lower() == ".png":
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
@@ -94,32 +99,8 @@ def read_image(path: Path) -> tuple[np.ndarray, float]:
         if raw.ndim == 3:
             raw = cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY)
         return raw.astype(np.float32) / np.float32(np.iinfo(raw.dtype).max), 1.0
-    try:
-        from edge_worker.ingest import read_radiograph  # type: ignore[attr-defined]
-    except ImportError:
-        return _read_dicom_fallback(path), 1.0
     radiograph = read_radiograph(path)
     return radiograph.pixels, float(radiograph.scale)
-
-
-def _read_dicom_fallback(path: Path) -> np.ndarray:
-    """Stand-in for ``edge_worker.ingest.read_radiograph`` until the ingest exists:
-    Modality LUT, linear VOI window, MONOCHROME1 inversion (PS3.3 C.11)."""
-    import pydicom
-    from pydicom.pixels import apply_modality_lut
-
-    ds = pydicom.dcmread(path)
-    values = apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        centre = float(np.ravel(ds.WindowCenter)[0])
-        width = float(np.ravel(ds.WindowWidth)[0])
-        lo, hi = centre - width / 2.0, centre + width / 2.0
-    else:
-        lo, hi = float(values.min()), float(values.max())
-    pixels = np.clip((values - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        pixels = 1.0 - pixels
-    return pixels.astype(np.float32)
 
 
 def load_sample(record: Record) -> Sample:
