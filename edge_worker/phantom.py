@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from edge_worker.phantom_draw import draw_upright
 from edge_worker.preprocess import RotatedBox, box_from_points
@@ -107,7 +107,7 @@ def render(
 
     image = _detector(rng, image, marker, laterality)
     sx, sy = cols / w, rows / h
-    pixels = cv2.resize(image, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    pixels: np.ndarray = cv2.resize(image, (cols, rows), interpolation=cv2.INTER_LINEAR)
     # Fine quantum noise at full resolution: invisible after the worker's reduction, but it
     # makes the stored image look like a detector's.
     pixels += rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.01)
@@ -221,11 +221,11 @@ def _header(
     """The DICOM attributes of a phantom; UIDs derive from ``seed`` so files are reproducible."""
     sop_class = CR_IMAGE_STORAGE if modality == "CR" else DX_FOR_PRESENTATION
 
-    def uid(kind: str) -> str:
-        return str(generate_uid(entropy_srcs=["edge-worker-phantom", str(seed), kind]))
+    def uid(kind: str) -> UID:
+        return UID(generate_uid(entropy_srcs=["edge-worker-phantom", str(seed), kind]))
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPClassUID = UID(sop_class)
     meta.MediaStorageSOPInstanceUID = uid("sop")
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID

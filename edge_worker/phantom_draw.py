@@ -38,7 +38,10 @@ def _bone(img: np.ndarray, draw: Draw, value: float, rim: int = 3) -> None:
 
 
 def _poly(pts: list[tuple[float, float]]) -> Draw:
-    return lambda m: cv2.fillPoly(m, [_points(pts)], 1)
+    def draw(m: np.ndarray) -> None:
+        cv2.fillPoly(m, [_points(pts)], 1)
+
+    return draw
 
 
 def _ellipse(
@@ -47,7 +50,11 @@ def _ellipse(
 ) -> Draw:  # fmt: skip
     centre = (int(round(c[0])), int(round(c[1])))
     size = (max(1, int(round(axes[0]))), max(1, int(round(axes[1]))))
-    return lambda m: cv2.ellipse(m, centre, size, angle, start, end, 1, -1)
+
+    def draw(m: np.ndarray) -> None:
+        cv2.ellipse(m, centre, size, angle, start, end, 1, -1)
+
+    return draw
 
 
 def _union(*draws: Draw) -> Draw:
@@ -96,7 +103,7 @@ def _draw_ap(
     rng: np.random.Generator, img: np.ndarray, u: float, cx: float, cy: float,
     gap: float, bone: float, m: float,
 ) -> np.ndarray:  # fmt: skip
-    h, w = img.shape
+    h = img.shape[0]
     g2 = gap / 2.0
     soft = [(cx - 0.30 * u, -10), (cx + 0.31 * u, -10), (cx + 0.29 * u, cy),
             (cx + 0.34 * u, cy + 0.35 * u), (cx + 0.36 * u, h + 10), (cx - 0.35 * u, h + 10),
@@ -132,7 +139,7 @@ def _draw_lat(
     rng: np.random.Generator, img: np.ndarray, u: float, cx: float, cy: float,
     gap: float, bone: float, m: float,
 ) -> np.ndarray:  # fmt: skip
-    h, w = img.shape
+    w = img.shape[1]
     radius = 0.12 * u
     tcx, tcy = cx, cy + gap / 2.0 + radius
     soft = [(cx - 0.22 * u, -10), (cx + 0.20 * u, -10), (cx + 0.22 * u, cy + 0.02 * u),

@@ -72,4 +72,4 @@ def evaluate(
     }
 
 
-__all__ = ["evaluate", "predict", "dice", "angular_error", "VIEW_LABELS", "ROI_THRESHOLD"]
+__all__ = ["ROI_THRESHOLD", "VIEW_LABELS", "angular_error", "dice", "evaluate", "predict"]

@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         height, width = SIZE[task]
         config = TrainConfig(
             task=task, view=view, steps=preset[task], batch=BATCH[task], height=height,
-            width=width,
-            lr=LR[task], seed=len(stages),
+            width=width, lr=LR[task], seed=len(stages),
             arch=default_arch(task, WIDTH[task], 1.0, height, width),
         )  # fmt: skip
         ckpt = train(config, samples[f"train_{kind}"], samples[f"val_{kind}"], args.work / "ckpt")
@@ -116,8 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         "true ROI",
         "view_accuracy": validation["view"]["accuracy"],
         "roi_dice": {v: validation[f"roi_{v.lower()}"]["dice"] for v in VIEW_LABELS},
-        "quality_accuracy": {v: validation[f"quality_{v.lower()}"]["accuracy"]
-                             for v in VIEW_LABELS},  # fmt: skip
+        "quality_accuracy": {
+            v: validation[f"quality_{v.lower()}"]["accuracy"] for v in VIEW_LABELS
+        },
         "quality_mae": {v: validation[f"quality_{v.lower()}"]["mae"] for v in VIEW_LABELS},
         "orientation_mae_deg": validation["orientation"]["mae_deg"],
         "per_stage": validation,

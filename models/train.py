@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,8 +25,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
 from models.data import MEAN, STD, Sample, example, load_samples, read_csv
-from models.networks import ArchConfig, build
 from models.evaluate import evaluate
+from models.networks import ArchConfig, build
 
 
 @dataclass

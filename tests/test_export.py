@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from export.cli import main as export_main  # noqa: E402
-from export.onnx import (  # noqa: E402
+from export.cli import main as export_main
+from export.onnx import (
     OPSET,
     ExportError,
     check_parity,
@@ -22,9 +22,9 @@ from export.onnx import (  # noqa: E402
     export_stage,
     phantom_batch,
 )
-from export.pack import SCHEMA, write_pack  # noqa: E402
-from models.data import MEAN, STD  # noqa: E402
-from models.networks import ArchConfig, build  # noqa: E402
+from export.pack import SCHEMA, write_pack
+from models.data import MEAN, STD
+from models.networks import ArchConfig, build
 
 SPEC = {"height": 64, "width": 64, "channels": 1, "mean": MEAN, "std": STD}
 

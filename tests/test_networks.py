@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.networks import ArchConfig, DeepLabV3, angle_of, build, circular_mse  # noqa: E402
+from models.networks import ArchConfig, DeepLabV3, angle_of, build, circular_mse
 
 
 @pytest.mark.parametrize(
@@ -47,7 +47,7 @@ def test_deeplab_backbone_runs_at_output_stride_8_and_width_scales() -> None:
     features = small.backbone(torch.zeros(1, 1, 64, 64))
     assert tuple(features.shape[-2:]) == (8, 8)
     assert features.shape[1] == small.backbone.out_channels == 256
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert 3.0 < count(wider) / count(small) < 4.5
 
 

@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edge_worker.phantom import write_dataset  # noqa: E402
-from edge_worker.preprocess import box_mask  # noqa: E402
-from models import train  # noqa: E402
-from models.data import example, load_samples, read_csv  # noqa: E402
+from edge_worker.phantom import write_dataset
+from edge_worker.preprocess import box_mask
+from models import train
+from models.data import example, load_samples, read_csv
 
 
 @pytest.fixture(scope="module")
