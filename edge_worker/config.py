@@ -103,6 +103,9 @@ class MqttConfig:
     """First topic level: <prefix>/<site>/<station>/verdict."""
     keepalive: int = 30
     """Seconds between keepalive pings; the broker publishes the last will after 1.5x."""
+    protocol: str = "5"
+    """MQTT version, "5" or "3.1.1".  Use 5: under 3.1.1 a broker that denies a publish by
+    ACL still acknowledges it, and the verdict is dropped without a sign."""
     tls: TlsConfig = field(default_factory=TlsConfig)
 
 
