@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,11 @@ from edge_worker.watch import FolderWatcher
 log = logging.getLogger(__name__)
 
 _STOP = object()
+#: How often the daemon retries what a full or failing disk refused: a file whose message could
+#: not be stored (outbox full, journal write failed) and a rejected file the quarantine could
+#: not take.  Doubles after each failed pass, up to RETRY_MAX_SECONDS.
+RETRY_SECONDS = 2.0
+RETRY_MAX_SECONDS = 60.0
 
 
 def build_pipeline(config: Config) -> Pipeline:
@@ -139,6 +145,17 @@ class StationDaemon:
         self._status_thread = threading.Thread(
             target=self._status_loop, name=f"edge-worker/status-{config.station}", daemon=True
         )
+        # The watcher hands each file version on only once, so what a full disk or a full
+        # outbox refused is remembered here and retried: it costs time, never a file.
+        self._retry_lock = threading.Lock()
+        self._retry_keys: set[str] = set()  # journal keys of files whose message was not stored
+        self._retry_quarantine: dict[Path, tuple[int, int, Rejection]] = {}
+        self._replay_again = False
+        self._retry_delay = RETRY_SECONDS
+        self._next_retry = 0.0
+        self._retry_thread = threading.Thread(
+            target=self._retry_loop, name=f"edge-worker/retry-{config.station}", daemon=True
+        )
         problem = backend_problem(config, pipeline)
         if problem:
             self.health.fail("backend", problem)
@@ -153,6 +170,7 @@ class StationDaemon:
         self._worker.start()
         self.watcher.start()
         self._status_thread.start()
+        self._retry_thread.start()
         log.info(
             "station %s/%s watching %s with pack %s %s on %s",
             self.config.site,
@@ -171,6 +189,7 @@ class StationDaemon:
         self._queue.put(_STOP)
         self._worker.join(max(0.1, deadline - time.monotonic()))
         self._status_thread.join(1.0)
+        self._retry_thread.join(1.0)
         self.publisher.wait_drained(max(0.1, min(3.0, deadline - time.monotonic())))
         self.publisher.stop(max(0.1, deadline - time.monotonic()))
         self.watcher.join(1.0)
@@ -235,6 +254,7 @@ class StationDaemon:
             try:
                 self.handle(path, seen_at)
                 self._last_progress = time.monotonic()
+                self.health.clear("worker")
             except EdgeWorkerError as exc:
                 self.health.fail("worker", f"{path.name}: {exc}")
             except Exception as exc:  # noqa: BLE001 - one file must never kill the station
@@ -272,12 +292,17 @@ class StationDaemon:
     def _quarantine(self, path: Path, rejection: Rejection) -> str | None:
         try:
             dest = self.quarantine.put(path, rejection.reason.value, rejection.detail)
-            self.health.clear("quarantine")
-            return dest.name
         except QuarantineError as exc:
-            # The file stays where it is and the journal keeps it from being judged again.
+            # The file stays where it is and the journal keeps it from being judged again; the
+            # move is retried until the quarantine takes it.
             self.health.fail("quarantine", str(exc))
+            self._quarantine_later(path, rejection)
             return None
+        with self._retry_lock:
+            waiting = bool(self._retry_quarantine)
+        if not waiting:
+            self.health.clear("quarantine")
+        return dest.name
 
     def _send(self, outcome: Outcome, key: str | None) -> None:
         """Remember the message, hand it to the outbox, then mark the file done.
@@ -287,23 +312,131 @@ class StationDaemon:
         """
         from edge_worker.cli import summary_line
 
-        payload = self.journal.remember(outcome.id, outcome.kind, outcome.payload)
+        try:
+            payload = self.journal.remember(outcome.id, outcome.kind, outcome.payload)
+        except sqlite3.Error as exc:  # the state disk is full or failing
+            self._retry_later(key)
+            self.health.fail("state", f"journal in {self.config.state.folder}: {exc}")
+            raise EdgeWorkerError(f"cannot record message {outcome.id}: {exc}") from exc
         try:
             self.publisher.publish(outcome.kind, payload, key=outcome.id)
             self.health.clear("outbox")
-        except EdgeWorkerError as exc:
-            self.health.fail("outbox", str(exc))
-            raise
-        self.journal.mark_queued(key, outcome.id, outcome.kind)
+        except (EdgeWorkerError, sqlite3.Error) as exc:
+            # OutboxFull (the broker has acknowledged nothing for long) or a failing disk: the
+            # file stays unmarked and is judged again once the outbox has room.
+            self._retry_later(key)
+            if isinstance(exc, EdgeWorkerError):
+                self.health.fail("outbox", str(exc))
+                raise
+            self.health.fail("outbox", f"outbox write failed: {exc}")
+            raise EdgeWorkerError(f"cannot store message {outcome.id}: {exc}") from exc
+        try:
+            self.journal.mark_queued(key, outcome.id, outcome.kind)
+        except sqlite3.Error as exc:
+            # The message is stored for sending; only the file's mark is missing, so the file
+            # is judged again later and the same message (same id, same content) re-sent.
+            self._retry_later(key)
+            self.health.fail("state", f"journal in {self.config.state.folder}: {exc}")
+            raise EdgeWorkerError(f"cannot mark {outcome.id} as queued: {exc}") from exc
+        self.health.clear("state")
         self.last_message_at = time.time()
         log.info("%s: %s", self.config.station, summary_line(outcome.kind, payload))
 
     def _replay_unqueued(self) -> None:
         """Hand to the outbox the messages a crash left between the journal and the outbox."""
+        self._replay_again = False
         for message_id, kind, payload in self.journal.unqueued():
             log.info("re-queueing message %s left by an interrupted run", message_id)
-            self.publisher.publish(kind, payload, key=message_id)
+            try:
+                self.publisher.publish(kind, payload, key=message_id)
+            except EdgeWorkerError as exc:
+                # A full outbox must not stop the start (a crash loop): report it, go on, and
+                # replay the rest once the broker has taken some.
+                self.health.fail("outbox", str(exc))
+                self._replay_again = True
+                return
             self.journal.mark_queued(None, message_id, kind)
+
+    # -- retries ---------------------------------------------------------------------------
+    def _retry_later(self, key: str | None) -> None:
+        if key is not None:
+            with self._retry_lock:
+                self._retry_keys.add(key)
+
+    def _quarantine_later(self, path: Path, rejection: Rejection) -> None:
+        try:
+            st = path.stat()
+        except OSError:
+            return  # gone: nothing left to move
+        with self._retry_lock:
+            self._retry_quarantine[path] = (st.st_size, st.st_mtime_ns, rejection)
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(RETRY_SECONDS):
+            try:
+                self._check_broker()
+                self._retry_quarantine_moves()
+                if time.monotonic() >= self._next_retry:
+                    self._retry_files()
+            except Exception:  # the retry thread must outlive one bad pass
+                log.exception("retry pass failed; trying again in %.0f s", RETRY_SECONDS)
+
+    def _check_broker(self) -> None:
+        """A refused connection or message (bad password, certificate, ACL) is a health problem."""
+        error = self.publisher.last_error
+        if error and not (self.publisher.connected and error.startswith("cannot connect")):
+            self.health.fail("broker", f"{self.publisher.settings.url}: {error}")
+        else:
+            self.health.clear("broker")
+
+    def _retry_files(self) -> None:
+        """Hand on again the files whose message could not be stored, once there is room."""
+        with self._retry_lock:
+            keys = sorted(self._retry_keys)
+        if not keys and not self._replay_again:
+            self._retry_delay = RETRY_SECONDS
+            return
+        if self.outbox.depth() >= self.outbox.max_rows:
+            return  # still full: nothing could be stored yet
+        if self._replay_again:
+            self._replay_unqueued()
+        if keys:
+            log.info("retrying %d file(s) whose message could not be stored", len(keys))
+        for key in keys:
+            with self._retry_lock:
+                self._retry_keys.discard(key)
+            path = self.config.watch.folder / key.rsplit("|", 2)[0]
+            # A file gone or changed since is not retried: a new version is the watcher's.
+            if self._journal_key(path) == key and not self.journal.seen(key):
+                self._enqueue(path)
+        self._next_retry = time.monotonic() + self._retry_delay
+        self._retry_delay = min(RETRY_MAX_SECONDS, self._retry_delay * 2)
+
+    def _retry_quarantine_moves(self) -> None:
+        """Move into the quarantine the rejected files it could not take before."""
+        with self._retry_lock:
+            todo = list(self._retry_quarantine.items())
+        if not todo:
+            return
+        for path, (size, mtime_ns, rejection) in todo:
+            try:
+                st = path.stat()
+                same = (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+            except OSError:
+                same = False
+            if same:
+                try:
+                    dest = self.quarantine.put(path, rejection.reason.value, rejection.detail)
+                except QuarantineError as exc:
+                    self.health.fail("quarantine", str(exc))
+                    return  # still unusable; the next pass tries again
+                log.info("%s moved to the quarantine as %s once it could take it", path.name, dest.name)
+            with self._retry_lock:
+                self._retry_quarantine.pop(path, None)
+        with self._retry_lock:
+            waiting = bool(self._retry_quarantine)
+        if not waiting:
+            self.health.clear("quarantine")
 
     def _incomplete(self, path: Path, why: str) -> None:
         rejection = Rejection(RejectReason.INCOMPLETE_FILE, why)

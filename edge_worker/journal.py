@@ -74,13 +74,19 @@ class Journal:
         """The message is in the outbox; the file version ``key`` (if any) is done."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("UPDATE messages SET queued = 1 WHERE message_id = ?", (message_id,))
-            if key is not None:
-                self._db.execute(
-                    "INSERT OR REPLACE INTO processed (key, message_id, kind, at) VALUES (?, ?, ?, ?)",
-                    (key, message_id, kind, time.time()),
-                )
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("UPDATE messages SET queued = 1 WHERE message_id = ?", (message_id,))
+                if key is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO processed (key, message_id, kind, at) VALUES (?, ?, ?, ?)",
+                        (key, message_id, kind, time.time()),
+                    )
+                self._db.execute("COMMIT")
+            except BaseException:
+                # A full disk: leave no transaction open, or every later write would fail too.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def unqueued(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Messages remembered but never handed to the outbox: ``(id, kind, payload)``."""

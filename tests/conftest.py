@@ -130,8 +130,20 @@ class Mosquitto:
 
     host = "127.0.0.1"
 
-    def __init__(self, binary: str, workdir: Path, port: int | None = None, extra_config: str = "") -> None:
-        """Write the config (``extra_config`` lines are appended); the broker is not started."""
+    def __init__(
+        self,
+        binary: str,
+        workdir: Path,
+        port: int | None = None,
+        extra_config: str = "",
+        persistence: bool = False,
+        listener: bool = True,
+    ) -> None:
+        """Write the config (``extra_config`` lines are appended); the broker is not started.
+
+        ``persistence``: keep sessions, subscriptions and queued messages in ``workdir`` across
+        a broker restart.  ``listener=False`` leaves the listener to ``extra_config`` (a TLS one).
+        """
         self.binary = binary
         self.port = port or free_port()
         self.config = workdir / "mosquitto.conf"
@@ -141,10 +153,9 @@ class Mosquitto:
         user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         self.config.write_text(
             user
-            + f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "log_dest stderr\n"
+            + (f"listener {self.port} {self.host}\nallow_anonymous true\n" if listener else "")
+            + (f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n")
+            + "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             + extra_config
         )
@@ -226,7 +237,16 @@ class Message:
 class Subscriber:
     """A paho client that records every message per topic; resubscribes after reconnects."""
 
-    def __init__(self, host: str, port: int, topics: tuple[str, ...], timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        topics: tuple[str, ...],
+        timeout: float = 5.0,
+        persistent: bool = False,
+    ) -> None:
+        """``persistent``: a session the broker keeps while this client is away (MQTT 3.1.1
+        clean_session=False), so QoS 1 messages published meanwhile are queued for it."""
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -235,7 +255,9 @@ class Subscriber:
         self._messages: dict[str, list[Message]] = defaultdict(list)
         self._subscribed = threading.Event()
         self._client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"test-sub-{uuid.uuid4().hex[:8]}"
+            CallbackAPIVersion.VERSION2,
+            client_id=f"test-sub-{uuid.uuid4().hex[:8]}",
+            clean_session=not persistent,
         )
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -288,9 +310,9 @@ def subscriber() -> Iterator[Callable[..., Subscriber]]:
     """Factory ``subscriber(broker_or_host_port, *topics)``; every subscriber is closed after."""
     made: list[Subscriber] = []
 
-    def make(broker: Mosquitto | tuple[str, int], *topics: str) -> Subscriber:
+    def make(broker: Mosquitto | tuple[str, int], *topics: str, persistent: bool = False) -> Subscriber:
         host, port = (broker.host, broker.port) if isinstance(broker, Mosquitto) else broker
-        sub = Subscriber(host, port, topics or ("#",))
+        sub = Subscriber(host, port, topics or ("#",), persistent=persistent)
         made.append(sub)
         return sub
 

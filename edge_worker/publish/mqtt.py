@@ -19,6 +19,7 @@ import json
 import logging
 import sqlite3
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -318,7 +319,13 @@ class Publisher:
         self._wake.set()
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
-        log.warning("MQTT: cannot reach broker %s; retrying", self.settings.url)
+        # paho calls this from inside its ``except OSError`` (no argument carries the error):
+        # the exception being handled says why (refused, unreachable, a TLS failure).
+        exc = sys.exc_info()[1]
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "no connection"
+        with self._lock:
+            self._last_error = f"cannot connect: {why}"
+        log.warning("MQTT: cannot reach broker %s (%s); retrying", self.settings.url, why)
 
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any
