@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from edge_worker.errors import Rejection, RejectReason
-from edge_worker.ingest import read_header, read_radiograph
+from edge_worker.ingest import read_radiograph
+from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.pipeline.runner import Judgement, Pipeline
+from edge_worker.preprocess import WORKING_MAX_SIDE
 from edge_worker.thumbnail import make_thumbnail
 from edge_worker.verdict import build_error, build_verdict
 
@@ -90,11 +92,12 @@ class Judge:
         start = time.perf_counter()
         sop_uid: str | None = None
         try:
-            header = read_header(path, self.policy)
-            sop_uid = header.sop_instance_uid or None
             t = time.perf_counter()
-            image = read_radiograph(path, self.policy)
+            # The pipeline works at WORKING_MAX_SIDE: a codec that can decode at reduced
+            # resolution (JPEG 2000, 8-bit JPEG) does so, and image.scale says by how much.
+            image = read_radiograph(path, self.policy, max_side=WORKING_MAX_SIDE)
             read_ms = (time.perf_counter() - t) * 1000.0
+            sop_uid = image.header.sop_instance_uid or None
             try:
                 judgement = self.pipeline.judge(image.pixels)
             except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
@@ -119,6 +122,8 @@ class Judge:
             )
             return Outcome("verdict", payload)
         except Rejection as rejection:
+            # read_radiograph keys a rejection with the SOP Instance UID once the header parsed.
+            sop_uid = sop_uid or getattr(rejection, SOP_UID_ATTRIBUTE, None)
             payload = build_error(
                 site=self.site,
                 station=self.station,

@@ -292,3 +292,24 @@ def test_meta_from_dataset_ignores_unusable_values() -> None:
     ds.ModalityLUTSequence = [broken]
     with pytest.raises(ValueError):
         g.meta_from_dataset(ds)
+
+
+def test_box_reduce_averages_blocks_and_keeps_the_dtype() -> None:
+    arr = np.arange(36, dtype=np.uint16).reshape(6, 6)
+    out = g.box_reduce(arr, 2)
+    assert out.dtype == np.uint16 and out.shape == (3, 3)
+    assert int(out[0, 0]) == round((0 + 1 + 6 + 7) / 4)
+    assert g.box_reduce(arr, 1) is arr
+    odd = g.box_reduce(np.ones((7, 5), dtype=np.int16) * -3, 4)
+    assert odd.shape == (2, 2) and odd.dtype == np.int16 and (odd == -3).all()
+    wide = g.box_reduce(np.full((4, 4), 70000, dtype=np.uint32), 2)
+    assert wide.dtype == np.uint32 and (wide == 70000).all()
+
+
+def test_normalise_with_reduce_equals_reduce_then_chain() -> None:
+    rng = np.random.default_rng(2)
+    stored = (rng.integers(0, 4096, (64, 48)) | (1 << 13)).astype(np.uint16)  # an overlay bit
+    meta = g.GrayscaleMeta(bits_stored=12, window_center=2048.0, window_width=4096.0)
+    reduced = g.normalise(stored, meta, reduce=4)
+    expected = g.normalise(g.box_reduce(g.stored_values(stored, meta), 4), meta)
+    assert reduced.shape == (16, 12) and np.array_equal(reduced, expected)

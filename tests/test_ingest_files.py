@@ -175,7 +175,7 @@ def test_truncated_native_pixel_data(tmp_path: Path, keep: float) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
     error = rejected(path)
     assert error.reason is R.TRUNCATED_PIXEL_DATA
-    assert "needs 24576" in error.detail  # 128 x 96 x 2 bytes
+    assert "of 24576 bytes" in error.detail and "cut short" in error.detail  # 128 x 96 x 2
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.97])
@@ -284,7 +284,7 @@ def test_garbage_codestream_is_decode_failed_without_traceback(
     assert "JPEG 2000" in error.detail and JPEG2000Lossless in error.detail
     captured = capsys.readouterr()
     assert "Traceback" not in caplog.text + captured.out + captured.err
-    assert sum(r.name == "edge_worker.ingest.reader" for r in caplog.records) == 1
+    assert sum(r.name == "edge_worker.ingest.reader" for r in caplog.records) <= 1
 
 
 # -- privacy ---------------------------------------------------------------------------------
@@ -410,16 +410,26 @@ def test_contradictory_presentation_lut_shape_is_noted(tmp_path: Path) -> None:
     assert result.pixels[:, 40].mean() > result.pixels[:, 5].mean()
 
 
-def test_missing_decoder_plugin_is_unsupported_transfer_syntax(
+def test_missing_decoders_are_unsupported_transfer_syntax(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     class Unavailable:
-        is_available = False
-        missing_dependencies = ("pylibjpeg - requires numpy, pylibjpeg and pylibjpeg-openjpeg",)
+        def __init__(self, name: str, why: str) -> None:
+            self.name, self.why = name, why
 
-    monkeypatch.setattr("edge_worker.ingest.decode.get_decoder", lambda uid: Unavailable())
+        def missing(self, transfer_syntax: str) -> str:
+            return self.why
+
+    table = {
+        JPEG2000Lossless: (
+            Unavailable("openjpeg", "libopenjp2 not found"),
+            Unavailable("pydicom", "pylibjpeg - requires numpy, pylibjpeg and pylibjpeg-openjpeg"),
+        )
+    }
+    monkeypatch.setattr("edge_worker.ingest.decode.DECODERS", table)
     junk = b"\xff\x4f\xff\x51" + b"\0" * 64 + b"\xff\xd9"
     path = write(tmp_path / "a.dcm", ts=JPEG2000Lossless, pixel_data=encapsulate([junk]))
     error = rejected(path)
     assert error.reason is R.UNSUPPORTED_TRANSFER_SYNTAX
     assert "pylibjpeg-openjpeg" in error.detail and JPEG2000Lossless in error.detail
+    assert "libopenjp2 not found" in error.detail

@@ -3,8 +3,8 @@
 Every step is a pure function ``(array, metadata) -> array`` applied in the order of the
 standard's grayscale pipeline (PS3.3 C.11, PS3.4 N.2.1):
 
-    stored_values -> modality_lut -> voi (LUT sequence, else window, else percentile)
-    -> polarity (MONOCHROME1 inversion, after VOI) -> float32 [0, 1]
+    stored_values -> [box_reduce] -> modality_lut -> voi (LUT sequence, else window, else
+    percentile) -> polarity (MONOCHROME1 inversion, after VOI) -> float32 [0, 1]
 
 :class:`GrayscaleMeta` holds the few attributes the chain reads; it is built once from a
 pydicom dataset (:func:`meta_from_dataset`) or by hand in tests.
@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 #: Percentiles of the robust window used when a file carries no VOI transform.
@@ -151,6 +152,24 @@ def stored_values(arr: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
     if int(arr.max(initial=0)) <= limit:
         return arr
     return arr & arr.dtype.type(limit)
+
+
+def box_reduce(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks of stored values: ``ceil(h/f) x ceil(w/f)``.
+
+    What a codec decoding at reduced resolution delivers (the JPEG 2000 LL band is such a
+    low-pass of the stored values), for codecs that cannot: the chain after it then runs on
+    a sixteenth of the pixels.  Must follow :func:`stored_values` (overlay bits would
+    average in).  Pixel Padding regions keep their value; their edges blend by one pixel.
+    """
+    if factor <= 1:
+        return arr
+    h, w = arr.shape
+    size = (-(-w // factor), -(-h // factor))
+    if arr.dtype in (np.uint8, np.uint16, np.int16):  # OpenCV's area resize handles these
+        return cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+    reduced = cv2.resize(arr.astype(np.float64), size, interpolation=cv2.INTER_AREA)
+    return np.round(reduced).astype(arr.dtype)
 
 
 def apply_lut(arr: np.ndarray, lut: Lut) -> np.ndarray:
@@ -353,14 +372,15 @@ def _chain(
     return np.where(pad, 0.0, out) if pad is not None else out
 
 
-def normalise(pixels: np.ndarray, meta: GrayscaleMeta) -> np.ndarray:
+def normalise(pixels: np.ndarray, meta: GrayscaleMeta, reduce: int = 1) -> np.ndarray:
     """The whole chain: decoded stored pixels -> 2-D float32 in [0, 1], bone bright.
 
+    ``reduce`` > 1 averages blocks of that many pixels a side first (:func:`box_reduce`).
     Every step is element-wise once the fallback window is known, so for 8/16-bit input the
     chain runs over each possible stored value once and the image is mapped through that
     table: the same result as the element-wise chain, several times faster.
     """
-    stored = stored_values(pixels, meta)
+    stored = box_reduce(stored_values(pixels, meta), reduce)
     bounds = None if has_voi(meta) else fallback_bounds(stored, meta)
     if stored.dtype.kind in "ui" and stored.dtype.itemsize <= 2:
         unsigned = stored.view(f"u{stored.dtype.itemsize}")

@@ -7,7 +7,7 @@ policy refuses is never decoded and a huge declared image is never allocated.
 from __future__ import annotations
 
 import warnings
-from typing import Any, BinaryIO
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -15,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from edge_worker.errors import Rejection, RejectReason
+from edge_worker.ingest.source import BoundedReader, cut_rejection
 from edge_worker.ingest.types import Header, IngestPolicy
 
 #: SOP classes whose instances are raw detector data (PS3.4 B.5, "For Processing").
@@ -47,20 +48,28 @@ def _looks_like_dicom(ds: Dataset) -> bool:
 
 
 def open_dataset(
-    fp: BinaryIO, *, stop_before_pixels: bool, notes: list[str]
+    fp: BoundedReader,
+    *,
+    stop_before_pixels: bool,
+    notes: list[str],
+    pixel_start: int | None = None,
 ) -> tuple[Dataset, list[str]]:
     """Parse a dataset from ``fp``; returns it with the warnings pydicom raised while parsing.
 
     A file without the ``DICM`` preamble is read again with ``force=True`` and accepted when
     it looks like DICOM (ACR-NEMA style); its transfer syntax is then set from the encoding
-    pydicom detected.  Raises :class:`Rejection` NOT_DICOM or UNREADABLE.
+    pydicom detected.  Raises :class:`Rejection` NOT_DICOM, or UNREADABLE /
+    TRUNCATED_PIXEL_DATA for a file that ends early (:func:`source.cut_rejection`; a cut at
+    or after ``pixel_start`` is in the Pixel Data).
     """
+    fp.short_read = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
             fp.seek(0)
+            fp.short_read = None
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=True)
                 plausible = _looks_like_dicom(ds)
@@ -72,7 +81,8 @@ def open_dataset(
                 ) from None
             notes.append("no file meta information (ACR-NEMA style)")
         except Exception as exc:
-            raise Rejection(RejectReason.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
+            cut = cut_rejection(fp, None, pixel_start, short_reads=True)
+            raise cut or Rejection(RejectReason.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = getattr(ds, "original_encoding", (True, True))
         if implicit is not False:
@@ -82,6 +92,11 @@ def open_dataset(
                 ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
             )
         notes.append(f"no transfer syntax; assumed {ts_label(ds.file_meta.TransferSyntaxUID)}")
+    # A full parse that found no Pixel Data may have stopped at a cut element header.
+    short_reads = not stop_before_pixels and "PixelData" not in ds
+    cut = cut_rejection(fp, ds, pixel_start, short_reads)
+    if cut is not None:
+        raise cut
     return ds, [str(w.message) for w in caught]
 
 

@@ -19,7 +19,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
 
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import decode as _decode
@@ -30,6 +29,7 @@ from edge_worker.ingest.header import (
     open_dataset,
     validate_header,
 )
+from edge_worker.ingest.source import BoundedReader, check_inflated_size
 from edge_worker.ingest.types import Header, IngestPolicy, Radiograph
 
 logger = logging.getLogger(__name__)
@@ -80,17 +80,48 @@ def _report(
     return unique
 
 
+#: Attribute set on a :class:`Rejection` raised after the header was parsed: the file's SOP
+#: Instance UID (or ``None``), so that a caller needs no second read to key the error.
+SOP_UID_ATTRIBUTE = "sop_instance_uid"
+
+
+@contextmanager
+def _open(path: str | os.PathLike[str], policy: IngestPolicy) -> Iterator[BoundedReader]:
+    """Open ``path`` for a bounded read; TOO_LARGE beyond ``policy.max_file_mib``."""
+    limit = policy.max_file_mib << 20
+    with open(path, "rb") as raw:
+        size = os.fstat(raw.fileno()).st_size
+        if size > limit:
+            raise Rejection(
+                RejectReason.TOO_LARGE,
+                f"file of {size >> 20} MiB exceeds {policy.max_file_mib} MiB",
+            )
+        fp = BoundedReader(raw, size)
+        check_inflated_size(fp, limit)
+        yield fp
+
+
 def _unexpected(exc: Exception, reason: RejectReason) -> Rejection:
     """Wrap an exception we did not anticipate, keeping its type and message."""
     return Rejection(reason, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500])
 
 
-def _header(fp: BinaryIO, policy: IngestPolicy, notes: list[str]) -> Header:
+def _keyed(rejection: Rejection, header: Header | None) -> Rejection:
+    """Attach the header's SOP Instance UID (see :data:`SOP_UID_ATTRIBUTE`)."""
+    if header is not None:
+        setattr(rejection, SOP_UID_ATTRIBUTE, header.sop_instance_uid or None)
+    return rejection
+
+
+def _header(fp: BoundedReader, policy: IngestPolicy, notes: list[str]) -> Header:
     """Parse the header from ``fp`` and validate it; raises :class:`Rejection`."""
     ds, _ = open_dataset(fp, stop_before_pixels=True, notes=notes)
     header = header_from_dataset(ds)
-    validate_header(header, policy)
-    _decode.check_transfer_syntax(header.transfer_syntax)
+    try:
+        validate_header(header, policy)
+        _decode.check_transfer_syntax(header.transfer_syntax)
+    except Rejection as rejection:
+        raise _keyed(rejection, header)
     notes.extend(oddities(header))
     return header
 
@@ -104,7 +135,7 @@ def read_header(path: str | os.PathLike[str], policy: IngestPolicy = _DEFAULT_PO
     notes: list[str] = []
     # DEBUG here: callers go on to read_radiograph, which logs the same oddities as a warning.
     try:
-        with _quiet(notes), open(path, "rb") as fp:
+        with _quiet(notes), _open(path, policy) as fp:
             header = _header(fp, policy, notes)
     except Rejection:
         _report(path, notes, logging.DEBUG)
@@ -123,43 +154,52 @@ def read_radiograph(
 ) -> Radiograph:
     """Read, validate, decode and normalise the radiograph at ``path``.
 
-    ``max_side`` lets a codec that can decode at reduced resolution (1/2, 1/4, 1/8) do so
-    while keeping the long side >= ``max_side``; the final resize is the caller's
-    (``edge_worker.preprocess.working_image``).  Returns a :class:`Radiograph` whose pixels
-    are 2-D float32 in [0, 1], bone bright, and whose ``scale`` is output / stored size.
-    Raises :class:`Rejection` (and nothing else) when the file cannot be judged.
+    ``max_side`` reduces the image by the largest power of two that keeps its long side >=
+    ``max_side``: in the codec where it can (JPEG 2000 and HTJ2K at 1/2^r, 8-bit JPEG at
+    1/2, 1/4, 1/8), else by averaging stored values before the grayscale chain.  The final
+    resize is the caller's (``edge_worker.preprocess.working_image``).  Returns a
+    :class:`Radiograph` whose pixels are 2-D float32 in [0, 1], bone bright, and whose
+    ``scale`` is output / stored size.  Raises :class:`Rejection` (and nothing else) when the
+    file cannot be judged; once the header is parsed the rejection carries the SOP Instance
+    UID as ``sop_instance_uid`` (:data:`SOP_UID_ATTRIBUTE`).
     """
     notes: list[str] = []
     timings: dict[str, float] = {}
     start = time.perf_counter()
     stage = "read"
+    header: Header | None = None
     try:
         with _quiet(notes):
-            with open(path, "rb") as fp:
+            with _open(path, policy) as fp:
                 stage = "header"
                 header = _header(fp, policy, notes)
                 timings["header_ms"] = (time.perf_counter() - start) * 1000
+                # The header parse stops where (7FE0,0010) begins, unless the file ended.
+                pixel_start = fp.tell() if fp.tell() < fp.size else None
                 # Only an accepted header gets the rest read.  The full parse runs on an
-                # in-memory copy: a corrupt element length then reads what exists instead
-                # of making the file reader allocate the declared size.
+                # in-memory copy, so nothing it reads can outlive this bounded file.
                 fp.seek(0)
                 data = fp.read()
             stage = "pixels"
             ds, parse_warnings = open_dataset(
-                io.BytesIO(data), stop_before_pixels=False, notes=notes
+                BoundedReader(io.BytesIO(data)),
+                stop_before_pixels=False,
+                notes=notes,
+                pixel_start=pixel_start,
             )
-            _decode.check_pixel_data(ds, header, parse_warnings, notes)
+            frame = _decode.pixel_frame(ds, header, data, parse_warnings)
+            del data
             stage = "decode"
             t0 = time.perf_counter()
-            stored, scale = _decode.decode(ds, header, max_side, notes)
+            decoded = _decode.decode(ds, header, frame, max_side, notes)
             timings["decode_ms"] = (time.perf_counter() - t0) * 1000
             stage = "grayscale"
             t0 = time.perf_counter()
-            pixels = normalise(stored, meta_from_dataset(ds))
+            pixels = normalise(decoded.stored, meta_from_dataset(ds), reduce=decoded.left)
             timings["grayscale_ms"] = (time.perf_counter() - t0) * 1000
-    except Rejection:
+    except Rejection as rejection:
         _report(path, notes)
-        raise
+        raise _keyed(rejection, header)
     except Exception as exc:
         _report(path, notes)
         reason = (
@@ -167,8 +207,13 @@ def read_radiograph(
             if stage in ("decode", "grayscale")
             else RejectReason.UNREADABLE
         )
-        raise _unexpected(exc, reason) from exc
+        raise _keyed(_unexpected(exc, reason), header) from exc
     timings["total_ms"] = (time.perf_counter() - start) * 1000
     return Radiograph(
-        header=header, pixels=pixels, scale=scale, timings_ms=timings, notes=_report(path, notes)
+        header=header,
+        pixels=pixels,
+        scale=decoded.scale / decoded.left,
+        timings_ms=timings,
+        notes=_report(path, notes),
+        decoder=decoded.decoder,
     )

@@ -23,6 +23,9 @@ class IngestPolicy:
     max_side: int = 8192
     #: Smallest accepted Rows and Columns: a 2x2 image is no radiograph.
     min_side: int = 64
+    #: Largest file read, and largest dataset a Deflated file may inflate to, in MiB.  An
+    #: 8192x8192 16-bit image is 128 MiB; the rest is headroom for private data.
+    max_file_mib: int = 512
 
 
 @dataclass(frozen=True)
@@ -83,3 +86,5 @@ class Radiograph:
     timings_ms: dict[str, float] = field(default_factory=dict)
     #: Oddities met while reading (no file meta, masked overlay bits, ...), one line each.
     notes: tuple[str, ...] = ()
+    #: The decoder that produced the pixels (a name from ``ingest.decoders.DECODERS``).
+    decoder: str = ""
