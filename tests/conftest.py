@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -244,9 +245,11 @@ class Subscriber:
         topics: tuple[str, ...],
         timeout: float = 5.0,
         persistent: bool = False,
+        configure: Callable[[Any], None] | None = None,
     ) -> None:
         """``persistent``: a session the broker keeps while this client is away (MQTT 3.1.1
-        clean_session=False), so QoS 1 messages published meanwhile are queued for it."""
+        clean_session=False), so QoS 1 messages published meanwhile are queued for it.
+        ``configure``: called with the paho client before it connects (TLS, user name)."""
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -263,6 +266,8 @@ class Subscriber:
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
         self._client.reconnect_delay_set(1, 1)
+        if configure is not None:
+            configure(self._client)
         self._client.connect(host, port, keepalive=10)
         self._client.loop_start()
         if not self._subscribed.wait(timeout):
@@ -290,6 +295,11 @@ class Subscriber:
         """A snapshot of the messages received so far on ``topic``."""
         with self._cond:
             return list(self._messages[topic])
+
+    def all_messages(self) -> list[Message]:
+        """A snapshot of every message received so far, on any topic."""
+        with self._cond:
+            return [m for msgs in self._messages.values() for m in msgs]
 
     def wait_for(self, topic: str, n: int = 1, timeout: float = 5.0) -> list[Message]:
         """Wait until ``n`` messages arrived on ``topic``; return them all, or fail the test."""

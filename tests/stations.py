@@ -60,8 +60,11 @@ class Station:
         station: str = "xr-01",
         tables: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
+        verbose: bool = False,
     ) -> None:
+        """``verbose``: run with ``-v`` (DEBUG log lines too)."""
         self.workdir = workdir
+        self.verbose = verbose
         self.site, self.station = site, station
         self.watch = workdir / "incoming"
         self.quarantine = workdir / "quarantine"
@@ -104,7 +107,8 @@ class Station:
             log.write(f"--- start {self.starts} ---\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_worker", "run", "--config", str(self.config_path)],
+                [sys.executable, "-m", "edge_worker", *(["-v"] if self.verbose else []),
+                 "run", "--config", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )  # fmt: skip
         self.starts += 1

@@ -284,6 +284,7 @@ class Publisher:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_log = self._on_log
         return client
 
     def _on_connect(
@@ -326,6 +327,14 @@ class Publisher:
         with self._lock:
             self._last_error = f"cannot connect: {why}"
         log.warning("MQTT: cannot reach broker %s (%s); retrying", self.settings.url, why)
+
+    def _on_log(self, client: paho.Client, userdata: object, level: int, buf: str) -> None:
+        # A broker that refuses the client's certificate (TLS 1.3) lets the handshake finish and
+        # then sends an alert, which paho reports only in its log: keep it as the reason.
+        if level == paho.MQTT_LOG_ERR and buf.startswith("failed to receive on socket: "):
+            with self._lock:
+                if not self._connected:
+                    self._last_error = f"cannot connect: {buf.removeprefix('failed to receive on socket: ')}"
 
     def _on_disconnect(
         self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any
