@@ -8,55 +8,81 @@ daemon: a test message goes to ``<prefix>/<site>/<station>/check``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edge_worker.config import Config, load
 from edge_worker.errors import EdgeWorkerError
 
 
 def _broker(config: Config) -> str:
-    import paho.mqtt.client as mqtt
+    """Connect with the daemon's own settings (TLS, credentials, protocol) and publish one
+    QoS 1 test message; under MQTT 5 an ACL refusal of that message is reported too."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge_worker.publish.mqtt import MqttSettings
+    from edge_worker.daemon import mqtt_settings
 
-    settings = MqttSettings.from_url(config.mqtt.url)
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"edge-worker-check-{config.station}"
-    )
-    if config.mqtt.username:
-        client.username_pw_set(config.mqtt.username, config.mqtt_password())
-    if settings.tls:
-        client.tls_set(
-            ca_certs=config.mqtt.tls.ca_file or None,
-            certfile=config.mqtt.tls.cert_file or None,
-            keyfile=config.mqtt.tls.key_file or None,
-        )
-        client.tls_insecure_set(config.mqtt.tls.insecure)
-    acked = threading.Event()
+    s = mqtt_settings(config)
+    topic = f"{s.topic_prefix}/{config.site}/{config.station}/check"
+    # Not the daemon's client id: a check while the service runs must not disconnect it.
+    client_id = f"{s.client_id or f'edge-worker-{config.site}-{config.station}'}-check"
+    if s.protocol == "5":
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    else:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311)
+    if s.username is not None:
+        client.username_pw_set(s.username, s.password)
+    if s.tls:
+        try:
+            client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise EdgeWorkerError(f"mqtt TLS files cannot be loaded: {exc}") from exc
+        client.tls_insecure_set(s.tls_insecure)
+    answered, acked = threading.Event(), threading.Event()
     refused: list[str] = []
+    publish_reasons: list[object] = []
 
-    def on_connect(c: mqtt.Client, u: object, f: object, reason: object, p: object) -> None:
+    def on_connect(c: object, u: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
             refused.append(str(reason))
+        answered.set()
+
+    def on_log(c: object, u: object, level: int, buf: str) -> None:
+        # A refused client certificate (TLS 1.3) shows only as a failed read after the handshake.
+        if level == paho.MQTT_LOG_ERR and buf.startswith("failed to receive on socket: "):
+            refused.append(buf.removeprefix("failed to receive on socket: "))
+            answered.set()
+
+    def on_publish(c: object, u: object, mid: int, reason: object, props: object) -> None:
+        publish_reasons.append(reason)
+        acked.set()
 
     client.on_connect = on_connect
-    client.on_publish = lambda *a: acked.set()
+    client.on_log = on_log
+    client.on_publish = on_publish
     try:
-        client.connect(settings.host, settings.port, keepalive=10)
+        client.connect(s.host, s.port, keepalive=10)
     except OSError as exc:
-        raise EdgeWorkerError(f"cannot reach broker {config.mqtt.url}: {exc}") from exc
+        raise EdgeWorkerError(f"cannot reach broker {s.url}: {exc}") from exc
     client.loop_start()
     try:
-        topic = f"{config.mqtt.topic_prefix}/{config.site}/{config.station}/check"
+        if not answered.wait(5.0):
+            raise EdgeWorkerError(f"broker {s.url}: no answer (CONNACK) within 5 s")
+        if refused:
+            raise EdgeWorkerError(f"broker {s.url} refused the connection: {refused[0]}")
         client.publish(topic, b'{"check": true}', qos=1)
         if not acked.wait(5.0):
-            why = f"connection refused: {refused[0]}" if refused else "no PUBACK within 5 s"
-            raise EdgeWorkerError(f"broker {config.mqtt.url}: {why}")
+            raise EdgeWorkerError(f"broker {s.url}: no PUBACK for {topic} within 5 s")
+        if getattr(publish_reasons[0], "is_failure", False):
+            raise EdgeWorkerError(
+                f"broker {s.url} refused the test message to {topic}: {publish_reasons[0]} "
+                "(check the broker's ACL for this station)"
+            )
     finally:
         client.disconnect()
         client.loop_stop()
-    return f"published a test message to {topic} and got its PUBACK"
+    return f"published a test message to {topic} over {s.url} (MQTT {s.protocol}) and got its PUBACK"
 
 
 def run_checks(

@@ -9,8 +9,10 @@ with only file paths and the port replaced.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +24,7 @@ from conftest import Mosquitto, Subscriber, find_mosquitto, free_port
 
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
-from tests.stations import PhantomStock, Station
+from tests.stations import PhantomStock, Station, render_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "systemd" / "mosquitto"
@@ -293,3 +295,38 @@ def test_a_station_cannot_publish_to_another_stations_topics(
     dash.publish("verdict", {"id": "from-dashboard"}, key="from-dashboard")
     assert "refused" in until("the dashboard's refusal", lambda: dash.last_error)
     assert sub.messages(f"xray/{SITE}/xr-03/verdict") == []
+
+
+# -- edge-worker check over TLS ---------------------------------------------------------------
+
+
+def test_check_honours_tls_credentials_and_reports_acl_refusals(
+    tmp_path: Path, pki: Pki, password_broker: Mosquitto
+) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir(mode=0o700)
+    (creds / "mqtt-password").write_text(PASSWORDS["xr-01"] + "\n")
+
+    def check(station: str, password: str) -> tuple[int, str]:
+        (creds / "mqtt-password").write_text(password + "\n")
+        path = tmp_path / f"{station}.toml"
+        path.write_text(render_toml({"site": SITE, "station": station}, {
+            "watch": {"folder": str(tmp_path / "in")},
+            "mqtt": {"url": tls_url(password_broker), "username": "xr-01"},
+            "mqtt.tls": {"ca_file": pki["ca.crt"]},
+        }))  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "edge_worker", "check", "--config", str(path)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env=dict(os.environ, CREDENTIALS_DIRECTORY=str(creds)),
+        )  # fmt: skip
+        broker_line = next(x for x in result.stdout.splitlines() if " broker:" in x)
+        print(broker_line)
+        return result.returncode, broker_line
+
+    rc, line = check("xr-01", PASSWORDS["xr-01"])
+    assert rc == 0 and line.startswith("ok") and "mqtts://" in line, line
+    rc, line = check("xr-02", PASSWORDS["xr-01"])  # xr-01's credentials on xr-02's topics
+    assert rc == 1 and "refused the test message" in line and "Not authorized" in line, line
+    rc, line = check("xr-01", "wrong")
+    assert rc == 1 and "refused the connection" in line, line
