@@ -69,15 +69,16 @@ def _iter_files(paths: Sequence[str]) -> list[Path]:
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from edge_worker.backends import LoadOptions, select
     from edge_worker.ingest.types import IngestPolicy
-    from edge_worker.pack import load_pack
+    from edge_worker.pack import bundled_pack_dirs, default_pack_dir, load_pack
     from edge_worker.pipeline.runner import Pipeline
-    from edge_worker.process import Judge
+    from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 
-    pack = load_pack(Path(args.pack) if args.pack else None)
-    pipeline = Pipeline(
-        pack, select(args.backend or ["onnxruntime-cpu"]), LoadOptions(threads=args.threads)
-    )
-    judge = Judge(pipeline, site="local", station="analyze", policy=IngestPolicy())
+    # Packs given: exactly those.  None given: the demo pack and every other bundled pack.
+    dirs = [Path(p) for p in args.pack] if args.pack else [default_pack_dir(), *bundled_pack_dirs()]
+    backend = select(args.backend or ["onnxruntime-cpu"])
+    pipelines = [Pipeline(load_pack(d), backend, LoadOptions(threads=args.threads)) for d in dirs]
+    router = Router(pipelines, parse_synonyms(["THORAX=CHEST", "LUNG=CHEST", "CXR=CHEST"]))
+    judge = RoutedJudge(router, site="local", station="analyze", policy=IngestPolicy())
     files = _iter_files(args.paths)
     if not files:
         print("edge-worker analyze: no files found", file=sys.stderr)
@@ -193,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="judge files or folders and print one line each; no broker")
     analyze.add_argument("paths", nargs="+", help="DICOM files or folders (walked recursively)")
-    analyze.add_argument("--pack", help="model pack folder (default: the demo pack)")
+    analyze.add_argument(
+        "--pack", action="append", help="model pack folder, repeat for several (default: every bundled pack)"
+    )
     analyze.add_argument("--json", action="store_true", help="one JSON object per line")
     analyze.add_argument("--backend", action="append", help="backend, repeat for a preference list")
     analyze.add_argument("--threads", type=int, default=2, help="threads per network")

@@ -59,7 +59,15 @@ class StateConfig:
 @dataclass(frozen=True)
 class PackConfig:
     path: str = ""
-    """Model pack folder; empty means the demo pack shipped with the worker."""
+    """Primary model pack folder; empty means the demo pack shipped with the worker."""
+    extra: tuple[str, ...] = ()
+    """More pack folders; each image goes to the pack whose body_parts cover it."""
+    bundled: bool = True
+    """Also load the other packs shipped with the worker (the chest pack, where present)."""
+    default: str = ""
+    """Pack name for images whose body part no pack covers; empty rejects them."""
+    synonyms: tuple[str, ...] = ("THORAX=CHEST", "LUNG=CHEST", "CXR=CHEST")
+    """ALIAS=PART pairs mapping BodyPartExamined values onto the packs' body parts."""
 
 
 @dataclass(frozen=True)

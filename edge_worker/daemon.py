@@ -27,7 +27,8 @@ from edge_worker.journal import Journal
 from edge_worker.metrics import MetricsServer, Registry
 from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.process import Judge, Outcome
+from edge_worker.process import Outcome
+from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
 from edge_worker.quarantine import Quarantine, QuarantineError
@@ -44,9 +45,21 @@ RETRY_SECONDS = 2.0
 RETRY_MAX_SECONDS = 60.0
 
 
-def build_pipeline(config: Config) -> Pipeline:
-    """Load and verify the pack, select the backend, create and warm every session."""
-    pack = load_pack(Path(config.pack.path) if config.pack.path else None)
+def build_router(config: Config, primary: Pipeline) -> Router:
+    """The primary pipeline plus one per extra (and bundled) pack, routed by body part."""
+    from edge_worker.pack import bundled_pack_dirs
+
+    dirs = [Path(p) for p in config.pack.extra]
+    if config.pack.bundled:
+        dirs += [d for d in bundled_pack_dirs() if d.resolve() != primary.pack.root.resolve()]
+    pipelines = [primary] + [build_pipeline(config, d) for d in dirs]
+    return Router(pipelines, parse_synonyms(config.pack.synonyms), config.pack.default)
+
+
+def build_pipeline(config: Config, pack_dir: Path | None = None) -> Pipeline:
+    """Load and verify a pack (default: the configured primary), select the backend, create
+    and warm every session."""
+    pack = load_pack(pack_dir or (Path(config.pack.path) if config.pack.path else None))
     backend = select(list(config.inference.backends))
     options = LoadOptions(
         threads=config.inference.threads,
@@ -109,6 +122,7 @@ class StationDaemon:
         config: Config,
         pipeline: Pipeline,
         registry: Registry | None = None,
+        router: Router | None = None,
         queue_size: int = 256,
     ) -> None:
         self.config = config
@@ -118,7 +132,8 @@ class StationDaemon:
         self.last_message_at: float | None = None
         self._last_progress = time.monotonic()
         thumbnail = config.verdict.thumbnail_size if config.verdict.thumbnail else None
-        self.judge = Judge(pipeline, config.site, config.station, ingest_policy(config), thumbnail)
+        router = router or Router([pipeline], parse_synonyms(config.pack.synonyms), config.pack.default)
+        self.judge = RoutedJudge(router, config.site, config.station, ingest_policy(config), thumbnail)
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
         settings = mqtt_settings(config)
@@ -492,7 +507,7 @@ def run_daemon(config: Config) -> int:
     sdnotify.notify("STATUS=loading and warming up the model pack")
     pipeline = build_pipeline(config)
     registry = Registry()
-    daemon = StationDaemon(config, pipeline, registry)
+    daemon = StationDaemon(config, pipeline, registry, router=build_router(config, pipeline))
     daemon.start()
     metrics = _serve_metrics(config, registry, daemon)
     interval = sdnotify.watchdog_interval()

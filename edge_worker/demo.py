@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 
 from edge_worker.cli import summary_line
 from edge_worker.config import Config, with_overrides
-from edge_worker.daemon import StationDaemon, build_pipeline
+from edge_worker.daemon import StationDaemon, build_pipeline, build_router
 from edge_worker.phantom import make_dataset
 from edge_worker.publish.broker import EmbeddedBroker
 from edge_worker.publish.mqtt import MqttSettings
@@ -129,6 +129,7 @@ def run_demo(
         print(f"demo: in-process MQTT broker on {mqtt_url}", flush=True)
     base = with_overrides(Config(), pack={"path": str(pack_dir) if pack_dir else ""})
     pipeline = build_pipeline(base)
+    router = build_router(base, pipeline)
     pack = pipeline.pack
     print(
         f"demo: pack {pack.name} {pack.version} on {pipeline.backend.name}"
@@ -136,7 +137,7 @@ def run_demo(
         flush=True,
     )
     names = [f"xr-{i + 1:02d}" for i in range(stations)]
-    daemons = [StationDaemon(_station_config(base, workdir, n, mqtt_url, protocol), pipeline) for n in names]
+    daemons = [StationDaemon(_station_config(base, workdir, n, mqtt_url, protocol), pipeline, router=router) for n in names]
     done = threading.Event()
     subscriber = _subscribe(mqtt_url, stations, done, count)
     for d in daemons:

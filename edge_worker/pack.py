@@ -105,6 +105,14 @@ def default_pack_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "packs" / DEMO_PACK_NAME
 
 
+def bundled_pack_dirs() -> list[Path]:
+    """The packs shipped under ``models/packs`` other than the demo pack, by name."""
+    root = default_pack_dir().parent
+    return sorted(
+        d for d in root.iterdir() if d.name != DEMO_PACK_NAME and (d / "manifest.json").is_file()
+    )
+
+
 def _require(obj: dict[str, Any], key: str, where: str) -> Any:
     if key not in obj:
         raise PackError(f"{where}: missing key '{key}'")

@@ -9,10 +9,17 @@ a chest must never come back with an ankle pack's verdict.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edge_worker.errors import ConfigError, Rejection, RejectReason
+from edge_worker.ingest.types import IngestPolicy
 from edge_worker.pipeline.runner import Pipeline
+
+if TYPE_CHECKING:
+    from edge_worker.process import Outcome
 
 
 def parse_synonyms(pairs: Iterable[str]) -> dict[str, str]:
@@ -71,3 +78,80 @@ class Router:
             RejectReason.NO_PACK_FOR_BODY_PART,
             f"{shown}: no loaded pack covers it ({self.coverage()}); configure pack.synonyms or pack.default",
         )
+
+
+class RoutedJudge:
+    """A judge per loaded pack, each file sent to the one for its body part.
+
+    The header is read first (cheap, no pixels) to choose the pack; an uncovered body part
+    becomes a ``no_pack_for_body_part`` error outcome without decoding anything.  ``pipeline``
+    is the primary pack's, for status and logs.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        site: str,
+        station: str,
+        policy: IngestPolicy,
+        thumbnail_size: int | None = None,
+    ) -> None:
+        from edge_worker.process import Judge
+
+        self.router = router
+        self.policy = policy
+        self._judges = {
+            id(p): Judge(p, site, station, policy, thumbnail_size) for p in router.pipelines
+        }
+        self.pipeline = router.pipelines[0]
+
+    def _judge_for(self, path: Path) -> Any:
+        from edge_worker.ingest import read_header
+
+        primary = self._judges[id(self.pipeline)]
+        try:
+            header = read_header(path, self.policy)
+        except Rejection:
+            return primary  # it reads the file again and reports the same typed rejection
+        return self._judges[id(self.router.route(header.body_part))]
+
+    def __call__(self, path: Path, seen_at: float | None = None) -> Outcome:
+        """Judge one file with the pack for its body part."""
+        return self.judge_many([(path, seen_at)])[0]
+
+    def judge_many(self, files: Sequence[tuple[Path, float | None]]) -> list[Outcome]:
+        """Judge several files, each pack's share in one batch; outcomes in input order."""
+        outcomes: list[Outcome | None] = [None] * len(files)
+        groups: dict[int, list[int]] = {}
+        for i, (path, seen_at) in enumerate(files):
+            try:
+                judge = self._judge_for(path)
+            except Rejection as rejection:
+                outcomes[i] = self._uncovered(path, seen_at, rejection)
+                continue
+            groups.setdefault(id(judge), []).append(i)
+        by_id = {id(j): j for j in self._judges.values()}
+        for judge_id, indices in groups.items():
+            judge = by_id[judge_id]
+            batch = [files[i] for i in indices]
+            results = judge.judge_many(batch) if hasattr(judge, "judge_many") else [judge(*f) for f in batch]
+            for i, outcome in zip(indices, results):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+    def _uncovered(self, path: Path, seen_at: float | None, rejection: Rejection) -> Outcome:
+        from edge_worker.process import Outcome, file_digest
+        from edge_worker.verdict import build_error
+
+        judge = self._judges[id(self.pipeline)]
+        now = time.time()
+        try:
+            key = f"sha256:{file_digest(path)}"
+        except OSError:
+            key = f"path:{path.name}"
+        payload = build_error(
+            site=judge.site, station=judge.station, rejection=rejection, image_key=key,
+            sop_instance_uid=None, seen_at=now if seen_at is None else seen_at, made_at=now,
+            quarantined_as=None,
+        )  # fmt: skip
+        return Outcome("error", payload, rejection)
