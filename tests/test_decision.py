@@ -64,6 +64,18 @@ def test_unsure_view_missing_roi_or_missing_stage_need_review() -> None:
     assert decision == "review" and any("no quality stage" in r for r in reasons)
 
 
+def test_a_pack_without_quality_stages_judges_view_and_orientation_only() -> None:
+    view_only = Pack(
+        root=Path("."), name="v", version="1", body_parts=("CHEST",), not_for_clinical_use=True,
+        training_data={"kind": "real"}, validation={},
+        stages=(_stage("view", "view", min_confidence=0.8), _stage("orientation", "orientation", min_norm=0.5)),
+    )  # fmt: skip
+    decision, reasons = decide(view_only, AP, None, None, UPRIGHT)
+    assert decision == "ok" and any("not quality" in r for r in reasons)
+    unsure = ViewResult("AP", 0.55, {"AP": 0.55, "LAT": 0.45})
+    assert decide(view_only, unsure, None, None, UPRIGHT)[0] == "review"
+
+
 def test_orientation_reason_and_quarter_turn() -> None:
     sideways = OrientationResult(268.0, 0.97)
     assert sideways.suggested_rotation_deg == 270

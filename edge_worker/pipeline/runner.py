@@ -71,9 +71,12 @@ def decide(
             reasons.append(f"quality grade 3 (score {quality.score:.2f}): not diagnostic, retake")
         else:
             reasons.append(f"quality grade {quality.grade} (score {quality.score:.2f}): diagnostic")
-    elif quality_spec is None:
+    elif quality_spec is None and any(s.task == "quality" for s in pack.stages):
         unsure = True
         reasons.append(f"pack {pack.name} has no quality stage for view {view.label}")
+    elif quality_spec is None:
+        # A view/orientation pack (the chest pack): nothing to retake for, quality not judged.
+        reasons.append(f"pack {pack.name} checks view and orientation only, not quality")
     orient_spec = pack.stage("orientation")
     if orientation is not None and orient_spec is not None:
         if orientation.confidence < orient_spec.threshold("min_norm", 0.5):
