@@ -1,4 +1,4 @@
-"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, tail.
+"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, tail, bench.
 
 Argument parsing only; each subcommand hands over to the module that does the work.
 Exit codes: 0 success, 1 a check or run failed, 2 a usage or configuration error.
@@ -164,6 +164,12 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return run_tail(settings, prefix=settings.topic_prefix, as_json=args.json)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from edge_worker.bench.cli import run_command
+
+    return run_command(args)
+
+
 def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt", required=True, help="broker URL, mqtt://[user@]host[:port] or mqtts://...")
     parser.add_argument("--prefix", default="xray", help="first topic level(s) (mqtt.topic_prefix)")
@@ -229,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_watch_flags(tail)
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
     tail.set_defaults(func=_cmd_tail)
+
+    from edge_worker.bench.cli import add_arguments  # argparse only: no measurement code loads
+
+    bench = sub.add_parser("bench", help="measure latency, backlog throughput and memory; compare")
+    add_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -81,6 +81,10 @@ class InferenceConfig:
     """TensorRT precision: fp32, fp16 or int8; refused, never lowered, where the GPU cannot."""
     max_batch: int = 8
     """Largest batch of the TensorRT optimisation profile."""
+    batch_files: int = 4
+    """Most files, among those already waiting, judged together: each network then runs once
+    on all of them (large inputs in smaller runs).  A lone file never waits for company; 1
+    turns batching off.  At most max_batch."""
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"inference.precision: {config.inference.precision!r} is not fp32, fp16 or int8")
     if config.inference.max_batch < 1:
         raise ConfigError("inference.max_batch: must be at least 1")
+    if not 1 <= config.inference.batch_files <= config.inference.max_batch:
+        raise ConfigError("inference.batch_files: must be 1..max_batch")
     if config.inference.threads < 1:
         raise ConfigError("inference.threads: must be at least 1")
     if config.watch.settle_seconds <= 0:

@@ -263,18 +263,30 @@ class StationDaemon:
             item = self._queue.get()
             if item is _STOP:
                 return
-            assert isinstance(item, tuple)
-            path: Path = item[0]
-            seen_at: float = item[1]
+            batch, stop_after = [item], False
+            # Take only files already waiting: a lone file never waits for company, and a
+            # backlog is judged batch_files at a time with each network run once per batch.
+            while len(batch) < self.config.inference.batch_files:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is _STOP:
+                    stop_after = True  # finish the files taken, then stop
+                    break
+                batch.append(item)
+            files = [entry for entry in batch if isinstance(entry, tuple)]
             try:
-                self.handle(path, seen_at)
+                self.handle_many([(path, seen_at) for path, seen_at in files])
                 self._last_progress = time.monotonic()
                 self.health.clear("worker")
             except EdgeWorkerError as exc:
-                self.health.fail("worker", f"{path.name}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one file must never kill the station
-                log.exception("unexpected failure on %s", path.name)
-                self.health.fail("worker", f"{path.name}: {type(exc).__name__}: {exc}")
+                self.health.fail("worker", f"{len(files)} file(s) from {files[0][0].name}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one batch must never kill the station
+                log.exception("unexpected failure on %d file(s) from %s", len(files), files[0][0].name)
+                self.health.fail("worker", f"{files[0][0].name}: {type(exc).__name__}: {exc}")
+            if stop_after:
+                return
 
     def _journal_key(self, path: Path) -> str | None:
         try:
@@ -289,20 +301,39 @@ class StationDaemon:
 
     def handle(self, path: Path, seen_at: float) -> Outcome | None:
         """Judge one complete file, quarantine it if rejected, and hand the message over."""
-        key = self._journal_key(path)
-        if key is None:
-            log.info("%s vanished before it was judged", path.name)
-            return None
-        if self.journal.seen(key):
-            log.debug("%s was judged before; skipped", path.name)
-            return None
-        outcome = self.judge(path, seen_at)
-        if outcome.kind == "error" and outcome.rejection is not None:
-            outcome.payload["quarantined_as"] = self._quarantine(path, outcome.rejection)
-        self._send(outcome, key)
-        self.processed += 1
-        record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
-        return outcome
+        return self.handle_many([(path, seen_at)])[0]
+
+    def handle_many(self, files: list[tuple[Path, float]]) -> list[Outcome | None]:
+        """Judge complete files together; each is quarantined or sent as if judged alone.
+
+        Returns one outcome per file, ``None`` for a file that vanished or was judged before.
+        """
+        todo: list[tuple[int, Path, float, str]] = []
+        for i, (path, seen_at) in enumerate(files):
+            key = self._journal_key(path)
+            if key is None:
+                log.info("%s vanished before it was judged", path.name)
+            elif self.journal.seen(key):
+                log.debug("%s was judged before; skipped", path.name)
+            else:
+                todo.append((i, path, seen_at, key))
+        results: list[Outcome | None] = [None] * len(files)
+        outcomes = self.judge.judge_many([(path, seen_at) for _, path, seen_at, _ in todo])
+        failure: EdgeWorkerError | None = None
+        for (i, path, seen_at, key), outcome in zip(todo, outcomes):
+            try:
+                if outcome.kind == "error" and outcome.rejection is not None:
+                    outcome.payload["quarantined_as"] = self._quarantine(path, outcome.rejection)
+                self._send(outcome, key)
+            except EdgeWorkerError as exc:
+                failure = failure or exc  # the other files of the batch are still sent
+                continue
+            self.processed += 1
+            record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
+            results[i] = outcome
+        if failure is not None:
+            raise failure
+        return results
 
     def _quarantine(self, path: Path, rejection: Rejection) -> str | None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE
-from edge_worker.ingest.types import IngestPolicy
+from edge_worker.ingest.types import IngestPolicy, Radiograph
 from edge_worker.pipeline.runner import Judgement, Pipeline
 from edge_worker.preprocess import WORKING_MAX_SIDE
 from edge_worker.thumbnail import make_thumbnail
@@ -56,6 +57,21 @@ def _image_key(path: Path, sop_instance_uid: str | None) -> str:
         return f"path:{path.name}"
 
 
+def _inference_failed(exc: Exception) -> Rejection:
+    return Rejection(RejectReason.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A file read and decoded, waiting for the networks."""
+
+    path: Path
+    seen: float
+    start: float
+    image: Radiograph
+    read_ms: float
+
+
 class Judge:
     """Judges files for one site and station with one loaded pipeline.
 
@@ -88,50 +104,94 @@ class Judge:
 
     def __call__(self, path: Path, seen_at: float | None = None) -> Outcome:
         """Judge the file at ``path``; ``seen_at`` is when the watcher saw it complete."""
+        return self.judge_many([(path, seen_at)])[0]
+
+    def judge_many(self, files: Sequence[tuple[Path, float | None]]) -> list[Outcome]:
+        """Judge several files: each is read alone, then every network runs once on them all.
+
+        One outcome per file, in order, exactly as :meth:`__call__` would give it for that
+        file alone.  If inference fails on the batch, each file is retried alone, so one
+        image that breaks a network never costs its neighbours their verdicts.
+        """
+        reads = [self._read(path, seen_at) for path, seen_at in files]
+        ready = [r for r in reads if isinstance(r, _Read)]
+        results: dict[int, Judgement | Rejection] = {}
+        if ready:
+            try:
+                judgements = self.pipeline.judge_many([r.image.pixels for r in ready])
+                results = {id(r): j for r, j in zip(ready, judgements)}
+            except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
+                if len(ready) == 1:
+                    log.exception("inference failed on %s", ready[0].path.name)
+                    results = {id(ready[0]): _inference_failed(exc)}
+                else:
+                    log.warning("inference failed on a batch of %d (%s); judging each alone",
+                                len(ready), exc)  # fmt: skip
+                    results = {id(r): self._judge_alone(r) for r in ready}
+        outcomes = []
+        for r in reads:
+            if isinstance(r, Outcome):
+                outcomes.append(r)
+                continue
+            result = results[id(r)]
+            if isinstance(result, Rejection):
+                uid = r.image.header.sop_instance_uid or None
+                outcomes.append(self._error(r.path, r.seen, result, uid))
+            else:
+                outcomes.append(self._verdict(r, result))
+        return outcomes
+
+    def _read(self, path: Path, seen_at: float | None) -> _Read | Outcome:
+        """The decoded radiograph, or the error outcome of a file that cannot be judged."""
         seen = time.time() if seen_at is None else seen_at
         start = time.perf_counter()
-        sop_uid: str | None = None
         try:
-            t = time.perf_counter()
             # The pipeline works at WORKING_MAX_SIDE: a codec that can decode at reduced
             # resolution (JPEG 2000, 8-bit JPEG) does so, and image.scale says by how much.
             image = read_radiograph(path, self.policy, max_side=WORKING_MAX_SIDE)
-            read_ms = (time.perf_counter() - t) * 1000.0
-            sop_uid = image.header.sop_instance_uid or None
-            try:
-                judgement = self.pipeline.judge(image.pixels)
-            except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
-                log.exception("inference failed on %s", path.name)
-                raise Rejection(RejectReason.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}") from exc
-            timings = {"read_decode": read_ms, **image.timings_ms, **judgement.timings_ms}
-            thumbnail = self._thumbnail(judgement, timings)
-            timings["total"] = (time.perf_counter() - start) * 1000.0
-            payload = build_verdict(
-                site=self.site,
-                station=self.station,
-                header=image.header,
-                image_key=_image_key(path, sop_uid),
-                judgement=judgement,
-                pack=self.pipeline.pack,
-                backend=self.pipeline.backend.name,
-                seen_at=seen,
-                made_at=time.time(),
-                stored_scale=image.scale * judgement.working_scale,
-                timings_ms=timings,
-                thumbnail=thumbnail,
-            )
-            return Outcome("verdict", payload)
         except Rejection as rejection:
             # read_radiograph keys a rejection with the SOP Instance UID once the header parsed.
-            sop_uid = sop_uid or getattr(rejection, SOP_UID_ATTRIBUTE, None)
-            payload = build_error(
-                site=self.site,
-                station=self.station,
-                rejection=rejection,
-                image_key=_image_key(path, sop_uid),
-                sop_instance_uid=sop_uid,
-                seen_at=seen,
-                made_at=time.time(),
-                quarantined_as=None,
-            )
-            return Outcome("error", payload, rejection)
+            return self._error(path, seen, rejection, getattr(rejection, SOP_UID_ATTRIBUTE, None))
+        return _Read(path, seen, start, image, (time.perf_counter() - start) * 1000.0)
+
+    def _judge_alone(self, r: _Read) -> Judgement | Rejection:
+        try:
+            return self.pipeline.judge(r.image.pixels)
+        except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
+            log.exception("inference failed on %s", r.path.name)
+            return _inference_failed(exc)
+
+    def _verdict(self, r: _Read, judgement: Judgement) -> Outcome:
+        image = r.image
+        sop_uid = image.header.sop_instance_uid or None
+        timings = {"read_decode": r.read_ms, **image.timings_ms, **judgement.timings_ms}
+        thumbnail = self._thumbnail(judgement, timings)
+        timings["total"] = (time.perf_counter() - r.start) * 1000.0
+        payload = build_verdict(
+            site=self.site,
+            station=self.station,
+            header=image.header,
+            image_key=_image_key(r.path, sop_uid),
+            judgement=judgement,
+            pack=self.pipeline.pack,
+            backend=self.pipeline.backend.name,
+            seen_at=r.seen,
+            made_at=time.time(),
+            stored_scale=image.scale * judgement.working_scale,
+            timings_ms=timings,
+            thumbnail=thumbnail,
+        )
+        return Outcome("verdict", payload)
+
+    def _error(self, path: Path, seen: float, rejection: Rejection, sop_uid: str | None) -> Outcome:
+        payload = build_error(
+            site=self.site,
+            station=self.station,
+            rejection=rejection,
+            image_key=_image_key(path, sop_uid),
+            sop_instance_uid=sop_uid,
+            seen_at=seen,
+            made_at=time.time(),
+            quarantined_as=None,
+        )
+        return Outcome("error", payload, rejection)

@@ -3,6 +3,7 @@
     edge-export onnx CKPT --out FILE.onnx          # one stage, through the parity gate
     edge-export pack CKPT... --out DIR --training-data DATA.json [--validation VAL.json]
     edge-export engines --cache DIR [--pack DIR] [--precision fp16]  # TensorRT, on the GPU box
+    edge-export quantize PACK --out DIR --precision int8|fp16  # gated on the FP32 verdicts
 
 Both commands refuse (exit status 1, message on stderr) when the ONNX file does not match the
 torch model within the tolerance (``--atol``, ``--rtol``).
@@ -41,8 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("--clinical", action="store_true",
                       help="omit the not-for-clinical-use flag (refused for synthetic data)")
     from export.engines import add_parser
+    from export.quantize import add_parser as add_quantize
 
     add_parser(sub)
+    add_quantize(sub)
     return parser
 
 
@@ -88,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from export.engines import run
 
         return run(args)
+    if args.command == "quantize":
+        from export.quantize import run as quantize
+
+        return quantize(args)
     from export.onnx import ExportError
 
     try:

@@ -39,7 +39,8 @@ class LoadOptions:
     threads: int = 2
     """Intra-op CPU threads (ONNX Runtime)."""
     cache_dir: Path | None = None
-    """Where engines and optimised models are cached (TensorRT); ``None``: no cache."""
+    """Where engines (TensorRT) and optimised graphs (ONNX Runtime CPU) are cached; ``None``:
+    no cache."""
     precision: str = "fp16"
     """TensorRT precision: fp32, fp16 or int8.  Never silently lowered or raised."""
     max_batch: int = 8

@@ -22,5 +22,11 @@ def probe() -> str | None:
 
 
 def load(path: Path, options: LoadOptions) -> OrtSession:
-    """A CPU session for the ONNX file at ``path``."""
-    return OrtSession(path, ["CPUExecutionProvider"], options.threads)
+    """A CPU session for the ONNX file at ``path``.
+
+    With ``options.cache_dir`` the optimised graph is cached under ``cache_dir/ort-cpu``, so a
+    restart skips the graph optimisation; every CPU session shares one memory arena (see
+    :mod:`edge_worker.backends._ort`).
+    """
+    cache_dir = options.cache_dir / "ort-cpu" if options.cache_dir is not None else None
+    return OrtSession(path, ["CPUExecutionProvider"], options.threads, cache_dir, shared_arena=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,10 +16,10 @@ from edge_worker.pipeline.stages import (
     QualityResult,
     RoiResult,
     ViewResult,
-    run_orientation,
-    run_quality,
-    run_roi,
-    run_view,
+    run_orientation_batch,
+    run_quality_batch,
+    run_roi_batch,
+    run_view_batch,
 )
 from edge_worker.preprocess import working_image
 
@@ -94,6 +96,22 @@ def decide(
     return "ok", reasons
 
 
+class _Clock:
+    """Adds the wall time of each ``with clock(key):`` block to ``timings[key]`` (ms)."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = (time.perf_counter() - start) * 1000.0
+            self.timings[key] = round(self.timings.get(key, 0.0) + spent, 3)
+
+
 class Pipeline:
     """A pack's sessions, loaded once, run in a fixed list order per image."""
 
@@ -111,43 +129,74 @@ class Pipeline:
             i = spec.input
             self._sessions[spec.name].run(np.zeros((1, i.channels, i.height, i.width), np.float32))
 
-    def _timed(self, timings: dict[str, float], key: str, start: float) -> None:
-        timings[key] = round((time.perf_counter() - start) * 1000.0, 3)
+    def session(self, name: str) -> Session:
+        """The loaded network of the stage called ``name`` (for measurements and tools)."""
+        return self._sessions[name]
 
     def judge(self, pixels: np.ndarray) -> Judgement:
         """Judge one normalised image (float32 in [0, 1], display polarity)."""
+        return self.judge_many([pixels])[0]
+
+    def judge_many(self, images: Sequence[np.ndarray]) -> list[Judgement]:
+        """Judge several normalised images, running each network once on all that need it.
+
+        Stage order and stage functions are those of one image (:meth:`judge` is this with a
+        batch of one): view on every image, then ROI and quality per predicted view on the
+        images of that view, then orientation on every image.  Each judgement's
+        ``timings_ms`` are the batch's wall times, with ``batch`` set to the batch size when
+        it is above one.
+        """
+        if not images:
+            return []
         timings: dict[str, float] = {}
-        t = time.perf_counter()
-        work, scale = working_image(pixels)
-        self._timed(timings, "resize", t)
+        clock = _Clock(timings)
+        with clock("resize"):
+            reduced = [working_image(pixels) for pixels in images]
+        works = [work for work, _ in reduced]
 
         view_spec = self._require("view", None)
-        t = time.perf_counter()
-        view = run_view(self._sessions[view_spec.name], view_spec, work)
-        self._timed(timings, "view", t)
+        with clock("view"):
+            views = run_view_batch(self._sessions[view_spec.name], view_spec, works)
 
-        roi: RoiResult | None = None
-        quality: QualityResult | None = None
-        roi_spec = self.pack.stage("roi", view.label)
-        if roi_spec is not None:
-            t = time.perf_counter()
-            roi = run_roi(self._sessions[roi_spec.name], roi_spec, work)
-            self._timed(timings, "roi", t)
-        quality_spec = self.pack.stage("quality", view.label)
-        if quality_spec is not None and roi is not None and roi.box is not None:
-            t = time.perf_counter()
-            quality = run_quality(self._sessions[quality_spec.name], quality_spec, work, roi.box)
-            self._timed(timings, "quality", t)
+        rois: list[RoiResult | None] = [None] * len(works)
+        qualities: list[QualityResult | None] = [None] * len(works)
+        for label in dict.fromkeys(view.label for view in views):
+            group = [i for i, view in enumerate(views) if view.label == label]
+            roi_spec = self.pack.stage("roi", label)
+            if roi_spec is not None:
+                with clock("roi"):
+                    session = self._sessions[roi_spec.name]
+                    found = run_roi_batch(session, roi_spec, [works[i] for i in group])
+                for i, found_roi in zip(group, found):
+                    rois[i] = found_roi
+            quality_spec = self.pack.stage("quality", label)
+            boxed = [(i, r.box) for i in group if (r := rois[i]) is not None and r.box is not None]
+            if quality_spec is not None and boxed:
+                with clock("quality"):
+                    scores = run_quality_batch(
+                        self._sessions[quality_spec.name], quality_spec,
+                        [works[i] for i, _ in boxed], [box for _, box in boxed],
+                    )  # fmt: skip
+                for (i, _), quality in zip(boxed, scores):
+                    qualities[i] = quality
 
-        orientation: OrientationResult | None = None
+        orientations: list[OrientationResult | None] = [None] * len(works)
         orient_spec = self.pack.stage("orientation")
         if orient_spec is not None:
-            t = time.perf_counter()
-            orientation = run_orientation(self._sessions[orient_spec.name], orient_spec, work)
-            self._timed(timings, "orientation", t)
+            with clock("orientation"):
+                session = self._sessions[orient_spec.name]
+                orientations = list(run_orientation_batch(session, orient_spec, works))
+        if len(works) > 1:
+            timings["batch"] = float(len(works))
 
-        decision, reasons = decide(self.pack, view, roi, quality, orientation)
-        return Judgement(view, roi, quality, orientation, decision, reasons, scale, timings, work)
+        judgements = []
+        for i, (work, scale) in enumerate(reduced):
+            decision, reasons = decide(self.pack, views[i], rois[i], qualities[i], orientations[i])
+            judgements.append(Judgement(
+                views[i], rois[i], qualities[i], orientations[i], decision, reasons, scale,
+                dict(timings), work,
+            ))  # fmt: skip
+        return judgements
 
     def _require(self, task: str, view: str | None) -> StageSpec:
         spec = self.pack.stage(task, view)
