@@ -10,7 +10,6 @@ subscription, "disconnected" at once when the connection drops.
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 import uuid
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_worker.errors import ConfigError
+from edge_worker.publish.mqtt import secure
 from edge_worker.publish.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -90,14 +89,7 @@ class MqttFeed:
         if not paho_log.filters:
             paho_log.addFilter(_QuietShutdown())
         client.enable_logger(paho_log)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            try:
-                client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"mqtt TLS files cannot be loaded: {exc}") from exc
-            client.tls_insecure_set(s.tls_insecure)
+        secure(client, s)
         # A wall screen should come back within seconds of the broker, not after a minute.
         client.reconnect_delay_set(s.reconnect_min_delay, min(s.reconnect_max_delay, 10))
         client.on_connect = self._on_connect

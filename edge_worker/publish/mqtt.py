@@ -69,6 +69,18 @@ class _DemoteNotConnected(logging.Filter):
         return True
 
 
+def secure(client: paho.Client, s: MqttSettings) -> None:
+    """Apply the settings' credentials and TLS to a paho client (shared with the dashboard)."""
+    if s.username is not None:
+        client.username_pw_set(s.username, s.password)
+    if s.tls:
+        try:
+            client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"mqtt TLS files cannot be loaded: {exc}") from exc
+        client.tls_insecure_set(s.tls_insecure)
+
+
 class Publisher:
     """Publishes verdicts and errors for one station through a durable outbox.
 
@@ -266,14 +278,7 @@ class Publisher:
             paho_log.addFilter(_DemoteNotConnected())
         client.enable_logger(paho_log)
         client.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            try:
-                client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"mqtt TLS files cannot be loaded: {exc}") from exc
-            client.tls_insecure_set(s.tls_insecure)
+        secure(client, s)
         client.reconnect_delay_set(s.reconnect_min_delay, s.reconnect_max_delay)
         # Room for our window plus availability/status messages, so paho never holds rows back.
         client.max_inflight_messages_set(self._window + 4)
