@@ -116,7 +116,11 @@ def test_every_file_gets_one_verdict_or_one_error(
     for v in verdicts:
         verdict_schema.validate(v)
         assert v["site"] == SITE and v["station"] == STATION
-        assert v["not_for_clinical_use"] is True and v["pack"]["training_data"] == "synthetic-phantom"
+        assert v["not_for_clinical_use"] is True
+        if v["pack"]["name"] == "ankle-demo":  # the phantom-trained pack says so in every verdict
+            assert v["pack"]["training_data"] == "synthetic-phantom"
+        else:  # another bundled pack judged a real radiograph of its own body part
+            assert v["body_part"].upper() in ("CHEST", "THORAX", "LUNG", "CXR"), v["body_part"]
         assert v["decision"] in ("ok", "retake", "review") and v["reasons"]
     for e in errors:
         error_schema.validate(e)
