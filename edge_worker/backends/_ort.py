@@ -14,6 +14,16 @@ view) keeps two arenas of a few hundred MB although only one network runs at a t
 sessions therefore draw from one arena registered with the ORT environment: on the full-size
 seed pack the process peaks at 755 MB instead of 856 MB at batch 1, 975 MB instead of 1,429
 MB at batch 4 (BENCHMARKS.md, "Pipeline").
+
+No spinning: every session has its own intra-op thread pool, whose threads spin for a
+while after each run.  A pipeline runs four networks back to back, so the spinning threads
+of the one that just finished compete with the next one's for the two cores: on the
+full-size seed pack ResNet-50 took 43 ms inside the pipeline against 18 ms alone.  CPU
+sessions therefore let their threads sleep (``session.intra_op.allow_spinning=0``): the
+networks of one image take about 470 -> 400 ms on the seed pack, 17 -> 9 ms on the demo
+pack (with the shared arena; BENCHMARKS.md, "Pipeline").
+(ORT's process-wide pool does a little better, but once it exists every session in the
+process must use it, which would break any other ONNX Runtime user sharing the process.)
 """
 
 from __future__ import annotations
@@ -83,7 +93,8 @@ class OrtSession:
     ``cache_dir``: when given, the graph optimised at ``ORT_ENABLE_ALL`` is written there on
     the first load and read back (optimisers off) on later ones.  Only for providers whose
     optimised graph ORT can save (the CPU provider); a damaged cache entry is rebuilt.
-    ``shared_arena``: draw CPU memory from the process-wide arena (CPU provider only).
+    ``shared``: draw CPU memory from the process-wide arena, and let pool threads sleep
+    between runs (CPU provider only).
     """
 
     def __init__(
@@ -92,13 +103,13 @@ class OrtSession:
         providers: list[Any],
         threads: int,
         cache_dir: Path | None = None,
-        shared_arena: bool = False,
+        shared: bool = False,
     ) -> None:
         import onnxruntime as ort
 
-        if shared_arena:
+        if shared:
             _register_shared_arena()
-        self._shared_arena = shared_arena
+        self._shared = shared
         self.cached: bool = False
         cached = cache_path(cache_dir, path, providers, threads) if cache_dir else None
         if cached is not None and cached.is_file():
@@ -130,12 +141,15 @@ class OrtSession:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        if self._shared_arena:
+        if self._shared:
             options.add_session_config_entry("session.use_env_allocators", "1")
         options.graph_optimization_level = level
+        options.log_severity_level = 3
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        if self._shared:
+            # Pool threads sleep when their network is done instead of spinning (module doc).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return options
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:

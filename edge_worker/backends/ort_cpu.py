@@ -29,4 +29,4 @@ def load(path: Path, options: LoadOptions) -> OrtSession:
     :mod:`edge_worker.backends._ort`).
     """
     cache_dir = options.cache_dir / "ort-cpu" if options.cache_dir is not None else None
-    return OrtSession(path, ["CPUExecutionProvider"], options.threads, cache_dir, shared_arena=True)
+    return OrtSession(path, ["CPUExecutionProvider"], options.threads, cache_dir, shared=True)

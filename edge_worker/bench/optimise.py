@@ -5,8 +5,9 @@
 * ``decode``: ``read_radiograph`` at full resolution against ``max_side=512`` (the
   reduced-resolution decode), with the decisions of both;
 * ``batching``: the networks of K images run one by one against once on a batch of K;
-* ``memory``: peak memory of a pack's sessions with one arena per session (ORT's default)
-  against the shared arena, at batch 1 and 4 (each in a fresh process);
+* ``sessions``: ORT's defaults (a memory arena per session, pool threads that spin after
+  each run) against the worker's (one shared arena, sleeping threads): peak memory at batch
+  1 and 4, and the networks' time per image (each configuration in a fresh process);
 * ``parallel``: orientation in a second thread while view -> roi -> quality runs, against
   one after the other (two cores: it only helps if the networks leave a core idle).
 
@@ -165,18 +166,19 @@ def _chain(pipeline: Pipeline, work: np.ndarray) -> tuple[Any, Any, Any]:
 
 
 def parallel(pack_dir: Path, files: Sequence[Path], runs: int = 3) -> dict[str, Any]:
-    """Orientation beside the view->roi->quality chain, against after it (threads 2 and 1)."""
+    """Orientation in a second thread beside the view->roi->quality chain, against after it.
+
+    Both use the worker's sessions (the process-wide pool of two threads): on two cores the
+    overlap only helps if a network leaves a core idle.
+    """
     images = [working_image(read_radiograph(p, max_side=WORKING_MAX_SIDE).pixels)[0] for p in files]
+    pipeline = Pipeline(load_pack(pack_dir), select(["onnxruntime-cpu"]), LoadOptions())
+    pipeline.warm_up()
     result: dict[str, Any] = {}
-    for threads in (2, 1):
-        pipeline = Pipeline(
-            load_pack(pack_dir), select(["onnxruntime-cpu"]), LoadOptions(threads=threads)
-        )
-        pipeline.warm_up()
-        with ThreadPoolExecutor(1, thread_name_prefix="edge-worker/bench-orientation") as pool:
-            for label, overlap in (("sequential", None), ("parallel", pool)):
-                run = partial(_judge_images, pipeline, images, overlap)
-                result[f"{label}_{threads}t"] = round(_median_ms(run, runs) / len(images), 1)
+    with ThreadPoolExecutor(1, thread_name_prefix="edge-worker/bench-orientation") as pool:
+        for label, overlap in (("sequential", None), ("parallel", pool)):
+            run = partial(_judge_images, pipeline, images, overlap)
+            result[label] = round(_median_ms(run, runs) / len(images), 1)
     return result
 
 
@@ -197,17 +199,24 @@ def _judge_images(
             decide(pipeline.pack, view, roi, quality, later.result())
 
 
-def memory(pack_dir: Path) -> dict[str, Any]:
-    """VmHWM (MiB) of a process holding the pack's sessions: own arenas vs the shared one."""
+def sessions(pack_dir: Path, repeat: int = 10) -> dict[str, Any]:
+    """ORT's defaults (an arena per session, spinning pool threads) against the worker's.
+
+    Per configuration, in a fresh process: VmHWM (MiB) after one run of every network at
+    batch 1 and at batch 4, and the median time (ms) of the networks one image meets.
+    """
     import json
     import subprocess
     import sys
 
     out: dict[str, Any] = {}
     for batch in (1, 4):
-        for label, extra in (("own_arenas", ["--own-arenas"]), ("shared_arena", [])):
+        for label, extra in (("own", ["--own-arenas"]), ("shared", [])):
             cmd = [sys.executable, "-m", "edge_worker.bench.memprobe", str(pack_dir),
-                   "--batch", str(batch), *extra]  # fmt: skip
+                   "--batch", str(batch), "--repeat", str(repeat if batch == 1 else 0), *extra]  # fmt: skip
             done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
-            out[f"{label}_batch{batch}"] = json.loads(done.stdout)["vm_hwm_mb"]
+            probe = json.loads(done.stdout)
+            out[f"peak_mb_{label}_batch{batch}"] = probe["vm_hwm_mb"]
+            if probe["networks_ms"] is not None:
+                out[f"networks_ms_{label}"] = probe["networks_ms"]
     return out

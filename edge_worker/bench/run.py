@@ -179,7 +179,7 @@ def _pack_runs(pack: BenchPack, inputs: dict[str, list[BaseFile]], broker: Bench
 def _optimisations(measured: list[BenchPack], inputs: dict[str, list[BaseFile]],
                    opts: BenchOptions) -> dict[str, Any]:  # fmt: skip
     """Before/after of each optimisation on the packs measured."""
-    out: dict[str, Any] = {"decode": {}, "ort": {}, "batching": {}, "parallel": {}, "memory": {}}
+    out: dict[str, Any] = {"decode": {}, "ort": {}, "batching": {}, "parallel": {}, "sessions": {}}
     for encoding, bases in inputs.items():
         _say(f"optimisation: reduced-resolution decode, {encoding}")
         out["decode"][encoding] = optimise.decode([b.path for b in bases])
@@ -195,7 +195,7 @@ def _optimisations(measured: list[BenchPack], inputs: dict[str, list[BaseFile]],
         paths = [b.path for b in inputs["uncompressed"]]
         _say(f"optimisation: ORT settings and cache, batching, parallel stages on {pack.label}")
         out["ort"][pack.label] = optimise.ort(pack.path)
-        out["memory"][pack.label] = optimise.memory(pack.path)
+        out["sessions"][pack.label] = optimise.sessions(pack.path)
         big = pack.checkpoints is not None
         out["batching"][pack.label] = optimise.batching(
             pack.path, paths, (2, 4) if big else (2, 4, 8)
