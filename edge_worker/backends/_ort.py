@@ -46,6 +46,18 @@ _ARENA_LOCK = threading.Lock()
 _arena_registered = False
 
 
+def missing_provider(provider: str, needs: str) -> str | None:
+    """``None`` when onnxruntime offers ``provider``, else what is missing (``needs``: what to install)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return f"onnxruntime-gpu is not installed ({exc})"
+    providers = ort.get_available_providers()
+    if provider not in providers:
+        return f"onnxruntime has no {provider} (installed build offers {', '.join(providers)}; install {needs})"
+    return None
+
+
 def _register_shared_arena() -> None:
     """Register one CPU arena with ORT's environment (once per process)."""
     global _arena_registered

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_worker.backends import LoadOptions
-from edge_worker.backends._ort import OrtSession
+from edge_worker.backends._ort import OrtSession, missing_provider
 from edge_worker.errors import BackendError
 
 NAME = "onnxruntime-cuda"
@@ -13,17 +13,7 @@ NAME = "onnxruntime-cuda"
 
 def probe() -> str | None:
     """``None`` when onnxruntime-gpu is installed and the CUDA provider is offered."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        return f"onnxruntime-gpu is not installed ({exc})"
-    providers = ort.get_available_providers()
-    if "CUDAExecutionProvider" not in providers:
-        return (
-            "onnxruntime has no CUDAExecutionProvider (installed build offers "
-            f"{', '.join(providers)}; install onnxruntime-gpu and the CUDA libraries)"
-        )
-    return None
+    return missing_provider("CUDAExecutionProvider", "onnxruntime-gpu and the CUDA libraries")
 
 
 def load(path: Path, options: LoadOptions) -> OrtSession:

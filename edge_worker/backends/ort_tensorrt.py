@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_worker.backends import LoadOptions
-from edge_worker.backends._ort import OrtSession
+from edge_worker.backends._ort import OrtSession, missing_provider
 from edge_worker.errors import BackendError
 
 NAME = "onnxruntime-tensorrt"
@@ -19,17 +19,7 @@ NAME = "onnxruntime-tensorrt"
 
 def probe() -> str | None:
     """``None`` when onnxruntime offers the TensorRT provider."""
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        return f"onnxruntime-gpu is not installed ({exc})"
-    providers = ort.get_available_providers()
-    if "TensorrtExecutionProvider" not in providers:
-        return (
-            "onnxruntime has no TensorrtExecutionProvider (installed build offers "
-            f"{', '.join(providers)}; install onnxruntime-gpu and TensorRT)"
-        )
-    return None
+    return missing_provider("TensorrtExecutionProvider", "onnxruntime-gpu and TensorRT")
 
 
 def provider_options(options: LoadOptions) -> dict[str, object]:
