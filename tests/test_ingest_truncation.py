@@ -79,8 +79,9 @@ if HAS_IMAGECODECS:
 
 def cut_offsets(size: int, pixel_start: int, header_stride: int, pixel_cuts: int) -> list[int]:
     """Offsets to cut at: the header every ``header_stride`` bytes, the pixels at
-    ``pixel_cuts`` even steps, and every one of the last 16 bytes."""
-    header = range(0, pixel_start + 16, header_stride)
+    ``pixel_cuts`` even steps, every byte of the Pixel Data element's own header, and every
+    one of the last 16 bytes."""
+    header = [*range(0, pixel_start + 16, header_stride), *range(pixel_start, pixel_start + 16)]
     pixels = np.linspace(pixel_start, size - 1, pixel_cuts).astype(int)
     return sorted({*header, *pixels.tolist(), *range(max(0, size - 16), size)})
 

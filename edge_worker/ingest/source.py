@@ -46,6 +46,7 @@ class BoundedReader:
         raw.seek(self._pos)
         self.name = getattr(raw, "name", "")
         self.short_read: tuple[int, int, int] | None = None
+        self.empty_read_at: int | None = None
 
     @property
     def size(self) -> int:
@@ -58,6 +59,8 @@ class BoundedReader:
         # An empty read at the very end is how a complete file ends; a partial one is a cut.
         if 0 < len(data) < wanted and self.short_read is None:
             self.short_read = (self._pos, len(data), wanted)
+        elif not data and wanted > 0:
+            self.empty_read_at = self._pos  # a cut exactly on a field boundary looks like this
         self._pos += len(data)
         return data
 
@@ -156,11 +159,13 @@ def _in_pixel_header(fp: BoundedReader, at: int) -> bool:
     That header is at most 12 bytes (explicit VR, OB/OW); the tag, or the start of it, is
     then found at most 8 bytes before ``at`` or begins at ``at`` and runs to the end.
     """
-    here = fp.tell()
+    here, short, empty = fp.tell(), fp.short_read, fp.empty_read_at
     start = max(0, at - 8)
     fp.seek(start)
     window = fp.read(at - start + 4)
+    # This look-back may itself run off the end: it must not count as another cut.
     fp.seek(here)
+    fp.short_read, fp.empty_read_at = short, empty
     for tag in _PIXEL_TAGS:
         found = window.find(tag)
         if 0 <= found <= at - start or (
@@ -194,6 +199,15 @@ def cut_rejection(
             RejectReason.TRUNCATED_PIXEL_DATA if tag == _PIXEL_DATA_TAG else reason(fp.size),
             f"the file ends inside element ({tag >> 16:04X},{tag & 0xFFFF:04X}): {present} of "
             f"{declared} bytes (cut short, or still being written)",
+        )
+    # Nothing left where the Pixel Data element's own tag, VR or length should be: a complete
+    # file never ends there, so the cut is in the pixel data.
+    empty = fp.empty_read_at
+    if short_reads and fp.short_read is None and empty is not None and _in_pixel_header(fp, empty):
+        return Rejection(
+            RejectReason.TRUNCATED_PIXEL_DATA,
+            f"the file ends inside the Pixel Data header at byte {fp.size} (cut short, or "
+            "still being written)",
         )
     if not short_reads or fp.short_read is None:
         return None
