@@ -36,6 +36,9 @@ class WatchConfig:
     """Also watch subfolders (modalities often write study/series folders)."""
     settle_seconds: float = 0.5
     """A file must keep its size and mtime this long before it is read."""
+    skip_settle_when_whole: bool = True
+    """Read a file its writer closed at once when its DICOM structure proves it whole (the Pixel
+    Data ends at the end of the file); false: always wait ``settle_seconds``."""
     incomplete_deadline_seconds: float = 120.0
     """A file still changing after this long is quarantined as incomplete."""
     use_polling: bool = False

@@ -23,6 +23,7 @@ from edge_worker import sdnotify
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
 from edge_worker.health import Health, Watchdog, declare_metrics, record_outcome, status_document
 from edge_worker.ingest.types import IngestPolicy
+from edge_worker.ingest.whole import is_whole
 from edge_worker.journal import Journal
 from edge_worker.metrics import MetricsServer, Registry
 from edge_worker.pack import load_pack
@@ -149,6 +150,7 @@ class StationDaemon:
             config.watch.folder,
             on_ready=self._enqueue,
             settle_s=config.watch.settle_seconds,
+            is_whole=is_whole if config.watch.skip_settle_when_whole else None,
             scan_settle_s=SCAN_SETTLE_SECONDS,
             incomplete_deadline_s=config.watch.incomplete_deadline_seconds,
             on_incomplete=self._incomplete,

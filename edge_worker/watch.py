@@ -4,7 +4,9 @@ A file becomes a candidate when an event vouches that its writer finished (inoti
 ``IN_CLOSE_WRITE``, watchdog ``FileClosedEvent``; or a rename into the folder), or when a scan
 finds it (reconcile at start, a new or moved-in directory, safety rescan, polling mode).
 Creation is never a trigger: a new file is still being written.  Every candidate must then keep
-its size and mtime for a settle time before it is handed on, once per (path, size, mtime).
+its size and mtime for a settle time before it is handed on, once per (path, size, mtime),
+unless the consumer's ``is_whole`` check proves a vouched file complete: then it is handed on
+at once (a DICOM file carries that proof: :mod:`edge_worker.ingest.whole`).
 
 Threads::
 
@@ -167,6 +169,8 @@ class _Pending:
     changed_at: float
     observed_at: float
     deadline_at: float
+    #: (size, mtime_ns) that ``is_whole`` last said no to: it is asked again only after a change.
+    refused: tuple[int, int] | None = None
 
 
 class FolderWatcher:
@@ -179,6 +183,8 @@ class FolderWatcher:
         still empty, after ``incomplete_deadline_s``.  Callbacks run in the settle thread;
         :meth:`stop` cannot interrupt one that blocks.
     :param settle_s: how long size and mtime must stay unchanged after a close/move event.
+    :param is_whole: optional check of a vouched candidate's content; ``True`` hands it on at
+        once, without the settle wait.  Asked once per (size, mtime); must not raise.
     :param scan_settle_s: the same for files found only by a scan (at least ``settle_s``).
     :param incomplete_deadline_s: how long a candidate may take to become stable and non-empty.
     :param recursive: also watch subfolders (modalities write study/series trees).
@@ -200,6 +206,7 @@ class FolderWatcher:
         *,
         on_incomplete: Callable[[Path, str], None],
         settle_s: float = 0.5,
+        is_whole: Callable[[str], bool] | None = None,
         incomplete_deadline_s: float = 60.0,
         scan_settle_s: float = 2.0,
         recursive: bool = True,
@@ -221,6 +228,7 @@ class FolderWatcher:
         self._on_ready = on_ready
         self._on_incomplete = on_incomplete
         self._settle_s = settle_s
+        self._is_whole = is_whole
         self._scan_settle_s = max(settle_s, scan_settle_s)
         self._deadline_s = incomplete_deadline_s
         self._polling = use_polling or not sys.platform.startswith("linux")
@@ -393,6 +401,8 @@ class FolderWatcher:
                 entry.size, entry.mtime_ns, entry.changed_at = st.st_size, st.st_mtime_ns, now
             window = self._settle_s if entry.vouched else self._scan_settle_s
             stable = entry.size > 0 and now - entry.changed_at >= window
+            if not stable and entry.vouched and entry.size > 0:
+                stable = self._proved_whole(path, entry)
             if not stable and now < entry.deadline_at:
                 continue
             del self._pending[path]
@@ -404,6 +414,20 @@ class FolderWatcher:
                 reason = f"{state} after {self._deadline_s:g} s"
                 logger.info("incomplete file %s: %s", path, reason)
                 _call_safely(self._on_incomplete, Path(path), reason)
+
+    def _proved_whole(self, path: str, entry: _Pending) -> bool:
+        """Ask ``is_whole`` about a vouched file once per (size, mtime) it has."""
+        key = (entry.size, entry.mtime_ns)
+        if self._is_whole is None or entry.refused == key:
+            return False
+        try:
+            whole = bool(self._is_whole(path))
+        except Exception:
+            logger.exception("is_whole check failed for %s; settling instead", path)
+            whole = False
+        if not whole:
+            entry.refused = key
+        return whole
 
     def _emit(self, path: str) -> None:
         sink = self._on_ready

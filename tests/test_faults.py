@@ -355,3 +355,39 @@ def test_outbox_full_is_a_health_failure_and_nothing_is_lost(
             f"degraded statuses named {sorted({k for p in degraded for k in p})}")  # fmt: skip
     rc, _ = station.terminate()
     assert rc == 0
+
+
+# -- (e) a file written in pieces -------------------------------------------------------------
+
+
+def test_whole_file_is_judged_at_once_and_a_half_written_one_waits(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    subscriber: Callable[..., Subscriber],
+    stations: Callable[..., Station],
+    stock: PhantomStock,
+) -> None:
+    """With a settle time far beyond the waits here, only the whole-file check can let a file
+    through: a whole one is judged; one whose writer closed it half-way is left alone until
+    the rest arrives, then judged once (never quarantined as truncated)."""
+    station = stations(tmp_path / "st", mosquitto.url, station="xr-w",
+                       tables={"watch": {"settle_seconds": 60.0,
+                                         "incomplete_deadline_seconds": 300.0}})  # fmt: skip
+    sub = subscriber(mosquitto, f"{station.base}/#")
+    station.start()
+    whole = stock.path(3001).read_bytes()
+    (station.watch / "whole.dcm").write_bytes(whole)  # one open, write, close
+    wait_until("the whole file's verdict", lambda: len(verdicts(sub, station)) == 1, 30, station)
+    halves = stock.path(3002).read_bytes()
+    target = station.watch / "halves.dcm"
+    target.write_bytes(halves[: len(halves) // 2])  # closed half-way
+    time.sleep(2.0)
+    assert len(verdicts(sub, station)) == 1, "a half-written file was judged"
+    with target.open("ab") as fh:
+        fh.write(halves[len(halves) // 2 :])
+    wait_until("the second verdict", lambda: len(verdicts(sub, station)) == 2, 30, station)
+    time.sleep(0.5)
+    uids = [json.loads(p)["sop_instance_uid"] for p in verdicts(sub, station)]
+    assert uids == [sop_uid(stock.path(3001)), sop_uid(stock.path(3002))]
+    assert sub.messages(f"{station.base}/error") == []
+    assert not station.quarantine.exists() or not any(station.quarantine.iterdir())

@@ -255,6 +255,58 @@ def test_file_that_keeps_changing_reported_incomplete(h: Harness) -> None:
     assert path == target and "changing" in reason
 
 
+# Settle waits far beyond WAIT_S: in these tests only the whole-file check can hand a file on.
+NO_SETTLE = {"settle_s": 60.0, "scan_settle_s": 60.0, "incomplete_deadline_s": 120.0}
+
+
+def test_dicom_closed_after_each_chunk_is_handed_on_once_when_whole(
+    h: Harness, tmp_path: Path
+) -> None:
+    from test_ingest_files import write
+
+    from edge_worker.ingest.whole import is_whole
+
+    data = write(tmp_path / "source.dcm").read_bytes()
+    got: list[tuple[Path, int]] = []
+    h.start(on_ready=lambda p: got.append((p, p.stat().st_size)), is_whole=is_whole, **NO_SETTLE)
+    target, step = h.folder / "img.dcm", len(data) // 7 + 1
+    for start in range(0, len(data), step):
+        with open(target, "ab") as fh:  # every chunk ends in a close-write event
+            fh.write(data[start : start + step])
+        if start + step < len(data):
+            time.sleep(0.1)
+            assert got == [], f"handed on at {target.stat().st_size} of {len(data)} bytes"
+    assert wait_for(lambda: len(got) >= 1)
+    time.sleep(0.3)
+    assert got == [(target, len(data))]
+
+
+def test_whole_check_is_asked_once_per_version_and_its_errors_mean_settle(h: Harness) -> None:
+    calls: list[str] = []
+
+    def refuse_then_fail(path: str) -> bool:
+        calls.append(path)
+        raise OSError("check failed")
+
+    h.start(is_whole=refuse_then_fail, settle_s=0.6, scan_settle_s=0.6)
+    target = h.folder / "img.dcm"
+    target.write_bytes(b"x" * 100)
+    # A failing check is a "no": the file is still handed on, after the settle wait.
+    assert get_paths(h.ready, 1) == [target]
+    assert calls == [str(target)]  # not asked again on every settle tick
+
+
+def test_scan_found_files_are_not_taken_early(h: Harness) -> None:
+    """Without a close or rename event nobody vouches the writer is done: scans settle."""
+    (h.folder / "old.dcm").write_bytes(b"x" * 100)
+    calls: list[str] = []
+    h.start(is_whole=lambda p: calls.append(p) or True, **NO_SETTLE)
+    assert_quiet(h.ready, 1.0)
+    assert calls == []
+    (h.folder / "new.dcm").write_bytes(b"y" * 100)  # a close-write: asked, and handed on
+    assert get_paths(h.ready, 1) == [h.folder / "new.dcm"]
+
+
 def test_polling_mode_emits_once_when_complete(h: Harness) -> None:
     got: list[tuple[Path, int]] = []
     h.start(on_ready=lambda p: got.append((p, p.stat().st_size)), use_polling=True,
