@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--size", type=int, default=3000, help="rows of the radiographs (default 3000)"
     )
-    parser.add_argument("--settle", type=float, default=0.05,
-                        help="watch.settle_seconds of the measured worker (config default 0.5)")  # fmt: skip
+    parser.add_argument("--settle", type=float,
+                        help="watch.settle_seconds of the measured worker (default: the "
+                        "config's, 0.5; a file proved whole skips it)")  # fmt: skip
     parser.add_argument("--batch", type=int,
                         help="inference.batch_files of the measured worker (default: the config's)")  # fmt: skip
     parser.add_argument(
@@ -42,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--real", type=Path, help="real DICOM files for the accuracy checks "
                         "(default ../shared/data/radiographs/dicom where it exists)")  # fmt: skip
     parser.add_argument("--skip-full", action="store_true", help="skip the full-size seed pack")
+    parser.add_argument("--train-full", action="store_true",
+                        help="train the phantom-trained full-size pack into the cache first "
+                        "when it is missing (python -m models.make_full_pack, about 40 min)")  # fmt: skip
     parser.add_argument(
         "--skip-naive", action="store_true", help="skip the straightforward pipeline"
     )
@@ -67,13 +71,14 @@ def run_command(args: argparse.Namespace) -> int:
         backlog=6 if quick else args.backlog,
         backlog_full=args.backlog_full,
         size=1024 if quick else args.size,
-        settle_s=args.settle,
+        settle_s=args.settle if args.settle is not None else Config().watch.settle_seconds,
         batch=args.batch if args.batch is not None else Config().inference.batch_files,
         quick=quick,
         full=not args.skip_full,
         naive=not args.skip_naive,
         optimisations=not args.skip_optimisations,
         real=real,
+        train_full=bool(args.train_full),
     )
     started = time.monotonic()
     report = run_bench(opts)

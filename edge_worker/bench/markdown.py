@@ -90,6 +90,22 @@ def _targets(report: dict[str, Any]) -> list[str]:
     return _table(["target", "where", "measured", "goal", ""], rows)
 
 
+def _whole_file(report: dict[str, Any]) -> list[str]:
+    whole = report.get("optimisations", {}).get("whole_file")
+    if not whole:
+        return []
+    rows = [[label, f"{whole['settle_s']:g}", _p(whole[key]["watch_ms"]), _p(whole[key]["e2e_ms"]),
+             _p(whole[key]["e2e_ms"], "p99")]
+            for key, label in (("settle", "off: every file waits"), ("skip", "on (default)"))]  # fmt: skip
+    return [
+        "",
+        f"**Whole-file check** (`watch.skip_settle_when_whole`, {report['packs'][0]['pack']}, "
+        "uncompressed; ms):",
+        "",
+        *_table(["check", "settle_seconds", "watch p50", "e2e p50", "e2e p99"], rows),
+    ]
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """Markdown tables of one report: end to end, stages, backlog, memory, targets."""
     m = report["machine"]
@@ -119,5 +135,6 @@ def format_markdown(report: dict[str, Any]) -> str:
         "**Targets**:",
         "",
         *_targets(report),
+        *_whole_file(report),
     ]
     return "\n".join(lines)

@@ -31,7 +31,8 @@ class WorkerSettings:
     """What the benchmark varies in the worker's configuration."""
 
     pack: Path
-    settle_s: float = 0.05
+    settle_s: float = 0.5
+    skip_settle_when_whole: bool = True
     threads: int = 2
     batch_files: int = 1
 
@@ -43,6 +44,7 @@ def _toml(settings: WorkerSettings, root: Path, station: str, url: str) -> str:
     return "\n".join([
         f'site = "{SITE}"', f'station = "{station}"',
         "[watch]", f"folder = {q(root / 'incoming')}", f"settle_seconds = {settings.settle_s}",
+        f"skip_settle_when_whole = {str(settings.skip_settle_when_whole).lower()}",
         "[quarantine]", f"folder = {q(root / 'quarantine')}",
         "[state]", f"folder = {q(root / 'state')}",
         "[pack]", f"path = {q(settings.pack)}",

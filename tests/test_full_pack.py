@@ -1,0 +1,52 @@
+"""The phantom-trained full-size pack: its recipe, its labels, and how the benchmark finds it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_worker.bench import packs
+from edge_worker.pack import load_pack
+
+
+def test_recipe_names_match_the_builders() -> None:
+    """The benchmark may not import the builders (torch); their recipe names must agree."""
+    from export.seed_pack import RECIPE as SEED
+    from models.make_full_pack import RECIPE as TRAINED
+
+    assert packs._SEED_RECIPE == SEED
+    assert packs._TRAINED_RECIPE == TRAINED
+
+
+def test_benchmark_uses_the_trained_pack_only_when_its_recipe_matches(tmp_path: Path) -> None:
+    assert packs.trained(tmp_path, build=False) is None
+    root = tmp_path / "full-phantom"
+    root.mkdir()
+    (root / "recipe.json").write_text(json.dumps({"recipe": "full-phantom@0"}))
+    assert packs.trained(tmp_path, build=False) is None  # an older recipe is not reused
+    (root / "recipe.json").write_text(json.dumps({"recipe": packs._TRAINED_RECIPE}))
+    found = packs.trained(tmp_path, build=False)
+    assert found is not None
+    assert (found.path, found.checkpoints) == (root / "pack", root / "checkpoints")
+    assert found.label == "full-phantom (fp32)" and found.accepted
+
+
+@pytest.mark.slow
+def test_quick_recipe_writes_a_pack_labelled_phantom_trained(tmp_path: Path) -> None:
+    from models.make_full_pack import main
+
+    assert main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                 "--preset", "quick"]) == 0  # fmt: skip
+    pack = load_pack(tmp_path / "out" / "pack")
+    assert pack.not_for_clinical_use is True
+    assert pack.training_data["kind"] == "synthetic-phantom"
+    assert [s.name for s in pack.stages] == [
+        "view", "roi_ap", "roi_lat", "quality_ap", "quality_lat", "orientation"
+    ]
+    roi = next(s for s in pack.stages if s.name == "roi_ap")
+    assert (roi.input.height, roi.input.width) == (400, 400)
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == sorted(
+        f"{s.name}.pt" for s in pack.stages
+    )
