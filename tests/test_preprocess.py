@@ -8,6 +8,7 @@ import pytest
 
 from edge_worker.preprocess import (
     RotatedBox,
+    box_from_points,
     box_mask,
     crop_box,
     mask_to_box,
@@ -44,6 +45,36 @@ def test_mask_to_box_keeps_largest_region_and_rejects_specks() -> None:
     assert box is not None and box.width == pytest.approx(60, abs=1)
     assert mask_to_box(prob * 0.5, 0.7, 0.001) is None  # nothing above threshold
     assert mask_to_box(prob, 0.7, 0.5) is None  # region smaller than the minimum
+
+
+def _box_of_every_pixel(prob: np.ndarray, threshold: float) -> RotatedBox:
+    """The definition mask_to_box must keep: the rectangle around all corners of all pixels of
+    the largest region (what it computed before it looked at the border only)."""
+    binary = (prob > threshold).astype(np.uint8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    ys, xs = np.nonzero(labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA])))
+    pts = np.stack([xs, ys], axis=1).astype(np.float32)
+    return box_from_points(np.concatenate([pts + np.float32(o) for o in ((0, 0), (1, 0), (0, 1), (1, 1))]))
+
+
+def test_mask_to_box_from_the_border_equals_the_box_of_every_pixel() -> None:
+    """Blobs, holes, diagonal one-pixel chains, noisy maps: the same rectangle either way."""
+    rng = np.random.default_rng(7)
+    for trial in range(60):
+        size = int(rng.integers(20, 400))
+        prob = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0),
+                                float(rng.uniform(0.5, 12)))  # fmt: skip
+        prob = (prob - prob.min()) / (np.ptp(prob) + 1e-6)
+        if trial % 5 == 0:  # a diagonal chain, connected only through corners
+            prob = np.eye(size, dtype=np.float32)
+        threshold = float(rng.uniform(0.3, 0.8))
+        found = mask_to_box(prob, threshold, 0.0)
+        if found is None:
+            continue
+        expected = _box_of_every_pixel(prob, threshold)
+        np.testing.assert_allclose(np.sort(found.corners(), axis=0),
+                                   np.sort(expected.corners(), axis=0), atol=1e-3)  # fmt: skip
+        assert found.width * found.height == pytest.approx(expected.width * expected.height, rel=1e-5)
 
 
 def test_crop_box_returns_the_region_upright() -> None:
