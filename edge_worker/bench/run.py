@@ -250,7 +250,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                  "40 min): measuring the untrained seed pack, whose INT8 gate means little")  # fmt: skip
             full = packs.seed(opts.cache, _say)
         extra.append(full)
-        int8 = packs.quantized(full, opts.cache, opts.real, packs.SEED_INT8_STAGES, _say)
+        int8 = packs.quantized(full, opts.cache, opts.real, packs.INT8_STAGES, _say)
         extra.append(int8)
         if not int8.accepted:
             _say(f"the INT8 copy of {full.label} was refused by its accuracy gate: measured "
