@@ -39,10 +39,10 @@ from export.seed_pack import SEED_ATOL, STAGES
 from models.data import load_samples, read_csv
 from models.make_demo_pack import LR, make_sets
 from models.pack_eval import pack_figures
-from models.train import TrainConfig, default_arch, train
+from models.train import TrainConfig, checkpoint_name, default_arch, train
 
 #: Bump when the recipe changes: the benchmark's cache rebuilds a pack of another recipe.
-RECIPE = "full-phantom@1"
+RECIPE = "full-phantom@2"
 DESCRIPTION = ("Full-size seed architectures trained briefly on synthetic ankle phantoms, for "
                "speed and precision-gate measurements. NOT FOR CLINICAL USE.")  # fmt: skip
 #: phantom sets written (train, validation images per set, as make_demo_pack's presets),
@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, tuple[int, int]]] = {
     "quick": {"sets": (120, 40), "images": (40, 12), "view": (4, 4), "roi": (3, 2),
               "quality": (4, 4), "orientation": (4, 4)},
     "full": {"sets": (600, 200), "images": (400, 60), "view": (150, 8), "roi": (160, 2),
-             "quality": (150, 8), "orientation": (200, 8)},
+             "quality": (800, 8), "orientation": (200, 8)},
 }  # fmt: skip
 #: Which phantom set trains each task (make_demo_pack's split: orientation sees any rotation).
 SET_OF = {"view": "upright", "roi": "upright", "quality": "upright", "orientation": "rotated"}
@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="phantom sets (shared with make_demo_pack) and ONNX scratch")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--only", help="train only these stages (e.g. quality_ap,quality_lat); "
+                        "the others' checkpoints are reused from DIR/checkpoints")  # fmt: skip
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     started = time.monotonic()
@@ -82,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"phantoms ready after {time.monotonic() - started:.0f} s", flush=True)
 
     ckpt_dir, pack_dir = args.out / "checkpoints", args.out / "pack"
-    stages, validation = [], {}
+    only = set(args.only.split(",")) if args.only else None
+    stages, validation, steps_run = [], {}, {}
     for i, (task, view, height, width) in enumerate(STAGES):
         steps, batch = preset[task]
         config = TrainConfig(
@@ -90,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             lr=LR[task], seed=100 + i, arch=default_arch(task, 1.0, 1.0, height, width),
         )  # fmt: skip
         kind = SET_OF[task]
-        ckpt = train(config, samples[f"train_{kind}"], samples[f"val_{kind}"], ckpt_dir)
+        ckpt = ckpt_dir / checkpoint_name(task, view)
+        if only is None or ckpt.stem in only or not ckpt.is_file():
+            ckpt = train(config, samples[f"train_{kind}"], samples[f"val_{kind}"], ckpt_dir)
+        else:
+            print(f"{ckpt.stem}: reusing {ckpt}", flush=True)
+        steps_run[ckpt.stem] = load_checkpoint(ckpt).meta["steps"]
         atol = max(ATOL, SEED_ATOL) if task == "roi" else ATOL
         stage, errors = export_stage(ckpt, args.work / "onnx-full", atol, RTOL)
         print(f"{stage.name}: exported, parity max abs error {errors}", flush=True)
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "kind": "synthetic-phantom",
         "description": f"{RECIPE}: edge_worker.phantom ankle AP/LAT phantoms (the demo pack's "
         f"sets), {n_train} images per set, "
-        + ", ".join(f"{t} {s} steps x {b}" for t, (s, b) in preset.items() if t in SET_OF)
+        + ", ".join(f"{name} {n} steps" for name, n in steps_run.items())
         + "; random initialisation",
         "n_train": 2 * n_train,
         "n_validation": 2 * n_val,

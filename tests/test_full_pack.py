@@ -47,6 +47,12 @@ def test_quick_recipe_writes_a_pack_labelled_phantom_trained(tmp_path: Path) -> 
     ]
     roi = next(s for s in pack.stages if s.name == "roi_ap")
     assert (roi.input.height, roi.input.width) == (400, 400)
-    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == sorted(
-        f"{s.name}.pt" for s in pack.stages
-    )
+    ckpts = tmp_path / "out" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted(f"{s.name}.pt" for s in pack.stages)
+    # Retrain one stage; the others' checkpoints are reused as they are.
+    before = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
+    assert main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                 "--preset", "quick", "--only", "quality_ap"]) == 0  # fmt: skip
+    after = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
+    assert [n for n in after if after[n] != before[n]] == ["quality_ap.pt"]
+    assert load_pack(tmp_path / "out" / "pack").stage("quality", "AP") is not None

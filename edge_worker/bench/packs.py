@@ -34,7 +34,7 @@ INT8_STAGES = ("roi_ap", "roi_lat")
 #: Must equal ``export.seed_pack.RECIPE`` (not imported: that module imports torch).
 _SEED_RECIPE = "seed-full@1"
 #: Must equal ``models.make_full_pack.RECIPE``.
-_TRAINED_RECIPE = "full-phantom@1"
+_TRAINED_RECIPE = "full-phantom@2"
 
 
 @dataclass(frozen=True)
