@@ -184,7 +184,7 @@ class FolderWatcher:
         :meth:`stop` cannot interrupt one that blocks.
     :param settle_s: how long size and mtime must stay unchanged after a close/move event.
     :param is_whole: optional check of a vouched candidate's content; ``True`` hands it on at
-        once, without the settle wait.  Asked once per (size, mtime); must not raise.
+        once, without the settle wait.  Asked once per (size, mtime); an exception counts as no.
     :param scan_settle_s: the same for files found only by a scan (at least ``settle_s``).
     :param incomplete_deadline_s: how long a candidate may take to become stable and non-empty.
     :param recursive: also watch subfolders (modalities write study/series trees).

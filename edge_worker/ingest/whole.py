@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import BinaryIO
 
 import pydicom
 from pydicom.uid import UID
@@ -47,7 +48,7 @@ def is_whole(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _whole(raw, size: int) -> bool:  # type: ignore[no-untyped-def]
+def _whole(raw: BinaryIO, size: int) -> bool:
     if size < 144:
         return False
     head = raw.read(132)
