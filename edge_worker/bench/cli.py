@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-full", action="store_true", help="skip the full-size seed pack")
     parser.add_argument("--train-full", action="store_true",
                         help="train the phantom-trained full-size pack into the cache first "
-                        "when it is missing (python -m models.make_full_pack, about 40 min)")  # fmt: skip
+                        "when it is missing (python -m models.make_full_pack, about 50 min)")  # fmt: skip
     parser.add_argument(
         "--skip-naive", action="store_true", help="skip the straightforward pipeline"
     )

@@ -1,6 +1,6 @@
 """The packs the benchmark runs: the demo pack, a full-size pack and its INT8 copy.
 
-The full-size pack is the phantom-trained one (``python -m models.make_full_pack``, about 40
+The full-size pack is the phantom-trained one (``python -m models.make_full_pack``, about 50
 minutes on 2 cores, built on request with ``--train-full``) when it is in the cache, else the
 untrained seed pack (``python -m export.seed_pack``, 1-2 minutes): both have the seed
 architectures at full size, so they time the same, but only a trained pack gives the INT8
@@ -90,7 +90,7 @@ def seed(cache: Path, say: Any = print) -> BenchPack:
 
 def trained(cache: Path, build: bool, say: Any = print) -> BenchPack | None:
     """The phantom-trained full-size pack from the cache; built first when ``build`` is true
-    (about 40 minutes on 2 cores); ``None`` when it is absent and not to be built."""
+    (about 50 minutes on 2 cores); ``None`` when it is absent and not to be built."""
     root = cache / "full-phantom"
     recipe = root / "recipe.json"
     if not (recipe.is_file() and json.loads(recipe.read_text()).get("recipe") == _TRAINED_RECIPE):

@@ -247,7 +247,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         full = packs.trained(opts.cache, opts.train_full, _say)
         if full is None:
             _say("no phantom-trained full-size pack in the cache (--train-full builds it, about "
-                 "40 min): measuring the untrained seed pack, whose INT8 gate means little")  # fmt: skip
+                 "50 min): measuring the untrained seed pack, whose INT8 gate means little")  # fmt: skip
             full = packs.seed(opts.cache, _say)
         extra.append(full)
         int8 = packs.quantized(full, opts.cache, opts.real, packs.INT8_STAGES, _say)
