@@ -99,8 +99,8 @@ def _whole_file(report: dict[str, Any]) -> list[str]:
             for key, label in (("settle", "off: every file waits"), ("skip", "on (default)"))]  # fmt: skip
     return [
         "",
-        f"**Whole-file check** (`watch.skip_settle_when_whole`, {report['packs'][0]['pack']}, "
-        "uncompressed; ms):",
+        (f"**Whole-file check** (`watch.skip_settle_when_whole`, {report['packs'][0]['pack']}, "
+         "uncompressed; ms):"),
         "",
         *_table(["check", "settle_seconds", "watch p50", "e2e p50", "e2e p99"], rows),
     ]
