@@ -1,6 +1,7 @@
 """The full-size seed architectures, TRAINED briefly on phantoms: ``python -m models.make_full_pack``.
 
     python -m models.make_full_pack --out DIR [--preset quick|full] [--work runs/demo]
+                                    [--only STAGE,...]   # retrain these, reuse the rest
 
 ``export.seed_pack`` gives the same architectures with random weights, which is enough to
 time them but not to judge a precision conversion: a random segmenter's map hovers near the
@@ -8,19 +9,20 @@ threshold everywhere and a random regressor's scores run far off the 1-3 scale, 
 rounding moves the box and the grade, and ``edge-export quantize`` rightly refuses an INT8
 copy.  A trained network's map is near 0 or 1 and its scores sit on the scale; whether INT8
 keeps *its* verdicts is the question a hospital pack will face.  This recipe answers it on
-phantoms, on two CPU cores, in under an hour:
+phantoms, on two CPU cores, in about 50 minutes:
 
 * the six stages at the sizes in ``export.seed_pack.STAGES`` (EfficientNet-B0 224 for view
   and quality, DeepLabV3-ResNet50 400 per view, ResNet-50 224 for orientation), random
   initialisation (no downloaded weights);
 * the demo pack's phantom sets and recipes (``models.make_demo_pack``: the papers' losses and
-  optimisers, 10x learning rates, cosine decay), far fewer steps than a real pack;
+  optimisers, cosine decay, its 10x learning rates except for orientation), far fewer steps
+  than a real pack;
 * validation on phantoms from seeds never used for training, measured per stage and chained.
 
 The pack (``DIR/pack``) says it is phantom-trained and NOT FOR CLINICAL USE; the checkpoints
-(``DIR/checkpoints``) feed the benchmark's straightforward torch pipeline.  About 330 MB:
-kept out of git, built into the benchmark's cache (``edge-worker bench`` uses it when it is
-there).
+(``DIR/checkpoints``) feed the benchmark's straightforward torch pipeline.  About 440 MB each,
+so both stay out of git, built into the benchmark's cache (``edge-worker bench --train-full``;
+the bench uses them whenever they are there).
 """
 
 from __future__ import annotations
