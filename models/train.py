@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +107,34 @@ class BatchStream(IterableDataset):
                    torch.from_numpy(np.stack([p[1] for p in pairs])))  # fmt: skip
 
 
+def fit(
+    net: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    steps: int,
+    desc: str,
+    mininterval: float = 0.1,
+) -> float | None:
+    """``steps`` optimiser steps on ``batches``, with the running loss on a progress bar;
+    returns that loss (an exponential average; ``None`` after no step)."""
+    bar = tqdm(range(steps), desc=desc, mininterval=mininterval)
+    running: float | None = None
+    for _ in bar:
+        x, y = next(batches)
+        loss = loss_of(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        # Regression from scratch with SGD + momentum can blow up in the first steps.
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+        opt.step()
+        schedule.step()
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+    return running
+
+
 def checkpoint_name(task: str, view: str | None) -> str:
     """``view.pt``, ``roi_ap.pt``, ...: also the stage name in the pack."""
     return f"{task}_{view.lower()}.pt" if view else f"{task}.pt"
@@ -129,19 +158,8 @@ def train(
     loader = DataLoader(BatchStream(config, data), batch_size=None, num_workers=workers,
                         prefetch_factor=4 if workers else None)  # fmt: skip
     batches = iter(loader)
-    bar = tqdm(range(config.steps), desc=checkpoint_name(config.task, config.view)[:-3])
-    running = None
-    for _ in bar:
-        x, y = next(batches)
-        loss = loss_fn(config.task, net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        # Regression from scratch with SGD + momentum can blow up in the first steps.
-        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        opt.step()
-        schedule.step()
-        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{running:.4f}")
+    fit(net, batches, lambda out, y: loss_fn(config.task, out, y), opt, schedule, config.steps,
+        desc=checkpoint_name(config.task, config.view)[:-3])  # fmt: skip
     del batches, loader  # stops the worker process
     metrics = evaluate(config.task, net, val, config.height, config.width)
     metrics["train_seconds"] = round(time.monotonic() - started, 1)

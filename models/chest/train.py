@@ -26,9 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
-from tqdm import tqdm
 
 from edge_worker.preprocess import to_tensor
 from models.chest.augment import cdf, orientation_example, view_augment
@@ -36,6 +34,7 @@ from models.chest.data import ChestRecord
 from models.chest.outliers import TRAIN_PHANTOM_SEED, outlier, phantom_ankles
 from models.data import MEAN, STD
 from models.networks import ArchConfig, build, circular_mse
+from models.train import fit
 
 
 @dataclass(frozen=True)
@@ -182,18 +181,8 @@ def train_stage(
     batches = iter(loader)
     started = time.monotonic()
     net.train()
-    running: float | None = None
-    bar = tqdm(range(config.steps), desc=name or config.task, mininterval=5.0)
-    for _ in bar:
-        x, y = next(batches)
-        loss = stage_loss(config, net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-        opt.step()
-        schedule.step()
-        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+    running = fit(net, batches, lambda out, y: stage_loss(config, out, y), opt, schedule,
+                  config.steps, desc=name or config.task, mininterval=5.0)  # fmt: skip
     del batches, loader  # stops the worker process
     net.eval()
     out.mkdir(parents=True, exist_ok=True)
