@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import struct
-import tracemalloc
 from pathlib import Path
 
 import cv2
@@ -25,7 +24,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from test_ingest_files import phantom, rejected, write
+from test_ingest_files import phantom, rejected, rejected_with_peak, write
 
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import IngestPolicy, decoders, openjp2, read_radiograph
@@ -224,12 +223,7 @@ def test_codestream_larger_than_the_header_is_refused_before_allocation(tmp_path
     path = write(
         tmp_path / "a.dcm", image, ts=JPEGBaseline8Bit, pixel_data=encapsulate([bytes(frame)])
     )
-    tracemalloc.start()
-    try:
-        error = rejected(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    error, peak = rejected_with_peak(path)
     assert error.reason is R.DECODE_FAILED and "65535x65535" in error.detail
     assert peak < 5_000_000  # 65535^2 pixels would need 4 GB
 
@@ -306,12 +300,7 @@ def test_corrupt_element_length_costs_no_memory(tmp_path: Path) -> None:
     at = data.index(b"\x40\x00\x60\xa1UT")
     struct.pack_into("<I", data, at + 8, 0xFFFFFFF0)
     path.write_bytes(bytes(data))
-    tracemalloc.start()
-    try:
-        error = rejected(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    error, peak = rejected_with_peak(path)
     assert error.reason in (R.UNREADABLE, R.TRUNCATED_PIXEL_DATA)
     assert "(0040,A160)" in error.detail
     assert peak < 5_000_000  # the declared 4 GiB was never allocated

@@ -107,6 +107,17 @@ def rejected(path: Path, policy: IngestPolicy | None = None, **kwargs: Any) -> R
     return info.value
 
 
+def rejected_with_peak(path: Path) -> tuple[Rejection, int]:
+    """:func:`rejected`, and the peak of Python allocations (bytes) while it ran."""
+    tracemalloc.start()
+    try:
+        error = rejected(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return error, peak
+
+
 # -- not DICOM, unreadable -------------------------------------------------------------------
 
 
@@ -209,12 +220,7 @@ def test_multi_frame(tmp_path: Path) -> None:
 
 def test_huge_declared_size_is_rejected_without_allocation(tmp_path: Path) -> None:
     path = write(tmp_path / "a.dcm", phantom(4, 4), Rows=65535, Columns=65535)
-    tracemalloc.start()
-    try:
-        error = rejected(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    error, peak = rejected_with_peak(path)
     assert error.reason is R.TOO_LARGE and "65535x65535" in error.detail
     assert peak < 5_000_000  # a decoded 65535^2 uint16 image would need 8.6 GB
 
@@ -376,12 +382,7 @@ def test_jpeg_baseline_decodes_at_reduced_resolution(tmp_path: Path) -> None:
 def test_refused_header_leaves_the_pixels_unread(tmp_path: Path) -> None:
     big = np.zeros((2048, 2560), dtype=np.uint16)  # 10 MB of pixel data behind a CT header
     path = write(tmp_path / "ct.dcm", big, Modality="CT")
-    tracemalloc.start()
-    try:
-        error = rejected(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    error, peak = rejected_with_peak(path)
     assert error.reason is R.UNSUPPORTED_MODALITY
     assert peak < 2_000_000
 
