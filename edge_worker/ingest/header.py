@@ -6,6 +6,7 @@ policy refuses is never decoded and a huge declared image is never allocated.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -134,6 +135,36 @@ def _spacing(ds: Dataset) -> tuple[float, float] | None:
     return None
 
 
+def _float(ds: Dataset, keyword: str) -> float | None:
+    """A decimal element's first value, ``None`` when absent, empty or not a finite number."""
+    value: Any = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (int, float, str)):
+        try:
+            value = value[0]
+        except (IndexError, TypeError):
+            return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _anatomic_region(ds: Dataset) -> str:
+    """The first Anatomic Region Sequence item as ``CODE^SCHEME^Meaning`` ("" when absent)."""
+    seq = ds.get("AnatomicRegionSequence")
+    if not seq:
+        return ""
+    try:
+        item = seq[0]
+    except (IndexError, TypeError):
+        return ""
+    parts = (_text(item, "CodeValue"), _text(item, "CodingSchemeDesignator"), _text(item, "CodeMeaning"))
+    return "^".join(parts) if any(parts) else ""
+
+
 def header_from_dataset(ds: Dataset) -> Header:
     """The :class:`Header` of a parsed dataset.  Patient attributes are never copied."""
     ts = str(ds.file_meta.get("TransferSyntaxUID", ""))
@@ -165,6 +196,13 @@ def header_from_dataset(ds: Dataset) -> Header:
         pixel_spacing_mm=_spacing(ds),
         manufacturer=_text(ds, "Manufacturer"),
         extra=extra,
+        study_description=_text(ds, "StudyDescription"),
+        series_description=_text(ds, "SeriesDescription"),
+        protocol_name=_text(ds, "ProtocolName"),
+        anatomic_region=_anatomic_region(ds),
+        exposure_index=_float(ds, "ExposureIndex"),
+        target_exposure_index=_float(ds, "TargetExposureIndex"),
+        deviation_index=_float(ds, "DeviationIndex"),
     )
 
 

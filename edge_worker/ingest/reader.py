@@ -11,6 +11,7 @@ file is read here are captured too (Python < 3.14 has no per-thread filters).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -19,6 +20,8 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from pydicom.dataset import Dataset
 
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import decode as _decode
@@ -147,6 +150,12 @@ def read_header(path: str | os.PathLike[str], policy: IngestPolicy = _DEFAULT_PO
     return header
 
 
+def _pixel_digest(ds: Dataset) -> str:
+    """sha256 of the Pixel Data value as stored; sizes are already checked against the policy."""
+    raw = ds.get("PixelData")
+    return hashlib.sha256(raw if isinstance(raw, (bytes, bytearray)) else b"").hexdigest()
+
+
 def read_radiograph(
     path: str | os.PathLike[str],
     policy: IngestPolicy = _DEFAULT_POLICY,
@@ -189,6 +198,7 @@ def read_radiograph(
             )
             frame = _decode.pixel_frame(ds, header, data, parse_warnings)
             del data
+            pixel_digest = _pixel_digest(ds)
             stage = "decode"
             t0 = time.perf_counter()
             decoded = _decode.decode(ds, header, frame, max_side, notes)
@@ -216,4 +226,5 @@ def read_radiograph(
         timings_ms=timings,
         notes=_report(path, notes),
         decoder=decoded.decoder,
+        pixel_digest=pixel_digest,
     )

@@ -48,6 +48,17 @@ class Header:
     pixel_spacing_mm: tuple[float, float] | None
     manufacturer: str
     extra: dict[str, str] = field(default_factory=dict)
+    #: Free-text descriptions a site's modality writes (routing reads their keywords).
+    study_description: str = ""
+    series_description: str = ""
+    protocol_name: str = ""
+    #: Anatomic Region Sequence (0008,2218), first item: "CODE^SCHEME^Meaning" (empty if absent).
+    anatomic_region: str = ""
+    #: Exposure Index, Target Exposure Index and Deviation Index (IEC 62494-1; DICOM
+    #: (0018,1411)-(0018,1413)), ``None`` where the file does not carry them.
+    exposure_index: float | None = None
+    target_exposure_index: float | None = None
+    deviation_index: float | None = None
 
     def public(self) -> dict[str, object]:
         """The fields safe to publish in a verdict (no patient identifiers exist here)."""
@@ -88,3 +99,6 @@ class Radiograph:
     notes: tuple[str, ...] = ()
     #: The decoder that produced the pixels (a name from ``ingest.decoders.DECODERS``).
     decoder: str = ""
+    #: sha256 (hex) of the Pixel Data element's value as stored (native bytes, or the
+    #: encapsulated fragments): the image's content identity, whatever its UID says.
+    pixel_digest: str = ""
