@@ -10,8 +10,9 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from edge_worker import __version__
 from edge_worker.errors import EdgeWorkerError
@@ -95,6 +96,18 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How the summary line names a pack's ``training_data`` kind (the manifest's own words).
+TRAINED_ON = {"synthetic-phantom": "synthetic phantoms", "real": "real radiographs, not clinically validated"}
+
+
+def reason_texts(payload: dict) -> list[str]:  # type: ignore[type-arg]
+    """The sentences of a verdict's reasons (objects since verdict@2; plain strings before)."""
+    texts = []
+    for reason in payload.get("reasons", []):
+        texts.append(str(reason.get("text", reason.get("code", ""))) if isinstance(reason, dict) else str(reason))
+    return texts
+
+
 def summary_line(kind: str, p: dict) -> str:  # type: ignore[type-arg]
     """One human-readable line for a verdict or error payload."""
     if kind == "error":
@@ -103,11 +116,13 @@ def summary_line(kind: str, p: dict) -> str:  # type: ignore[type-arg]
     q = f"quality {quality['score']:.2f} (grade {quality['grade']})" if quality else "quality -"
     o = p.get("orientation") or {}
     orient = f"rotated {o['angle_deg']:.0f} deg" if o else ""
-    flag = " [synthetic-trained pack, not for clinical use]" if p.get("not_for_clinical_use") else ""
-    reasons = "; ".join(p.get("reasons", []))
+    kind = str((p.get("pack") or {}).get("training_data") or "unknown")
+    trained_on = TRAINED_ON.get(kind, f"{kind} data")
+    flag = f" [not for clinical use: pack trained on {trained_on}]" if p.get("not_for_clinical_use") else ""
+    decision = str(p["decision"]).replace("_", " ").upper()
     return (
-        f"{p['decision'].upper()} view {p['view']['label']} ({p['view']['confidence']:.2f}), "
-        f"{q}, {orient} - {reasons}{flag}"
+        f"{decision} view {p['view']['label']} ({p['view']['confidence']:.2f}), "
+        f"{q}, {orient} - {' '.join(reason_texts(p))}{flag}"
     )
 
 

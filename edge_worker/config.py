@@ -153,6 +153,11 @@ class VerdictConfig:
     default: a radiograph can carry burned-in patient details, which would then leave the box."""
     thumbnail_size: int = 192
     """Longest side of the thumbnail in pixels (32-512)."""
+    deviation_index_limit: float = 3.0
+    """Largest accepted |deviation index| (IEC 62494-1, DICOM (0018,1413), or computed from the
+    exposure index and its target): outside it a verdict carries an under- or over-exposure
+    reason and goes to review.  0 switches the check off; files without the indices say nothing
+    about exposure (0-20)."""
 
 
 @dataclass(frozen=True)
@@ -297,6 +302,8 @@ def validate(config: Config) -> Config:
         raise ConfigError("service: status_interval_seconds and stall_seconds must be > 0")
     if not 32 <= config.verdict.thumbnail_size <= 512:
         raise ConfigError("verdict.thumbnail_size: must be 32..512 pixels")
+    if not 0.0 <= config.verdict.deviation_index_limit <= 20.0:
+        raise ConfigError("verdict.deviation_index_limit: must be 0..20 (0 switches it off)")
     if config.state.outbox_max_messages < 10:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
     if config.mqtt.protocol not in ("5", "3.1.1"):

@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from edge_worker import sdnotify
 from edge_worker.backends import LoadOptions, select
 from edge_worker.config import SCAN_SETTLE_SECONDS, Config
-from edge_worker import sdnotify
+from edge_worker.decision import Reason, Rules, add_reason
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
 from edge_worker.health import Health, Watchdog, declare_metrics, record_outcome, status_document
 from edge_worker.ingest.types import IngestPolicy
@@ -29,10 +30,10 @@ from edge_worker.metrics import MetricsServer, Registry
 from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.process import Outcome
-from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
 from edge_worker.quarantine import Quarantine, QuarantineError
+from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.verdict import build_error
 from edge_worker.watch import FolderWatcher
 
@@ -68,7 +69,8 @@ def build_pipeline(config: Config, pack_dir: Path | None = None) -> Pipeline:
         precision=config.inference.precision,
         max_batch=config.inference.max_batch,
     )
-    pipeline = Pipeline(pack, backend, options)
+    rules = Rules(deviation_index_limit=config.verdict.deviation_index_limit)
+    pipeline = Pipeline(pack, backend, options, rules)
     pipeline.warm_up()
     return pipeline
 
@@ -284,7 +286,7 @@ class StationDaemon:
                 self.health.clear("worker")
             except EdgeWorkerError as exc:
                 self.health.fail("worker", f"{len(files)} file(s) from {files[0][0].name}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one batch must never kill the station
+            except Exception as exc:
                 log.exception("unexpected failure on %d file(s) from %s", len(files), files[0][0].name)
                 self.health.fail("worker", f"{files[0][0].name}: {type(exc).__name__}: {exc}")
             if stop_after:
@@ -361,6 +363,7 @@ class StationDaemon:
         from edge_worker.cli import summary_line
 
         try:
+            self._note_reused_uid(outcome)
             payload = self.journal.remember(outcome.id, outcome.kind, outcome.payload)
         except sqlite3.Error as exc:  # the state disk is full or failing
             self._retry_later(key)
@@ -389,6 +392,27 @@ class StationDaemon:
         self.health.clear("state")
         self.last_message_at = time.time()
         log.info("%s: %s", self.config.station, summary_line(outcome.kind, payload))
+
+    def _note_reused_uid(self, outcome: Outcome) -> None:
+        """A verdict whose UID came before with other pixels says so, and goes to review.
+
+        Runs before the message is remembered, so a re-judged image still gets its stored
+        payload back (same id, same content); a new image under an old UID never hides behind
+        the earlier one's verdict.
+        """
+        p = outcome.payload
+        uid, digest = p.get("sop_instance_uid"), p.get("pixel_sha256")
+        if outcome.kind != "verdict" or not uid or not digest:
+            return
+        earlier = self.journal.other_image(uid, digest)
+        if earlier is not None and earlier != outcome.id:
+            p["shares_uid_with"] = earlier
+            add_reason(p, Reason("uid_reused", (
+                f"Another, different image had this SOP Instance UID before (verdict {earlier}): "
+                "the modality reused a UID or the image was re-processed. Check which image "
+                "reached the PACS before relying on either verdict."
+            )))  # fmt: skip
+        self.journal.record_image(uid, digest, outcome.id)
 
     def _replay_unqueued(self) -> None:
         """Hand to the outbox the messages a crash left between the journal and the outbox."""

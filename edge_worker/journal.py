@@ -8,6 +8,8 @@ Two tables in one SQLite file (WAL, ``synchronous=FULL``):
   payload is reused: a redelivery carries the same id *and* the same content.
 * ``processed``: which file versions (path relative to the watch folder, size, mtime) have
   been handed to the outbox, so a restart does not judge them twice.
+* ``images``: which pixel content (sha256 of the stored Pixel Data) each SOP Instance UID
+  came with, so a second, different image under a UID already seen is told apart and said so.
 
 Order of writes for one file: judge -> ``remember`` the message -> outbox -> ``mark_queued``.
 A crash between any two steps is repaired at start by :meth:`unqueued` (messages remembered
@@ -44,6 +46,11 @@ class Journal:
             " message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL,"
             " queued INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS images ("
+            " sop_uid TEXT NOT NULL, pixel_digest TEXT NOT NULL, message_id TEXT NOT NULL,"
+            " at REAL NOT NULL, PRIMARY KEY (sop_uid, pixel_digest))"
+        )
 
     @staticmethod
     def key(path: Path, size: int, mtime_ns: int) -> str:
@@ -69,6 +76,24 @@ class Journal:
             ).fetchone()
         stored: dict[str, Any] = json.loads(row[0])
         return stored
+
+    def other_image(self, sop_uid: str, pixel_digest: str) -> str | None:
+        """The message id of the latest earlier image with this UID but other pixels, or ``None``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT message_id FROM images WHERE sop_uid = ? AND pixel_digest != ?"
+                " ORDER BY at DESC LIMIT 1",
+                (sop_uid, pixel_digest),
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_image(self, sop_uid: str, pixel_digest: str, message_id: str) -> None:
+        """Remember that ``sop_uid`` came with this pixel content (first message id kept)."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO images (sop_uid, pixel_digest, message_id, at) VALUES (?, ?, ?, ?)",
+                (sop_uid, pixel_digest, message_id, time.time()),
+            )
 
     def mark_queued(self, key: str | None, message_id: str, kind: str) -> None:
         """The message is in the outbox; the file version ``key`` (if any) is done."""
@@ -102,7 +127,8 @@ class Journal:
         with self._lock:
             a = self._db.execute("DELETE FROM processed WHERE at < ?", (cutoff,)).rowcount
             b = self._db.execute("DELETE FROM messages WHERE at < ? AND queued = 1", (cutoff,)).rowcount
-        return int(a) + int(b)
+            c = self._db.execute("DELETE FROM images WHERE at < ?", (cutoff,)).rowcount
+        return int(a) + int(b) + int(c)
 
     def count(self) -> int:
         """Number of processed file versions."""

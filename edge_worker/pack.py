@@ -1,8 +1,12 @@
 """Read and verify a model pack: the one contract with the ML side (docs/model-pack.md).
 
-Loading a pack checks the manifest's shape and every file's sha256 before any model is
-created; a mismatch raises :class:`PackError` naming the file.  The default pack is the demo
-pack shipped under ``models/packs/ankle-demo``.
+Loading a pack checks the manifest's own sha256 (``manifest.sha256``, written by the export
+tool: an edited threshold changes decisions, so an edited manifest is refused like an edited
+network), the manifest's shape and every file's sha256 before any model is created; a
+mismatch raises :class:`PackError` naming the file.  A loaded pack has a :attr:`Pack.digest`
+over the manifest and every file of the folder: its identity in every verdict, which follows
+content, never the name and version alone.  The default pack is the demo pack shipped under
+``models/packs/ankle-demo``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from edge_worker.errors import PackError
 SCHEMA = "edge-worker/model-pack@1"
 TASKS = ("view", "roi", "quality", "orientation")
 DEMO_PACK_NAME = "ankle-demo"
+#: The file beside ``manifest.json`` that holds its sha256 (``sha256sum`` format).
+MANIFEST_SEAL = "manifest.sha256"
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class Pack:
     training_data: dict[str, Any]
     validation: dict[str, Any]
     stages: tuple[StageSpec, ...]
+    #: sha256 over the manifest and every file of the pack folder (:func:`pack_digest`).
+    digest: str = ""
 
     def stage(self, task: str, view: str | None = None) -> StageSpec | None:
         """The stage for ``task`` that applies to ``view`` (or to every view), if any."""
@@ -85,6 +93,7 @@ class Pack:
             "version": self.version,
             "not_for_clinical_use": self.not_for_clinical_use,
             "training_data": str(self.training_data.get("kind", "unknown")),
+            "digest": self.digest,
         }
 
 
@@ -95,6 +104,57 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def seal_manifest(root: Path) -> str:
+    """Write ``manifest.sha256`` for ``root/manifest.json``; returns the digest.
+
+    The export tool calls this after every manifest it writes; by hand, only after checking
+    what changed (``edge-export seal``).
+    """
+    digest = sha256_file(root / "manifest.json")
+    tmp = root / (MANIFEST_SEAL + ".tmp")
+    tmp.write_text(f"{digest}  manifest.json\n", encoding="ascii")
+    tmp.replace(root / MANIFEST_SEAL)
+    return digest
+
+
+def _check_seal(root: Path) -> str:
+    """The manifest's sha256, checked against ``manifest.sha256``; :class:`PackError` if not."""
+    seal_path = root / MANIFEST_SEAL
+    actual = sha256_file(root / "manifest.json")
+    try:
+        expected = seal_path.read_text(encoding="ascii").split()[0].lower()
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise PackError(
+            f"{root}: no readable {MANIFEST_SEAL}: the manifest is not sealed, so an edit to it "
+            "(a threshold, a label) could not be detected; rebuild the pack with edge-export, or "
+            "check the manifest and run `edge-export seal PACK`"
+        ) from None
+    if actual != expected:
+        raise PackError(
+            f"{root}: sha256 mismatch for manifest.json: {MANIFEST_SEAL} says {expected}, file is "
+            f"{actual}; the manifest was edited after the pack was built (an edited threshold "
+            "changes decisions) - rebuild the pack, or check the change and run `edge-export seal PACK`"
+        )
+    return actual
+
+
+def pack_digest(root: Path, known: dict[str, str]) -> str:
+    """sha256 over every file of the pack folder: ``name sha256`` lines in name order.
+
+    ``known`` maps file names already hashed (the verified networks, the manifest) to their
+    sha256, so no file is read twice.  Hidden files and the seal itself are left out.
+    """
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel == MANIFEST_SEAL or rel.endswith(".tmp") or any(
+            part.startswith(".") or part == "__pycache__" for part in rel.split("/")
+        ):
+            continue
+        lines.append(f"{rel} {known.get(rel) or sha256_file(path)}\n")
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
 
 
 def default_pack_dir() -> Path:
@@ -176,6 +236,7 @@ def load_pack(root: Path | None = None) -> Pack:
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
         raise PackError(f"no manifest.json in {root}: not a model pack")
+    manifest_sha = _check_seal(root)
     try:
         raw = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -193,6 +254,8 @@ def load_pack(root: Path | None = None) -> Pack:
         raise PackError(f"{manifest_path}: duplicate stage names in {names}")
     if not any(s.task == "view" for s in stages):
         raise PackError(f"{manifest_path}: a pack needs a view stage")
+    known = {"manifest.json": manifest_sha}
+    known.update({s.file.relative_to(root).as_posix(): s.sha256 for s in stages})
     return Pack(
         root=root,
         name=str(_require(raw, "name", "manifest")),
@@ -202,4 +265,5 @@ def load_pack(root: Path | None = None) -> Pack:
         training_data=dict(raw.get("training_data", {})),
         validation=dict(raw.get("validation", {})),
         stages=stages,
+        digest=pack_digest(root, known),
     )

@@ -161,3 +161,44 @@ def box_mask(shape: tuple[int, int], box: RotatedBox) -> np.ndarray:
     mask = np.zeros(shape, dtype=np.uint8)
     cv2.fillConvexPoly(mask, np.round(box.corners()).astype(np.int32), 1)
     return mask
+
+
+@dataclass(frozen=True)
+class Turn:
+    """The rotation that brought a working image upright, and its inverse for reporting.
+
+    ``to_upright`` maps working-image points to the upright image; ``to_working`` maps them
+    back.  Both are 2x3 affine matrices (a rotation about the image centre, no scaling).
+    """
+
+    angle_deg: float
+    to_upright: np.ndarray
+    to_working: np.ndarray
+
+    def box_to_working(self, box: RotatedBox) -> RotatedBox:
+        """A box found on the upright image, in the coordinates of the working image."""
+        pts = box.corners()
+        back = pts @ self.to_working[:, :2].T + self.to_working[:, 2]
+        return box_from_points(back.astype(np.float32))
+
+
+def turn_upright(image: np.ndarray, angle_deg: float) -> tuple[np.ndarray, Turn]:
+    """Rotate ``image`` clockwise by ``angle_deg`` about its centre, in the same frame.
+
+    ``angle_deg`` is the orientation stage's answer: the anatomy's counter-clockwise turn from
+    upright.  The frame is kept (the networks were trained on frames of the modality's shape);
+    what turns out of it reads as 0 (for a quarter-turned image: the ends of the long axis, far
+    from a joint at the centre).  An angle of 0 returns the image itself.
+    """
+    h, w = image.shape[:2]
+    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
+    to_upright = cv2.getRotationMatrix2D(centre, -float(angle_deg), 1.0)
+    to_working = cv2.getRotationMatrix2D(centre, float(angle_deg), 1.0)
+    turn = Turn(float(angle_deg), to_upright, to_working)
+    if float(angle_deg) % 360.0 == 0.0:
+        return image, turn
+    rotated = cv2.warpAffine(
+        image.astype(np.float32, copy=False), to_upright, (w, h),
+        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0,
+    )  # fmt: skip
+    return rotated, turn

@@ -118,9 +118,11 @@ class Judge:
         results: dict[int, Judgement | Rejection] = {}
         if ready:
             try:
-                judgements = self.pipeline.judge_many([r.image.pixels for r in ready])
+                judgements = self.pipeline.judge_many(
+                    [r.image.pixels for r in ready], [r.image.header for r in ready]
+                )
                 results = {id(r): j for r, j in zip(ready, judgements)}
-            except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
+            except Exception as exc:
                 if len(ready) == 1:
                     log.exception("inference failed on %s", ready[0].path.name)
                     results = {id(ready[0]): _inference_failed(exc)}
@@ -156,14 +158,13 @@ class Judge:
 
     def _judge_alone(self, r: _Read) -> Judgement | Rejection:
         try:
-            return self.pipeline.judge(r.image.pixels)
-        except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
+            return self.pipeline.judge(r.image.pixels, r.image.header)
+        except Exception as exc:
             log.exception("inference failed on %s", r.path.name)
             return _inference_failed(exc)
 
     def _verdict(self, r: _Read, judgement: Judgement) -> Outcome:
         image = r.image
-        sop_uid = image.header.sop_instance_uid or None
         timings = {"read_decode": r.read_ms, **image.timings_ms, **judgement.timings_ms}
         thumbnail = self._thumbnail(judgement, timings)
         timings["total"] = (time.perf_counter() - r.start) * 1000.0
@@ -171,7 +172,7 @@ class Judge:
             site=self.site,
             station=self.station,
             header=image.header,
-            image_key=_image_key(r.path, sop_uid),
+            pixel_digest=image.pixel_digest,
             judgement=judgement,
             pack=self.pipeline.pack,
             backend=self.pipeline.backend.name,

@@ -1,15 +1,18 @@
 """The published messages: a verdict per judged image, an error per rejected file.
 
 The payloads are documented as JSON Schemas in ``edge_worker/schema/``.  They never carry a
-patient's name, ID or birth date: the ingest header has none to give.  The message id is a
-UUID derived from the image (SOP Instance UID, else the file's sha256) and the pack, so a
-retry or a redelivery of the same image carries the same id.
+patient's name, ID or birth date: the ingest header has none to give.
+
+Identity follows content: a verdict's id is a UUID of the SOP Instance UID, the sha256 of the
+Pixel Data as stored and the pack's digest (manifest and every file), so a retry or a
+redelivery of the same image by the same pack carries the same id, while two images that share
+a UID, or one image judged by a rebuilt pack, get two ids.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from edge_worker import __version__
@@ -18,7 +21,7 @@ from edge_worker.ingest.types import Header
 from edge_worker.pack import Pack
 from edge_worker.pipeline.runner import Judgement
 
-VERDICT_SCHEMA = "xray-qc/verdict@1"
+VERDICT_SCHEMA = "xray-qc/verdict@2"
 ERROR_SCHEMA = "xray-qc/error@1"
 
 # A fixed namespace so ids are reproducible on every box.
@@ -27,12 +30,17 @@ _NAMESPACE = uuid.UUID("6f1c2a3e-1d57-4c1b-9a8e-5b0e4f7a2c11")
 
 def utc_iso(ts: float) -> str:
     """A POSIX timestamp as ISO 8601 UTC with milliseconds."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")
 
 
 def message_id(image_key: str, pack_name: str, pack_version: str) -> str:
-    """Stable id of the verdict for one image judged by one pack version."""
+    """Stable id of an error message: the file (UID or content) and what went wrong."""
     return str(uuid.uuid5(_NAMESPACE, f"{image_key}|{pack_name}|{pack_version}"))
+
+
+def verdict_id(sop_instance_uid: str, pixel_digest: str, pack_digest: str) -> str:
+    """The verdict's id: one image's content (UID and stored pixels) judged by one pack's content."""
+    return str(uuid.uuid5(_NAMESPACE, f"verdict|{sop_instance_uid}|{pixel_digest}|{pack_digest}"))
 
 
 def _round(value: float, digits: int = 4) -> float:
@@ -44,7 +52,7 @@ def build_verdict(
     site: str,
     station: str,
     header: Header,
-    image_key: str,
+    pixel_digest: str,
     judgement: Judgement,
     pack: Pack,
     backend: str,
@@ -57,13 +65,15 @@ def build_verdict(
     """The verdict payload for one judged image.
 
     ``stored_scale`` is the factor from stored pixels to the working image, so the ROI box is
-    reported in the coordinates of the image as stored in the DICOM file.  ``thumbnail``, a
-    PNG data URL (see :mod:`edge_worker.thumbnail`), is added only when given.
+    reported in the coordinates of the image as stored in the DICOM file (the stages found it
+    on the image turned upright; it is turned back first).  ``thumbnail``, a PNG data URL (see
+    :mod:`edge_worker.thumbnail`), is added only when given.
     """
     j = judgement
     roi: dict[str, Any] = {"found": False, "box": None, "rotated": None}
-    if j.roi is not None and j.roi.box is not None:
-        stored = j.roi.box.scaled(1.0 / stored_scale, 1.0 / stored_scale)
+    working_box = j.roi_in_working()
+    if working_box is not None:
+        stored = working_box.scaled(1.0 / stored_scale, 1.0 / stored_scale)
         x0, y0, x1, y1 = stored.bounds()
         x0, y0 = max(0.0, x0), max(0.0, y0)
         x1, y1 = min(float(header.columns), x1), min(float(header.rows), y1)
@@ -91,10 +101,11 @@ def build_verdict(
             "angle_deg": _round(j.orientation.angle_deg, 2),
             "suggested_rotation_deg": j.orientation.suggested_rotation_deg,
             "confidence": _round(j.orientation.confidence),
+            "judged_upright": j.turn is not None,
         }
     verdict = {
         "schema": VERDICT_SCHEMA,
-        "id": message_id(image_key, pack.name, pack.version),
+        "id": verdict_id(header.sop_instance_uid, pixel_digest, pack.digest),
         "site": site,
         "station": station,
         "sop_instance_uid": header.sop_instance_uid,
@@ -103,6 +114,8 @@ def build_verdict(
         "modality": header.modality,
         "body_part": header.body_part,
         "header_view_position": header.view_position,
+        "header_laterality": header.laterality,
+        "pixel_sha256": pixel_digest,
         "times": {"file_seen": utc_iso(seen_at), "verdict_made": utc_iso(made_at)},
         "view": {
             "label": j.view.label,
@@ -111,9 +124,13 @@ def build_verdict(
         },
         "roi": roi,
         "quality": quality,
-        "diagnostic": None if j.quality is None or j.decision == "review" else j.quality.diagnostic,
+        "diagnostic": (
+            None if j.quality is None or j.decision in ("review", "not_judged")
+            else j.quality.diagnostic
+        ),
         "decision": j.decision,
-        "reasons": list(j.reasons),
+        "reasons": [r.as_dict() for r in j.reasons],
+        "exposure": _exposure(header),
         "orientation": orientation,
         "timings_ms": {k: _round(v, 2) for k, v in timings_ms.items()},
         "pack": pack.describe(),
@@ -124,6 +141,17 @@ def build_verdict(
     if thumbnail is not None:
         verdict["thumbnail"] = thumbnail
     return verdict
+
+
+def _exposure(header: Header) -> dict[str, float] | None:
+    """The header's exposure indices (IEC 62494-1), or ``None`` when it gives none."""
+    values = {
+        "exposure_index": header.exposure_index,
+        "target_exposure_index": header.target_exposure_index,
+        "deviation_index": header.deviation_index,
+    }
+    found = {k: _round(v, 3) for k, v in values.items() if v is not None}
+    return found or None
 
 
 def build_error(

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     pack.add_argument("--validation", type=Path, help="JSON object for the manifest's validation")
     pack.add_argument("--clinical", action="store_true",
                       help="omit the not-for-clinical-use flag (refused for synthetic data)")
+    seal = sub.add_parser("seal", help="record the sha256 of a pack's checked manifest")
+    seal.add_argument("pack", type=Path, help="pack folder whose manifest.json you checked")
     from export.engines import add_parser
     from export.quantize import add_parser as add_quantize
 
@@ -84,6 +86,24 @@ def _pack(args: argparse.Namespace) -> None:
     print(f"wrote {manifest}")
 
 
+def _seal(folder: Path) -> int:
+    """Seal an edited manifest after a person checked it; the networks must still verify."""
+    from edge_worker.errors import PackError
+    from edge_worker.pack import load_pack, seal_manifest
+
+    if not (folder / "manifest.json").is_file():
+        print(f"edge-export: no manifest.json in {folder}", file=sys.stderr)
+        return 1
+    digest = seal_manifest(folder)
+    try:
+        pack = load_pack(folder)
+    except PackError as exc:
+        print(f"edge-export: sealed, but the pack does not load: {exc}", file=sys.stderr)
+        return 1
+    print(f"{folder}: manifest sha256 {digest}; pack {pack.name} {pack.version} digest {pack.digest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edge-export`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -95,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         from export.quantize import run as quantize
 
         return quantize(args)
+    if args.command == "seal":
+        return _seal(args.pack)
     from export.onnx import ExportError
 
     try:

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_worker.pack import seal_manifest
+
 SCHEMA = "edge-worker/model-pack@1"
 TASKS = ("view", "roi", "quality", "orientation")
 
@@ -136,4 +138,5 @@ def write_pack(
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(manifest_path)
+    seal_manifest(folder)
     return manifest_path

@@ -43,7 +43,7 @@ import numpy as np
 from edge_worker.backends import LoadOptions, Selected, Session, select
 from edge_worker.errors import Rejection
 from edge_worker.ingest import read_radiograph
-from edge_worker.pack import Pack, load_pack
+from edge_worker.pack import Pack, load_pack, seal_manifest
 from edge_worker.preprocess import WORKING_MAX_SIDE
 from export.pack import StageFile, write_pack
 from export.precision_gate import compare, format_report, judge_facts
@@ -292,6 +292,7 @@ def quantize_pack(pack_dir: Path, out: Path, precision: str, *, calibration: Pat
                 + manifest["description"]
             )
         (candidate / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        seal_manifest(candidate)
         if target is not None:
             if target.exists():
                 shutil.rmtree(target)

@@ -118,6 +118,9 @@ def load_samples(records: list[Record], desc: str = "loading") -> list[Sample]:
 
 # --- augmentations (ankle paper, section 5) -------------------------------------------------
 
+#: Share of view and ROI training images given :func:`frame_round_trip` (upright-first flow).
+ROUND_TRIP_P = 0.5
+
 
 def _affine(img: np.ndarray, matrix: np.ndarray, size: tuple[int, int], linear: bool = True
             ) -> np.ndarray:  # fmt: skip
@@ -150,6 +153,30 @@ def geometric(
         if mask is not None:
             mask = _affine(np.ascontiguousarray(mask), matrix, (cw, ch), linear=False)
     return np.ascontiguousarray(img), mask, mirrored
+
+
+def frame_round_trip(
+    rng: np.random.Generator, img: np.ndarray, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Black out what a turn by a random angle within the frame, and back, loses.
+
+    The worker turns a rotated image upright inside its own frame (upright first,
+    :func:`edge_worker.preprocess.turn_upright`); an image the modality stored turned by
+    ``a`` inside the same frame has lost its corners, and after the turn back those losses sit
+    at the ends of the long axis.  Training the later stages on such frames is what keeps the
+    view stage from reading a cut AP as a LAT.
+    """
+    h, w = img.shape
+    angle = float(rng.uniform(0.0, 360.0))
+    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
+    ones = np.ones((h, w), np.float32)
+    there = cv2.getRotationMatrix2D(centre, angle, 1.0)
+    back = cv2.getRotationMatrix2D(centre, -angle, 1.0)
+    kept = _affine(_affine(ones, there, (w, h)), back, (w, h)) > 0.5
+    img = np.where(kept, img, np.float32(0.0)).astype(np.float32)
+    if mask is not None:
+        mask = np.where(kept, mask, 0).astype(mask.dtype)
+    return img, mask
 
 
 def photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
@@ -202,6 +229,8 @@ def example(
         # Rotating would move the orientation label and the detector-aligned collimation
         # apart, so the orientation task gets crops and flips only.
         rotation = 0.0 if task == "orientation" else 15.0
+        if task != "orientation" and rng.random() < ROUND_TRIP_P:
+            img, mask = frame_round_trip(rng, img, mask)
         img, mask, mirrored = geometric(rng, img, mask, rotation)
         if mirrored:
             angle = (360.0 - angle) % 360.0

@@ -62,6 +62,10 @@ RATES = {**LR, "orientation": 3e-4}
 SET_OF = {"view": "upright", "roi": "upright", "quality": "upright", "orientation": "rotated"}
 
 
+#: The full-size pack's version; a smoke preset appends its name.
+VERSION = "0.1.0"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train, export and write the pack; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m models.make_full_pack", description=__doc__,
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the others' checkpoints are reused from DIR/checkpoints")  # fmt: skip
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
+    # A smoke build must never pass for the real pack: its version says what it is.
+    version = VERSION if args.preset == "full" else f"{VERSION}-{args.preset}"
     started = time.monotonic()
     torch.set_num_threads(args.threads)
 
@@ -124,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         "data": f"{n_val} phantoms per set from seeds never used for training; each stage alone",
         "per_stage": validation,
     }
-    write_pack(pack_dir, stages, name="full-phantom", version="0.1.0", description=DESCRIPTION,
+    write_pack(pack_dir, stages, name="full-phantom", version=version, description=DESCRIPTION,
                training_data=training, validation=summary)  # fmt: skip
     summary["pipeline"] = {
         "data": "the same unseen phantoms, the pack's ONNX files chained as the worker does",
         "upright": pack_figures(pack_dir, samples["val_upright"]),
     }
-    manifest = write_pack(pack_dir, stages, name="full-phantom", version="0.1.0",
+    manifest = write_pack(pack_dir, stages, name="full-phantom", version=version,
                           description=DESCRIPTION, training_data=training, validation=summary)  # fmt: skip
     (args.out / "recipe.json").write_text(json.dumps({"recipe": RECIPE, "preset": args.preset}) + "\n")
     print(json.dumps(summary, indent=2))

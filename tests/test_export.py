@@ -124,7 +124,7 @@ def test_pack_manifest_follows_the_contract(tmp_path: Path) -> None:
         data = (pack / stage["file"]).read_bytes()
         assert stage["sha256"] == hashlib.sha256(data).hexdigest()
     assert sorted(p.name for p in pack.iterdir()) == [
-        "manifest.json", "quality_ap.onnx", "view.onnx"]  # fmt: skip
+        "manifest.json", "manifest.sha256", "quality_ap.onnx", "view.onnx"]  # fmt: skip
 
 
 def test_cli_pack_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

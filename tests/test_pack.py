@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_worker.errors import PackError
-from edge_worker.pack import SCHEMA, default_pack_dir, load_pack
+from edge_worker.pack import MANIFEST_SEAL, SCHEMA, default_pack_dir, load_pack, seal_manifest
 
 
 @pytest.fixture
@@ -50,9 +50,11 @@ def test_missing_file_and_bad_manifest_are_refused(pack_copy: Path) -> None:
         load_pack(pack_copy)
     manifest["schema"] = "something-else@9"
     (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    seal_manifest(pack_copy)  # the shape is checked after the seal
     with pytest.raises(PackError, match=f"this worker reads '{SCHEMA}'"):
         load_pack(pack_copy)
     (pack_copy / "manifest.json").write_text("{not json")
+    seal_manifest(pack_copy)
     with pytest.raises(PackError, match="unreadable manifest"):
         load_pack(pack_copy)
     with pytest.raises(PackError, match="no manifest.json"):
@@ -63,5 +65,36 @@ def test_unknown_task_is_refused(pack_copy: Path) -> None:
     manifest = json.loads((pack_copy / "manifest.json").read_text())
     manifest["stages"][0]["task"] = "fracture"
     (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    seal_manifest(pack_copy)
     with pytest.raises(PackError, match="unknown task 'fracture'"):
         load_pack(pack_copy)
+
+
+def test_an_edited_manifest_is_refused_like_an_edited_network(pack_copy: Path) -> None:
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    view = next(s for s in manifest["stages"] if s["task"] == "view")
+    view["thresholds"]["min_confidence"] = 0.1  # would turn unsure views into confident ones
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(PackError, match=r"sha256 mismatch for manifest\.json.*edge-export seal"):
+        load_pack(pack_copy)
+    (pack_copy / MANIFEST_SEAL).unlink()
+    with pytest.raises(PackError, match="not sealed"):
+        load_pack(pack_copy)
+
+
+def test_the_pack_digest_follows_content_not_name_and_version(pack_copy: Path) -> None:
+    original = load_pack()
+    copy = load_pack(pack_copy)
+    assert copy.digest == original.digest and len(copy.digest) == 64
+    assert copy.describe()["digest"] == copy.digest
+    # Same name and version, one threshold changed and sealed: another pack, another digest.
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    manifest["stages"][0]["thresholds"]["min_confidence"] = 0.81
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    seal_manifest(pack_copy)
+    edited = load_pack(pack_copy)
+    assert (edited.name, edited.version) == (original.name, original.version)
+    assert edited.digest != original.digest
+    # Any other file of the folder counts too.
+    (pack_copy / "README.md").write_text("notes")
+    assert load_pack(pack_copy).digest not in (original.digest, edited.digest)

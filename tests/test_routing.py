@@ -10,7 +10,7 @@ import pytest
 
 from edge_worker.backends import select
 from edge_worker.errors import ConfigError, Rejection, RejectReason
-from edge_worker.pack import default_pack_dir, load_pack
+from edge_worker.pack import default_pack_dir, load_pack, seal_manifest
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.routing import Router, parse_synonyms
 
@@ -22,6 +22,7 @@ def _pack_as(tmp_path: Path, name: str, parts: list[str]) -> Path:
     manifest = json.loads((dest / "manifest.json").read_text())
     manifest.update(name=name, body_parts=parts)
     (dest / "manifest.json").write_text(json.dumps(manifest))
+    seal_manifest(dest)
     return dest
 
 

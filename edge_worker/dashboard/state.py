@@ -23,7 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 KINDS = ("verdict", "error", "availability")
-DECISIONS = ("ok", "retake", "review")
+DECISIONS = ("ok", "retake", "review", "not_judged")
 #: An error message (a rejected file) is shown as this decision.
 REJECTED = "rejected"
 THUMBNAIL_PREFIX = "data:image/png;base64,"
@@ -91,6 +91,15 @@ def _epoch(value: object) -> float | None:
     return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
+def _reason_text(reason: Any) -> Any:
+    """A reason's sentence: verdict@2 reasons are objects, verdict@1 ones plain strings."""
+    return reason.get("text") if isinstance(reason, dict) else reason
+
+
+def _reason_code(reason: Any) -> Any:
+    return reason.get("code") if isinstance(reason, dict) else None
+
+
 def entry_from_verdict(payload: dict[str, Any], received: float) -> dict[str, Any]:
     """The fields the page shows of one verdict payload; raises ValueError if it is unusable."""
     decision = payload.get("decision")
@@ -122,7 +131,8 @@ def entry_from_verdict(payload: dict[str, Any], received: float) -> dict[str, An
         "view_confidence": _number(view.get("confidence")),
         "angle_deg": _number(orient.get("angle_deg")) if orient else None,
         "rotate_deg": _number(orient.get("suggested_rotation_deg")) if orient else None,
-        "reasons": [r for r in (_text(x) for x in reasons[:_MAX_REASONS]) if r],
+        "reasons": [r for r in (_text(_reason_text(x)) for x in reasons[:_MAX_REASONS]) if r],
+        "reason_codes": [c for c in (_text(_reason_code(x), 64) for x in reasons[:_MAX_REASONS]) if c],
         "not_for_clinical_use": payload.get("not_for_clinical_use") is True,
         "thumbnail": thumbnail,
     }

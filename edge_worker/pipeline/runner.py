@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_worker.backends import LoadOptions, Selected, Session
+from edge_worker.decision import Reason, Rules, decide
+from edge_worker.ingest.types import Header
 from edge_worker.pack import Pack, StageSpec
 from edge_worker.pipeline.stages import (
     OrientationResult,
@@ -21,79 +23,41 @@ from edge_worker.pipeline.stages import (
     run_roi_batch,
     run_view_batch,
 )
-from edge_worker.preprocess import working_image
+from edge_worker.preprocess import RotatedBox, Turn, turn_upright, working_image
 
 
 @dataclass
 class Judgement:
-    """Everything the networks said about one image, plus the decision and its reasons."""
+    """Everything the networks said about one image, plus the decision and its reasons.
+
+    The view, ROI and quality stages ran on the image turned upright by the orientation stage:
+    ``roi.box`` is in the upright image's coordinates, and ``turn`` maps it back to the working
+    image (:meth:`roi_in_working`).
+    """
 
     view: ViewResult
     roi: RoiResult | None
     quality: QualityResult | None
     orientation: OrientationResult | None
     decision: str
-    reasons: list[str]
+    reasons: list[Reason]
     working_scale: float
     timings_ms: dict[str, float] = field(default_factory=dict)
-    #: The reduced image every stage was fed (the ROI box is in its coordinates); kept for the
-    #: optional verdict thumbnail.
+    #: The upright working image every stage after orientation was fed (the ROI box is in its
+    #: coordinates); kept for the optional verdict thumbnail.
     working_image: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: The rotation that made the working image upright (``None`` without an orientation stage).
+    turn: Turn | None = field(default=None, repr=False, compare=False)
 
+    def roi_in_working(self) -> RotatedBox | None:
+        """The ROI box in the (unturned) working image's coordinates, or ``None``."""
+        if self.roi is None or self.roi.box is None:
+            return None
+        return self.turn.box_to_working(self.roi.box) if self.turn is not None else self.roi.box
 
-def decide(
-    pack: Pack,
-    view: ViewResult,
-    roi: RoiResult | None,
-    quality: QualityResult | None,
-    orientation: OrientationResult | None,
-) -> tuple[str, list[str]]:
-    """``ok``, ``retake`` or ``review``, with one human-readable reason per finding.
-
-    ``retake`` needs a confident view, a found ROI and a quality score clearly in grade 3;
-    anything the networks are unsure of becomes ``review`` so a person looks at it.
-    """
-    reasons: list[str] = []
-    unsure = False
-    view_spec = pack.stage("view")
-    min_conf = view_spec.threshold("min_confidence", 0.8) if view_spec else 0.8
-    if view.confidence < min_conf:
-        unsure = True
-        reasons.append(f"view uncertain: {view.label} at {view.confidence:.2f} < {min_conf:.2f}")
-    if pack.stage("roi", view.label) is not None and (roi is None or roi.box is None):
-        unsure = True
-        reasons.append(f"no {view.label} region of interest found")
-    quality_spec = pack.stage("quality", view.label)
-    if quality is not None and quality_spec is not None:
-        margin = quality_spec.threshold("review_margin", 0.15)
-        if abs(quality.score - 2.5) < margin:
-            unsure = True
-            reasons.append(f"quality {quality.score:.2f} is within {margin:.2f} of the retake boundary 2.5")
-        elif quality.grade == 3:
-            reasons.append(f"quality grade 3 (score {quality.score:.2f}): not diagnostic, retake")
-        else:
-            reasons.append(f"quality grade {quality.grade} (score {quality.score:.2f}): diagnostic")
-    elif quality_spec is None and any(s.task == "quality" for s in pack.stages):
-        unsure = True
-        reasons.append(f"pack {pack.name} has no quality stage for view {view.label}")
-    elif quality_spec is None:
-        # A view/orientation pack (the chest pack): nothing to retake for, quality not judged.
-        reasons.append(f"pack {pack.name} checks view and orientation only, not quality")
-    orient_spec = pack.stage("orientation")
-    if orientation is not None and orient_spec is not None:
-        if orientation.confidence < orient_spec.threshold("min_norm", 0.5):
-            unsure = True
-            reasons.append("orientation uncertain")
-        elif orientation.suggested_rotation_deg:
-            reasons.append(
-                f"anatomy rotated {orientation.angle_deg:.0f} deg; rotate "
-                f"{orientation.suggested_rotation_deg} deg clockwise to display upright"
-            )
-    if unsure:
-        return "review", reasons
-    if quality is not None and quality.grade == 3:
-        return "retake", reasons
-    return "ok", reasons
+    @property
+    def reason_codes(self) -> list[str]:
+        return [r.code for r in self.reasons]
 
 
 class _Clock:
@@ -115,10 +79,17 @@ class _Clock:
 class Pipeline:
     """A pack's sessions, loaded once, run in a fixed list order per image."""
 
-    def __init__(self, pack: Pack, backend: Selected, options: LoadOptions | None = None) -> None:
+    def __init__(
+        self,
+        pack: Pack,
+        backend: Selected,
+        options: LoadOptions | None = None,
+        rules: Rules | None = None,
+    ) -> None:
         self.pack = pack
         self.backend = backend
         self.options = options or LoadOptions()
+        self.rules = rules or Rules()
         self._sessions: dict[str, Session] = {
             spec.name: backend.load(spec.file, self.options) for spec in pack.stages
         }
@@ -133,26 +104,45 @@ class Pipeline:
         """The loaded network of the stage called ``name`` (for measurements and tools)."""
         return self._sessions[name]
 
-    def judge(self, pixels: np.ndarray) -> Judgement:
+    def judge(self, pixels: np.ndarray, header: Header | None = None) -> Judgement:
         """Judge one normalised image (float32 in [0, 1], display polarity)."""
-        return self.judge_many([pixels])[0]
+        return self.judge_many([pixels], [header])[0]
 
-    def judge_many(self, images: Sequence[np.ndarray]) -> list[Judgement]:
+    def judge_many(
+        self, images: Sequence[np.ndarray], headers: Sequence[Header | None] | None = None
+    ) -> list[Judgement]:
         """Judge several normalised images, running each network once on all that need it.
 
         Stage order and stage functions are those of one image (:meth:`judge` is this with a
-        batch of one): view on every image, then ROI and quality per predicted view on the
-        images of that view, then orientation on every image.  Each judgement's
-        ``timings_ms`` are the batch's wall times, with ``batch`` set to the batch size when
-        it is above one.
+        batch of one): orientation on every image first, each image turned upright by its
+        angle, then view on every upright image, then ROI and quality per predicted view on
+        the upright images of that view.  ``headers`` (one per image, optional) bring the
+        header cross-checks into the decision.  Each judgement's ``timings_ms`` are the
+        batch's wall times, with ``batch`` set to the batch size when it is above one.
         """
         if not images:
             return []
+        heads = list(headers) if headers is not None else [None] * len(images)
+        if len(heads) != len(images):
+            raise ValueError(f"{len(images)} images but {len(heads)} headers")
         timings: dict[str, float] = {}
         clock = _Clock(timings)
         with clock("resize"):
             reduced = [working_image(pixels) for pixels in images]
         works = [work for work, _ in reduced]
+
+        # Upright first: every later stage was trained on upright anatomy (within +-15 deg).
+        orientations: list[OrientationResult | None] = [None] * len(works)
+        turns: list[Turn | None] = [None] * len(works)
+        orient_spec = self.pack.stage("orientation")
+        if orient_spec is not None:
+            with clock("orientation"):
+                session = self._sessions[orient_spec.name]
+                orientations = list(run_orientation_batch(session, orient_spec, works))
+            with clock("upright"):
+                for i, orientation in enumerate(orientations):
+                    if orientation is not None:
+                        works[i], turns[i] = turn_upright(works[i], orientation.angle_deg)
 
         view_spec = self._require("view", None)
         with clock("view"):
@@ -180,21 +170,17 @@ class Pipeline:
                 for (i, _), quality in zip(boxed, scores):
                     qualities[i] = quality
 
-        orientations: list[OrientationResult | None] = [None] * len(works)
-        orient_spec = self.pack.stage("orientation")
-        if orient_spec is not None:
-            with clock("orientation"):
-                session = self._sessions[orient_spec.name]
-                orientations = list(run_orientation_batch(session, orient_spec, works))
         if len(works) > 1:
             timings["batch"] = float(len(works))
 
         judgements = []
-        for i, (work, scale) in enumerate(reduced):
-            decision, reasons = decide(self.pack, views[i], rois[i], qualities[i], orientations[i])
+        for i, (_, scale) in enumerate(reduced):
+            decision, reasons = decide(
+                self.pack, views[i], rois[i], qualities[i], orientations[i], heads[i], self.rules
+            )
             judgements.append(Judgement(
                 views[i], rois[i], qualities[i], orientations[i], decision, reasons, scale,
-                dict(timings), work,
+                dict(timings), works[i], turns[i],
             ))  # fmt: skip
         return judgements
 

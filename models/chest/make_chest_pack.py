@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     steps = PRESETS[args.preset]
+    if args.preset != "full" and "quick" not in args.version:
+        # A smoke build must never pass for the real pack: its version says what it is.
+        args.version = f"{args.version}-{args.preset}"
     ckpt_dir, onnx_dir = args.work / "ckpt", args.work / "onnx"
     orient_cfg = StageConfig(task="orientation", steps=steps["orientation"], seed=2, **ORIENTATION)  # type: ignore[arg-type]
     orient_ckpt = train_stage(orient_cfg, train_images, split.train, ckpt_dir, "orientation")

@@ -7,8 +7,8 @@
   const STALE_MS = 20000;        // no event or heartbeat for this long: reopen the stream
   const RECONNECT_MS = 2000;     // after the browser gave up on a stream (e.g. an HTTP error)
   const ACK_KEY = "edge-worker-dashboard-acked";
-  const LABELS = {ok: "OK", retake: "RETAKE", review: "REVIEW", rejected: "REJECTED"};
-  const MARKS = {ok: "\u2713", retake: "R", review: "?", rejected: "\u2715"};
+  const LABELS = {ok: "OK", retake: "RETAKE", review: "REVIEW", not_judged: "NOT JUDGED", rejected: "REJECTED"};
+  const MARKS = {ok: "\u2713", retake: "R", review: "?", not_judged: "\u2013", rejected: "\u2715"};
 
   const state = {
     stations: new Map(),   // key -> station from the server
