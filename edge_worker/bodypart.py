@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_worker.errors import ConfigError
@@ -182,6 +182,13 @@ class _Reading:
         return f"{self.field} {self.text!r} ({said})"
 
 
+def _covers(outer: _Match, inner: _Match) -> bool:
+    """``outer`` is a longer (or same-span, longer-keyword) specific match around ``inner``."""
+    if outer.part == _GENERIC or not (outer.start <= inner.start and inner.end <= outer.end):
+        return False
+    return (outer.end - outer.start, outer.weight) > (inner.end - inner.start, inner.weight)
+
+
 def _compile(keyword: str, part: str) -> list[_Keyword]:
     word = keyword.strip()
     prefix = word.endswith("*")
@@ -192,12 +199,23 @@ def _compile(keyword: str, part: str) -> list[_Keyword]:
     ]
 
 
-@dataclass(frozen=True)
 class KeywordTable:
-    """The built-in keywords plus a site's own; build it once with :func:`keyword_table`."""
+    """The built-in keywords plus a site's own; build it once with :func:`keyword_table`.
 
-    keywords: tuple[_Keyword, ...]
-    synonyms: dict[str, str] = field(default_factory=dict)
+    ``synonyms`` map whole BodyPartExamined values onto canonical parts.
+    """
+
+    def __init__(self, keywords: Iterable[_Keyword], synonyms: Mapping[str, str] | None = None) -> None:
+        self.keywords = tuple(keywords)
+        self.synonyms = dict(synonyms or {})
+        # Indexed by first token: each header token is then looked up, not every keyword tried.
+        self._by_first: dict[str, list[_Keyword]] = {}
+        self._prefixes: list[_Keyword] = []
+        for kw in self.keywords:
+            if kw.prefix and len(kw.tokens) == 1:
+                self._prefixes.append(kw)
+            else:
+                self._by_first.setdefault(kw.tokens[0], []).append(kw)
 
     def canonical(self, value: str) -> str:
         """The part a whole value names exactly (``L-SPINE`` -> ``LSPINE``), else the value."""
@@ -213,21 +231,18 @@ class KeywordTable:
         spans = [(m.start(), m.end(), fold(m.group())) for m in _TOKEN.finditer(text)]
         tokens = [t for _, _, t in spans]
         matches = []
-        for kw in self.keywords:
-            n = len(kw.tokens)
-            for i in range(len(tokens) - n + 1):
-                head, last = tokens[i : i + n - 1], tokens[i + n - 1]
-                if list(kw.tokens[:-1]) == head and (
-                    last == kw.tokens[-1] or kw.prefix and last.startswith(kw.tokens[-1])
-                ):
+        for i, token in enumerate(tokens):
+            candidates = self._by_first.get(token, []) + [k for k in self._prefixes if token.startswith(k.tokens[0])]
+            for kw in candidates:
+                n = len(kw.tokens)
+                if i + n > len(tokens) or list(kw.tokens[1:-1]) != tokens[i + 1 : i + n - 1]:
+                    continue
+                last = tokens[i + n - 1]
+                if last == kw.tokens[-1] or kw.prefix and last.startswith(kw.tokens[-1]):
                     weight = sum(len(t) for t in kw.tokens)
                     said = text[spans[i][0] : spans[i + n - 1][1]]
                     matches.append(_Match(i, i + n, weight, kw.part, said))
-        kept = [
-            m for m in matches
-            if not any(o.start <= m.start and m.end <= o.end and (o.end - o.start, o.weight) > (m.end - m.start, m.weight)
-                       for o in matches)
-        ]  # fmt: skip
+        kept = [m for m in matches if not any(_covers(o, m) for o in matches)]
         parts: dict[str, str] = {}
         for m in sorted(kept, key=lambda m: m.start):
             parts.setdefault(m.part, m.text)

@@ -29,7 +29,8 @@ BLANK = Header(
 
 
 def _study(text: str) -> tuple[str, str]:
-    return route_fields([("StudyDescription", text)]).part, route_fields([("StudyDescription", text)]).value
+    route = route_fields([("StudyDescription", text)])
+    return route.part, route.value
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from edge_worker.backends import select
 from edge_worker.bodypart import body_part_of
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_header
-from edge_worker.pack import bundled_pack_dirs, load_pack
+from edge_worker.pack import bundled_pack_dirs, default_pack_dir, load_pack
 from edge_worker.phantom import make_dataset
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.routing import Router
@@ -115,6 +116,23 @@ def test_default_pack_takes_an_unreadable_header_and_the_route_says_so(tmp_path:
     assert route.public() == {"body_part": "", "field": "", "value": "", "conflict": None}
 
 
+def test_pack_body_parts_are_canonical_and_a_custom_part_routes_by_itself(tmp_path: Path) -> None:
+    packs = []
+    for name, parts in (("spine-test", ["L-SPINE"]), ("custom-test", ["PHANTOMLEG"])):
+        dest = tmp_path / name
+        shutil.copytree(default_pack_dir(), dest)
+        manifest = json.loads((dest / "manifest.json").read_text())
+        manifest.update(name=name, body_parts=parts)
+        (dest / "manifest.json").write_text(json.dumps(manifest))
+        packs.append(Pipeline(load_pack(dest), select(["onnxruntime-cpu"])))
+    router = Router(packs)
+    lws = _phantom(tmp_path / "lws.dcm", 5, BodyPartExamined=None, SeriesDescription="LWS seitlich")
+    pipeline, route = router.route_header(read_header(lws))
+    assert (pipeline.pack.name, route.part, route.value) == ("spine-test", "LSPINE", "LWS")
+    custom = _phantom(tmp_path / "custom.dcm", 6, BodyPartExamined="PHANTOMLEG")
+    assert router.route_header(read_header(custom))[0].pack.name == "custom-test"
+
+
 def _analyze(*paths: Path) -> dict[str, dict[str, object]]:
     result = subprocess.run(
         [sys.executable, "-m", "edge_worker", "analyze", "--json", *map(str, paths)],
@@ -157,7 +175,7 @@ def test_daemon_reads_the_sites_keywords(
     _phantom(staging / "knie.dcm", 22, BodyPartExamined=None, ProtocolName="Knie ap")
     station = Station(tmp_path / "st", mosquitto.url, site="route", station="xr-03",
                       tables={"pack": {"body_part_keywords": ["KNÖCHEL=ANKLE"]}})  # fmt: skip
-    sub = subscriber(mosquitto, f"xray/route/xr-03/#")
+    sub = subscriber(mosquitto, "xray/route/xr-03/#")
     try:
         station.start()
         for name in ("knoechel.dcm", "knie.dcm"):
