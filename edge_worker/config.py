@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_worker.bodypart import parse_keywords, parse_synonyms
 from edge_worker.errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -70,7 +71,13 @@ class PackConfig:
     default: str = ""
     """Pack name for images whose body part no pack covers; empty rejects them."""
     synonyms: tuple[str, ...] = ("THORAX=CHEST", "LUNG=CHEST", "CXR=CHEST")
-    """ALIAS=PART pairs mapping BodyPartExamined values onto the packs' body parts."""
+    """ALIAS=PART pairs mapping whole BodyPartExamined values onto the packs' body parts."""
+    body_part_keywords: tuple[str, ...] = ()
+    """WORD=PART pairs added to the built-in keyword table (English and German) that reads the
+    body part from BodyPartExamined, the anatomic region, StudyDescription, SeriesDescription
+    and ProtocolName, e.g. "KNÖCHEL=ANKLE".  Whole words, case- and accent-insensitive; a
+    trailing * matches the start of a word ("SPRUNGG*=ANKLE"); a site's word wins over a
+    built-in one spelt the same."""
 
 
 @dataclass(frozen=True)
@@ -306,6 +313,8 @@ def validate(config: Config) -> Config:
         raise ConfigError("verdict.deviation_index_limit: must be 0..20 (0 switches it off)")
     if config.state.outbox_max_messages < 10:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
+    parse_synonyms(config.pack.synonyms)
+    parse_keywords(config.pack.body_part_keywords)
     if config.mqtt.protocol not in ("5", "3.1.1"):
         raise ConfigError(f"mqtt.protocol: {config.mqtt.protocol!r} is not \"5\" or \"3.1.1\"")
     if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", config.mqtt.url):

@@ -19,6 +19,7 @@ from types import FrameType
 
 from edge_worker import sdnotify
 from edge_worker.backends import LoadOptions, select
+from edge_worker.bodypart import parse_keywords
 from edge_worker.config import SCAN_SETTLE_SECONDS, Config
 from edge_worker.decision import Reason, Rules, add_reason
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
@@ -55,7 +56,8 @@ def build_router(config: Config, primary: Pipeline) -> Router:
     if config.pack.bundled:
         dirs += [d for d in bundled_pack_dirs() if d.resolve() != primary.pack.root.resolve()]
     pipelines = [primary] + [build_pipeline(config, d) for d in dirs]
-    return Router(pipelines, parse_synonyms(config.pack.synonyms), config.pack.default)
+    return Router(pipelines, parse_synonyms(config.pack.synonyms), config.pack.default,
+                  parse_keywords(config.pack.body_part_keywords))  # fmt: skip
 
 
 def build_pipeline(config: Config, pack_dir: Path | None = None) -> Pipeline:
@@ -135,7 +137,8 @@ class StationDaemon:
         self.last_message_at: float | None = None
         self._last_progress = time.monotonic()
         thumbnail = config.verdict.thumbnail_size if config.verdict.thumbnail else None
-        router = router or Router([pipeline], parse_synonyms(config.pack.synonyms), config.pack.default)
+        router = router or Router([pipeline], parse_synonyms(config.pack.synonyms), config.pack.default,
+                                  parse_keywords(config.pack.body_part_keywords))  # fmt: skip
         self.judge = RoutedJudge(router, config.site, config.station, ingest_policy(config), thumbnail)
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
