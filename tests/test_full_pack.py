@@ -40,6 +40,8 @@ def test_quick_recipe_writes_a_pack_labelled_phantom_trained(tmp_path: Path) -> 
     assert main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
                  "--preset", "quick"]) == 0  # fmt: skip
     pack = load_pack(tmp_path / "out" / "pack")
+    # A smoke build never passes for the real pack: its version says what it is.
+    assert pack.version.endswith("-quick")
     assert pack.not_for_clinical_use is True
     assert pack.training_data["kind"] == "synthetic-phantom"
     assert [s.name for s in pack.stages] == [

@@ -19,7 +19,7 @@ from edge_worker.backends import select
 from edge_worker.bodypart import body_part_of
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_header
-from edge_worker.pack import bundled_pack_dirs, default_pack_dir, load_pack
+from edge_worker.pack import bundled_pack_dirs, default_pack_dir, load_pack, seal_manifest
 from edge_worker.phantom import make_dataset
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.routing import Router
@@ -124,6 +124,7 @@ def test_pack_body_parts_are_canonical_and_a_custom_part_routes_by_itself(tmp_pa
         manifest = json.loads((dest / "manifest.json").read_text())
         manifest.update(name=name, body_parts=parts)
         (dest / "manifest.json").write_text(json.dumps(manifest))
+        seal_manifest(dest)
         packs.append(Pipeline(load_pack(dest), select(["onnxruntime-cpu"])))
     router = Router(packs)
     lws = _phantom(tmp_path / "lws.dcm", 5, BodyPartExamined=None, SeriesDescription="LWS seitlich")
