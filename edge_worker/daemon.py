@@ -94,6 +94,7 @@ def ingest_policy(config: Config) -> IngestPolicy:
         modalities=tuple(m.upper() for m in config.ingest.modalities),
         accept_for_processing=config.ingest.accept_for_processing,
         max_side=config.ingest.max_side,
+        decode_memory_mib=config.ingest.decode_memory_mib,
     )
 
 
