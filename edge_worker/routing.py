@@ -19,7 +19,7 @@ from edge_worker.ingest.types import IngestPolicy
 from edge_worker.pipeline.runner import Pipeline
 
 if TYPE_CHECKING:
-    from edge_worker.process import Outcome
+    from edge_worker.process import Outcome, Reader
 
 
 def parse_synonyms(pairs: Iterable[str]) -> dict[str, str]:
@@ -95,13 +95,15 @@ class RoutedJudge:
         station: str,
         policy: IngestPolicy,
         thumbnail_size: int | None = None,
+        read: Reader | None = None,
     ) -> None:
+        """``read``: how each Judge reads files (default :func:`read_radiograph`, in process)."""
         from edge_worker.process import Judge
 
         self.router = router
         self.policy = policy
         self._judges = {
-            id(p): Judge(p, site, station, policy, thumbnail_size) for p in router.pipelines
+            id(p): Judge(p, site, station, policy, thumbnail_size, read) for p in router.pipelines
         }
         self.pipeline = router.pipelines[0]
 

@@ -37,7 +37,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from edge_worker.errors import Rejection, RejectReason
+from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
 from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE, read_radiograph
 from edge_worker.ingest.types import IngestPolicy, Radiograph
 
@@ -96,9 +96,12 @@ class DecodeSandbox:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the child now (else the first :meth:`read` does); raises OSError if it fails."""
+        """Start the child now (else the first :meth:`read` does); EdgeWorkerError if it fails."""
         with self._lock:
-            self._ensure()
+            try:
+                self._ensure()
+            except OSError as exc:
+                raise EdgeWorkerError(f"cannot start the decode process: {exc}") from exc
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the child to exit, kill it if it does not, and reap it."""
