@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Mosquitto, Subscriber
 
+from edge_worker.journal import Journal
 from tests.stations import ROOT, PhantomStock, Station
 
 _HOOK = '''
@@ -48,6 +49,25 @@ def station(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Station]:
         yield s
     finally:
         s.close()
+
+
+def test_journal_counts_a_strike_per_death_and_forgets_what_finished(tmp_path: Path) -> None:
+    path = tmp_path / "journal.sqlite3"
+    journal = Journal(path)
+    journal.begin(["a|1|1", "b|1|1", "c|1|1"])  # one batch, then the worker dies
+    journal.close()
+    journal = Journal(path)
+    assert journal.crashed() == {"a|1|1": 1, "b|1|1": 1, "c|1|1": 1}
+    assert journal.crashed() == {"a|1|1": 1, "b|1|1": 1, "c|1|1": 1}  # nothing ran since
+    journal.begin(["a|1|1"])
+    journal.end(["a|1|1"])  # judged alone: innocent
+    journal.begin(["b|1|1"])  # judged alone, and the worker dies again
+    journal.close()
+    journal = Journal(path)
+    journal.mark_queued("c|1|1", "m", "verdict")  # its message was stored before the death
+    assert journal.crashed() == {"b|1|1": 2}
+    assert journal.strikes(["a|1|1", "b|1|1", "d|1|1"]) == {"b|1|1": 2}
+    journal.close()
 
 
 def run_until_it_stays_up(station: Station, sub: Subscriber, done: Callable[[], bool]) -> int:

@@ -95,25 +95,39 @@ class DecodeSandbox:
         self.starts = 0
         #: The limit the current child set on itself, in bytes (idle size + budget).
         self.limit_bytes = 0
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         """Start the child now (else the first :meth:`read` does); EdgeWorkerError if it fails."""
         with self._lock:
+            self._closing = False
             try:
                 self._ensure()
             except OSError as exc:
                 raise EdgeWorkerError(f"cannot start the decode process: {exc}") from exc
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the child to exit, kill it if it does not, and reap it."""
-        with self._lock:
+        """Ask the child to exit, kill it if it does not, and reap it.
+
+        A file still decoding after ``timeout`` s is abandoned: its :meth:`read` raises
+        EdgeWorkerError (not a Rejection), so the file is judged again at the next start.
+        """
+        self._closing = True
+        if not self._lock.acquire(timeout=timeout):
+            proc = self._proc
+            if proc is not None:
+                proc.kill()  # the read in flight sees the end of its connection
+            self._lock.acquire()
+        try:
             if self._conn is not None:
                 try:
                     self._conn.send(None)
                 except OSError:
                     pass  # already gone
             self._reap(timeout)
+        finally:
+            self._lock.release()
 
     def pid(self) -> int | None:
         """The running child's process id, or None."""
@@ -176,9 +190,12 @@ class DecodeSandbox:
         """:func:`read_radiograph` in the child: the same result, or the same Rejection.
 
         Raises :class:`Rejection` (DECODE_BUDGET) when the child took longer than
-        ``timeout_s`` or was killed, DECODE_FAILED when it died otherwise.
+        ``timeout_s`` or was killed, DECODE_FAILED when it died otherwise; EdgeWorkerError
+        when :meth:`stop` ended the decode (no verdict on the file: it is judged again).
         """
         with self._lock:
+            if self._closing:
+                raise EdgeWorkerError("the decode process is stopping")
             try:
                 conn = self._ensure()
                 conn.send((os.fspath(path), policy, max_side))
@@ -197,6 +214,9 @@ class DecodeSandbox:
             try:
                 reply: Any = conn.recv()
             except (EOFError, OSError):
+                if self._closing:
+                    self._reap(1.0)
+                    raise EdgeWorkerError(f"{Path(path).name}: decode abandoned on stop") from None
                 raise self._died() from None
         if reply[0] == "ok":
             result: Radiograph = reply[1]
