@@ -4,6 +4,10 @@ Parts do not import each other sideways; this module is the only one that knows 
 Threads: the folder watcher emits complete files into a bounded queue; one worker thread
 judges them in arrival order; the publisher's network thread delivers from the durable
 outbox.  Each thread stops on an event plus a sentinel, and ``stop()`` joins them all.
+Files are read and decoded in a separate, memory- and time-limited decode process
+(:mod:`edge_worker.ingest.sandbox`), and each is marked in progress in the journal while it is
+judged: a file that kills the decode process is a rejection, one that kills the daemon twice
+is quarantined as ``crashed_worker`` at the next start.
 """
 
 from __future__ import annotations

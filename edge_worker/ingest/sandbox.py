@@ -191,17 +191,25 @@ class DecodeSandbox:
 
         Raises :class:`Rejection` (DECODE_BUDGET) when the child took longer than
         ``timeout_s`` or was killed, DECODE_FAILED when it died otherwise; EdgeWorkerError
-        when :meth:`stop` ended the decode (no verdict on the file: it is judged again).
+        when no child can be started or :meth:`stop` ended the decode (no verdict on the
+        file: it is judged again at the next start).
         """
         with self._lock:
             if self._closing:
                 raise EdgeWorkerError("the decode process is stopping")
+            request = (os.fspath(path), policy, max_side)
             try:
                 conn = self._ensure()
-                conn.send((os.fspath(path), policy, max_side))
+                try:
+                    conn.send(request)
+                except OSError:  # it died while idle: no fault of this file, so a fresh one
+                    self._reap(1.0)
+                    conn = self._ensure()
+                    conn.send(request)
             except OSError as exc:
+                # Not the file's fault either: no verdict, the daemon reports its health.
                 self._reap(1.0)
-                raise _rejection(RejectReason.DECODE_FAILED, f"the decode process failed: {exc}")
+                raise EdgeWorkerError(f"cannot run the decode process: {exc}") from exc
             if not conn.poll(self.timeout_s):
                 log.warning("%s: decode still running after %g s; killing the decode process",
                             Path(path).name, self.timeout_s)  # fmt: skip
