@@ -13,7 +13,8 @@ Three tables in one SQLite file (WAL, ``synchronous=FULL``):
   deleted once its message is stored; a row still ``running`` at start means the worker died
   on it (a decoder's memory bomb under ``MemoryMax``, a segfault).  See :meth:`crashed`.
 
-Order of writes for one file: judge -> ``remember`` the message -> outbox -> ``mark_queued``.
+Order of writes for one file: ``begin`` -> judge -> ``remember`` the message -> outbox ->
+``mark_queued`` -> ``end``.
 A crash between any two steps is repaired at start by :meth:`unqueued` (messages remembered
 but never handed to the outbox) and by judging again a file that was never marked.
 """
