@@ -139,6 +139,18 @@ class IngestConfig:
     """Judge 'For Processing' (raw detector) images too."""
     max_side: int = 8192
     """Largest accepted Rows or Columns."""
+    decode_memory_mib: int = 1024
+    """Memory one file's read and decode may take (64-65536 MiB).  A file predicted to need more
+    is refused (decode_budget_exceeded) before any pixel is allocated; with decode_isolated, the
+    decode process is also limited to this much (RLIMIT_DATA) above its idle size.  A 3000x3000
+    16-bit radiograph needs about 100 MiB."""
+    decode_timeout_seconds: float = 20.0
+    """Longest one file's read and decode may take (1-600 s) in the isolated decode process; past
+    it the process is killed and the file refused (decode_budget_exceeded)."""
+    decode_isolated: bool = True
+    """Read and decode each file in a separate, limited worker process (restarted when a file
+    kills it), so that a hostile file cannot take the daemon down.  false: decode in the daemon
+    (no memory or time bound beyond the prediction)."""
 
 
 @dataclass(frozen=True)
@@ -309,8 +321,15 @@ def validate(config: Config) -> Config:
         raise ConfigError("service: status_interval_seconds and stall_seconds must be > 0")
     if not 32 <= config.verdict.thumbnail_size <= 512:
         raise ConfigError("verdict.thumbnail_size: must be 32..512 pixels")
+<<<<<<< HEAD
     if not 0.0 <= config.verdict.deviation_index_limit <= 20.0:
         raise ConfigError("verdict.deviation_index_limit: must be 0..20 (0 switches it off)")
+=======
+    if not 64 <= config.ingest.decode_memory_mib <= 65536:
+        raise ConfigError("ingest.decode_memory_mib: must be 64..65536 MiB")
+    if not 1.0 <= config.ingest.decode_timeout_seconds <= 600.0:
+        raise ConfigError("ingest.decode_timeout_seconds: must be 1..600 s")
+>>>>>>> poison
     if config.state.outbox_max_messages < 10:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
     parse_synonyms(config.pack.synonyms)

@@ -4,6 +4,10 @@ Parts do not import each other sideways; this module is the only one that knows 
 Threads: the folder watcher emits complete files into a bounded queue; one worker thread
 judges them in arrival order; the publisher's network thread delivers from the durable
 outbox.  Each thread stops on an event plus a sentinel, and ``stop()`` joins them all.
+Files are read and decoded in a separate, memory- and time-limited decode process
+(:mod:`edge_worker.ingest.sandbox`), and each is marked in progress in the journal while it is
+judged: a file that kills the decode process is a rejection, one that kills the daemon twice
+is quarantined as ``crashed_worker`` at the next start.
 """
 
 from __future__ import annotations
@@ -24,13 +28,19 @@ from edge_worker.config import SCAN_SETTLE_SECONDS, Config
 from edge_worker.decision import Reason, Rules, add_reason
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
 from edge_worker.health import Health, Watchdog, declare_metrics, record_outcome, status_document
+from edge_worker.ingest.sandbox import DecodeSandbox
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.ingest.whole import is_whole
 from edge_worker.journal import Journal
 from edge_worker.metrics import MetricsServer, Registry
 from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
+<<<<<<< HEAD
 from edge_worker.process import Outcome
+=======
+from edge_worker.process import Outcome, file_digest
+from edge_worker.routing import RoutedJudge, Router, parse_synonyms
+>>>>>>> poison
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
 from edge_worker.quarantine import Quarantine, QuarantineError
@@ -46,6 +56,9 @@ _STOP = object()
 #: not take.  Doubles after each failed pass, up to RETRY_MAX_SECONDS.
 RETRY_SECONDS = 2.0
 RETRY_MAX_SECONDS = 60.0
+#: A file the worker died judging is judged once more, alone; dying on it this many times
+#: quarantines it as crashed_worker (a crash loop under systemd otherwise ends in "failed").
+CRASH_STRIKES = 2
 
 
 def build_router(config: Config, primary: Pipeline) -> Router:
@@ -98,6 +111,7 @@ def ingest_policy(config: Config) -> IngestPolicy:
         modalities=tuple(m.upper() for m in config.ingest.modalities),
         accept_for_processing=config.ingest.accept_for_processing,
         max_side=config.ingest.max_side,
+        decode_memory_mib=config.ingest.decode_memory_mib,
     )
 
 
@@ -137,9 +151,24 @@ class StationDaemon:
         self.last_message_at: float | None = None
         self._last_progress = time.monotonic()
         thumbnail = config.verdict.thumbnail_size if config.verdict.thumbnail else None
+<<<<<<< HEAD
         router = router or Router([pipeline], parse_synonyms(config.pack.synonyms), config.pack.default,
                                   parse_keywords(config.pack.body_part_keywords))  # fmt: skip
         self.judge = RoutedJudge(router, config.site, config.station, ingest_policy(config), thumbnail)
+=======
+        router = router or Router([pipeline], parse_synonyms(config.pack.synonyms), config.pack.default)
+        ingest = config.ingest
+        # The daemon decodes in a limited child process: a file can kill that, not the station.
+        self.sandbox = (
+            DecodeSandbox(ingest.decode_memory_mib, ingest.decode_timeout_seconds)
+            if ingest.decode_isolated
+            else None
+        )
+        self.judge = RoutedJudge(
+            router, config.site, config.station, ingest_policy(config), thumbnail,
+            read=self.sandbox.read if self.sandbox else None,
+        )  # fmt: skip
+>>>>>>> poison
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
         settings = mqtt_settings(config)
@@ -186,8 +215,11 @@ class StationDaemon:
     def start(self) -> None:
         """Start publishing, judging and watching (the watcher reconciles the folder first)."""
         self.config.watch.folder.mkdir(parents=True, exist_ok=True)
+        if self.sandbox is not None:
+            self.sandbox.start()
         self.publisher.start()
         self._replay_unqueued()
+        self._recover_crashed()
         self.publish_status()
         self._worker.start()
         self.watcher.start()
@@ -215,6 +247,8 @@ class StationDaemon:
         self.publisher.wait_drained(max(0.1, min(3.0, deadline - time.monotonic())))
         self.publisher.stop(max(0.1, deadline - time.monotonic()))
         self.watcher.join(1.0)
+        if self.sandbox is not None:
+            self.sandbox.stop()
         self.journal.close()
         self.outbox.close()
 
@@ -313,7 +347,10 @@ class StationDaemon:
     def handle_many(self, files: list[tuple[Path, float]]) -> list[Outcome | None]:
         """Judge complete files together; each is quarantined or sent as if judged alone.
 
-        Returns one outcome per file, ``None`` for a file that vanished or was judged before.
+        Each file is marked in progress in the journal while it is judged, so that a worker
+        death on it is known at the next start (:meth:`_recover_crashed`).  Returns one outcome
+        per file, ``None`` for a file that vanished, was judged before, or was quarantined as
+        crashed_worker.
         """
         todo: list[tuple[int, Path, float, str]] = []
         for i, (path, seen_at) in enumerate(files):
@@ -325,22 +362,103 @@ class StationDaemon:
             else:
                 todo.append((i, path, seen_at, key))
         results: list[Outcome | None] = [None] * len(files)
-        outcomes = self.judge.judge_many([(path, seen_at) for _, path, seen_at, _ in todo])
+        # A file the worker died on before is judged alone, so that a batch that died does
+        # not condemn its innocent members: only the culprit dies again (and is quarantined).
+        strikes = self.journal.strikes([key for *_, key in todo])
+        plain = [t for t in todo if t[3] not in strikes]
+        groups = ([plain] if plain else []) + [[t] for t in todo if t[3] in strikes]
         failure: EdgeWorkerError | None = None
-        for (i, path, seen_at, key), outcome in zip(todo, outcomes):
+        for group in groups:
             try:
-                if outcome.kind == "error" and outcome.rejection is not None:
-                    outcome.payload["quarantined_as"] = self._quarantine(path, outcome.rejection)
-                self._send(outcome, key)
+                if strikes.get(group[0][3], 0) >= CRASH_STRIKES:
+                    self._condemn(group[0][1], group[0][3], group[0][2], strikes[group[0][3]])
+                else:
+                    self._judge_group(group, results)
             except EdgeWorkerError as exc:
-                failure = failure or exc  # the other files of the batch are still sent
-                continue
-            self.processed += 1
-            record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
-            results[i] = outcome
+                failure = failure or exc  # the other groups are still judged
         if failure is not None:
             raise failure
         return results
+
+    def _judge_group(
+        self, group: list[tuple[int, Path, float, str]], results: list[Outcome | None]
+    ) -> None:
+        """Judge ``group`` in one batch between marking it in progress and clearing the mark."""
+        keys = [key for *_, key in group]
+        self._mark_in_progress(keys)
+        failure: EdgeWorkerError | None = None
+        try:
+            outcomes = self.judge.judge_many([(path, seen_at) for _, path, seen_at, _ in group])
+            for (i, path, seen_at, key), outcome in zip(group, outcomes):
+                try:
+                    if outcome.kind == "error" and outcome.rejection is not None:
+                        outcome.payload["quarantined_as"] = self._quarantine(path, outcome.rejection)
+                    self._send(outcome, key)
+                except EdgeWorkerError as exc:
+                    failure = failure or exc  # the other files of the batch are still sent
+                    continue
+                self.processed += 1
+                record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
+                results[i] = outcome
+        finally:
+            # Judged (or failed with an exception, which is no death): not in progress any more.
+            self._clear_in_progress(keys)
+        if failure is not None:
+            raise failure
+
+    def _mark_in_progress(self, keys: list[str]) -> None:
+        try:
+            self.journal.begin(keys)
+        except sqlite3.Error as exc:
+            # Judging goes on: without the mark only the crash-loop guard is lost for these.
+            self.health.fail("state", f"journal in {self.config.state.folder}: {exc}")
+
+    def _clear_in_progress(self, keys: list[str]) -> None:
+        try:
+            self.journal.end(keys)
+        except sqlite3.Error as exc:
+            self.health.fail("state", f"journal in {self.config.state.folder}: {exc}")
+
+    def _recover_crashed(self) -> None:
+        """At start: count the files the last run died judging; quarantine repeat killers.
+
+        A file with fewer than CRASH_STRIKES strikes is left to the watcher's reconcile,
+        which hands it on again; :meth:`handle_many` then judges it alone.
+        """
+        for key, count in self.journal.crashed().items():
+            path = self.config.watch.folder / key.rsplit("|", 2)[0]
+            if self._journal_key(path) != key:
+                self._clear_in_progress([key])  # gone or rewritten: a new version is innocent
+            elif count >= CRASH_STRIKES:
+                try:
+                    self._condemn(path, key, time.time(), count)
+                except EdgeWorkerError as exc:
+                    log.warning("%s: %s; quarantined when handed on again", path.name, exc)
+            else:
+                log.warning("%s was being judged when the worker died; judging it again, alone", path.name)
+
+    def _condemn(self, path: Path, key: str, seen_at: float, count: int) -> None:
+        """Quarantine a file the worker died on ``count`` times and publish its error."""
+        rejection = Rejection(
+            RejectReason.CRASHED_WORKER,
+            f"the worker died {count} times while judging this file; it is not judged again",
+        )
+        log.error("%s: %s", path.name, rejection.detail)
+        try:
+            image_key = f"sha256:{file_digest(path)}"  # no parse: parsing it may be what kills
+        except OSError:
+            image_key = f"path:{path.name}"
+        payload = build_error(
+            site=self.config.site, station=self.config.station, rejection=rejection,
+            image_key=image_key, sop_instance_uid=None, seen_at=seen_at, made_at=time.time(),
+            quarantined_as=None,
+        )  # fmt: skip
+        payload["quarantined_as"] = self._quarantine(path, rejection)
+        outcome = Outcome("error", payload, rejection)
+        self._send(outcome, key)
+        self._clear_in_progress([key])
+        self.processed += 1
+        record_outcome(self.metrics, self.config.station, outcome.kind, payload, seen_at)
 
     def _quarantine(self, path: Path, rejection: Rejection) -> str | None:
         try:

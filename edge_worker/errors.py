@@ -47,6 +47,11 @@ class RejectReason(str, enum.Enum):
     INCOMPLETE_FILE = "incomplete_file"
     NO_PACK_FOR_BODY_PART = "no_pack_for_body_part"
     INFERENCE_FAILED = "inference_failed"
+    #: The decode would need, or took, more memory or time than ``[ingest] decode_memory_mib``
+    #: and ``decode_timeout_seconds`` allow (refused before, or stopped during, the decode).
+    DECODE_BUDGET = "decode_budget_exceeded"
+    #: The worker died twice while judging this file (a crash loop broken by quarantine).
+    CRASHED_WORKER = "crashed_worker"
 
 
 class Rejection(EdgeWorkerError):

@@ -1,6 +1,6 @@
 """The journal: one message per image, the same content every time it is sent.
 
-Two tables in one SQLite file (WAL, ``synchronous=FULL``):
+Four tables in one SQLite file (WAL, ``synchronous=FULL``):
 
 * ``messages``: every verdict or error message ever made, by message id, with its payload.
   A message id is derived from the image (SOP Instance UID) and the pack, so when the same
@@ -10,8 +10,13 @@ Two tables in one SQLite file (WAL, ``synchronous=FULL``):
   been handed to the outbox, so a restart does not judge them twice.
 * ``images``: which pixel content (sha256 of the stored Pixel Data) each SOP Instance UID
   came with, so a second, different image under a UID already seen is told apart and said so.
+* ``in_progress``: the file versions being judged now, and for each how many times the
+  worker died while judging it (``strikes``).  A row is written before a file is judged and
+  deleted once its message is stored; a row still ``running`` at start means the worker died
+  on it (a decoder's memory bomb under ``MemoryMax``, a segfault).  See :meth:`crashed`.
 
-Order of writes for one file: judge -> ``remember`` the message -> outbox -> ``mark_queued``.
+Order of writes for one file: ``begin`` -> judge -> ``remember`` the message -> outbox ->
+``mark_queued`` -> ``end``.
 A crash between any two steps is repaired at start by :meth:`unqueued` (messages remembered
 but never handed to the outbox) and by judging again a file that was never marked.
 """
@@ -50,6 +55,11 @@ class Journal:
             "CREATE TABLE IF NOT EXISTS images ("
             " sop_uid TEXT NOT NULL, pixel_digest TEXT NOT NULL, message_id TEXT NOT NULL,"
             " at REAL NOT NULL, PRIMARY KEY (sop_uid, pixel_digest))"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS in_progress ("
+            " key TEXT PRIMARY KEY, strikes INTEGER NOT NULL DEFAULT 0,"
+            " running INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL)"
         )
 
     @staticmethod
@@ -129,6 +139,56 @@ class Journal:
             b = self._db.execute("DELETE FROM messages WHERE at < ? AND queued = 1", (cutoff,)).rowcount
             c = self._db.execute("DELETE FROM images WHERE at < ?", (cutoff,)).rowcount
         return int(a) + int(b) + int(c)
+
+    def begin(self, keys: list[str]) -> None:
+        """File versions ``keys`` are about to be judged (together): mark them running."""
+        now = time.time()
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO in_progress (key, running, at) VALUES (?, 1, ?)"
+                " ON CONFLICT(key) DO UPDATE SET running = 1, at = excluded.at",
+                [(key, now) for key in keys],
+            )
+
+    def end(self, keys: list[str]) -> None:
+        """File versions ``keys`` were judged (or need no judging): forget their rows."""
+        with self._lock:
+            self._db.executemany("DELETE FROM in_progress WHERE key = ?", [(k,) for k in keys])
+
+    def strikes(self, keys: list[str]) -> dict[str, int]:
+        """For those of ``keys`` the worker died on before: key -> times it died on them."""
+        with self._lock:
+            rows = [
+                self._db.execute(
+                    "SELECT strikes FROM in_progress WHERE key = ? AND strikes > 0", (key,)
+                ).fetchone()
+                for key in keys
+            ]
+        return {key: int(row[0]) for key, row in zip(keys, rows) if row is not None}
+
+    def crashed(self) -> dict[str, int]:
+        """At start: count a strike for every file the last run died judging; return them all.
+
+        Returns key -> strikes for every file version the worker has died on and that is not
+        done yet.  Call once per start, before anything is judged.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "UPDATE in_progress SET strikes = strikes + 1, running = 0 WHERE running = 1"
+                )
+                # Died after the message was stored but before the row was deleted: done.
+                self._db.execute("DELETE FROM in_progress WHERE key IN (SELECT key FROM processed)")
+                rows = self._db.execute(
+                    "SELECT key, strikes FROM in_progress WHERE strikes > 0 ORDER BY at"
+                ).fetchall()
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return {str(key): int(n) for key, n in rows}
 
     def count(self) -> int:
         """Number of processed file versions."""

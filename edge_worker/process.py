@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,10 @@ from edge_worker.thumbnail import make_thumbnail
 from edge_worker.verdict import build_error, build_verdict
 
 log = logging.getLogger(__name__)
+
+#: How a file becomes a radiograph: :func:`read_radiograph` in this process, or the isolated
+#: decode process's ``DecodeSandbox.read``; ``(path, policy, max_side=...)``, raises Rejection.
+Reader = Callable[..., Radiograph]
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class Judge:
 
     ``thumbnail_size``: when set, each verdict carries an ROI thumbnail of at most that many
     pixels a side (off by default: a radiograph may show burned-in patient details).
+    ``read``: how files are read and decoded (default :func:`read_radiograph`, in process).
     """
 
     def __init__(
@@ -86,8 +91,10 @@ class Judge:
         station: str,
         policy: IngestPolicy,
         thumbnail_size: int | None = None,
+        read: Reader | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.read = read or read_radiograph
         self.site = site
         self.station = station
         self.policy = policy
@@ -150,7 +157,7 @@ class Judge:
         try:
             # The pipeline works at WORKING_MAX_SIDE: a codec that can decode at reduced
             # resolution (JPEG 2000, 8-bit JPEG) does so, and image.scale says by how much.
-            image = read_radiograph(path, self.policy, max_side=WORKING_MAX_SIDE)
+            image = self.read(path, self.policy, max_side=WORKING_MAX_SIDE)
         except Rejection as rejection:
             # read_radiograph keys a rejection with the SOP Instance UID once the header parsed.
             return self._error(path, seen, rejection, getattr(rejection, SOP_UID_ATTRIBUTE, None))

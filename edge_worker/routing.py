@@ -31,7 +31,7 @@ from edge_worker.pipeline.runner import Pipeline
 __all__ = ["RoutedJudge", "Router", "parse_synonyms"]  # parse_synonyms lives in bodypart
 
 if TYPE_CHECKING:
-    from edge_worker.process import Outcome
+    from edge_worker.process import Outcome, Reader
 
 
 class Router:
@@ -123,13 +123,15 @@ class RoutedJudge:
         station: str,
         policy: IngestPolicy,
         thumbnail_size: int | None = None,
+        read: Reader | None = None,
     ) -> None:
+        """``read``: how each Judge reads files (default :func:`read_radiograph`, in process)."""
         from edge_worker.process import Judge
 
         self.router = router
         self.policy = policy
         self._judges = {
-            id(p): Judge(p, site, station, policy, thumbnail_size) for p in router.pipelines
+            id(p): Judge(p, site, station, policy, thumbnail_size, read) for p in router.pipelines
         }
         self.pipeline = router.pipelines[0]
 

@@ -61,9 +61,12 @@ class Station:
         tables: Mapping[str, Mapping[str, Any]] | None = None,
         env: Mapping[str, str] | None = None,
         verbose: bool = False,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
-        """``verbose``: run with ``-v`` (DEBUG log lines too)."""
+        """``verbose``: run with ``-v`` (DEBUG log lines too).  ``wrapper``: a command the
+        daemon runs under, e.g. ``("prlimit", "--as=4294967296")`` (a memory limit)."""
         self.workdir = workdir
+        self.wrapper = wrapper
         self.verbose = verbose
         self.site, self.station = site, station
         self.watch = workdir / "incoming"
@@ -107,7 +110,7 @@ class Station:
             log.write(f"--- start {self.starts} ---\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edge_worker", *(["-v"] if self.verbose else []),
+                [*self.wrapper, sys.executable, "-m", "edge_worker", *(["-v"] if self.verbose else []),
                  "run", "--config", str(self.config_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
             )  # fmt: skip

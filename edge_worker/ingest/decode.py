@@ -29,6 +29,7 @@ from pydicom.uid import (
 )
 
 from edge_worker.errors import Rejection, RejectReason
+from edge_worker.ingest.budget import is_memory_failure
 from edge_worker.ingest.codestream import Declared, ends_with_eoi, j2k_frame, jpeg_frame
 from edge_worker.ingest.decoders import DECODERS, MAX_FACTOR, NATIVE, Declined, Frame
 from edge_worker.ingest.header import EOF_BEFORE_DELIMITER, ts_label
@@ -285,6 +286,13 @@ def decode(
             # decoder's failure like any other; interrupts and exits still propagate.
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
                 raise
+            if is_memory_failure(exc):
+                # The next decoder would allocate the same: the budget, not the data, failed.
+                raise Rejection(
+                    RejectReason.DECODE_BUDGET,
+                    f"{ts_label(uid)}: {decoder.name} ran out of memory: "
+                    f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000],
+                ) from exc
             failed.append(f"{decoder.name}: {type(exc).__name__}: {' '.join(str(exc).split())}")
             if decoder.final:
                 break

@@ -24,6 +24,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from edge_worker.errors import Rejection, RejectReason
+from edge_worker.ingest import budget
 from edge_worker.ingest import decode as _decode
 from edge_worker.ingest.grayscale import meta_from_dataset, normalise
 from edge_worker.ingest.header import (
@@ -183,6 +184,8 @@ def read_radiograph(
                 stage = "header"
                 header = _header(fp, policy, notes)
                 timings["header_ms"] = (time.perf_counter() - start) * 1000
+                reduce = _decode.reduction_factor(header.rows, header.columns, max_side)
+                budget.check(header, fp.size, reduce, policy.decode_memory_mib)
                 # The header parse stops where (7FE0,0010) begins, unless the file ended.
                 pixel_start = fp.tell() if fp.tell() < fp.size else None
                 # Only an accepted header gets the rest read.  The full parse runs on an
@@ -212,11 +215,12 @@ def read_radiograph(
         raise _keyed(rejection, header)
     except Exception as exc:
         _report(path, notes)
-        reason = (
-            RejectReason.DECODE_FAILED
-            if stage in ("decode", "grayscale")
-            else RejectReason.UNREADABLE
-        )
+        if budget.is_memory_failure(exc):
+            reason = RejectReason.DECODE_BUDGET
+        elif stage in ("decode", "grayscale"):
+            reason = RejectReason.DECODE_FAILED
+        else:
+            reason = RejectReason.UNREADABLE
         raise _keyed(_unexpected(exc, reason), header) from exc
     timings["total_ms"] = (time.perf_counter() - start) * 1000
     return Radiograph(

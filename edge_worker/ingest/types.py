@@ -26,6 +26,9 @@ class IngestPolicy:
     #: Largest file read, and largest dataset a Deflated file may inflate to, in MiB.  An
     #: 8192x8192 16-bit image is 128 MiB; the rest is headroom for private data.
     max_file_mib: int = 512
+    #: Memory one file's read and decode may take, in MiB: a file predicted to need more
+    #: (:func:`edge_worker.ingest.budget.predicted_bytes`) is refused before decoding.
+    decode_memory_mib: int = 1024
 
 
 @dataclass(frozen=True)
