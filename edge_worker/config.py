@@ -321,15 +321,12 @@ def validate(config: Config) -> Config:
         raise ConfigError("service: status_interval_seconds and stall_seconds must be > 0")
     if not 32 <= config.verdict.thumbnail_size <= 512:
         raise ConfigError("verdict.thumbnail_size: must be 32..512 pixels")
-<<<<<<< HEAD
     if not 0.0 <= config.verdict.deviation_index_limit <= 20.0:
         raise ConfigError("verdict.deviation_index_limit: must be 0..20 (0 switches it off)")
-=======
     if not 64 <= config.ingest.decode_memory_mib <= 65536:
         raise ConfigError("ingest.decode_memory_mib: must be 64..65536 MiB")
     if not 1.0 <= config.ingest.decode_timeout_seconds <= 600.0:
         raise ConfigError("ingest.decode_timeout_seconds: must be 1..600 s")
->>>>>>> poison
     if config.state.outbox_max_messages < 10:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
     parse_synonyms(config.pack.synonyms)

@@ -35,12 +35,7 @@ from edge_worker.journal import Journal
 from edge_worker.metrics import MetricsServer, Registry
 from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
-<<<<<<< HEAD
-from edge_worker.process import Outcome
-=======
 from edge_worker.process import Outcome, file_digest
-from edge_worker.routing import RoutedJudge, Router, parse_synonyms
->>>>>>> poison
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
 from edge_worker.quarantine import Quarantine, QuarantineError
@@ -151,12 +146,8 @@ class StationDaemon:
         self.last_message_at: float | None = None
         self._last_progress = time.monotonic()
         thumbnail = config.verdict.thumbnail_size if config.verdict.thumbnail else None
-<<<<<<< HEAD
         router = router or Router([pipeline], parse_synonyms(config.pack.synonyms), config.pack.default,
                                   parse_keywords(config.pack.body_part_keywords))  # fmt: skip
-        self.judge = RoutedJudge(router, config.site, config.station, ingest_policy(config), thumbnail)
-=======
-        router = router or Router([pipeline], parse_synonyms(config.pack.synonyms), config.pack.default)
         ingest = config.ingest
         # The daemon decodes in a limited child process: a file can kill that, not the station.
         self.sandbox = (
@@ -168,7 +159,6 @@ class StationDaemon:
             router, config.site, config.station, ingest_policy(config), thumbnail,
             read=self.sandbox.read if self.sandbox else None,
         )  # fmt: skip
->>>>>>> poison
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
         settings = mqtt_settings(config)
