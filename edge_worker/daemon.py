@@ -141,8 +141,10 @@ class StationDaemon:
         config.state.folder.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.state.folder / "outbox.sqlite3", max_rows=config.state.outbox_max_messages)
         self.publisher = Publisher(
-            settings, Topics(config.site, config.station, settings.topic_prefix), self.outbox
-        )
+            settings, Topics(config.site, config.station, settings.topic_prefix), self.outbox,
+            on_problem=self._broker_problem,
+        )  # fmt: skip
+        self._stopped = False
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name=f"edge-worker/judge-{config.station}", daemon=True)
@@ -208,6 +210,9 @@ class StationDaemon:
         self._status_thread.join(1.0)
         self._retry_thread.join(1.0)
         self.publisher.wait_drained(max(0.1, min(3.0, deadline - time.monotonic())))
+        # The last retained status says "stopped" (sent before "offline", on the same session).
+        self._stopped = True
+        self.publish_status()
         self.publisher.stop(max(0.1, deadline - time.monotonic()))
         self.watcher.join(1.0)
         self.journal.close()
@@ -234,6 +239,7 @@ class StationDaemon:
                 processed=self.processed,
                 started_at=self.started_at,
                 last_message_at=self.last_message_at,
+                stopped=self._stopped,
             )
         )
 
@@ -430,10 +436,14 @@ class StationDaemon:
                 log.exception("retry pass failed; trying again in %.0f s", RETRY_SECONDS)
 
     def _check_broker(self) -> None:
-        """A refused connection or message (bad password, certificate, ACL) is a health problem."""
-        error = self.publisher.last_error
-        if error and not (self.publisher.connected and error.startswith("cannot connect")):
-            self.health.fail("broker", f"{self.publisher.settings.url}: {error}")
+        """Refused, unreachable, silent, no CONNACK, a refused message: a health problem."""
+        self._broker_problem(self.publisher.broker_problem())
+
+    def _broker_problem(self, problem: str | None) -> None:
+        if self._stopped or getattr(self, "health", None) is None:
+            return
+        if problem:
+            self.health.fail("broker", f"{self.publisher.settings.url}: {problem}")
         else:
             self.health.clear("broker")
 
@@ -503,6 +513,10 @@ class StationDaemon:
         self._send(Outcome("error", payload, rejection), None)
 
 
+def _or_minus_one(value: float | None) -> float:
+    return -1.0 if value is None else value
+
+
 def _serve_metrics(config: Config, registry: Registry, daemon: StationDaemon) -> MetricsServer | None:
     listen = config.service.metrics_listen
     if not listen:
@@ -510,6 +524,9 @@ def _serve_metrics(config: Config, registry: Registry, daemon: StationDaemon) ->
     host, _, port = listen.rpartition(":")
     registry.gauge_callback("edge_worker_outbox_depth", lambda: float(daemon.publisher.outbox_depth))
     registry.gauge_callback("edge_worker_broker_connected", lambda: float(daemon.publisher.connected))
+    registry.gauge_callback(
+        "edge_worker_broker_silence_seconds", lambda: _or_minus_one(daemon.publisher.silence_s)
+    )
     registry.gauge_callback("edge_worker_healthy", lambda: float(daemon.health.ok))
     pipeline = daemon.judge.pipeline
     registry.set(

@@ -8,6 +8,12 @@ paho (QoS 1) in insertion order while connected, and a row is deleted only when 
 Delivery is at least once: after a crash a message may be sent twice, so consumers deduplicate
 on the message id carried in the payload.
 
+Connection truth: :attr:`Publisher.connected` means a CONNACK was received *and* the broker
+still answers.  Every packet from the broker (CONNACK, PUBACK, PINGRESP, ...) is timed through
+paho's log callback; a broker that accepts TCP but has frozen answers nothing, and paho itself
+notices only after about two keepalive intervals (it pings after one, gives up after another),
+so :meth:`Publisher.broker_problem` reports "broker silent" after :func:`silence_limit`.
+
 Threads: paho's network loop (``loop_start``) and one sender thread.  Our lock is never held
 while calling into paho, because paho calls ``on_publish`` while holding its own outgoing-message
 lock, and ``Client.publish`` takes that same lock: holding ours across it would deadlock.
@@ -50,6 +56,16 @@ DEFAULT_WINDOW = 100
 _MISSING = object()
 
 
+def silence_limit(keepalive: int) -> float:
+    """Seconds without any packet from the broker after which it counts as silent.
+
+    paho pings at most ``keepalive`` (+1 s, its loop's granularity) after the last packet in,
+    and a live broker answers within milliseconds; the limit stays above that and, from
+    keepalive 4 s up, within 1.5 keepalive intervals of the last packet heard.
+    """
+    return max(1.25 * keepalive, keepalive + 1.5)
+
+
 class PayloadError(EdgeWorkerError, ValueError):
     """A caller mistake in :meth:`Publisher.publish`: unknown kind, or a payload that is not
     strict JSON (NaN and infinities included: dashboards' JSON parsers reject them)."""
@@ -89,9 +105,19 @@ class Publisher:
     """
 
     def __init__(
-        self, settings: MqttSettings, topics: Topics, outbox: Outbox, *, window: int = DEFAULT_WINDOW
+        self,
+        settings: MqttSettings,
+        topics: Topics,
+        outbox: Outbox,
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_problem: Callable[[str | None], None] | None = None,
     ) -> None:
-        """Prepare a publisher; nothing touches the network until :meth:`start`."""
+        """Prepare a publisher; nothing touches the network until :meth:`start`.
+
+        ``on_problem`` is called (on the sender thread) with :meth:`broker_problem` each time
+        it changes, at most about a second after the change.
+        """
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.settings = settings
@@ -116,6 +142,14 @@ class Publisher:
         self._client: paho.Client | None = None
         self._sender: threading.Thread | None = None
         self._stopped = False
+        self._on_problem = on_problem
+        self._reported: str | None = None
+        self._silence_limit = silence_limit(settings.keepalive)
+        self._last_heard: float | None = None  # monotonic time of the last packet from the broker
+        self._silent_text: str | None = None  # the reason, fixed while one silence lasts
+        self._socket_open = False  # TCP connected (CONNACK or not)
+        self._awaiting_connack = False  # a TCP connection was made and no CONNACK came yet
+        self._started_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -129,6 +163,7 @@ class Publisher:
         if self._client is not None:
             raise RuntimeError("Publisher.start() called twice")
         self._client = self._make_client()
+        self._started_at = time.monotonic()
         s = self.settings
         log.info("MQTT: connecting to %s as %r", s.url, self._client_id())
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
@@ -232,9 +267,59 @@ class Publisher:
 
     @property
     def connected(self) -> bool:
-        """True only between a successful CONNACK and the next disconnect."""
+        """True between a successful CONNACK and the next disconnect, while the broker answers.
+
+        False as soon as nothing has come from the broker for :func:`silence_limit` seconds,
+        although paho may still hold the socket open.
+        """
         with self._lock:
-            return self._connected
+            return self._connected and not self._silent(time.monotonic())
+
+    @property
+    def silence_s(self) -> float | None:
+        """Seconds since the last packet from the broker; None before the first one."""
+        with self._lock:
+            return None if self._last_heard is None else time.monotonic() - self._last_heard
+
+    def broker_problem(self) -> str | None:
+        """Why the broker cannot take messages now, or None while connected and answering.
+
+        During the first keepalive interval after :meth:`start` a connection still being made
+        is not a problem.  After it: not connected yet, refused, unreachable, TCP connected without a CONNACK, silent
+        beyond :func:`silence_limit`, or a message the broker refused: each with its reason.
+        The text stays the same while one condition lasts, so health logs it once.
+        """
+        k = self.settings.keepalive
+        with self._lock:
+            if self._stopped:
+                return "stopped"
+            if self._connected:
+                if self._silent(time.monotonic()):
+                    return self._silent_text
+                return self._last_error  # only a refused message, after the CONNACK
+            if self._last_error:
+                return self._last_error
+            if time.monotonic() - self._started_at < k:
+                return None  # the first connection is still being made: a keepalive's grace
+            if self._socket_open and self._awaiting_connack:
+                return f"TCP connected, waiting for the CONNACK (gives up after {k} s)"
+            return "not connected yet"
+
+    def _silent(self, now: float) -> bool:
+        """True while the broker has been silent too long; caller holds the lock."""
+        if self._last_heard is None:
+            return False
+        silent = now - self._last_heard
+        if silent <= self._silence_limit:
+            self._silent_text = None
+            return False
+        if self._silent_text is None:
+            self._silent_text = (
+                f"broker silent for {silent:.0f} s (keepalive {self.settings.keepalive} s): "
+                "no answer to keepalive pings or messages"
+            )
+            log.error("MQTT: %s: %s", self.settings.url, self._silent_text)
+        return True
 
     @property
     def outbox_depth(self) -> int:
@@ -290,11 +375,15 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_log = self._on_log
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
         return client
 
     def _on_connect(
         self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
+        with self._lock:
+            self._awaiting_connack = False
         if reason.is_failure:
             log.error("MQTT: broker %s refused the connection: %s", self.settings.url, reason)
             with self._lock:
@@ -304,25 +393,32 @@ class Publisher:
         with self._lock:
             self._connected = True
             self._last_error = None
+            self._last_heard = time.monotonic()
             self._epoch += 1
             self._cursor = 0  # rescan: rows refused earlier are sent again
             self._barrier = set(self._inflight_rows)
             status = self._status
         if self._stopping.is_set():
             # Connected while stop() runs: stop() may already have decided there is nothing to
-            # say, and its clean DISCONNECT suppresses the will; leave "offline" retained.
+            # say, and its clean DISCONNECT suppresses the will; leave the final status (the
+            # caller set "stopped") and "offline" retained.
+            if status is not None:
+                self._send_status(status)
             self._send(self.topics.availability, OFFLINE, 1, True, None)
             return
         log.info("MQTT: connected to %s; %d message(s) in the outbox", self.settings.url, self.outbox_depth)
         self._send(self.topics.availability, ONLINE, 1, True, None)
         if status is not None:
-            try:
-                data = self._status_bytes(status)
-            except Exception:  # a callback boundary: never let it kill paho's network thread
-                log.exception("MQTT: building the status document failed; not re-published")
-            else:
-                self._send(self.topics.status, data, 1, True, None)
+            self._send_status(status)
         self._wake.set()
+
+    def _send_status(self, status: StatusSource) -> None:
+        try:
+            data = self._status_bytes(status)
+        except Exception:  # a callback boundary: never let it kill paho's network thread
+            log.exception("MQTT: building the status document failed; not re-published")
+        else:
+            self._send(self.topics.status, data, 1, True, None)
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         # paho calls this from inside its ``except OSError`` (no argument carries the error):
@@ -333,7 +429,21 @@ class Publisher:
             self._last_error = f"cannot connect: {why}"
         log.warning("MQTT: cannot reach broker %s (%s); retrying", self.settings.url, why)
 
+    def _on_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
+        with self._lock:
+            self._socket_open = self._awaiting_connack = True
+
+    def _on_socket_close(self, client: paho.Client, userdata: object, sock: object) -> None:
+        with self._lock:
+            self._socket_open = False
+
     def _on_log(self, client: paho.Client, userdata: object, level: int, buf: str) -> None:
+        # paho logs every packet it reads as "Received <TYPE> ...": the only public sign of a
+        # PINGRESP, so this is where the broker's last sign of life is timed.
+        if buf.startswith("Received "):
+            with self._lock:
+                self._last_heard = time.monotonic()
+            return
         # A broker that refuses the client's certificate (TLS 1.3) lets the handshake finish and
         # then sends an alert, which paho reports only in its log: keep it as the reason.
         if level == paho.MQTT_LOG_ERR and buf.startswith("failed to receive on socket: "):
@@ -346,6 +456,14 @@ class Publisher:
     ) -> None:
         with self._lock:
             was_connected, self._connected = self._connected, False
+            if not was_connected and self._awaiting_connack and not self._stopping.is_set():
+                # TCP was accepted but no CONNACK came within the keepalive: paho gave up.
+                self._last_error = (
+                    f"no CONNACK within {self.settings.keepalive} s: the broker accepts TCP "
+                    f"connections but does not answer ({reason})"
+                )
+            elif was_connected and not self._stopping.is_set():
+                self._last_error = f"lost the connection: {reason}"
         if self._stopping.is_set():
             log.info("MQTT: disconnected from %s", self.settings.url)
         elif was_connected:
@@ -414,10 +532,11 @@ class Publisher:
 
     def _send_loop(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(timeout=1.0)
+            self._wake.wait(timeout=self._next_check())
             self._wake.clear()
             if self._stopping.is_set():
                 break
+            self._report_problem()
             try:
                 self._send_pending()
             except Exception as exc:  # keep the sender alive; the rows stay stored
@@ -425,6 +544,26 @@ class Publisher:
                 with self._lock:
                     self._last_error = f"outbox send failed: {exc}"
                 self._stopping.wait(1.0)
+
+    def _next_check(self) -> float:
+        """Seconds to sleep: at most 1, less when the silence limit falls due sooner."""
+        with self._lock:
+            heard = self._last_heard if self._connected else None
+        if heard is None:
+            return 1.0
+        due = heard + self._silence_limit + 0.05 - time.monotonic()
+        return min(1.0, max(0.05, due))
+
+    def _report_problem(self) -> None:
+        """Call ``on_problem`` when :meth:`broker_problem` changed since the last call."""
+        problem = self.broker_problem()
+        if problem == self._reported or self._on_problem is None:
+            return
+        self._reported = problem
+        try:
+            self._on_problem(problem)
+        except Exception:  # the sender must outlive a failing health callback
+            log.exception("MQTT: the broker-problem callback failed")
 
     def _send_pending(self) -> None:
         """Hand stored rows to paho, oldest first, while connected and the window has room."""
