@@ -154,14 +154,14 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from edge_worker.dashboard.server import parse_listen, run_dashboard
 
     settings = _watch_settings(args)
-    return run_dashboard(settings, parse_listen(args.listen), prefix=settings.topic_prefix)
+    return run_dashboard(settings, parse_listen(args.listen), prefix=settings.topic_prefix, client_id=args.client_id)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     from edge_worker.tail import run_tail
 
     settings = _watch_settings(args)
-    return run_tail(settings, prefix=settings.topic_prefix, as_json=args.json)
+    return run_tail(settings, prefix=settings.topic_prefix, as_json=args.json, client_id=args.client_id)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -176,6 +176,11 @@ def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password-file", help="file holding the broker password (user in the URL)")
     parser.add_argument("--ca-file", help="CA bundle for an mqtts:// broker (default: the system store)")
     parser.add_argument("--protocol", default="3.1.1", choices=["3.1.1", "5"], help="MQTT protocol version")
+    parser.add_argument(
+        "--client-id",
+        help="MQTT client id naming the persistent session, stable across restarts "
+        "(default edge-worker-<command>-<host name>; give each of several on one host its own)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_worker.errors import ConfigError, EdgeWorkerError
+from edge_worker.publish.latest import latest_summary
 from edge_worker.publish.outbox import Outbox
 from edge_worker.publish.settings import MqttSettings, Topics
 
@@ -134,6 +135,8 @@ class Publisher:
         self._cursor = 0  # highest row id handed to paho in this epoch
         self._inflight: dict[int, int | None] = {}  # paho mid -> outbox row id (None: not a row)
         self._inflight_rows: set[int] = set()
+        self._row_messages: dict[int, tuple[str, bytes]] = {}  # in-flight row -> (topic, payload)
+        self._latest: bytes | None = None  # the last latest summary sent, re-sent on reconnect
         # Rows paho held at the last CONNACK: paho re-sends them itself right after on_connect
         # returns, so new rows wait until these are settled to keep the send order.
         self._barrier: set[int] = set()
@@ -217,7 +220,8 @@ class Publisher:
         """Store one message durably and schedule it for sending; return at once.
 
         ``kind`` is ``"verdict"`` or ``"error"``; ``payload`` is JSON-serialisable (no NaN) and
-        should carry ``key`` so consumers can deduplicate; ``key`` is the message id, stable
+        should carry ``key`` so consumers can deduplicate (once the broker acknowledges it, its
+        retained summary, :func:`~edge_worker.publish.latest.latest_summary`, follows); ``key`` is the message id, stable
         across retries.  Returns False when a message with this key is already pending (nothing
         new is stored).  Raises :class:`PayloadError` for a bad kind or payload, and
         :class:`~edge_worker.publish.outbox.OutboxFull` when the outbox is full (a health
@@ -397,7 +401,7 @@ class Publisher:
             self._epoch += 1
             self._cursor = 0  # rescan: rows refused earlier are sent again
             self._barrier = set(self._inflight_rows)
-            status = self._status
+            status, latest = self._status, self._latest
         if self._stopping.is_set():
             # Connected while stop() runs: stop() may already have decided there is nothing to
             # say, and its clean DISCONNECT suppresses the will; leave the final status (the
@@ -410,6 +414,8 @@ class Publisher:
         self._send(self.topics.availability, ONLINE, 1, True, None)
         if status is not None:
             self._send_status(status)
+        if latest is not None:  # a broker restarted without persistence lost it
+            self._send(self.topics.latest, latest, 1, True, None)
         self._wake.set()
 
     def _send_status(self, status: StatusSource) -> None:
@@ -492,6 +498,7 @@ class Publisher:
             with self._lock:
                 if row_id is not None:
                     self._inflight_rows.discard(row_id)
+                    self._row_messages.pop(row_id, None)
             return info
         # NO_CONN is fine for QoS 1: paho keeps the message and sends it after reconnecting.
         with self._lock:
@@ -512,6 +519,7 @@ class Publisher:
             log.error("MQTT: broker refused outbox row %d (mid %d): %s", row_id, mid, reason)
             with self._lock:
                 self._inflight_rows.discard(row_id)
+                self._row_messages.pop(row_id, None)
                 self._barrier.discard(row_id)
                 self._last_error = f"message refused: {reason}"
             self._wake.set()
@@ -527,8 +535,30 @@ class Publisher:
         with self._drained:
             self._inflight_rows.discard(row_id)
             self._barrier.discard(row_id)
+            message = self._row_messages.pop(row_id, None)
             self._drained.notify_all()
+        if message is not None:
+            self._send_latest(*message)
         self._wake.set()
+
+    def _send_latest(self, topic: str, payload: bytes) -> None:
+        """After the broker acknowledged a verdict or error: its retained latest summary.
+
+        Latest-state only (like status), so it is not stored in the outbox: a summary lost to a
+        crash is replaced by the next one.  One that cannot be built is logged and skipped.
+        """
+        kind = "verdict" if topic == self.topics.verdict else "error" if topic == self.topics.error else None
+        if kind is None:
+            return
+        try:
+            doc = latest_summary(kind, json.loads(payload))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("MQTT: no latest summary for a %s (payload lacks %s)", kind, exc)
+            return
+        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        with self._lock:
+            self._latest = data
+        self._send(self.topics.latest, data, 1, True, None)
 
     def _send_loop(self) -> None:
         while not self._stopping.is_set():
@@ -586,4 +616,5 @@ class Publisher:
                     if row.row_id in self._inflight_rows:
                         continue  # paho still holds it and re-sends it itself after reconnecting
                     self._inflight_rows.add(row.row_id)
+                    self._row_messages[row.row_id] = (row.topic, row.payload)
                 self._send(row.topic, row.payload, row.qos, row.retain, row.row_id)
