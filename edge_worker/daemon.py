@@ -33,6 +33,7 @@ from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
 from edge_worker.quarantine import Quarantine, QuarantineError
+from edge_worker.retention import Retention
 from edge_worker.verdict import build_error
 from edge_worker.watch import FolderWatcher
 
@@ -157,10 +158,14 @@ class StationDaemon:
             incomplete_deadline_s=config.watch.incomplete_deadline_seconds,
             on_incomplete=self._incomplete,
             recursive=config.watch.recursive,
-            exclude=[config.quarantine.folder, config.state.folder],
+            exclude=[config.quarantine.folder, config.state.folder, config.archive_folder],
             use_polling=config.watch.use_polling,
         )
         self.processed = 0
+        self.retention = Retention(
+            config.retention, config.watch.folder, config.archive_folder, config.quarantine.folder
+        )
+        self._next_prune = 0.0  # the first pass right after start
         self._status_thread = threading.Thread(
             target=self._status_loop, name=f"edge-worker/status-{config.station}", daemon=True
         )
@@ -339,6 +344,8 @@ class StationDaemon:
             self.processed += 1
             record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
             results[i] = outcome
+            if outcome.kind == "verdict":  # a rejected file went to the quarantine instead
+                self._dispose(path)
         if failure is not None:
             raise failure
         return results
@@ -425,9 +432,42 @@ class StationDaemon:
         with self._retry_lock:
             self._retry_quarantine[path] = (st.st_size, st.st_mtime_ns, rejection)
 
+    # -- retention -------------------------------------------------------------------------
+    def _dispose(self, path: Path) -> None:
+        """Archive or delete a judged file; a failure is a health problem, retried by the sweep."""
+        try:
+            self.retention.dispose(path, time.time())
+        except OSError as exc:
+            self.health.fail("retention", f"cannot archive or delete judged {path.name}: {exc}")
+        else:
+            self.health.clear("retention")
+
+    def _retention_pass(self) -> None:
+        """Dispose of judged files left in the watch folder, then prune archive and quarantine."""
+        self._next_prune = time.monotonic() + self.config.retention.interval_seconds
+        with self._retry_lock:
+            waiting = set(self._retry_quarantine)  # rejected files the quarantine must still take
+
+        def judged(path: Path) -> bool:
+            key = self._journal_key(path)
+            return path not in waiting and key is not None and self.journal.seen(key) is not None
+
+        c = self.config
+        try:
+            swept = self.retention.sweep(judged, [c.quarantine.folder, c.state.folder, c.archive_folder], time.time())
+            self.retention.prune_all(time.time())
+        except OSError as exc:
+            self.health.fail("retention", f"retention pass: {exc}")
+            return
+        if swept:
+            log.info("retention: disposed of %d judged file(s) left in the watch folder", swept)
+        self.health.clear("retention")
+
     def _retry_loop(self) -> None:
         while not self._stop.wait(RETRY_SECONDS):
             try:
+                if time.monotonic() >= self._next_prune:
+                    self._retention_pass()
                 self._check_broker()
                 self._retry_quarantine_moves()
                 if time.monotonic() >= self._next_retry:
