@@ -36,6 +36,7 @@ def _quick_config(args: argparse.Namespace) -> Config:
         mqtt={"url": args.mqtt},
         inference={"backends": tuple(args.backend) if args.backend else ("onnxruntime-cpu",)},
         service={"metrics_listen": args.metrics or ""},
+        retention={"judged": args.judged},
     )
 
 
@@ -201,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state", help="quick start: state folder (default WATCH/.state)")
     run.add_argument("--backend", action="append", help="quick start: backend, repeat for a preference list")
     run.add_argument("--metrics", help="quick start: serve Prometheus metrics on HOST:PORT (default: off)")
+    run.add_argument(
+        "--judged", default="keep", choices=["keep", "archive", "delete"],
+        help="quick start: what to do with judged files (default keep: a folder given on the command "
+        "line is left as it is; archive moves them to STATE/archive/YYYY-MM-DD, bounded by the "
+        "[retention] defaults)",
+    )  # fmt: skip
     run.set_defaults(func=_cmd_run)
 
     analyze = sub.add_parser("analyze", help="judge files or folders and print one line each; no broker")

@@ -221,7 +221,8 @@ class Publisher:
 
         ``kind`` is ``"verdict"`` or ``"error"``; ``payload`` is JSON-serialisable (no NaN) and
         should carry ``key`` so consumers can deduplicate (once the broker acknowledges it, its
-        retained summary, :func:`~edge_worker.publish.latest.latest_summary`, follows); ``key`` is the message id, stable
+        retained summary, :func:`~edge_worker.publish.latest.latest_summary`, follows on
+        :attr:`Topics.latest`); ``key`` is the message id, stable
         across retries.  Returns False when a message with this key is already pending (nothing
         new is stored).  Raises :class:`PayloadError` for a bad kind or payload, and
         :class:`~edge_worker.publish.outbox.OutboxFull` when the outbox is full (a health
@@ -289,9 +290,10 @@ class Publisher:
         """Why the broker cannot take messages now, or None while connected and answering.
 
         During the first keepalive interval after :meth:`start` a connection still being made
-        is not a problem.  After it: not connected yet, refused, unreachable, TCP connected without a CONNACK, silent
-        beyond :func:`silence_limit`, or a message the broker refused: each with its reason.
-        The text stays the same while one condition lasts, so health logs it once.
+        is not a problem.  After it: not connected yet, refused, unreachable, TCP connected
+        without a CONNACK, silent beyond :func:`silence_limit`, or a message the broker
+        refused, each with its reason.  The text stays the same while one condition lasts, so
+        health logs it once.
         """
         k = self.settings.keepalive
         with self._lock:
