@@ -21,7 +21,7 @@ import jsonschema
 import paho.mqtt.publish as paho_publish
 import pytest
 
-from conftest import Mosquitto, Subscriber
+from conftest import Mosquitto, Subscriber, find_mosquitto
 from edge_worker.cli import build_parser
 from edge_worker.dashboard.feed import MqttFeed, default_client_id, station_filters
 from edge_worker.dashboard.server import Dashboard
@@ -76,6 +76,41 @@ def test_feed_gets_a_verdict_published_while_it_was_away(mosquitto: Mosquitto, p
     finally:
         second.stop()
     assert got == [("xray/st-a/xr-01/verdict", json.dumps(VERDICT).encode())]
+
+
+@pytest.fixture
+def persistent_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto that keeps sessions and queued messages across its own restarts."""
+    binary = find_mosquitto()
+    if binary is None:
+        pytest.skip("mosquitto binary not found in PATH or /usr/sbin (apt install mosquitto)")
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(binary, tmp_path / "broker", persistence=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_dashboard_gets_a_verdict_drained_right_after_a_broker_restart(persistent_broker: Mosquitto) -> None:
+    broker = persistent_broker
+    board = Dashboard(MqttSettings.from_url(broker.url), ("127.0.0.1", 0), client_id="test-restart-dashboard")
+    board.start()
+    try:
+        _until("the dashboard subscribed", lambda: board.snapshot()["broker"]["connected"], 10)
+        broker.stop()
+        broker.start()
+        # What an outbox does on reconnect: deliver at once, before the dashboard is back
+        # (its reconnect waits at least a second).
+        paho_publish.single("xray/st-a/xr-01/verdict", json.dumps(VERDICT), qos=1,
+                            hostname=broker.host, port=broker.port)  # fmt: skip
+        assert not board.snapshot()["broker"]["connected"]
+        station = _until("the verdict on the board",
+                         lambda: [s for s in board.snapshot()["stations"] if s["latest"]], 20)  # fmt: skip
+    finally:
+        board.stop()
+    assert station[0]["latest"]["id"] == VERDICT["id"] and station[0]["latest"]["decision"] == "retake"
 
 
 def test_tail_with_the_same_client_id_prints_what_came_while_away(mosquitto: Mosquitto) -> None:
