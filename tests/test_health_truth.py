@@ -25,9 +25,36 @@ from pathlib import Path
 import pytest
 
 from conftest import Mosquitto, Subscriber, free_port
+from edge_worker.publish.liveness import Liveness, silence_limit
 from stations import Station
 
 KEEPALIVE = 5
+
+
+def test_silence_limit_sits_between_a_ping_and_one_and_a_half_keepalives() -> None:
+    for keepalive in (4, 5, 10, 30, 60):
+        # paho pings within keepalive + 1 s of the last packet; the answer takes milliseconds.
+        assert keepalive + 1.0 < silence_limit(keepalive) <= 1.5 * keepalive
+
+
+def test_liveness_reports_silence_once_and_a_listener_without_connack() -> None:
+    live = Liveness(5, now=100.0)
+    assert live.waiting(103.0) is None  # a keepalive's grace while the first connection is made
+    live.socket_opened()
+    assert live.waiting(106.0) == "TCP connected, waiting for the CONNACK (gives up after 5 s)"
+    assert live.gave_up_waiting() is True and live.gave_up_waiting() is False
+    live.socket_closed()
+    assert live.waiting(107.0) == "not connected yet"
+    live.socket_opened()
+    live.connack(200.0)
+    assert live.silent(205.0) is None  # a ping is due, not late
+    text = live.silent(207.0)
+    assert text is not None and text.startswith("broker silent for 7 s (keepalive 5 s)")
+    assert live.silent(230.0) == text  # one silence, one text (health logs it once)
+    live.heard(231.0)
+    assert live.silent(231.5) is None and live.silence_s(232.0) == 1.0
+    assert live.next_check(231.0, connected=True) == 1.0
+    assert abs(live.next_check(237.0, connected=True) - 0.55) < 1e-9
 
 
 def metrics(port: int) -> dict[str, float]:

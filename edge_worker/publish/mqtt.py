@@ -10,9 +10,9 @@ on the message id carried in the payload.
 
 Connection truth: :attr:`Publisher.connected` means a CONNACK was received *and* the broker
 still answers.  Every packet from the broker (CONNACK, PUBACK, PINGRESP, ...) is timed through
-paho's log callback; a broker that accepts TCP but has frozen answers nothing, and paho itself
-notices only after about two keepalive intervals (it pings after one, gives up after another),
-so :meth:`Publisher.broker_problem` reports "broker silent" after :func:`silence_limit`.
+paho's log callback into a :class:`~edge_worker.publish.liveness.Liveness`, and
+:meth:`Publisher.broker_problem` says "broker silent" after
+:func:`~edge_worker.publish.liveness.silence_limit`, sooner than paho itself notices.
 
 Threads: paho's network loop (``loop_start``) and one sender thread.  Our lock is never held
 while calling into paho, because paho calls ``on_publish`` while holding its own outgoing-message
@@ -37,10 +37,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_worker.errors import ConfigError, EdgeWorkerError
 from edge_worker.publish.latest import latest_summary
+from edge_worker.publish.liveness import Liveness, silence_limit
 from edge_worker.publish.outbox import Outbox
 from edge_worker.publish.settings import MqttSettings, Topics
 
-__all__ = ["KINDS", "MqttSettings", "PayloadError", "Publisher", "Topics"]
+__all__ = ["KINDS", "MqttSettings", "PayloadError", "Publisher", "Topics", "silence_limit"]
 
 if TYPE_CHECKING:
     from typing import Self  # 3.11+; annotations are not evaluated on 3.10
@@ -55,16 +56,6 @@ OFFLINE = b"offline"
 # unbounded by default) while the outbox holds the rest on disk.
 DEFAULT_WINDOW = 100
 _MISSING = object()
-
-
-def silence_limit(keepalive: int) -> float:
-    """Seconds without any packet from the broker after which it counts as silent.
-
-    paho pings at most ``keepalive`` (+1 s, its loop's granularity) after the last packet in,
-    and a live broker answers within milliseconds; the limit stays above that and, from
-    keepalive 4 s up, within 1.5 keepalive intervals of the last packet heard.
-    """
-    return max(1.25 * keepalive, keepalive + 1.5)
 
 
 class PayloadError(EdgeWorkerError, ValueError):
@@ -147,12 +138,7 @@ class Publisher:
         self._stopped = False
         self._on_problem = on_problem
         self._reported: str | None = None
-        self._silence_limit = silence_limit(settings.keepalive)
-        self._last_heard: float | None = None  # monotonic time of the last packet from the broker
-        self._silent_text: str | None = None  # the reason, fixed while one silence lasts
-        self._socket_open = False  # TCP connected (CONNACK or not)
-        self._awaiting_connack = False  # a TCP connection was made and no CONNACK came yet
-        self._started_at = time.monotonic()
+        self._liveness = Liveness(settings.keepalive, time.monotonic())  # under self._lock
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -166,7 +152,8 @@ class Publisher:
         if self._client is not None:
             raise RuntimeError("Publisher.start() called twice")
         self._client = self._make_client()
-        self._started_at = time.monotonic()
+        with self._lock:
+            self._liveness.started(time.monotonic())
         s = self.settings
         log.info("MQTT: connecting to %s as %r", s.url, self._client_id())
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
@@ -278,13 +265,13 @@ class Publisher:
         although paho may still hold the socket open.
         """
         with self._lock:
-            return self._connected and not self._silent(time.monotonic())
+            return self._connected and self._silent(time.monotonic()) is None
 
     @property
     def silence_s(self) -> float | None:
         """Seconds since the last packet from the broker; None before the first one."""
         with self._lock:
-            return None if self._last_heard is None else time.monotonic() - self._last_heard
+            return self._liveness.silence_s(time.monotonic())
 
     def broker_problem(self) -> str | None:
         """Why the broker cannot take messages now, or None while connected and answering.
@@ -295,37 +282,22 @@ class Publisher:
         refused, each with its reason.  The text stays the same while one condition lasts, so
         health logs it once.
         """
-        k = self.settings.keepalive
         with self._lock:
+            now = time.monotonic()
             if self._stopped:
                 return "stopped"
             if self._connected:
-                if self._silent(time.monotonic()):
-                    return self._silent_text
-                return self._last_error  # only a refused message, after the CONNACK
-            if self._last_error:
-                return self._last_error
-            if time.monotonic() - self._started_at < k:
-                return None  # the first connection is still being made: a keepalive's grace
-            if self._socket_open and self._awaiting_connack:
-                return f"TCP connected, waiting for the CONNACK (gives up after {k} s)"
-            return "not connected yet"
+                # Otherwise only a refused message can be known after the CONNACK.
+                return self._silent(now) or self._last_error
+            return self._last_error or self._liveness.waiting(now)
 
-    def _silent(self, now: float) -> bool:
-        """True while the broker has been silent too long; caller holds the lock."""
-        if self._last_heard is None:
-            return False
-        silent = now - self._last_heard
-        if silent <= self._silence_limit:
-            self._silent_text = None
-            return False
-        if self._silent_text is None:
-            self._silent_text = (
-                f"broker silent for {silent:.0f} s (keepalive {self.settings.keepalive} s): "
-                "no answer to keepalive pings or messages"
-            )
-            log.error("MQTT: %s: %s", self.settings.url, self._silent_text)
-        return True
+    def _silent(self, now: float) -> str | None:
+        """The silence reason while connected, logged when it first appears; caller holds the lock."""
+        was = self._liveness.silent_text
+        text = self._liveness.silent(now)
+        if text is not None and was is None:
+            log.error("MQTT: %s: %s", self.settings.url, text)
+        return text
 
     @property
     def outbox_depth(self) -> int:
@@ -389,7 +361,7 @@ class Publisher:
         self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         with self._lock:
-            self._awaiting_connack = False
+            self._liveness.connack(time.monotonic())
         if reason.is_failure:
             log.error("MQTT: broker %s refused the connection: %s", self.settings.url, reason)
             with self._lock:
@@ -399,7 +371,6 @@ class Publisher:
         with self._lock:
             self._connected = True
             self._last_error = None
-            self._last_heard = time.monotonic()
             self._epoch += 1
             self._cursor = 0  # rescan: rows refused earlier are sent again
             self._barrier = set(self._inflight_rows)
@@ -439,18 +410,18 @@ class Publisher:
 
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
         with self._lock:
-            self._socket_open = self._awaiting_connack = True
+            self._liveness.socket_opened()
 
     def _on_socket_close(self, client: paho.Client, userdata: object, sock: object) -> None:
         with self._lock:
-            self._socket_open = False
+            self._liveness.socket_closed()
 
     def _on_log(self, client: paho.Client, userdata: object, level: int, buf: str) -> None:
         # paho logs every packet it reads as "Received <TYPE> ...": the only public sign of a
         # PINGRESP, so this is where the broker's last sign of life is timed.
         if buf.startswith("Received "):
             with self._lock:
-                self._last_heard = time.monotonic()
+                self._liveness.heard(time.monotonic())
             return
         # A broker that refuses the client's certificate (TLS 1.3) lets the handshake finish and
         # then sends an alert, which paho reports only in its log: keep it as the reason.
@@ -464,7 +435,8 @@ class Publisher:
     ) -> None:
         with self._lock:
             was_connected, self._connected = self._connected, False
-            if not was_connected and self._awaiting_connack and not self._stopping.is_set():
+            gave_up = self._liveness.gave_up_waiting()
+            if not was_connected and gave_up and not self._stopping.is_set():
                 # TCP was accepted but no CONNACK came within the keepalive: paho gave up.
                 self._last_error = (
                     f"no CONNACK within {self.settings.keepalive} s: the broker accepts TCP "
@@ -580,11 +552,7 @@ class Publisher:
     def _next_check(self) -> float:
         """Seconds to sleep: at most 1, less when the silence limit falls due sooner."""
         with self._lock:
-            heard = self._last_heard if self._connected else None
-        if heard is None:
-            return 1.0
-        due = heard + self._silence_limit + 0.05 - time.monotonic()
-        return min(1.0, max(0.05, due))
+            return self._liveness.next_check(time.monotonic(), self._connected)
 
     def _report_problem(self) -> None:
         """Call ``on_problem`` when :meth:`broker_problem` changed since the last call."""
