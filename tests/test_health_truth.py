@@ -149,13 +149,16 @@ def test_listener_without_connack_is_not_connected_with_a_reason(
         port = free_port()
         station = station_factory(f"mqtt://127.0.0.1:{listener.port}", port)
         station.start()
+        ready = time.monotonic()
         # Past the first keepalive (the grace for a connection being made) and one check.
-        wait_metrics(port, {"edge_worker_broker_connected": 0.0, "edge_worker_healthy": 0.0},
-                     3 * KEEPALIVE, station)  # fmt: skip
+        unhealthy = wait_metrics(port, {"edge_worker_broker_connected": 0.0, "edge_worker_healthy": 0.0},
+                                 3 * KEEPALIVE, station)  # fmt: skip
         found = re.search(r"health: broker: (mqtt://\S+): (.*)", station.log_text())
         assert found, station.log_tail()
         assert "CONNACK" in found.group(2), found.group(2)
         assert listener.accepted >= 1
+        print(f"[no CONNACK] unhealthy {unhealthy - ready:.1f} s after READY (keepalive {KEEPALIVE} s): "
+              f"{found.group(2)}", flush=True)  # fmt: skip
         assert metrics(port)["edge_worker_broker_connected"] == 0.0
     finally:
         listener.close()
