@@ -213,3 +213,22 @@ def test_a_late_dashboard_shows_each_station_last_decision(
         assert s["latest"]["id"] == last["id"] and s["latest"]["decision"] == last["decision"]
         assert s["latest"]["view"] == last["view"]["label"]
         assert s["online"] is False  # each stopped cleanly
+
+
+def test_board_takes_a_latest_summary_but_never_over_a_newer_message() -> None:
+    from edge_worker.dashboard.state import StationBoard
+
+    board = StationBoard()
+    summary = latest_summary("verdict", VERDICT)
+    event = board.apply("xray/st-a/xr-01/latest", json.dumps(summary).encode(), 1.0)
+    assert event is not None
+    latest = event.data["station"]["latest"]
+    assert (latest["id"], latest["decision"], latest["view"], latest["grade"]) == (VERDICT["id"], "retake", "AP", 3)
+    # The full verdict under the same id (redelivered) changes nothing.
+    assert board.apply("xray/st-a/xr-01/verdict", json.dumps(VERDICT).encode(), 2.0) is None
+    newer = dict(VERDICT, id="00000000-0000-0000-0000-0000000000a2", decision="ok",
+                 times={"verdict_made": "2027-01-15T09:00:00.000+00:00"})  # fmt: skip
+    assert board.apply("xray/st-a/xr-01/verdict", json.dumps(newer).encode(), 3.0) is not None
+    older = dict(summary, id="00000000-0000-0000-0000-0000000000a0", time="2027-01-15T07:00:00.000+00:00")
+    assert board.apply("xray/st-a/xr-01/latest", json.dumps(older).encode(), 4.0) is None
+    assert board.snapshot(5.0)["stations"][0]["latest"]["decision"] == "ok"
