@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import Mosquitto, Subscriber, free_port
-from edge_worker.publish.liveness import Liveness, silence_limit
 from stations import Station
+
+from edge_worker.publish.liveness import Liveness, silence_limit
 
 KEEPALIVE = 5
 

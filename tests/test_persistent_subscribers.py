@@ -20,15 +20,15 @@ from typing import Any
 import jsonschema
 import paho.mqtt.publish as paho_publish
 import pytest
-
 from conftest import Mosquitto, Subscriber, find_mosquitto
+from stations import PhantomStock, Station
+
 from edge_worker.cli import build_parser
 from edge_worker.dashboard.feed import MqttFeed, default_client_id, station_filters
 from edge_worker.dashboard.server import Dashboard
 from edge_worker.publish.latest import latest_summary
 from edge_worker.publish.settings import MqttSettings
 from edge_worker.tail import run_tail
-from stations import PhantomStock, Station
 
 VERDICT = {
     "id": "00000000-0000-0000-0000-0000000000a1", "site": "st-a", "station": "xr-01", "decision": "retake",

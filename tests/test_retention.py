@@ -17,11 +17,11 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
 from conftest import Mosquitto
-from edge_worker.config import parse
+from stations import ROOT, PhantomStock, Station
+
+from edge_worker.config import RetentionConfig, parse
 from edge_worker.errors import ConfigError
-from edge_worker.config import RetentionConfig
 from edge_worker.retention import (
     MIB,
     Item,
@@ -33,7 +33,6 @@ from edge_worker.retention import (
     select_for_removal,
     select_over_size,
 )
-from stations import ROOT, PhantomStock, Station
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0
