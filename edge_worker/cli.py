@@ -37,6 +37,7 @@ def _quick_config(args: argparse.Namespace) -> Config:
         mqtt={"url": args.mqtt},
         inference={"backends": tuple(args.backend) if args.backend else ("onnxruntime-cpu",)},
         service={"metrics_listen": args.metrics or ""},
+        retention={"judged": args.judged},
     )
 
 
@@ -169,14 +170,14 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from edge_worker.dashboard.server import parse_listen, run_dashboard
 
     settings = _watch_settings(args)
-    return run_dashboard(settings, parse_listen(args.listen), prefix=settings.topic_prefix)
+    return run_dashboard(settings, parse_listen(args.listen), prefix=settings.topic_prefix, client_id=args.client_id)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
     from edge_worker.tail import run_tail
 
     settings = _watch_settings(args)
-    return run_tail(settings, prefix=settings.topic_prefix, as_json=args.json)
+    return run_tail(settings, prefix=settings.topic_prefix, as_json=args.json, client_id=args.client_id)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -191,6 +192,11 @@ def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--password-file", help="file holding the broker password (user in the URL)")
     parser.add_argument("--ca-file", help="CA bundle for an mqtts:// broker (default: the system store)")
     parser.add_argument("--protocol", default="3.1.1", choices=["3.1.1", "5"], help="MQTT protocol version")
+    parser.add_argument(
+        "--client-id",
+        help="MQTT client id naming the persistent session, stable across restarts "
+        "(default edge-worker-<command>-<host name>; give each of several on one host its own)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state", help="quick start: state folder (default WATCH/.state)")
     run.add_argument("--backend", action="append", help="quick start: backend, repeat for a preference list")
     run.add_argument("--metrics", help="quick start: serve Prometheus metrics on HOST:PORT (default: off)")
+    run.add_argument(
+        "--judged", default="keep", choices=["keep", "archive", "delete"],
+        help="quick start: what to do with judged files (default keep: a folder given on the command "
+        "line is left as it is; archive moves them to STATE/archive/YYYY-MM-DD, bounded by the "
+        "[retention] defaults)",
+    )  # fmt: skip
     run.set_defaults(func=_cmd_run)
 
     analyze = sub.add_parser("analyze", help="judge files or folders and print one line each; no broker")

@@ -180,6 +180,33 @@ class VerdictConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """What happens to files once judged, and how large the kept ones may grow.
+
+    The default archives with a bound: the watch folder stays empty (a restart's reconcile
+    scan stays short and the modality's disk never fills), a judged image stays at hand for a
+    month for a physicist or a re-analysis, and the archive never takes more than its bound.
+    """
+
+    judged: str = "archive"
+    """A judged file is moved to ``archive_folder/YYYY-MM-DD/`` ("archive"), deleted
+    ("delete"), or left in the watch folder for another system to clear ("keep")."""
+    archive_folder: str = ""
+    """Where judged files are archived; empty: ``<state.folder>/archive``.  Outside the watch
+    folder, or inside it and then excluded from watching."""
+    max_age_days: float = 30.0
+    """Archived files older than this (by modification time) are deleted; 0: no age limit."""
+    max_total_mib: float = 10_240.0
+    """The archive is kept under this size, oldest files deleted first; 0: no size bound."""
+    quarantine_max_age_days: float = 90.0
+    """Quarantined files (with their reason) older than this are deleted; 0: no age limit."""
+    quarantine_max_total_mib: float = 2_048.0
+    """The quarantine is kept under this size, oldest first; 0: no size bound."""
+    interval_seconds: float = 600.0
+    """How often the archive and the quarantine are pruned (the first pass right after start)."""
+
+
+@dataclass(frozen=True)
 class Config:
     site: str = "site"
     """Hospital or site name, second topic level."""
@@ -194,6 +221,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def mqtt_password(self) -> str | None:
         """The MQTT password from the systemd credential or the password file, if any."""
@@ -206,6 +234,12 @@ class Config:
             except OSError as exc:
                 raise ConfigError(f"mqtt.password_file: cannot read it: {exc}") from exc
         return None
+
+    @property
+    def archive_folder(self) -> Path:
+        """The folder judged files are archived into (``retention.archive_folder`` or its default)."""
+        given = self.retention.archive_folder
+        return Path(given) if given else self.state.folder / "archive"
 
 
 def _line_of(text: str, dotted: str) -> int | None:
@@ -331,6 +365,7 @@ def validate(config: Config) -> Config:
         raise ConfigError("state.outbox_max_messages: must be at least 10")
     parse_synonyms(config.pack.synonyms)
     parse_keywords(config.pack.body_part_keywords)
+    _validate_retention(config)
     if config.mqtt.protocol not in ("5", "3.1.1"):
         raise ConfigError(f"mqtt.protocol: {config.mqtt.protocol!r} is not \"5\" or \"3.1.1\"")
     if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", config.mqtt.url):
@@ -341,6 +376,23 @@ def validate(config: Config) -> Config:
     if config.mqtt.url.startswith("mqtt://") and (tls.ca_file or tls.cert_file or tls.insecure):
         raise ConfigError("mqtt.tls: TLS settings given but mqtt.url is not mqtts://")
     return config
+
+
+def _validate_retention(config: Config) -> None:
+    r = config.retention
+    if r.judged not in ("archive", "delete", "keep"):
+        raise ConfigError(f"retention.judged: {r.judged!r} is not \"archive\", \"delete\" or \"keep\"")
+    for key in ("max_age_days", "max_total_mib", "quarantine_max_age_days", "quarantine_max_total_mib"):
+        if getattr(r, key) < 0:
+            raise ConfigError(f"retention.{key}: must be >= 0 (0: no limit)")
+    if r.interval_seconds <= 0:
+        raise ConfigError("retention.interval_seconds: must be > 0")
+    if r.judged == "archive":
+        archive, watch = config.archive_folder.absolute(), config.watch.folder.absolute()
+        if archive == watch:
+            raise ConfigError("retention.archive_folder: must not be the watch folder itself")
+        if archive in (config.quarantine.folder.absolute(), config.state.folder.absolute()):
+            raise ConfigError("retention.archive_folder: must not be the quarantine or state folder")
 
 
 def parse(text: str, source: str = "<config>") -> Config:

@@ -39,6 +39,7 @@ from edge_worker.process import Outcome, file_digest
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
 from edge_worker.quarantine import Quarantine, QuarantineError
+from edge_worker.retention import Retention
 from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.verdict import build_error
 from edge_worker.watch import FolderWatcher
@@ -165,8 +166,10 @@ class StationDaemon:
         config.state.folder.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.state.folder / "outbox.sqlite3", max_rows=config.state.outbox_max_messages)
         self.publisher = Publisher(
-            settings, Topics(config.site, config.station, settings.topic_prefix), self.outbox
-        )
+            settings, Topics(config.site, config.station, settings.topic_prefix), self.outbox,
+            on_problem=self._broker_problem,
+        )  # fmt: skip
+        self._stopped = False
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name=f"edge-worker/judge-{config.station}", daemon=True)
@@ -179,10 +182,14 @@ class StationDaemon:
             incomplete_deadline_s=config.watch.incomplete_deadline_seconds,
             on_incomplete=self._incomplete,
             recursive=config.watch.recursive,
-            exclude=[config.quarantine.folder, config.state.folder],
+            exclude=[config.quarantine.folder, config.state.folder, config.archive_folder],
             use_polling=config.watch.use_polling,
         )
         self.processed = 0
+        self.retention = Retention(
+            config.retention, config.watch.folder, config.archive_folder, config.quarantine.folder
+        )
+        self._next_prune = 0.0  # the first pass right after start
         self._status_thread = threading.Thread(
             target=self._status_loop, name=f"edge-worker/status-{config.station}", daemon=True
         )
@@ -235,6 +242,9 @@ class StationDaemon:
         self._status_thread.join(1.0)
         self._retry_thread.join(1.0)
         self.publisher.wait_drained(max(0.1, min(3.0, deadline - time.monotonic())))
+        # The last retained status says "stopped" (sent before "offline", on the same session).
+        self._stopped = True
+        self.publish_status()
         self.publisher.stop(max(0.1, deadline - time.monotonic()))
         self.watcher.join(1.0)
         if self.sandbox is not None:
@@ -263,6 +273,7 @@ class StationDaemon:
                 processed=self.processed,
                 started_at=self.started_at,
                 last_message_at=self.last_message_at,
+                stopped=self._stopped,
             )
         )
 
@@ -390,6 +401,8 @@ class StationDaemon:
                 self.processed += 1
                 record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
                 results[i] = outcome
+                if outcome.kind == "verdict":  # a rejected file went to the quarantine instead
+                    self._dispose(path)
         finally:
             # Judged (or failed with an exception, which is no death): not in progress any more.
             self._clear_in_progress(keys)
@@ -554,9 +567,42 @@ class StationDaemon:
         with self._retry_lock:
             self._retry_quarantine[path] = (st.st_size, st.st_mtime_ns, rejection)
 
+    # -- retention -------------------------------------------------------------------------
+    def _dispose(self, path: Path) -> None:
+        """Archive or delete a judged file; a failure is a health problem, retried by the sweep."""
+        try:
+            self.retention.dispose(path, time.time())
+        except OSError as exc:
+            self.health.fail("retention", f"cannot archive or delete judged {path.name}: {exc}")
+        else:
+            self.health.clear("retention")
+
+    def _retention_pass(self) -> None:
+        """Dispose of judged files left in the watch folder, then prune archive and quarantine."""
+        self._next_prune = time.monotonic() + self.config.retention.interval_seconds
+        with self._retry_lock:
+            waiting = set(self._retry_quarantine)  # rejected files the quarantine must still take
+
+        def judged(path: Path) -> bool:
+            key = self._journal_key(path)
+            return path not in waiting and key is not None and self.journal.seen(key) is not None
+
+        c = self.config
+        try:
+            swept = self.retention.sweep(judged, [c.quarantine.folder, c.state.folder, c.archive_folder], time.time())
+            self.retention.prune_all(time.time())
+        except OSError as exc:
+            self.health.fail("retention", f"retention pass: {exc}")
+            return
+        if swept:
+            log.info("retention: disposed of %d judged file(s) left in the watch folder", swept)
+        self.health.clear("retention")
+
     def _retry_loop(self) -> None:
         while not self._stop.wait(RETRY_SECONDS):
             try:
+                if time.monotonic() >= self._next_prune:
+                    self._retention_pass()
                 self._check_broker()
                 self._retry_quarantine_moves()
                 if time.monotonic() >= self._next_retry:
@@ -565,10 +611,14 @@ class StationDaemon:
                 log.exception("retry pass failed; trying again in %.0f s", RETRY_SECONDS)
 
     def _check_broker(self) -> None:
-        """A refused connection or message (bad password, certificate, ACL) is a health problem."""
-        error = self.publisher.last_error
-        if error and not (self.publisher.connected and error.startswith("cannot connect")):
-            self.health.fail("broker", f"{self.publisher.settings.url}: {error}")
+        """Refused, unreachable, silent, no CONNACK, a refused message: a health problem."""
+        self._broker_problem(self.publisher.broker_problem())
+
+    def _broker_problem(self, problem: str | None) -> None:
+        if self._stopped or getattr(self, "health", None) is None:
+            return
+        if problem:
+            self.health.fail("broker", f"{self.publisher.settings.url}: {problem}")
         else:
             self.health.clear("broker")
 
@@ -638,6 +688,10 @@ class StationDaemon:
         self._send(Outcome("error", payload, rejection), None)
 
 
+def _or_minus_one(value: float | None) -> float:
+    return -1.0 if value is None else value
+
+
 def _serve_metrics(config: Config, registry: Registry, daemon: StationDaemon) -> MetricsServer | None:
     listen = config.service.metrics_listen
     if not listen:
@@ -645,6 +699,9 @@ def _serve_metrics(config: Config, registry: Registry, daemon: StationDaemon) ->
     host, _, port = listen.rpartition(":")
     registry.gauge_callback("edge_worker_outbox_depth", lambda: float(daemon.publisher.outbox_depth))
     registry.gauge_callback("edge_worker_broker_connected", lambda: float(daemon.publisher.connected))
+    registry.gauge_callback(
+        "edge_worker_broker_silence_seconds", lambda: _or_minus_one(daemon.publisher.silence_s)
+    )
     registry.gauge_callback("edge_worker_healthy", lambda: float(daemon.health.ok))
     pipeline = daemon.judge.pipeline
     registry.set(

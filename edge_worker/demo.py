@@ -3,7 +3,11 @@
 An in-process MQTT broker (amqtt) unless a broker URL is given, one daemon per simulated
 station on the demo pack, a simulated modality that writes phantom ankle radiographs into
 the stations' watch folders, and a subscriber that prints every verdict as the ward
-dashboard would receive it.  Ctrl-C (or ``--count``) stops everything cleanly.
+dashboard would receive it.  Ctrl-C, SIGTERM (or ``--count``) stops everything cleanly.
+
+Its folders stay small: judged files are archived with a size bound of
+:data:`ARCHIVE_MIB` per station (about a gigabyte of phantoms every ten minutes otherwise), and
+the temporary folder used without ``--workdir`` is removed on exit.
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
 import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -29,6 +35,10 @@ from edge_worker.publish.mqtt import MqttSettings
 log = logging.getLogger(__name__)
 
 SITE = "demo-hospital"
+#: Archive bound per simulated station (a 1024 px phantom is about 2 MiB).
+ARCHIVE_MIB = 64.0
+#: Quarantine bound per simulated station.
+QUARANTINE_MIB = 16.0
 
 
 def _station_config(base: Config, workdir: Path, station: str, url: str, protocol: str) -> Config:
@@ -40,7 +50,9 @@ def _station_config(base: Config, workdir: Path, station: str, url: str, protoco
         quarantine={"folder": root / "quarantine"},
         state={"folder": root / "state"},
         mqtt={"url": url, "protocol": protocol},
-    )
+        retention={"judged": "archive", "max_total_mib": ARCHIVE_MIB,
+                   "quarantine_max_total_mib": QUARANTINE_MIB, "interval_seconds": 10.0},
+    )  # fmt: skip
 
 
 class Modality(threading.Thread):
@@ -115,12 +127,25 @@ def run_demo(
     workdir: Path | None = None,
     pack_dir: Path | None = None,
 ) -> int:
-    """Run the demo until Ctrl-C, or until ``count`` messages reached the ward subscriber."""
+    """Run the demo until Ctrl-C or SIGTERM, or until ``count`` messages reached the ward
+    subscriber; the exit code.  Without ``workdir`` everything is written to a temporary folder
+    that is removed on the way out, whatever stops the demo."""
+    if workdir is not None:
+        return _run(mqtt_url, stations, interval_s, count, workdir, pack_dir)
+    with tempfile.TemporaryDirectory(prefix="edge-worker-demo-") as temp:
+        return _run(mqtt_url, stations, interval_s, count, Path(temp), pack_dir)
+
+
+def _run(
+    mqtt_url: str | None, stations: int, interval_s: float, count: int, workdir: Path, pack_dir: Path | None
+) -> int:
     broker: EmbeddedBroker | None = None
-    temp: tempfile.TemporaryDirectory[str] | None = None
-    if workdir is None:
-        temp = tempfile.TemporaryDirectory(prefix="edge-worker-demo-")
-        workdir = Path(temp.name)
+    done = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        def on_term(signum: int, frame: FrameType | None) -> None:
+            done.set()
+
+        signal.signal(signal.SIGTERM, on_term)
     # amqtt speaks MQTT 3.1.1 only; a real broker gets MQTT 5 (refusals become visible).
     protocol = "3.1.1" if mqtt_url is None else "5"
     if mqtt_url is None:
@@ -138,7 +163,6 @@ def run_demo(
     )
     names = [f"xr-{i + 1:02d}" for i in range(stations)]
     daemons = [StationDaemon(_station_config(base, workdir, n, mqtt_url, protocol), pipeline, router=router) for n in names]
-    done = threading.Event()
     subscriber = _subscribe(mqtt_url, stations, done, count)
     for d in daemons:
         d.start()
@@ -159,7 +183,5 @@ def run_demo(
         subscriber.loop_stop()
         if broker is not None:
             broker.stop()
-        if temp is not None:
-            temp.cleanup()
     print(f"demo: {modality.written} exposures written, stopped cleanly", flush=True)
     return 0

@@ -65,7 +65,10 @@ def declare_metrics(registry: Registry) -> Registry:
     registry.describe("edge_worker_stage_seconds", "histogram", "Time per pipeline stage")
     registry.describe("edge_worker_end_to_end_seconds", "histogram", "File seen complete to message stored for sending")
     registry.describe("edge_worker_outbox_depth", "gauge", "Messages stored and not yet acknowledged by the broker")
-    registry.describe("edge_worker_broker_connected", "gauge", "1 while connected to the MQTT broker")
+    registry.describe("edge_worker_broker_connected", "gauge", "1 while connected to the MQTT broker and it answers")
+    registry.describe(
+        "edge_worker_broker_silence_seconds", "gauge", "Seconds since the last packet from the broker (-1: none yet)"
+    )
     registry.describe("edge_worker_healthy", "gauge", "1 while no health problem is known")
     registry.describe("edge_worker_backend_info", "gauge", "The inference backend and pack in use (value 1)")
     return registry
@@ -98,14 +101,20 @@ def status_document(
     processed: int,
     started_at: float,
     last_message_at: float | None,
+    stopped: bool = False,
 ) -> dict[str, Any]:
-    """The retained status message: what a dashboard or IT needs at a glance."""
+    """The retained status message: what a dashboard or IT needs at a glance.
+
+    ``state`` is ``ok`` (no problem known), ``degraded`` (see ``problems``) or, with
+    ``stopped``, ``stopped``: the last status a clean stop leaves retained, so a stopped
+    station never shows as ok.
+    """
     problems = health.snapshot()
     return {
         "schema": "xray-qc/status@1",
         "site": site,
         "station": station,
-        "state": "ok" if not problems else "degraded",
+        "state": "stopped" if stopped else "ok" if not problems else "degraded",
         "problems": problems,
         "backend": backend,
         "pack": pack,

@@ -23,10 +23,12 @@ from typing import Any, TextIO
 
 from edge_worker.cli import summary_line
 from edge_worker.dashboard.feed import MqttFeed, station_filters
-from edge_worker.dashboard.state import KINDS
 from edge_worker.publish.settings import MqttSettings
 
 log = logging.getLogger(__name__)
+
+#: Topics tail prints; the retained ``latest`` summary would repeat each verdict.
+KINDS = ("verdict", "error", "availability")
 
 
 class TailFormatter:
@@ -83,10 +85,13 @@ def run_tail(
     as_json: bool = False,
     out: TextIO | None = None,
     stop: threading.Event | None = None,
+    client_id: str | None = None,
 ) -> int:
     """Print the stream to ``out`` (stdout) until ``stop`` is set, SIGTERM or Ctrl-C; exit code.
 
-    Signal handlers are installed only when ``stop`` is not given (the command line case).
+    ``client_id`` names the persistent session (None: ``edge-worker-tail-<host>``): started
+    again with the same id, tail first prints what was published while it was away.  Signal
+    handlers are installed only when ``stop`` is not given (the command line case).
     """
     out = out if out is not None else sys.stdout
     formatter = TailFormatter(prefix, as_json)
@@ -107,7 +112,7 @@ def run_tail(
             stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
-    feed = MqttFeed(settings, station_filters(prefix), on_message, on_state, client_name="edge-worker-tail")
+    feed = MqttFeed(settings, station_filters(prefix, KINDS), on_message, on_state, purpose="tail", client_id=client_id)
     feed.start()
     try:
         while not stop.is_set():

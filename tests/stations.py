@@ -81,6 +81,9 @@ class Station:
             "state": {"folder": str(self.state)},
             "mqtt": {"url": mqtt_url},
             "service": {"metrics_listen": "", "stop_timeout_seconds": 10.0},
+            # The fault tests read judged files back from the watch folder; the retention
+            # tests ask for "archive" or "delete" themselves.
+            "retention": {"judged": "keep"},
         }
         for name, values in (tables or {}).items():
             merged.setdefault(name, {}).update(values)

@@ -1,22 +1,31 @@
 """A read-only MQTT subscription for the dashboard and ``edge-worker tail``.
 
 :class:`MqttFeed` wraps a paho 2.x client: it connects in the background, reconnects by itself
-with back-off, subscribes again after every reconnect (the session is clean: the dashboard keeps
-its own state, and retained availability messages arrive again on each subscribe), and reports
-its connection state truthfully: "connected" only once the broker has granted the
-subscription, "disconnected" at once when the connection drops.
+with back-off, subscribes again after every reconnect, and reports its connection state
+truthfully: "connected" only once the broker has granted the subscription, "disconnected" at
+once when the connection drops.
+
+The session is persistent (MQTT 5 clean start off with a session expiry interval, 3.1.1
+clean session off) under a stable client id, so the broker queues the QoS 1 verdicts published
+while the subscriber is away (its own restart, a network cut, a broker restart with
+persistence) and delivers them when it returns: a verdict drained from an outbox right after a
+broker restart is not missed.  Retained messages (availability, latest) arrive again on each
+subscribe.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import socket
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_worker.publish.mqtt import secure
@@ -28,6 +37,8 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes], None]
 #: ``(connected, detail)`` on each change of connection state; called on paho's network thread.
 StateHandler = Callable[[bool, str], None]
+#: How long the broker keeps a subscriber's session (and queues its messages) while it is away.
+DEFAULT_SESSION_EXPIRY_S = 7 * 24 * 3600
 
 
 class _QuietShutdown(logging.Filter):
@@ -40,17 +51,26 @@ class _QuietShutdown(logging.Filter):
         return True
 
 
+def default_client_id(purpose: str) -> str:
+    """``edge-worker-<purpose>-<host name>``: stable across restarts, so the broker finds the
+    session again; two subscribers of one purpose on one host need ``--client-id``."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0]) or "host"
+    return f"edge-worker-{purpose}-{host}"[:64]
+
+
 def station_filters(prefix: str, kinds: Sequence[str] = ("verdict", "error", "availability")) -> list[str]:
     """The topic filters ``<prefix>/+/+/<kind>`` for every site and station."""
     return [f"{prefix}/+/+/{kind}" for kind in kinds]
 
 
 class MqttFeed:
-    """Subscribes to ``filters`` (QoS 1) and hands every message to ``on_message``.
+    """Subscribes to ``filters`` (QoS 1) in a persistent session; every message to ``on_message``.
 
-    ``client_name`` becomes the start of the MQTT client id (a random suffix keeps two
-    dashboards from disconnecting each other).  :meth:`start` returns at once; :meth:`stop`
-    disconnects and joins paho's thread.
+    ``client_id``: the MQTT client id, stable across restarts (it names the session on the
+    broker); None derives :func:`default_client_id` from ``purpose``.  ``session_expiry_s``:
+    how long the broker keeps the session while this client is away (MQTT 5; a 3.1.1 broker
+    keeps it until its own limit).  :meth:`start` returns at once; :meth:`stop` disconnects
+    and joins paho's thread.
     """
 
     def __init__(
@@ -59,18 +79,28 @@ class MqttFeed:
         filters: Sequence[str],
         on_message: MessageHandler,
         on_state: StateHandler,
-        client_name: str = "edge-worker-dashboard",
+        purpose: str = "dashboard",
+        client_id: str | None = None,
+        session_expiry_s: int = DEFAULT_SESSION_EXPIRY_S,
     ) -> None:
+        if session_expiry_s < 1:
+            raise ValueError(f"session_expiry_s must be >= 1, got {session_expiry_s}")
         self.settings = settings
         self.filters = list(filters)
         self._on_message_cb = on_message
         self._on_state_cb = on_state
-        self._client_id = f"{client_name}-{uuid.uuid4().hex[:8]}"
+        self._client_id = client_id or default_client_id(purpose)
+        self._session_expiry_s = session_expiry_s
         self._client: paho.Client | None = None
         self._lock = threading.Lock()
         self._connected = False
         self._stopping = False
         self._pending_mid: int | None = None
+
+    @property
+    def client_id(self) -> str:
+        """The MQTT client id (the name of the persistent session)."""
+        return self._client_id
 
     @property
     def connected(self) -> bool:
@@ -83,8 +113,12 @@ class MqttFeed:
         if self._client is not None:
             raise RuntimeError("MqttFeed.start() called twice")
         s = self.settings
-        protocol = paho.MQTTv5 if s.protocol == "5" else paho.MQTTv311
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=protocol)
+        if s.protocol == "5":
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=paho.MQTTv5)
+        else:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=self._client_id, protocol=paho.MQTTv311, clean_session=False
+            )
         paho_log = logging.getLogger(f"{__name__}.paho")
         if not paho_log.filters:
             paho_log.addFilter(_QuietShutdown())
@@ -99,7 +133,13 @@ class MqttFeed:
         client.on_message = self._on_message
         self._client = client
         log.info("MQTT: subscribing to %s on %s as %r", ", ".join(self.filters), s.url, self._client_id)
-        client.connect_async(s.host, s.port, keepalive=s.keepalive)
+        if s.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry_s
+            # False on every connect, the first included: paho's default starts clean once.
+            client.connect_async(s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props)
+        else:
+            client.connect_async(s.host, s.port, keepalive=s.keepalive)
         client.loop_start()
 
     def stop(self) -> None:

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any, cast
 
 from edge_worker.dashboard.feed import MqttFeed, station_filters
-from edge_worker.dashboard.state import Event, StationBoard
+from edge_worker.dashboard.state import KINDS, Event, StationBoard
 from edge_worker.errors import ConfigError
 from edge_worker.publish.settings import MqttSettings
 
@@ -242,7 +242,9 @@ class Dashboard:
 
     ``settings``: the broker; ``listen``: ``(host, port)`` (port 0 picks a free one, see
     :attr:`address`); ``prefix``: first topic level(s); ``history``: verdicts kept per
-    station; ``heartbeat_s``: seconds between heartbeat events on an idle stream.
+    station; ``heartbeat_s``: seconds between heartbeat events on an idle stream;
+    ``client_id``: the persistent MQTT session's id (None: ``edge-worker-dashboard-<host>``).
+    Each station's retained ``latest`` summary fills the board as soon as it subscribes.
     """
 
     def __init__(
@@ -252,6 +254,7 @@ class Dashboard:
         prefix: str = "xray",
         history: int = 10,
         heartbeat_s: float = 5.0,
+        client_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.listen = listen
@@ -263,7 +266,9 @@ class Dashboard:
             name: (resources.files("edge_worker.dashboard") / "static" / name).read_bytes()
             for name, _ in STATIC.values()
         }
-        self._feed = MqttFeed(settings, station_filters(prefix), self._on_message, self._on_broker)
+        self._feed = MqttFeed(
+            settings, station_filters(prefix, KINDS), self._on_message, self._on_broker, client_id=client_id
+        )
         self._http: _HttpServer | None = None
         self._serve: threading.Thread | None = None
 
@@ -346,9 +351,11 @@ class Dashboard:
                 self._hub.publish(event)
 
 
-def run_dashboard(settings: MqttSettings, listen: tuple[str, int], prefix: str = "xray") -> int:
+def run_dashboard(
+    settings: MqttSettings, listen: tuple[str, int], prefix: str = "xray", client_id: str | None = None
+) -> int:
     """Serve the dashboard until SIGTERM or Ctrl-C; returns the exit code."""
-    dashboard = Dashboard(settings, listen, prefix)
+    dashboard = Dashboard(settings, listen, prefix, client_id=client_id)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

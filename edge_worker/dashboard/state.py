@@ -1,8 +1,10 @@
 """Per-station state from MQTT messages: pure values, no network, no threads, no locks.
 
 :class:`StationBoard` takes ``(topic, payload, now)`` for the topics
-``<prefix>/<site>/<station>/verdict|error|availability`` and keeps, per station: online or
-offline, the latest message, a short history and the time of the last message.  Each change
+``<prefix>/<site>/<station>/verdict|error|availability|latest`` and keeps, per station: online
+or offline, the latest message, a short history and the time of the last message.  The
+retained ``latest`` summary gives a board started late every station's last decision at once;
+it never replaces a newer message already shown.  Each change
 comes back as an :class:`Event` (a name and a JSON-ready dict) for the server to push to
 browsers; :meth:`StationBoard.snapshot` is the whole board for a browser that just connected.
 
@@ -22,7 +24,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-KINDS = ("verdict", "error", "availability")
+KINDS = ("verdict", "error", "availability", "latest")
 DECISIONS = ("ok", "retake", "review", "not_judged")
 #: An error message (a rejected file) is shown as this decision.
 REJECTED = "rejected"
@@ -159,6 +161,34 @@ def entry_from_error(payload: dict[str, Any], received: float) -> dict[str, Any]
     }
 
 
+def entry_from_latest(payload: dict[str, Any], received: float) -> dict[str, Any]:
+    """The fields the page shows of a retained ``xray-qc/latest@1`` summary; ValueError if unusable.
+
+    The summary carries no thumbnail, view confidence or orientation: those stay empty.
+    """
+    kind = payload.get("kind")
+    if kind == "error":
+        reason = _text(payload.get("reason"), 64) or "unknown"
+        error = entry_from_error({"id": payload.get("id"), "reason": reason, "detail": payload.get("detail"),
+                                  "times": {"rejected": payload.get("time")}}, received)  # fmt: skip
+        return error
+    if kind != "verdict":
+        raise ValueError(f"kind {kind!r} is not verdict or error")
+    quality = _table(payload.get("quality"))
+    verdict = {
+        "id": payload.get("id"),
+        "decision": payload.get("decision"),
+        "quality": quality or None,
+        "view": {"label": payload.get("view")},
+        "times": {"verdict_made": payload.get("time")},
+        "reasons": payload.get("reasons"),
+        "not_for_clinical_use": payload.get("not_for_clinical_use"),
+    }
+    entry = entry_from_verdict(verdict, received)
+    entry["view_confidence"] = None
+    return entry
+
+
 class StationBoard:
     """Every station's state, built from messages; not thread-safe (the server holds a lock).
 
@@ -207,10 +237,11 @@ class StationBoard:
         site, name, kind = parsed
         if kind == "availability":
             return self._availability(site, name, payload, now)
+        parse = {"verdict": entry_from_verdict, "error": entry_from_error, "latest": entry_from_latest}[kind]
         try:
             body = json.loads(payload)
             if isinstance(body, dict):
-                entry = entry_from_verdict(body, now) if kind == "verdict" else entry_from_error(body, now)
+                entry = parse(body, now)
         except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             log.warning("dashboard: unusable %s on %s: %s", kind, topic, exc)
             return None
@@ -222,6 +253,9 @@ class StationBoard:
             return None
         if entry["id"] in station.ids:
             log.debug("dashboard: %s %s redelivered; ignored", kind, entry["id"])
+            return None
+        if kind == "latest" and station.latest is not None and entry["at"] < station.latest["at"]:
+            log.debug("dashboard: latest %s is older than the message shown; ignored", entry["id"])
             return None
         station.ids.append(entry["id"])
         station.history.append(entry)

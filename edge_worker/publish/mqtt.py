@@ -8,6 +8,12 @@ paho (QoS 1) in insertion order while connected, and a row is deleted only when 
 Delivery is at least once: after a crash a message may be sent twice, so consumers deduplicate
 on the message id carried in the payload.
 
+Connection truth: :attr:`Publisher.connected` means a CONNACK was received *and* the broker
+still answers.  Every packet from the broker (CONNACK, PUBACK, PINGRESP, ...) is timed through
+paho's log callback into a :class:`~edge_worker.publish.liveness.Liveness`, and
+:meth:`Publisher.broker_problem` says "broker silent" after
+:func:`~edge_worker.publish.liveness.silence_limit`, sooner than paho itself notices.
+
 Threads: paho's network loop (``loop_start``) and one sender thread.  Our lock is never held
 while calling into paho, because paho calls ``on_publish`` while holding its own outgoing-message
 lock, and ``Client.publish`` takes that same lock: holding ours across it would deadlock.
@@ -30,10 +36,12 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_worker.errors import ConfigError, EdgeWorkerError
+from edge_worker.publish.latest import latest_summary
+from edge_worker.publish.liveness import Liveness, silence_limit
 from edge_worker.publish.outbox import Outbox
 from edge_worker.publish.settings import MqttSettings, Topics
 
-__all__ = ["KINDS", "MqttSettings", "PayloadError", "Publisher", "Topics"]
+__all__ = ["KINDS", "MqttSettings", "PayloadError", "Publisher", "Topics", "silence_limit"]
 
 if TYPE_CHECKING:
     from typing import Self  # 3.11+; annotations are not evaluated on 3.10
@@ -89,9 +97,19 @@ class Publisher:
     """
 
     def __init__(
-        self, settings: MqttSettings, topics: Topics, outbox: Outbox, *, window: int = DEFAULT_WINDOW
+        self,
+        settings: MqttSettings,
+        topics: Topics,
+        outbox: Outbox,
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_problem: Callable[[str | None], None] | None = None,
     ) -> None:
-        """Prepare a publisher; nothing touches the network until :meth:`start`."""
+        """Prepare a publisher; nothing touches the network until :meth:`start`.
+
+        ``on_problem`` is called (on the sender thread) with :meth:`broker_problem` each time
+        it changes, at most about a second after the change.
+        """
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.settings = settings
@@ -108,6 +126,8 @@ class Publisher:
         self._cursor = 0  # highest row id handed to paho in this epoch
         self._inflight: dict[int, int | None] = {}  # paho mid -> outbox row id (None: not a row)
         self._inflight_rows: set[int] = set()
+        self._row_messages: dict[int, tuple[str, bytes]] = {}  # in-flight row -> (topic, payload)
+        self._latest: bytes | None = None  # the last latest summary sent, re-sent on reconnect
         # Rows paho held at the last CONNACK: paho re-sends them itself right after on_connect
         # returns, so new rows wait until these are settled to keep the send order.
         self._barrier: set[int] = set()
@@ -116,6 +136,9 @@ class Publisher:
         self._client: paho.Client | None = None
         self._sender: threading.Thread | None = None
         self._stopped = False
+        self._on_problem = on_problem
+        self._reported: str | None = None
+        self._liveness = Liveness(settings.keepalive, time.monotonic())  # under self._lock
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -129,6 +152,8 @@ class Publisher:
         if self._client is not None:
             raise RuntimeError("Publisher.start() called twice")
         self._client = self._make_client()
+        with self._lock:
+            self._liveness.started(time.monotonic())
         s = self.settings
         log.info("MQTT: connecting to %s as %r", s.url, self._client_id())
         self._client.connect_async(s.host, s.port, keepalive=s.keepalive)
@@ -182,7 +207,9 @@ class Publisher:
         """Store one message durably and schedule it for sending; return at once.
 
         ``kind`` is ``"verdict"`` or ``"error"``; ``payload`` is JSON-serialisable (no NaN) and
-        should carry ``key`` so consumers can deduplicate; ``key`` is the message id, stable
+        should carry ``key`` so consumers can deduplicate (once the broker acknowledges it, its
+        retained summary, :func:`~edge_worker.publish.latest.latest_summary`, follows on
+        :attr:`Topics.latest`); ``key`` is the message id, stable
         across retries.  Returns False when a message with this key is already pending (nothing
         new is stored).  Raises :class:`PayloadError` for a bad kind or payload, and
         :class:`~edge_worker.publish.outbox.OutboxFull` when the outbox is full (a health
@@ -232,9 +259,45 @@ class Publisher:
 
     @property
     def connected(self) -> bool:
-        """True only between a successful CONNACK and the next disconnect."""
+        """True between a successful CONNACK and the next disconnect, while the broker answers.
+
+        False as soon as nothing has come from the broker for :func:`silence_limit` seconds,
+        although paho may still hold the socket open.
+        """
         with self._lock:
-            return self._connected
+            return self._connected and self._silent(time.monotonic()) is None
+
+    @property
+    def silence_s(self) -> float | None:
+        """Seconds since the last packet from the broker; None before the first one."""
+        with self._lock:
+            return self._liveness.silence_s(time.monotonic())
+
+    def broker_problem(self) -> str | None:
+        """Why the broker cannot take messages now, or None while connected and answering.
+
+        During the first keepalive interval after :meth:`start` a connection still being made
+        is not a problem.  After it: not connected yet, refused, unreachable, TCP connected
+        without a CONNACK, silent beyond :func:`silence_limit`, or a message the broker
+        refused, each with its reason.  The text stays the same while one condition lasts, so
+        health logs it once.
+        """
+        with self._lock:
+            now = time.monotonic()
+            if self._stopped:
+                return "stopped"
+            if self._connected:
+                # Otherwise only a refused message can be known after the CONNACK.
+                return self._silent(now) or self._last_error
+            return self._last_error or self._liveness.waiting(now)
+
+    def _silent(self, now: float) -> str | None:
+        """The silence reason while connected, logged when it first appears; caller holds the lock."""
+        was = self._liveness.silent_text
+        text = self._liveness.silent(now)
+        if text is not None and was is None:
+            log.error("MQTT: %s: %s", self.settings.url, text)
+        return text
 
     @property
     def outbox_depth(self) -> int:
@@ -290,11 +353,15 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_log = self._on_log
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
         return client
 
     def _on_connect(
         self, client: paho.Client, userdata: object, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
+        with self._lock:
+            self._liveness.connack(time.monotonic())
         if reason.is_failure:
             log.error("MQTT: broker %s refused the connection: %s", self.settings.url, reason)
             with self._lock:
@@ -307,22 +374,30 @@ class Publisher:
             self._epoch += 1
             self._cursor = 0  # rescan: rows refused earlier are sent again
             self._barrier = set(self._inflight_rows)
-            status = self._status
+            status, latest = self._status, self._latest
         if self._stopping.is_set():
             # Connected while stop() runs: stop() may already have decided there is nothing to
-            # say, and its clean DISCONNECT suppresses the will; leave "offline" retained.
+            # say, and its clean DISCONNECT suppresses the will; leave the final status (the
+            # caller set "stopped") and "offline" retained.
+            if status is not None:
+                self._send_status(status)
             self._send(self.topics.availability, OFFLINE, 1, True, None)
             return
         log.info("MQTT: connected to %s; %d message(s) in the outbox", self.settings.url, self.outbox_depth)
         self._send(self.topics.availability, ONLINE, 1, True, None)
         if status is not None:
-            try:
-                data = self._status_bytes(status)
-            except Exception:  # a callback boundary: never let it kill paho's network thread
-                log.exception("MQTT: building the status document failed; not re-published")
-            else:
-                self._send(self.topics.status, data, 1, True, None)
+            self._send_status(status)
+        if latest is not None:  # a broker restarted without persistence lost it
+            self._send(self.topics.latest, latest, 1, True, None)
         self._wake.set()
+
+    def _send_status(self, status: StatusSource) -> None:
+        try:
+            data = self._status_bytes(status)
+        except Exception:  # a callback boundary: never let it kill paho's network thread
+            log.exception("MQTT: building the status document failed; not re-published")
+        else:
+            self._send(self.topics.status, data, 1, True, None)
 
     def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
         # paho calls this from inside its ``except OSError`` (no argument carries the error):
@@ -333,7 +408,21 @@ class Publisher:
             self._last_error = f"cannot connect: {why}"
         log.warning("MQTT: cannot reach broker %s (%s); retrying", self.settings.url, why)
 
+    def _on_socket_open(self, client: paho.Client, userdata: object, sock: object) -> None:
+        with self._lock:
+            self._liveness.socket_opened()
+
+    def _on_socket_close(self, client: paho.Client, userdata: object, sock: object) -> None:
+        with self._lock:
+            self._liveness.socket_closed()
+
     def _on_log(self, client: paho.Client, userdata: object, level: int, buf: str) -> None:
+        # paho logs every packet it reads as "Received <TYPE> ...": the only public sign of a
+        # PINGRESP, so this is where the broker's last sign of life is timed.
+        if buf.startswith("Received "):
+            with self._lock:
+                self._liveness.heard(time.monotonic())
+            return
         # A broker that refuses the client's certificate (TLS 1.3) lets the handshake finish and
         # then sends an alert, which paho reports only in its log: keep it as the reason.
         if level == paho.MQTT_LOG_ERR and buf.startswith("failed to receive on socket: "):
@@ -346,6 +435,15 @@ class Publisher:
     ) -> None:
         with self._lock:
             was_connected, self._connected = self._connected, False
+            gave_up = self._liveness.gave_up_waiting()
+            if not was_connected and gave_up and not self._stopping.is_set():
+                # TCP was accepted but no CONNACK came within the keepalive: paho gave up.
+                self._last_error = (
+                    f"no CONNACK within {self.settings.keepalive} s: the broker accepts TCP "
+                    f"connections but does not answer ({reason})"
+                )
+            elif was_connected and not self._stopping.is_set():
+                self._last_error = f"lost the connection: {reason}"
         if self._stopping.is_set():
             log.info("MQTT: disconnected from %s", self.settings.url)
         elif was_connected:
@@ -374,6 +472,7 @@ class Publisher:
             with self._lock:
                 if row_id is not None:
                     self._inflight_rows.discard(row_id)
+                    self._row_messages.pop(row_id, None)
             return info
         # NO_CONN is fine for QoS 1: paho keeps the message and sends it after reconnecting.
         with self._lock:
@@ -394,6 +493,7 @@ class Publisher:
             log.error("MQTT: broker refused outbox row %d (mid %d): %s", row_id, mid, reason)
             with self._lock:
                 self._inflight_rows.discard(row_id)
+                self._row_messages.pop(row_id, None)
                 self._barrier.discard(row_id)
                 self._last_error = f"message refused: {reason}"
             self._wake.set()
@@ -409,15 +509,38 @@ class Publisher:
         with self._drained:
             self._inflight_rows.discard(row_id)
             self._barrier.discard(row_id)
+            message = self._row_messages.pop(row_id, None)
             self._drained.notify_all()
+        if message is not None:
+            self._send_latest(*message)
         self._wake.set()
+
+    def _send_latest(self, topic: str, payload: bytes) -> None:
+        """After the broker acknowledged a verdict or error: its retained latest summary.
+
+        Latest-state only (like status), so it is not stored in the outbox: a summary lost to a
+        crash is replaced by the next one.  One that cannot be built is logged and skipped.
+        """
+        kind = "verdict" if topic == self.topics.verdict else "error" if topic == self.topics.error else None
+        if kind is None:
+            return
+        try:
+            doc = latest_summary(kind, json.loads(payload))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("MQTT: no latest summary for a %s (payload lacks %s)", kind, exc)
+            return
+        data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        with self._lock:
+            self._latest = data
+        self._send(self.topics.latest, data, 1, True, None)
 
     def _send_loop(self) -> None:
         while not self._stopping.is_set():
-            self._wake.wait(timeout=1.0)
+            self._wake.wait(timeout=self._next_check())
             self._wake.clear()
             if self._stopping.is_set():
                 break
+            self._report_problem()
             try:
                 self._send_pending()
             except Exception as exc:  # keep the sender alive; the rows stay stored
@@ -425,6 +548,22 @@ class Publisher:
                 with self._lock:
                     self._last_error = f"outbox send failed: {exc}"
                 self._stopping.wait(1.0)
+
+    def _next_check(self) -> float:
+        """Seconds to sleep: at most 1, less when the silence limit falls due sooner."""
+        with self._lock:
+            return self._liveness.next_check(time.monotonic(), self._connected)
+
+    def _report_problem(self) -> None:
+        """Call ``on_problem`` when :meth:`broker_problem` changed since the last call."""
+        problem = self.broker_problem()
+        if problem == self._reported or self._on_problem is None:
+            return
+        self._reported = problem
+        try:
+            self._on_problem(problem)
+        except Exception:  # the sender must outlive a failing health callback
+            log.exception("MQTT: the broker-problem callback failed")
 
     def _send_pending(self) -> None:
         """Hand stored rows to paho, oldest first, while connected and the window has room."""
@@ -447,4 +586,5 @@ class Publisher:
                     if row.row_id in self._inflight_rows:
                         continue  # paho still holds it and re-sends it itself after reconnecting
                     self._inflight_rows.add(row.row_id)
+                    self._row_messages[row.row_id] = (row.topic, row.payload)
                 self._send(row.topic, row.payload, row.qos, row.retain, row.row_id)

@@ -129,7 +129,8 @@ class Topics:
     """Topic names for one station: ``<prefix>/<site>/<station>/<kind>``.
 
     verdict and error carry per-image messages (QoS 1, not retained); availability carries the
-    retained ``online``/``offline`` birth and death; status carries retained worker state.
+    retained ``online``/``offline`` birth and death; status carries retained worker state;
+    latest carries the retained summary of the station's last verdict or error.
     """
 
     site: str
@@ -165,6 +166,11 @@ class Topics:
     def status(self) -> str:
         """Retained worker status document."""
         return f"{self.base}/status"
+
+    @property
+    def latest(self) -> str:
+        """Retained summary of the last verdict or error (``xray-qc/latest@1``)."""
+        return f"{self.base}/latest"
 
 
 def _check_topic_levels(name: str, value: str, *, allow_slash: bool) -> None:
