@@ -1,0 +1,148 @@
+"""What ``edge-worker check`` and ``edge-worker run`` both prove before any model is loaded.
+
+One set of checks for both, so that ``check`` cannot pass a config that ``run`` refuses:
+
+* the folders: watch, quarantine and state exist (``run`` creates missing ones; ``check`` only
+  says it would) and the service user can write them, proved by writing a probe file, since
+  ``os.access`` says yes to root on a read-only mount;
+* the state filesystem has ``state.min_free_mb`` free: a full disk otherwise shows up later as
+  an ONNX Runtime protobuf error from the optimised-model cache, which names no disk;
+* every configured pack (``pack.path``, each ``pack.extra``, the bundled ones) loads and
+  verifies, and a failure names the pack by its config key.
+
+The folder layout (no overlaps) and the number ranges are pure checks on the config and live
+in :func:`edge_worker.config.validate`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_worker.config import Config
+from edge_worker.errors import ConfigError, PackError
+from edge_worker.pack import Pack, bundled_pack_dirs, default_pack_dir, load_pack
+
+_MIB = 1 << 20
+_PROBE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class FolderReport:
+    """One folder that passed: its config key, path, whether it is still to be created, and the
+    free bytes of its filesystem."""
+
+    key: str
+    folder: Path
+    missing: bool
+    free_bytes: int
+
+    def describe(self) -> str:
+        """``state /var/lib/edge-worker/state (12.3 GiB free)``."""
+        name = self.key.split(".")[0]
+        todo = ", run creates it" if self.missing else ""
+        return f"{name} {self.folder} ({_size(self.free_bytes)} free{todo})"
+
+
+def _size(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / _MIB:.1f} MiB"
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged user may still write on the filesystem holding ``folder``."""
+    st = os.statvfs(folder)
+    return int(st.f_bavail) * int(st.f_frsize)
+
+
+def _existing_ancestor(folder: Path) -> Path:
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _probe_write(folder: Path) -> None:
+    """Create, fill, fsync and remove a hidden probe file; raise OSError if any step fails."""
+    # Hidden (leading dot): the watcher never takes it for a radiograph.
+    probe = folder / f".edge-worker-probe-{os.getpid()}.tmp"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"\0" * _PROBE_BYTES)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
+def check_folder(key: str, folder: Path, *, create: bool, min_free_bytes: int = 0) -> FolderReport:
+    """Prove ``folder`` (config key ``key``) usable: created when ``create``, writable, and with
+    ``min_free_bytes`` free.  Returns what was found; raises :class:`ConfigError` naming the key,
+    the folder and, for a write or space failure, the free space."""
+    folder = Path(folder)
+    missing = not folder.exists()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{key}: {folder} exists and is not a folder")
+    if missing and create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot create {folder}: {exc.strerror or exc}") from exc
+        missing = False
+    where = folder if not missing else _existing_ancestor(folder)
+    free = free_bytes(where)
+    if missing:
+        # check: nothing is created, so the nearest existing parent must take the new folder.
+        if not os.access(where, os.W_OK | os.X_OK) or os.statvfs(where).f_flag & os.ST_RDONLY:
+            raise ConfigError(f"{key}: {folder} is missing and cannot be created in {where} (not writable)")
+    else:
+        try:
+            _probe_write(folder)
+        except OSError as exc:
+            raise ConfigError(
+                f"{key}: {folder} is not writable ({exc.strerror or exc}); {_size(free)} free there"
+            ) from exc
+    if free < min_free_bytes:
+        raise ConfigError(
+            f"{key}: only {_size(free)} free on the filesystem of {folder}, below state.min_free_mb = "
+            f"{min_free_bytes // _MIB} MiB (the outbox, the journal and the optimised-model cache "
+            "live there); free some space or point it elsewhere"
+        )
+    return FolderReport(key, folder, missing, free)
+
+
+def check_folders(config: Config, *, create: bool) -> list[FolderReport]:
+    """:func:`check_folder` for the watch, quarantine and state folders, in that order; the
+    first failure raises :class:`ConfigError`."""
+    return [
+        check_folder("watch.folder", config.watch.folder, create=create),
+        check_folder("quarantine.folder", config.quarantine.folder, create=create),
+        check_folder(
+            "state.folder", config.state.folder, create=create, min_free_bytes=config.state.min_free_mb * _MIB
+        ),
+    ]
+
+
+def pack_sources(config: Config, primary: Path | None = None) -> list[tuple[str, Path]]:
+    """Every pack the config loads, as ``(config key, folder)``: the primary (``primary``, else
+    ``pack.path``, else the demo pack), each ``pack.extra[i]``, then the bundled ones other
+    than the primary when ``pack.bundled``.  Raises :class:`PackError` without the demo pack."""
+    first = primary or (Path(config.pack.path) if config.pack.path else default_pack_dir())
+    sources = [("pack.path", first)]
+    sources += [(f"pack.extra[{i}]", Path(p)) for i, p in enumerate(config.pack.extra)]
+    if config.pack.bundled:
+        sources += [("pack.bundled", d) for d in bundled_pack_dirs() if d.resolve() != first.resolve()]
+    return sources
+
+
+def load_named(key: str, root: Path) -> Pack:
+    """:func:`~edge_worker.pack.load_pack`, with a failure naming the pack's config key and folder."""
+    try:
+        return load_pack(root)
+    except PackError as exc:
+        raise PackError(f"{key} {root}: {exc}") from exc
+
+
+def load_packs(config: Config, primary: Path | None = None) -> list[tuple[str, Pack]]:
+    """Load and verify every pack of :func:`pack_sources`; the first failure raises."""
+    return [(key, load_named(key, root)) for key, root in pack_sources(config, primary)]
