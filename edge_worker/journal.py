@@ -34,6 +34,19 @@ SCHEMA: tuple[str, ...] = (
 )
 
 
+def _whole_row(table: str, row: dict[str, object]) -> bool:
+    """Whether a row recovered from a damaged journal is whole: a message's payload must parse
+    (a truncated page reads as zeros), a processed key must keep its ``path|size|mtime`` form."""
+    if table == "messages":
+        try:
+            return isinstance(json.loads(str(row["payload"])), dict)
+        except ValueError:
+            return False
+    if table == "processed":
+        return str(row["key"]).count("|") >= 2 and "\0" not in str(row["key"])
+    return True
+
+
 class Journal:
     """SQLite journal of messages and processed files, safe to use from several threads."""
 
@@ -45,7 +58,7 @@ class Journal:
         self._lock = threading.Lock()
         # synchronous=FULL (open_state_db): a row must survive power loss, or an image could be
         # judged into a second, different message under the same id.
-        opened = open_state_db(path, SCHEMA)
+        opened = open_state_db(path, SCHEMA, _whole_row)
         self._db = opened.db
         #: The damage healed while opening (``None``: the file was sound); the daemon reports it.
         self.damage: Damage | None = opened.damage

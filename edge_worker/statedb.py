@@ -12,7 +12,8 @@ file stopped the daemon at every start, with the undelivered verdicts still insi
    evidence stays for IT and nothing is overwritten;
 3. creates a fresh database with the caller's schema and copies into it, table by table and
    row by row in rowid order, every row SQLite can still read from the damaged copy; a row the
-   fresh schema refuses (a garbage value in a NOT NULL column) is skipped and counted;
+   fresh schema or the caller's row check refuses (a NULL in a NOT NULL column, a payload torn
+   by a truncated page) is skipped and counted;
 4. returns the connection with a :class:`Damage` record that the daemon reports as a health
    problem (component ``state``).
 
@@ -26,7 +27,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,11 @@ _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 _MAX_ROWID = 2**63 - 1
 _SIDE_FILES = ("-wal", "-shm")
+
+#: ``accept(table, row)``: whether a row read from a damaged file is whole (``row`` maps column
+#: names to values).  A page cut short by truncation reads as zeros at its end, so a row can be
+#: readable yet torn; the store knows what its rows must look like.
+RowCheck = Callable[[str, dict[str, object]], bool]
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,11 @@ def _readable_rows(db: sqlite3.Connection, table: str, columns: list[str]) -> It
 
 
 def _salvage(
-    damaged: Path, fresh: sqlite3.Connection, recovered: dict[str, int], skipped: dict[str, int]
+    damaged: Path,
+    fresh: sqlite3.Connection,
+    accept: RowCheck | None,
+    recovered: dict[str, int],
+    skipped: dict[str, int],
 ) -> None:
     """Copy every readable row of the fresh database's tables from ``damaged``; count them
     into ``recovered`` and ``skipped`` (filled table by table, so a failure keeps the counts)."""
@@ -174,6 +184,9 @@ def _salvage(
             fresh.execute("BEGIN IMMEDIATE")
             try:
                 for row in _readable_rows(old, table, columns):
+                    if accept is not None and not accept(table, dict(zip(columns, row))):
+                        bad += 1
+                        continue
                     try:
                         fresh.execute(insert, row)
                         done += 1
@@ -188,9 +201,10 @@ def _salvage(
         old.close()
 
 
-def open_state_db(path: Path, schema: Sequence[str]) -> Opened:
+def open_state_db(path: Path, schema: Sequence[str], accept: RowCheck | None = None) -> Opened:
     """Open (or create) the SQLite file at ``path`` with ``schema`` (CREATE ... IF NOT EXISTS
-    statements), healing it if it is damaged; see the module docstring.
+    statements), healing it if it is damaged; see the module docstring.  ``accept`` vets each
+    row recovered from a damaged file (see :data:`RowCheck`); refused rows count as skipped.
 
     Returns the open connection (WAL, ``synchronous=FULL``) and the :class:`Damage` healed, if
     any.  Raises ``sqlite3.Error`` for what is not damage (a full or read-only disk).
@@ -219,7 +233,7 @@ def open_state_db(path: Path, schema: Sequence[str]) -> Opened:
     recovered: dict[str, int] = {}
     skipped: dict[str, int] = {}
     try:
-        _salvage(moved, fresh, recovered, skipped)
+        _salvage(moved, fresh, accept, recovered, skipped)
     except sqlite3.Error as exc:  # the fresh database is in use already; what was copied stays
         log.error("recovering rows from %s stopped: %s", moved.name, exc)
     damage = Damage(path=path, moved_to=moved, why=why, recovered=recovered, skipped=skipped)

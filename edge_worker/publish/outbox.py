@@ -18,6 +18,7 @@ as they must for any QoS 1 stream).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -49,6 +50,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL    NOT NULL
 )
 """
+
+
+def _whole_row(table: str, row: dict[str, object]) -> bool:
+    """Whether a row recovered from a damaged outbox is whole: the publisher stores JSON only,
+    so a payload that does not parse was torn by the damage and must not reach the broker."""
+    payload, topic = row.get("payload"), row.get("topic")
+    if not isinstance(payload, bytes) or not isinstance(topic, str) or not topic:
+        return False
+    try:
+        json.loads(payload)
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        return False
+    return True
 
 
 class OutboxFull(EdgeWorkerError):
@@ -112,7 +126,7 @@ class Outbox:
         # fsync per verdict is cheap next to that), BEGIN/COMMIT issued here so that a put's
         # capacity check and its insert are one write transaction, and a damaged file healed:
         # moved aside, its readable rows copied into a fresh one in id order.
-        opened = open_state_db(self.path, (_SCHEMA,))
+        opened = open_state_db(self.path, (_SCHEMA,), _whole_row)
         self._db = opened.db
         #: The damage healed while opening (``None``: the file was sound); the daemon reports it.
         self.damage: Damage | None = opened.damage
