@@ -16,6 +16,7 @@ in :func:`edge_worker.config.validate`.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,17 @@ def _existing_ancestor(folder: Path) -> Path:
     return probe
 
 
+def _cannot_create(parent: Path) -> str | None:
+    """Why ``mkdir`` would fail below the existing ``parent``, in its own words, or ``None``."""
+    if not parent.is_dir():
+        return os.strerror(errno.ENOTDIR)
+    if os.statvfs(parent).f_flag & os.ST_RDONLY:
+        return os.strerror(errno.EROFS)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return os.strerror(errno.EACCES)
+    return None
+
+
 def _probe_write(folder: Path) -> None:
     """Create, fill, fsync and remove a hidden probe file; raise OSError if any step fails."""
     # Hidden (leading dot): the watcher never takes it for a radiograph.
@@ -90,12 +102,14 @@ def check_folder(key: str, folder: Path, *, create: bool, min_free_bytes: int = 
             raise ConfigError(f"{key}: cannot create {folder}: {exc.strerror or exc}") from exc
         missing = False
     where = folder if not missing else _existing_ancestor(folder)
-    free = free_bytes(where)
     if missing:
-        # check: nothing is created, so the nearest existing parent must take the new folder.
-        if not os.access(where, os.W_OK | os.X_OK) or os.statvfs(where).f_flag & os.ST_RDONLY:
-            raise ConfigError(f"{key}: {folder} is missing and cannot be created in {where} (not writable)")
-    else:
+        # check: nothing is created, so the nearest existing parent must take the new folder;
+        # the reasons are worded as mkdir's errors, so that check and run say the same.
+        why = _cannot_create(where)
+        if why:
+            raise ConfigError(f"{key}: cannot create {folder}: {why}")
+    free = free_bytes(where)
+    if not missing:
         try:
             _probe_write(folder)
         except OSError as exc:
