@@ -115,7 +115,9 @@ def run_checks(
         config = loaded
         # The same folder checks as `run`, which creates what is missing: check creates nothing.
         folders = check_folders(loaded, create=False)
-        return f"{config_path} is valid; folders usable: " + ", ".join(f.describe() for f in folders)
+        if folders.quarantine_problem:  # run would start, degraded: rejected files would wait
+            raise EdgeWorkerError(folders.quarantine_problem)
+        return f"{config_path} is valid; folders usable: " + ", ".join(f.describe() for f in folders.reports)
 
     step("config", check_config)
     cfg = config or Config()

@@ -540,11 +540,14 @@ def run_daemon(config: Config) -> int:
     signal.signal(signal.SIGINT, on_signal)
     # Before any model: a full or read-only state disk would otherwise surface as an ONNX
     # Runtime protobuf error from the optimised-model cache, naming no disk.
-    preflight.check_folders(config, create=True)
+    folders = preflight.check_folders(config, create=True)
     sdnotify.notify("STATUS=loading and warming up the model pack")
     pipeline = build_pipeline(config)
     registry = Registry()
     daemon = StationDaemon(config, pipeline, registry, router=build_router(config, pipeline))
+    if folders.quarantine_problem:
+        # Verdicts still flow; rejected files wait in the watch folder until it takes them.
+        daemon.health.fail("quarantine", folders.quarantine_problem)
     daemon.start()
     metrics = _serve_metrics(config, registry, daemon)
     interval = sdnotify.watchdog_interval()

@@ -4,7 +4,8 @@ One set of checks for both, so that ``check`` cannot pass a config that ``run`` 
 
 * the folders: watch, quarantine and state exist (``run`` creates missing ones; ``check`` only
   says it would) and the service user can write them, proved by writing a probe file, since
-  ``os.access`` says yes to root on a read-only mount;
+  ``os.access`` says yes to root on a read-only mount.  An unusable quarantine is the one
+  exception ``run`` survives (started degraded, see :class:`Folders`); ``check`` fails on it;
 * the state filesystem has ``state.min_free_mb`` free: a full disk otherwise shows up later as
   an ONNX Runtime protobuf error from the optimised-model cache, which names no disk;
 * every configured pack (``pack.path``, each ``pack.extra``, the bundled ones) loads and
@@ -125,16 +126,34 @@ def check_folder(key: str, folder: Path, *, create: bool, min_free_bytes: int = 
     return FolderReport(key, folder, missing, free)
 
 
-def check_folders(config: Config, *, create: bool) -> list[FolderReport]:
-    """:func:`check_folder` for the watch, quarantine and state folders, in that order; the
-    first failure raises :class:`ConfigError`."""
-    return [
-        check_folder("watch.folder", config.watch.folder, create=create),
-        check_folder("quarantine.folder", config.quarantine.folder, create=create),
-        check_folder(
-            "state.folder", config.state.folder, create=create, min_free_bytes=config.state.min_free_mb * _MIB
-        ),
-    ]
+@dataclass(frozen=True)
+class Folders:
+    """What :func:`check_folders` found: the folders that passed, and the quarantine's problem.
+
+    An unusable quarantine does not stop the daemon (verdicts still flow; rejected files wait
+    in the watch folder and health reports it until the quarantine takes them), so it is a
+    value here: ``run`` starts degraded with it, ``check`` fails on it, in the same words.
+    """
+
+    reports: list[FolderReport]
+    quarantine_problem: str | None
+
+
+def check_folders(config: Config, *, create: bool) -> Folders:
+    """:func:`check_folder` for the watch, quarantine and state folders, in that order.
+
+    A watch or state problem raises :class:`ConfigError`; a quarantine problem is returned in
+    :attr:`Folders.quarantine_problem`.
+    """
+    reports = [check_folder("watch.folder", config.watch.folder, create=create)]
+    problem = None
+    try:
+        reports.append(check_folder("quarantine.folder", config.quarantine.folder, create=create))
+    except ConfigError as exc:
+        problem = str(exc)
+    min_free = config.state.min_free_mb * _MIB
+    reports.append(check_folder("state.folder", config.state.folder, create=create, min_free_bytes=min_free))
+    return Folders(reports, problem)
 
 
 def pack_sources(config: Config, primary: Path | None = None) -> list[tuple[str, Path]]:

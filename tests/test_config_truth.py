@@ -3,25 +3,29 @@
 
 * Folder layouts that overlap (one folder for two jobs, the watch folder inside the quarantine
   or the state folder, also through a symlink) are refused by both, naming both keys.
-* A quarantine path that cannot be a folder, and a tampered extra pack, are refused by both
-  (before: ``check`` said ok and ``run`` failed, or ran judging nothing).
+* A tampered extra pack is refused by both, naming it (before: ``check`` said ok).  A quarantine
+  path that cannot be a folder fails ``check`` and starts ``run`` degraded, in the same words
+  (before: ``check`` said ok and ``run`` reported nothing until a file was rejected).
 * Numbers out of range are refused with the dotted key and its line.
 * The quick-start layout (quarantine and state inside the watch folder) stays valid.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import Mosquitto, Subscriber
 
 from edge_worker.config import Config, parse, with_overrides
 from edge_worker.errors import ConfigError
 from edge_worker.pack import default_pack_dir
-from tests.stations import ROOT, render_toml
+from tests.stations import ROOT, Station, render_toml
 
 
 def _config(tmp_path: Path, **tables: dict[str, object]) -> Path:
@@ -107,12 +111,28 @@ def test_quick_start_layout_inside_the_watch_folder_stays_valid(tmp_path: Path) 
     assert config.state.folder == watch / ".state"
 
 
-def test_quarantine_that_cannot_be_a_folder_is_refused_by_check_and_run_alike(tmp_path: Path) -> None:
-    (tmp_path / "not-a-folder").write_text("a file where the quarantine should be")
-    config = _config(tmp_path, quarantine={"folder": str(tmp_path / "not-a-folder" / "q")})
-    checked, ran = check_and_run(config, "config")
-    assert checked == ran
-    assert "quarantine.folder" in ran and str(tmp_path / "not-a-folder") in ran, ran
+def test_quarantine_that_cannot_be_a_folder_fails_check_and_degrades_run_in_the_same_words(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber: Callable[..., Subscriber]
+) -> None:
+    # A quarantine that cannot take files does not stop the daemon (verdicts still flow, the
+    # rejected files wait in the watch folder): check fails on it, run reports it at once.
+    station = Station(tmp_path / "st", mosquitto.url, station="xr-q")
+    (tmp_path / "st" / "not-a-folder").write_text("a file where the quarantine should be")
+    where = tmp_path / "st" / "not-a-folder" / "q"
+    text = station.config_path.read_text().replace(str(station.quarantine), str(where))
+    station.config_path.write_text(text)
+    checked = _cli("check", "--config", str(station.config_path), "--skip-broker")
+    assert checked.returncode == 1, checked.stdout
+    (fail,) = [x for x in checked.stdout.splitlines() if x.startswith("FAIL")]
+    assert fail.startswith("FAIL  config: quarantine.folder: ") and str(where) in fail, fail
+    sub = subscriber(mosquitto, f"{station.base}/status")
+    try:
+        station.start()
+        status = json.loads(sub.wait_for(f"{station.base}/status", 1, timeout=30)[-1].payload)
+    finally:
+        station.close()
+    assert status["state"] == "degraded"
+    assert status["problems"]["quarantine"] == fail.removeprefix("FAIL  config: ")
 
 
 def test_tampered_extra_pack_is_named_by_check_and_run_alike(tmp_path: Path) -> None:
