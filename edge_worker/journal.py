@@ -26,11 +26,15 @@ from edge_worker.statedb import Damage, open_state_db
 
 #: The journal's tables; a damaged journal is rebuilt with these and its readable rows copied.
 SCHEMA: tuple[str, ...] = (
-    "CREATE TABLE IF NOT EXISTS processed ("
-    " key TEXT PRIMARY KEY, message_id TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS messages ("
-    " message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL,"
-    " queued INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL)",
+    (
+        "CREATE TABLE IF NOT EXISTS processed ("
+        " key TEXT PRIMARY KEY, message_id TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL)"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS messages ("
+        " message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL,"
+        " queued INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL)"
+    ),
 )
 
 

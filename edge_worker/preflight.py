@@ -152,7 +152,9 @@ def check_folders(config: Config, *, create: bool) -> Folders:
     except ConfigError as exc:
         problem = str(exc)
     min_free = config.state.min_free_mb * _MIB
-    reports.append(check_folder("state.folder", config.state.folder, create=create, min_free_bytes=min_free))
+    reports.append(
+        check_folder("state.folder", config.state.folder, create=create, min_free_bytes=min_free)
+    )
     return Folders(reports, problem)
 
 
@@ -164,7 +166,9 @@ def pack_sources(config: Config, primary: Path | None = None) -> list[tuple[str,
     sources = [("pack.path", first)]
     sources += [(f"pack.extra[{i}]", Path(p)) for i, p in enumerate(config.pack.extra)]
     if config.pack.bundled:
-        sources += [("pack.bundled", d) for d in bundled_pack_dirs() if d.resolve() != first.resolve()]
+        sources += [
+            ("pack.bundled", d) for d in bundled_pack_dirs() if d.resolve() != first.resolve()
+        ]
     return sources
 
 

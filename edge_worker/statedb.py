@@ -132,7 +132,9 @@ def _columns(db: sqlite3.Connection, table: str) -> list[str]:
     return [str(r[1]) for r in db.execute(f'PRAGMA table_info("{table}")').fetchall()]
 
 
-def _readable_rows(db: sqlite3.Connection, table: str, columns: list[str]) -> Iterator[tuple[object, ...]]:
+def _readable_rows(
+    db: sqlite3.Connection, table: str, columns: list[str]
+) -> Iterator[tuple[object, ...]]:
     """Rows of ``table`` in rowid order, stepping over the rowid ranges SQLite cannot read.
 
     A damaged page raises in the middle of a scan; the scan restarts past it with a gap that
@@ -179,7 +181,9 @@ def _salvage(
         for table in tables:
             columns = _columns(fresh, table)
             placeholders = ", ".join("?" for _ in columns)
-            insert = f'INSERT OR IGNORE INTO "{table}" ({", ".join(columns)}) VALUES ({placeholders})'
+            insert = (
+                f'INSERT OR IGNORE INTO "{table}" ({", ".join(columns)}) VALUES ({placeholders})'
+            )
             done = bad = 0
             fresh.execute("BEGIN IMMEDIATE")
             try:
@@ -210,21 +214,17 @@ def open_state_db(path: Path, schema: Sequence[str], accept: RowCheck | None = N
     any.  Raises ``sqlite3.Error`` for what is not damage (a full or read-only disk).
     """
     path = Path(path)
+    db: sqlite3.Connection | None = None
     try:
         db = _connect(path)
+        _check(db, schema)
+        return Opened(db)
     except sqlite3.DatabaseError as exc:
+        if db is not None:
+            db.close()
         if not is_damage(exc):
             raise
-        db, why = None, str(exc)
-    else:
-        try:
-            _check(db, schema)
-            return Opened(db)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            if not is_damage(exc):
-                raise
-            why = str(exc)
+        why = str(exc)
     moved = _move_aside(path)
     log.error("state database %s is damaged (%s); moved aside as %s", path, why, moved.name)
     fresh = _connect(path)

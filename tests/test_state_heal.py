@@ -17,7 +17,6 @@ Mount tests need root (``mount -t tmpfs``) and skip with the reason where it is 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import subprocess
