@@ -1,8 +1,11 @@
 """``edge-worker check``: prove the config, pack, backend and broker before going live.
 
 Each check prints one line, ``ok`` or ``FAIL`` with the reason; the exit code is 1 if any
-check failed.  It is the only place that opens a broker connection on purpose outside the
-daemon: a test message goes to ``<prefix>/<site>/<station>/check``.
+check failed.  The config and pack checks are the ones ``run`` makes before it starts
+(:mod:`edge_worker.preflight`), in the same words: the folders (layout, writable by whoever runs
+the check, so run it as the service user; free space for the state), and every configured pack.
+It is the only place that opens a broker connection on purpose outside the daemon: a test
+message goes to ``<prefix>/<site>/<station>/check``.
 """
 
 from __future__ import annotations

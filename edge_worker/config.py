@@ -37,12 +37,13 @@ class WatchConfig:
     recursive: bool = True
     """Also watch subfolders (modalities often write study/series folders)."""
     settle_seconds: float = 0.5
-    """A file must keep its size and mtime this long before it is read."""
+    """A file must keep its size and mtime this long before it is read (0-3600 s, above 0)."""
     skip_settle_when_whole: bool = True
     """Read a file its writer closed at once when its DICOM structure proves it whole (the Pixel
     Data ends at the end of the file); false: always wait ``settle_seconds``."""
     incomplete_deadline_seconds: float = 120.0
-    """A file still changing after this long is quarantined as incomplete."""
+    """A file still changing after this long is quarantined as incomplete (above settle_seconds
+    and 2 s, at most a day)."""
     use_polling: bool = False
     """Poll instead of inotify close-write events (network filesystems)."""
 
@@ -50,13 +51,15 @@ class WatchConfig:
 @dataclass(frozen=True)
 class QuarantineConfig:
     folder: Path = Path("/var/lib/edge-worker/quarantine")
-    """Rejected files are moved here with a ``.reason.json`` beside each."""
+    """Rejected files are moved here with a ``.reason.json`` beside each.  It may sit inside the
+    watch folder (the watcher skips it), never be it, nor hold it, nor overlap the state folder."""
 
 
 @dataclass(frozen=True)
 class StateConfig:
     folder: Path = Path("/var/lib/edge-worker/state")
-    """Durable state: the outbox of unacknowledged messages."""
+    """Durable state: the outbox of unacknowledged messages and the journal.  Same layout rule
+    as the quarantine folder."""
     outbox_max_messages: int = 100_000
     """Outbox bound (10-10,000,000); when full, new messages are refused and health reports it."""
     min_free_mb: int = 64
@@ -84,11 +87,11 @@ class InferenceConfig:
     """Backend preference, first usable wins: tensorrt, onnxruntime-tensorrt, onnxruntime-cuda,
     onnxruntime-cpu.  Falling back to the CPU after a GPU backend is a health failure."""
     threads: int = 2
-    """Intra-op threads per network."""
+    """Intra-op threads per network (1-256)."""
     precision: str = "fp16"
     """TensorRT precision: fp32, fp16 or int8; refused, never lowered, where the GPU cannot."""
     max_batch: int = 8
-    """Largest batch of the TensorRT optimisation profile."""
+    """Largest batch of the TensorRT optimisation profile (1-1024)."""
     batch_files: int = 4
     """Most files, among those already waiting, judged together: each network then runs once
     on all of them (large inputs in smaller runs).  A lone file never waits for company; 1
@@ -122,7 +125,7 @@ class MqttConfig:
     topic_prefix: str = "xray"
     """First topic level: <prefix>/<site>/<station>/verdict."""
     keepalive: int = 30
-    """Seconds between keepalive pings; the broker publishes the last will after 1.5x."""
+    """Seconds between keepalive pings (5-65535); the broker publishes the last will after 1.5x."""
     protocol: str = "5"
     """MQTT version, "5" or "3.1.1".  Use 5: under 3.1.1 a broker that denies a publish by
     ACL still acknowledges it, and the verdict is dropped without a sign."""
@@ -136,19 +139,22 @@ class IngestConfig:
     accept_for_processing: bool = False
     """Judge 'For Processing' (raw detector) images too."""
     max_side: int = 8192
-    """Largest accepted Rows or Columns."""
+    """Largest accepted Rows or Columns (64-65535)."""
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     metrics_listen: str = "127.0.0.1:9750"
-    """host:port of the Prometheus endpoint (/metrics); empty disables it."""
+    """host:port of the Prometheus endpoint (/metrics), port 1-65535; empty disables it."""
     status_interval_seconds: float = 30.0
-    """How often the retained status message is refreshed (also on every health change)."""
+    """How often the retained status message is refreshed (also on every health change); above
+    0, at most a day."""
     stall_seconds: float = 120.0
-    """Files waiting and none judged for this long: the systemd watchdog ping is withheld."""
+    """Files waiting and none judged for this long: the systemd watchdog ping is withheld (above
+    0, at most a day)."""
     stop_timeout_seconds: float = 20.0
-    """On SIGTERM: time to finish queued files and deliver messages (keep under TimeoutStopSec)."""
+    """On SIGTERM: time to finish queued files and deliver messages (keep under TimeoutStopSec;
+    above 0, at most 3600 s)."""
 
 
 @dataclass(frozen=True)
