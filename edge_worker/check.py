@@ -1,8 +1,11 @@
 """``edge-worker check``: prove the config, pack, backend and broker before going live.
 
 Each check prints one line, ``ok`` or ``FAIL`` with the reason; the exit code is 1 if any
-check failed.  It is the only place that opens a broker connection on purpose outside the
-daemon: a test message goes to ``<prefix>/<site>/<station>/check``.
+check failed.  The config and pack checks are the ones ``run`` makes before it starts
+(:mod:`edge_worker.preflight`), in the same words: the folders (layout, writable by whoever runs
+the check, so run it as the service user; free space for the state), and every configured pack.
+It is the only place that opens a broker connection on purpose outside the daemon: a test
+message goes to ``<prefix>/<site>/<station>/check``.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def run_checks(
 ) -> int:
     """Run every check, print one line each, return 0 when all pass, else 1."""
     from edge_worker.backends import select
-    from edge_worker.pack import load_pack
+    from edge_worker.preflight import check_folders, load_packs
 
     failures = 0
     config: Config | None = None
@@ -108,17 +111,26 @@ def run_checks(
 
     def check_config() -> str:
         nonlocal config
-        config = load(config_path) if config_path else Config()
-        return f"{config_path or 'built-in defaults'} is valid"
+        if config_path is None:
+            config = Config()
+            return "built-in defaults are valid (give --config to check the folders too)"
+        loaded = load(config_path)
+        config = loaded
+        # The same folder checks as `run`, which creates what is missing: check creates nothing.
+        folders = check_folders(loaded, create=False)
+        if folders.quarantine_problem:  # run would start, degraded: rejected files would wait
+            raise EdgeWorkerError(folders.quarantine_problem)
+        return f"{config_path} is valid; folders usable: " + ", ".join(f.describe() for f in folders.reports)
 
     step("config", check_config)
     cfg = config or Config()
-    pack_path = pack_dir or (Path(cfg.pack.path) if cfg.pack.path else None)
 
     def check_pack() -> str:
-        pack = load_pack(pack_path)
-        flag = ", NOT FOR CLINICAL USE" if pack.not_for_clinical_use else ""
-        return f"{pack.name} {pack.version}: {len(pack.stages)} stages, sha256 verified{flag}"
+        lines = []
+        for key, pack in load_packs(cfg, pack_dir):
+            flag = ", NOT FOR CLINICAL USE" if pack.not_for_clinical_use else ""
+            lines.append(f"{pack.name} {pack.version} ({key}): {len(pack.stages)} stages, sha256 verified{flag}")
+        return "; ".join(lines)
 
     step("pack", check_pack)
 

@@ -1,7 +1,9 @@
 """The ``edge-worker`` command line: run, analyze, demo, check, dashboard, tail, bench.
 
 Argument parsing only; each subcommand hands over to the module that does the work.
-Exit codes: 0 success, 1 a check or run failed, 2 a usage or configuration error.
+Exit codes: 0 success; 1 a check failed, or ``analyze --fail-on-reject`` rejected a file; 2 a
+usage or configuration error, a folder ``run`` cannot use (state disk full or read-only), a pack
+that fails verification, or an ``analyze`` path that does not exist.
 """
 
 from __future__ import annotations
@@ -69,32 +71,40 @@ def _iter_files(paths: Sequence[str]) -> list[Path]:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
+    """Judge the files; exit 0, or 1 with ``--fail-on-reject`` when any file was rejected, or 2
+    for a missing path (checked before any pack loads) or no file at all."""
     from edge_worker.backends import LoadOptions, select
     from edge_worker.ingest.types import IngestPolicy
     from edge_worker.pack import bundled_pack_dirs, default_pack_dir, load_pack
     from edge_worker.pipeline.runner import Pipeline
     from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 
+    missing = [raw for raw in args.paths if not Path(raw).exists()]
+    for raw in missing:
+        print(f"edge-worker analyze: {raw}: no such file or folder", file=sys.stderr)
+    if missing:
+        return 2
+    files = _iter_files(args.paths)
+    if not files:
+        print("edge-worker analyze: no files found", file=sys.stderr)
+        return 2
     # Packs given: exactly those.  None given: the demo pack and every other bundled pack.
     dirs = [Path(p) for p in args.pack] if args.pack else [default_pack_dir(), *bundled_pack_dirs()]
     backend = select(args.backend or ["onnxruntime-cpu"])
     pipelines = [Pipeline(load_pack(d), backend, LoadOptions(threads=args.threads)) for d in dirs]
     router = Router(pipelines, parse_synonyms(["THORAX=CHEST", "LUNG=CHEST", "CXR=CHEST"]))
     judge = RoutedJudge(router, site="local", station="analyze", policy=IngestPolicy())
-    files = _iter_files(args.paths)
-    if not files:
-        print("edge-worker analyze: no files found", file=sys.stderr)
-        return 2
+    rejected = 0
     for path in files:
-        if not path.is_file():
-            print(f"{path}: no such file", file=sys.stderr)
-            continue
         outcome = judge(path)
+        rejected += outcome.kind == "error"
         if args.json:
             print(json.dumps({"file": str(path), "kind": outcome.kind, **outcome.payload}), flush=True)
         else:
             print(f"{path}: {summary_line(outcome.kind, outcome.payload)}", flush=True)
-    return 0
+    if rejected:
+        print(f"edge-worker analyze: {rejected} of {len(files)} file(s) rejected", file=sys.stderr)
+    return 1 if rejected and args.fail_on_reject else 0
 
 
 #: How the summary line names a pack's ``training_data`` kind (the manifest's own words).
@@ -233,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--json", action="store_true", help="one JSON object per line")
     analyze.add_argument("--backend", action="append", help="backend, repeat for a preference list")
     analyze.add_argument("--threads", type=int, default=2, help="threads per network")
+    analyze.add_argument(
+        "--fail-on-reject", action="store_true", help="exit 1 when any file is rejected (default: 0)"
+    )
     analyze.set_defaults(func=_cmd_analyze)
 
     demo = sub.add_parser("demo", help="broker + daemon + five simulated X-ray stations, verdicts printed")

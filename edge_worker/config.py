@@ -12,6 +12,8 @@ Secrets are not written in the file: the MQTT password is read from the systemd 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import os
 import re
 import tomllib
@@ -36,12 +38,13 @@ class WatchConfig:
     recursive: bool = True
     """Also watch subfolders (modalities often write study/series folders)."""
     settle_seconds: float = 0.5
-    """A file must keep its size and mtime this long before it is read."""
+    """A file must keep its size and mtime this long before it is read (0-3600 s, above 0)."""
     skip_settle_when_whole: bool = True
     """Read a file its writer closed at once when its DICOM structure proves it whole (the Pixel
     Data ends at the end of the file); false: always wait ``settle_seconds``."""
     incomplete_deadline_seconds: float = 120.0
-    """A file still changing after this long is quarantined as incomplete."""
+    """A file still changing after this long is quarantined as incomplete (above settle_seconds
+    and 2 s, at most a day)."""
     use_polling: bool = False
     """Poll instead of inotify close-write events (network filesystems)."""
 
@@ -49,15 +52,20 @@ class WatchConfig:
 @dataclass(frozen=True)
 class QuarantineConfig:
     folder: Path = Path("/var/lib/edge-worker/quarantine")
-    """Rejected files are moved here with a ``.reason.json`` beside each."""
+    """Rejected files are moved here with a ``.reason.json`` beside each.  It may sit inside the
+    watch folder (the watcher skips it), never be it, nor hold it, nor overlap the state folder."""
 
 
 @dataclass(frozen=True)
 class StateConfig:
     folder: Path = Path("/var/lib/edge-worker/state")
-    """Durable state: the outbox of unacknowledged messages."""
+    """Durable state: the outbox of unacknowledged messages and the journal.  Same layout rule
+    as the quarantine folder."""
     outbox_max_messages: int = 100_000
-    """Outbox bound; when full, new messages are refused and health reports it."""
+    """Outbox bound (10-10,000,000); when full, new messages are refused and health reports it."""
+    min_free_mb: int = 64
+    """Free space (MiB) the state folder's filesystem must have at start, for the outbox, the
+    journal and the optimised-model cache; below it the daemon refuses to start and says so."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +94,11 @@ class InferenceConfig:
     """Backend preference, first usable wins: tensorrt, onnxruntime-tensorrt, onnxruntime-cuda,
     onnxruntime-cpu.  Falling back to the CPU after a GPU backend is a health failure."""
     threads: int = 2
-    """Intra-op threads per network."""
+    """Intra-op threads per network (1-256)."""
     precision: str = "fp16"
     """TensorRT precision: fp32, fp16 or int8; refused, never lowered, where the GPU cannot."""
     max_batch: int = 8
-    """Largest batch of the TensorRT optimisation profile."""
+    """Largest batch of the TensorRT optimisation profile (1-1024)."""
     batch_files: int = 4
     """Most files, among those already waiting, judged together: each network then runs once
     on all of them (large inputs in smaller runs).  A lone file never waits for company; 1
@@ -124,7 +132,7 @@ class MqttConfig:
     topic_prefix: str = "xray"
     """First topic level: <prefix>/<site>/<station>/verdict."""
     keepalive: int = 30
-    """Seconds between keepalive pings; the broker publishes the last will after 1.5x."""
+    """Seconds between keepalive pings (5-65535); the broker publishes the last will after 1.5x."""
     protocol: str = "5"
     """MQTT version, "5" or "3.1.1".  Use 5: under 3.1.1 a broker that denies a publish by
     ACL still acknowledges it, and the verdict is dropped without a sign."""
@@ -138,7 +146,7 @@ class IngestConfig:
     accept_for_processing: bool = False
     """Judge 'For Processing' (raw detector) images too."""
     max_side: int = 8192
-    """Largest accepted Rows or Columns."""
+    """Largest accepted Rows or Columns (64-65535)."""
     decode_memory_mib: int = 1024
     """Memory one file's read and decode may take (64-65536 MiB).  A file predicted to need more
     is refused (decode_budget_exceeded) before any pixel is allocated; with decode_isolated, the
@@ -156,13 +164,16 @@ class IngestConfig:
 @dataclass(frozen=True)
 class ServiceConfig:
     metrics_listen: str = "127.0.0.1:9750"
-    """host:port of the Prometheus endpoint (/metrics); empty disables it."""
+    """host:port of the Prometheus endpoint (/metrics), port 1-65535; empty disables it."""
     status_interval_seconds: float = 30.0
-    """How often the retained status message is refreshed (also on every health change)."""
+    """How often the retained status message is refreshed (also on every health change); above
+    0, at most a day."""
     stall_seconds: float = 120.0
-    """Files waiting and none judged for this long: the systemd watchdog ping is withheld."""
+    """Files waiting and none judged for this long: the systemd watchdog ping is withheld (above
+    0, at most a day)."""
     stop_timeout_seconds: float = 20.0
-    """On SIGTERM: time to finish queued files and deliver messages (keep under TimeoutStopSec)."""
+    """On SIGTERM: time to finish queued files and deliver messages (keep under TimeoutStopSec;
+    above 0, at most 3600 s)."""
 
 
 @dataclass(frozen=True)
@@ -323,58 +334,127 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+#: The longest interval or timeout accepted: timers and waits far beyond a day are a typo, and
+#: a few (systemd's, paho's) overflow past 2**31 ms.
+MAX_SECONDS = 86_400.0
+
+
+class InvalidValue(ConfigError):
+    """A value :func:`validate` refuses; ``key`` is its dotted name (for the line number)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def _in_range(key: str, value: float, low: float, high: float, *, above: bool = False) -> None:
+    """Raise :class:`InvalidValue` unless ``low <= value <= high`` (``low < value`` with
+    ``above``); NaN and infinities are refused too (TOML can spell them)."""
+    if math.isfinite(value) and (value > low if above else value >= low) and value <= high:
+        return
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    bound = f"> {low:g}" if above else f">= {low:g}"
+    raise InvalidValue(key, f"{shown} is out of range: must be {bound} and <= {high:g}")
+
+
+def _port(key: str, listen: str) -> None:
+    port = int(listen.rsplit(":", 1)[1]) if ":" in listen else -1
+    if not 1 <= port <= 65535:
+        raise InvalidValue(key, f"{listen!r}: the port must be 1..65535")
+
+
+def _real(folder: Path) -> Path:
+    # realpath, not absolute: a symlink must not hide that two folders are one.
+    return Path(os.path.realpath(folder))
+
+
+def _check_layout(config: Config) -> None:
+    """Refuse watch, quarantine and state folders that overlap in a way that breaks the daemon.
+
+    Equal folders, the watch folder inside the quarantine or state folder (the watcher ignores
+    everything below those, so nothing would be judged), and quarantine and state inside each
+    other are refused.  Quarantine or state inside the watch folder is allowed (the quick-start
+    layout): the watcher excludes them.
+    """
+    folders = {
+        "watch.folder": _real(config.watch.folder),
+        "quarantine.folder": _real(config.quarantine.folder),
+        "state.folder": _real(config.state.folder),
+    }
+    for a, b in itertools.combinations(folders, 2):
+        if folders[a] == folders[b]:
+            raise InvalidValue(b, f"{b} and {a} are the same folder ({folders[a]}); give each its own")
+        for inner, outer in ((a, b), (b, a)):
+            if outer == "watch.folder" or not folders[inner].is_relative_to(folders[outer]):
+                continue
+            why = (
+                "the watcher ignores everything below it, so nothing would be judged"
+                if inner == "watch.folder"
+                else "keep them apart"
+            )
+            raise InvalidValue(inner, f"{inner} ({folders[inner]}) is inside {outer} ({folders[outer]}): {why}")
+
+
 def validate(config: Config) -> Config:
-    """Cross-field checks that types alone cannot express; returns ``config`` unchanged."""
+    """Cross-field checks and ranges that types alone cannot express; returns ``config``
+    unchanged or raises :class:`InvalidValue` (a :class:`ConfigError`) naming the dotted key."""
     for key in ("site", "station"):
         value = getattr(config, key)
         if not _NAME.match(value):
-            raise ConfigError(
-                f"{key}: {value!r} must be 1-64 letters, digits, '.', '_' or '-' "
-                "(it becomes an MQTT topic level)"
+            raise InvalidValue(
+                key,
+                f"{value!r} must be 1-64 letters, digits, '.', '_' or '-' (it becomes an MQTT topic level)",
             )
-    if not config.inference.backends:
-        raise ConfigError("inference.backends: list at least one backend")
-    if config.inference.precision not in ("fp32", "fp16", "int8"):
-        raise ConfigError(f"inference.precision: {config.inference.precision!r} is not fp32, fp16 or int8")
-    if config.inference.max_batch < 1:
-        raise ConfigError("inference.max_batch: must be at least 1")
-    if not 1 <= config.inference.batch_files <= config.inference.max_batch:
-        raise ConfigError("inference.batch_files: must be 1..max_batch")
-    if config.inference.threads < 1:
-        raise ConfigError("inference.threads: must be at least 1")
-    if config.watch.settle_seconds <= 0:
-        raise ConfigError("watch.settle_seconds: must be > 0")
-    if config.watch.incomplete_deadline_seconds <= max(config.watch.settle_seconds, SCAN_SETTLE_SECONDS):
-        raise ConfigError(
-            "watch.incomplete_deadline_seconds: must exceed settle_seconds and the "
-            f"{SCAN_SETTLE_SECONDS:.0f} s a file found by a folder scan must hold still"
+    w, st, inf, svc = config.watch, config.state, config.inference, config.service
+    if not inf.backends:
+        raise InvalidValue("inference.backends", "list at least one backend")
+    if inf.precision not in ("fp32", "fp16", "int8"):
+        raise InvalidValue("inference.precision", f"{inf.precision!r} is not fp32, fp16 or int8")
+    _in_range("inference.max_batch", inf.max_batch, 1, 1024)
+    _in_range("inference.batch_files", inf.batch_files, 1, inf.max_batch)
+    _in_range("inference.threads", inf.threads, 1, 256)
+    _in_range("watch.settle_seconds", w.settle_seconds, 0, 3600, above=True)
+    if w.incomplete_deadline_seconds <= max(w.settle_seconds, SCAN_SETTLE_SECONDS):
+        raise InvalidValue(
+            "watch.incomplete_deadline_seconds",
+            f"must exceed settle_seconds and the {SCAN_SETTLE_SECONDS:.0f} s a file found by a "
+            "folder scan must hold still",
         )
-    if config.service.metrics_listen and not re.match(r"^[^\s:]*:\d+$", config.service.metrics_listen):
-        raise ConfigError(f"service.metrics_listen: {config.service.metrics_listen!r} is not host:port")
-    if config.service.status_interval_seconds <= 0 or config.service.stall_seconds <= 0:
-        raise ConfigError("service: status_interval_seconds and stall_seconds must be > 0")
-    if not 32 <= config.verdict.thumbnail_size <= 512:
-        raise ConfigError("verdict.thumbnail_size: must be 32..512 pixels")
-    if not 0.0 <= config.verdict.deviation_index_limit <= 20.0:
-        raise ConfigError("verdict.deviation_index_limit: must be 0..20 (0 switches it off)")
-    if not 64 <= config.ingest.decode_memory_mib <= 65536:
-        raise ConfigError("ingest.decode_memory_mib: must be 64..65536 MiB")
-    if not 1.0 <= config.ingest.decode_timeout_seconds <= 600.0:
-        raise ConfigError("ingest.decode_timeout_seconds: must be 1..600 s")
-    if config.state.outbox_max_messages < 10:
-        raise ConfigError("state.outbox_max_messages: must be at least 10")
+    _in_range("watch.incomplete_deadline_seconds", w.incomplete_deadline_seconds, 0, MAX_SECONDS)
+    if svc.metrics_listen:
+        if not re.match(r"^[^\s:]*:\d+$", svc.metrics_listen):
+            raise InvalidValue("service.metrics_listen", f"{svc.metrics_listen!r} is not host:port")
+        _port("service.metrics_listen", svc.metrics_listen)
+    _in_range("service.status_interval_seconds", svc.status_interval_seconds, 0, MAX_SECONDS, above=True)
+    _in_range("service.stall_seconds", svc.stall_seconds, 0, MAX_SECONDS, above=True)
+    _in_range("service.stop_timeout_seconds", svc.stop_timeout_seconds, 0, 3600, above=True)
+    _in_range("verdict.thumbnail_size", config.verdict.thumbnail_size, 32, 512)
+    _in_range("state.outbox_max_messages", st.outbox_max_messages, 10, 10_000_000)
+    _in_range("state.min_free_mb", st.min_free_mb, 1, 1 << 20)
+    # Rows and Columns are US (16-bit) in DICOM; below 64 pixels no network input makes sense.
+    _in_range("ingest.max_side", config.ingest.max_side, 64, 65535)
+    _in_range("verdict.deviation_index_limit", config.verdict.deviation_index_limit, 0, 20)
+    _in_range("ingest.decode_memory_mib", config.ingest.decode_memory_mib, 64, 65536)
+    _in_range("ingest.decode_timeout_seconds", config.ingest.decode_timeout_seconds, 1, 600)
     parse_synonyms(config.pack.synonyms)
     parse_keywords(config.pack.body_part_keywords)
     _validate_retention(config)
-    if config.mqtt.protocol not in ("5", "3.1.1"):
-        raise ConfigError(f"mqtt.protocol: {config.mqtt.protocol!r} is not \"5\" or \"3.1.1\"")
-    if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", config.mqtt.url):
-        raise ConfigError(f"mqtt.url: {config.mqtt.url!r} is not mqtt://host[:port] or mqtts://host[:port]")
-    if bool(config.mqtt.tls.cert_file) != bool(config.mqtt.tls.key_file):
-        raise ConfigError("mqtt.tls: cert_file and key_file go together")
-    tls = config.mqtt.tls
-    if config.mqtt.url.startswith("mqtt://") and (tls.ca_file or tls.cert_file or tls.insecure):
-        raise ConfigError("mqtt.tls: TLS settings given but mqtt.url is not mqtts://")
+    m = config.mqtt
+    if m.protocol not in ("5", "3.1.1"):
+        raise InvalidValue("mqtt.protocol", f"{m.protocol!r} is not \"5\" or \"3.1.1\"")
+    if not re.match(r"^mqtts?://[^/\s:]+(:\d+)?/?$", m.url):
+        raise InvalidValue("mqtt.url", f"{m.url!r} is not mqtt://host[:port] or mqtts://host[:port]")
+    if re.search(r":\d+/?$", m.url):
+        _port("mqtt.url", m.url.rstrip("/"))
+    # Below 5 s the pings themselves are most of the traffic; 0 would switch them off, and with
+    # them the detection of a half-open connection.
+    _in_range("mqtt.keepalive", m.keepalive, 5, 65535)
+    if bool(m.tls.cert_file) != bool(m.tls.key_file):
+        raise InvalidValue("mqtt.tls.cert_file", "cert_file and key_file go together")
+    tls = m.tls
+    if m.url.startswith("mqtt://") and (tls.ca_file or tls.cert_file or tls.insecure):
+        raise InvalidValue("mqtt.url", "TLS settings given in [mqtt.tls] but mqtt.url is not mqtts://")
+    _check_layout(config)
     return config
 
 
@@ -407,7 +487,12 @@ def parse(text: str, source: str = "<config>") -> Config:
         line = _line_of(text, exc.dotted)
         where = f"{source}:{line}" if line else source
         raise ConfigError(f"{where}: {exc}") from exc
-    return validate(config)
+    try:
+        return validate(config)
+    except InvalidValue as exc:
+        line = _line_of(text, exc.key)
+        where = f"{source}:{line}" if line else source
+        raise ConfigError(f"{where}: {exc}") from exc
 
 
 def load(path: Path) -> Config:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from edge_worker import sdnotify
+from edge_worker import preflight, sdnotify
 from edge_worker.backends import LoadOptions, select
 from edge_worker.bodypart import parse_keywords
 from edge_worker.config import SCAN_SETTLE_SECONDS, Config
@@ -33,7 +33,6 @@ from edge_worker.ingest.types import IngestPolicy
 from edge_worker.ingest.whole import is_whole
 from edge_worker.journal import Journal
 from edge_worker.metrics import MetricsServer, Registry
-from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.process import Outcome, file_digest
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
@@ -59,20 +58,17 @@ CRASH_STRIKES = 2
 
 def build_router(config: Config, primary: Pipeline) -> Router:
     """The primary pipeline plus one per extra (and bundled) pack, routed by body part."""
-    from edge_worker.pack import bundled_pack_dirs
-
-    dirs = [Path(p) for p in config.pack.extra]
-    if config.pack.bundled:
-        dirs += [d for d in bundled_pack_dirs() if d.resolve() != primary.pack.root.resolve()]
-    pipelines = [primary] + [build_pipeline(config, d) for d in dirs]
+    others = preflight.pack_sources(config, primary.pack.root)[1:]
+    pipelines = [primary] + [build_pipeline(config, d, key) for key, d in others]
     return Router(pipelines, parse_synonyms(config.pack.synonyms), config.pack.default,
                   parse_keywords(config.pack.body_part_keywords))  # fmt: skip
 
 
-def build_pipeline(config: Config, pack_dir: Path | None = None) -> Pipeline:
-    """Load and verify a pack (default: the configured primary), select the backend, create
-    and warm every session."""
-    pack = load_pack(pack_dir or (Path(config.pack.path) if config.pack.path else None))
+def build_pipeline(config: Config, pack_dir: Path | None = None, key: str = "pack.path") -> Pipeline:
+    """Load and verify a pack (default: the configured primary; ``key`` names it in errors),
+    select the backend, create and warm every session."""
+    root = pack_dir or preflight.pack_sources(config)[0][1]
+    pack = preflight.load_named(key, root)
     backend = select(list(config.inference.backends))
     options = LoadOptions(
         threads=config.inference.threads,
@@ -165,6 +161,11 @@ class StationDaemon:
         settings = mqtt_settings(config)
         config.state.folder.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.state.folder / "outbox.sqlite3", max_rows=config.state.outbox_max_messages)
+        healed = [d.describe() for d in (self.journal.damage, self.outbox.damage) if d is not None]
+        if healed:
+            # Its own component: "state" is cleared by the next successful write, and IT must
+            # see that rows may be lost (the damaged files stay beside the fresh ones).
+            self.health.fail("state_damaged", "; ".join(healed))
         self.publisher = Publisher(
             settings, Topics(config.site, config.station, settings.topic_prefix), self.outbox,
             on_problem=self._broker_problem,
@@ -729,10 +730,16 @@ def run_daemon(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Before any model: a full or read-only state disk would otherwise surface as an ONNX
+    # Runtime protobuf error from the optimised-model cache, naming no disk.
+    folders = preflight.check_folders(config, create=True)
     sdnotify.notify("STATUS=loading and warming up the model pack")
     pipeline = build_pipeline(config)
     registry = Registry()
     daemon = StationDaemon(config, pipeline, registry, router=build_router(config, pipeline))
+    if folders.quarantine_problem:
+        # Verdicts still flow; rejected files wait in the watch folder until it takes them.
+        daemon.health.fail("quarantine", folders.quarantine_problem)
     daemon.start()
     metrics = _serve_metrics(config, registry, daemon)
     interval = sdnotify.watchdog_interval()

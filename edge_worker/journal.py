@@ -24,43 +24,65 @@ but never handed to the outbox) and by judging again a file that was never marke
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from edge_worker.statedb import Damage, open_state_db
+
+#: The journal's tables; a damaged journal is rebuilt with these and its readable rows copied.
+SCHEMA: tuple[str, ...] = (
+    (
+        "CREATE TABLE IF NOT EXISTS processed ("
+        " key TEXT PRIMARY KEY, message_id TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL)"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS messages ("
+        " message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL,"
+        " queued INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL)"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS images ("
+        " sop_uid TEXT NOT NULL, pixel_digest TEXT NOT NULL, message_id TEXT NOT NULL,"
+        " at REAL NOT NULL, PRIMARY KEY (sop_uid, pixel_digest))"
+    ),
+    (
+        "CREATE TABLE IF NOT EXISTS in_progress ("
+        " key TEXT PRIMARY KEY, strikes INTEGER NOT NULL DEFAULT 0,"
+        " running INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL)"
+    ),
+)
+
+
+def _whole_row(table: str, row: dict[str, object]) -> bool:
+    """Whether a row recovered from a damaged journal is whole: a message's payload must parse
+    (a truncated page reads as zeros), a processed key must keep its ``path|size|mtime`` form."""
+    if table == "messages":
+        try:
+            return isinstance(json.loads(str(row["payload"])), dict)
+        except ValueError:
+            return False
+    if table == "processed":
+        return str(row["key"]).count("|") >= 2 and "\0" not in str(row["key"])
+    return True
 
 
 class Journal:
     """SQLite journal of messages and processed files, safe to use from several threads."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the journal at ``path``; a damaged file is healed (moved aside, its
+        readable rows copied into a fresh one, see :mod:`edge_worker.statedb`) and described in
+        :attr:`damage`.  Raises ``sqlite3.Error`` for a full or read-only disk."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a row must survive power loss, or an image could be judged into a second,
-        # different message under the same id.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS processed ("
-            " key TEXT PRIMARY KEY, message_id TEXT NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS messages ("
-            " message_id TEXT PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL,"
-            " queued INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL)"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS images ("
-            " sop_uid TEXT NOT NULL, pixel_digest TEXT NOT NULL, message_id TEXT NOT NULL,"
-            " at REAL NOT NULL, PRIMARY KEY (sop_uid, pixel_digest))"
-        )
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS in_progress ("
-            " key TEXT PRIMARY KEY, strikes INTEGER NOT NULL DEFAULT 0,"
-            " running INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL)"
-        )
+        # synchronous=FULL (open_state_db): a row must survive power loss, or an image could be
+        # judged into a second, different message under the same id.
+        opened = open_state_db(path, SCHEMA, _whole_row)
+        self._db = opened.db
+        #: The damage healed while opening (``None``: the file was sound); the daemon reports it.
+        self.damage: Damage | None = opened.damage
 
     @staticmethod
     def key(path: Path, size: int, mtime_ns: int) -> str:

@@ -18,8 +18,8 @@ as they must for any QoS 1 stream).
 
 from __future__ import annotations
 
+import json
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_worker.errors import EdgeWorkerError
+from edge_worker.statedb import Damage, open_state_db
 
 if TYPE_CHECKING:
     from typing import Self  # 3.11+; annotations are not evaluated on 3.10
@@ -49,6 +50,19 @@ CREATE TABLE IF NOT EXISTS outbox (
     created REAL    NOT NULL
 )
 """
+
+
+def _whole_row(table: str, row: dict[str, object]) -> bool:
+    """Whether a row recovered from a damaged outbox is whole: the publisher stores JSON only,
+    so a payload that does not parse was torn by the damage and must not reach the broker."""
+    payload, topic = row.get("payload"), row.get("topic")
+    if not isinstance(payload, bytes) or not isinstance(topic, str) or not topic:
+        return False
+    try:
+        json.loads(payload)
+    except ValueError:  # UnicodeDecodeError is a ValueError too
+        return False
+    return True
 
 
 class OutboxFull(EdgeWorkerError):
@@ -98,23 +112,24 @@ class Outbox:
         """Open (or create) the outbox database at ``path``.
 
         ``max_rows`` bounds the number of unacknowledged messages; see the module docstring for
-        what happens when it is reached.  Raises ``ValueError`` for ``max_rows < 1`` and
-        ``sqlite3.Error`` when the file cannot be opened.
+        what happens when it is reached.  A damaged file is healed (see
+        :mod:`edge_worker.statedb`) and described in :attr:`damage`.  Raises ``ValueError`` for
+        ``max_rows < 1`` and ``sqlite3.Error`` when the file cannot be opened (a full or
+        read-only disk).
         """
         if max_rows < 1:
             raise ValueError(f"max_rows must be >= 1, got {max_rows}")
         self.path = Path(path)
         self.max_rows = max_rows
         self._lock = threading.Lock()
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves so a put's capacity check
-        # and its insert happen in one write transaction.
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on power loss.  The
-        # promise of the outbox is that a verdict is on disk before it is sent; one fsync per
-        # verdict (a few per minute) is cheap next to that.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(_SCHEMA)
+        # open_state_db: WAL with synchronous=FULL (a verdict is on disk before it is sent; one
+        # fsync per verdict is cheap next to that), BEGIN/COMMIT issued here so that a put's
+        # capacity check and its insert are one write transaction, and a damaged file healed:
+        # moved aside, its readable rows copied into a fresh one in id order.
+        opened = open_state_db(self.path, (_SCHEMA,), _whole_row)
+        self._db = opened.db
+        #: The damage healed while opening (``None``: the file was sound); the daemon reports it.
+        self.damage: Damage | None = opened.damage
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
