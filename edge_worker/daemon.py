@@ -26,6 +26,7 @@ from edge_worker.ingest.types import IngestPolicy
 from edge_worker.ingest.whole import is_whole
 from edge_worker.journal import Journal
 from edge_worker.metrics import MetricsServer, Registry
+from edge_worker.names import original_path, printable
 from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.process import Outcome
@@ -283,23 +284,30 @@ class StationDaemon:
                 self._last_progress = time.monotonic()
                 self.health.clear("worker")
             except EdgeWorkerError as exc:
-                self.health.fail("worker", f"{len(files)} file(s) from {files[0][0].name}: {exc}")
+                self.health.fail("worker", f"{len(files)} file(s) from {printable(files[0][0].name)}: {exc}")
             except Exception as exc:  # noqa: BLE001 - one batch must never kill the station
-                log.exception("unexpected failure on %d file(s) from %s", len(files), files[0][0].name)
-                self.health.fail("worker", f"{files[0][0].name}: {type(exc).__name__}: {exc}")
+                first = printable(files[0][0].name)
+                log.exception("unexpected failure on %d file(s) from %s", len(files), first)
+                self.health.fail("worker", f"{first}: {type(exc).__name__}: {exc}")
             if stop_after:
                 return
+
+    def _name(self, path: Path) -> str:
+        """The watch-folder-relative path in printable form: how the journal names a file."""
+        try:
+            rel = path.relative_to(self.config.watch.folder)
+        except ValueError:
+            rel = path
+        return printable(rel)
 
     def _journal_key(self, path: Path) -> str | None:
         try:
             st = path.stat()
         except FileNotFoundError:
             return None
-        try:
-            rel = path.relative_to(self.config.watch.folder)
-        except ValueError:
-            rel = path
-        return Journal.key(rel, st.st_size, st.st_mtime_ns)
+        # The printable form: a name that is not UTF-8 cannot go into SQLite as it is, and for
+        # every ordinary name it is the name itself, so existing keys stay valid.
+        return Journal.key(Path(self._name(path)), st.st_size, st.st_mtime_ns)
 
     def handle(self, path: Path, seen_at: float) -> Outcome | None:
         """Judge one complete file, quarantine it if rejected, and hand the message over."""
@@ -314,9 +322,9 @@ class StationDaemon:
         for i, (path, seen_at) in enumerate(files):
             key = self._journal_key(path)
             if key is None:
-                log.info("%s vanished before it was judged", path.name)
+                log.info("%s vanished before it was judged", printable(path.name))
             elif self.journal.seen(key):
-                log.debug("%s was judged before; skipped", path.name)
+                log.debug("%s was judged before; skipped", printable(path.name))
             else:
                 todo.append((i, path, seen_at, key))
         results: list[Outcome | None] = [None] * len(files)
@@ -326,7 +334,10 @@ class StationDaemon:
             try:
                 if outcome.kind == "error" and outcome.rejection is not None:
                     outcome.payload["quarantined_as"] = self._quarantine(path, outcome.rejection)
+                name = self._name(path)
+                self._supersede(outcome, name)
                 self._send(outcome, key)
+                self._sent(outcome, name)
             except EdgeWorkerError as exc:
                 failure = failure or exc  # the other files of the batch are still sent
                 continue
@@ -336,6 +347,30 @@ class StationDaemon:
         if failure is not None:
             raise failure
         return results
+
+    def _supersede(self, outcome: Outcome, name: str) -> None:
+        """Give a verdict ``supersedes``: the id of the verdict it replaces, else None.
+
+        It replaces the last message sent for the same path when that was a verdict on the
+        same image (same SOP Instance UID, or both without one) with another id: the file's
+        content changed after its verdict.  A path reused for another image, or after an
+        error (whose file went to the quarantine), supersedes nothing.
+        """
+        if outcome.kind != "verdict":
+            return
+        last = self.journal.last_message(name)
+        same = last is not None and last[1] == "verdict" and last[0] != outcome.id and (
+            last[2] == outcome.payload.get("sop_instance_uid"))  # fmt: skip
+        outcome.payload["supersedes"] = last[0] if same and last is not None else None
+
+    def _sent(self, outcome: Outcome, name: str) -> None:
+        """Record the message as the last one for ``name`` (what a later verdict supersedes)."""
+        try:
+            self.journal.set_last_message(name, outcome.id, outcome.kind,
+                                          outcome.payload.get("sop_instance_uid"))  # fmt: skip
+        except sqlite3.Error as exc:
+            # The message is queued; only the link a later verdict would name is lost.
+            log.warning("cannot record the last message for %s: %s", name, exc)
 
     def _quarantine(self, path: Path, rejection: Rejection) -> str | None:
         try:
@@ -350,7 +385,7 @@ class StationDaemon:
             waiting = bool(self._retry_quarantine)
         if not waiting:
             self.health.clear("quarantine")
-        return dest.name
+        return printable(dest.name)
 
     def _send(self, outcome: Outcome, key: str | None) -> None:
         """Remember the message, hand it to the outbox, then mark the file done.
@@ -453,7 +488,7 @@ class StationDaemon:
         for key in keys:
             with self._retry_lock:
                 self._retry_keys.discard(key)
-            path = self.config.watch.folder / key.rsplit("|", 2)[0]
+            path = self.config.watch.folder / original_path(key.rsplit("|", 2)[0])
             # A file gone or changed since is not retried: a new version is the watcher's.
             if self._journal_key(path) == key and not self.journal.seen(key):
                 self._enqueue(path)
@@ -478,7 +513,8 @@ class StationDaemon:
                 except QuarantineError as exc:
                     self.health.fail("quarantine", str(exc))
                     return  # still unusable; the next pass tries again
-                log.info("%s moved to the quarantine as %s once it could take it", path.name, dest.name)
+                log.info("%s moved to the quarantine as %s once it could take it",
+                         printable(path.name), printable(dest.name))
             with self._retry_lock:
                 self._retry_quarantine.pop(path, None)
         with self._retry_lock:
@@ -493,14 +529,17 @@ class StationDaemon:
             site=self.config.site,
             station=self.config.station,
             rejection=rejection,
-            image_key=f"path:{path}",
+            image_key=f"path:{printable(path)}",
             sop_instance_uid=None,
             seen_at=now,
             made_at=now,
             quarantined_as=None,
         )
+        payload["file_name"] = printable(path.name)
         payload["quarantined_as"] = self._quarantine(path, rejection)
-        self._send(Outcome("error", payload, rejection), None)
+        outcome = Outcome("error", payload, rejection)
+        self._send(outcome, None)
+        self._sent(outcome, self._name(path))
 
 
 def _serve_metrics(config: Config, registry: Registry, daemon: StationDaemon) -> MetricsServer | None:
