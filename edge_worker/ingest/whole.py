@@ -12,9 +12,12 @@ falls back to settling.
 
 Structure is not content, though: a writer that creates the file at its full size (header
 first, the rest preallocated as zeros) and fills the pixels later has the right shape from the
-start.  So pixel data whose last 64 KiB are all zeros is not proved whole; such a file waits
-for its content to hold still.  A radiograph whose last rows really are black pays that wait
-(the watcher's ``scan_settle_s``), nothing else does.
+start, and so has one whose blocks arrive out of order.  So pixel data whose last 64 KiB are
+all zeros is not proved whole, nor native pixel data with one of eight 4 KiB blocks sampled
+evenly across it all zeros (a hole not yet written; compressed data is not sampled, a codestream
+can hold long zero runs).  Such a file waits for its content to hold still.  A radiograph that
+really has black rows there pays that wait (about 0.1 ms of reads is what everyone pays); of the
+16 real files in the shared set that are whole by structure, none.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ _UNDEFINED = 0xFFFFFFFF
 _MAX_HEADER_BYTES = 4 << 20
 #: How much of the pixel value's end must not be all zeros for the file to count as filled.
 _ZERO_TAIL_BYTES = 64 << 10
+#: Native pixel data: this many blocks of this size, spread evenly, must not be all zeros.
+_SAMPLES, _SAMPLE_BYTES = 8, 4 << 10
 
 
 def is_whole(path: str | os.PathLike[str]) -> bool:
@@ -46,8 +51,9 @@ def is_whole(path: str | os.PathLike[str]) -> bool:
     the fragment items, walked by their lengths, end in the Sequence Delimitation Item at the
     last byte.  Either may be followed by one Data Set Trailing Padding element that ends the
     file.  ``False`` for a file without the ``DICM`` preamble, a deflated transfer syntax, no
-    Pixel Data, other elements after it (signatures), a file still growing, pixel data whose
-    last 64 KiB are all zeros (preallocated, not yet filled), or any read error.
+    Pixel Data, other elements after it (signatures), a file still growing, pixel data that
+    looks unfilled (its last 64 KiB all zeros, or for native pixels one of eight sampled 4 KiB
+    blocks all zeros: preallocated or written out of order), or any read error.
     """
     try:
         with open(path, "rb") as raw:
@@ -95,7 +101,15 @@ def _whole(raw: BinaryIO, size: int) -> bool:
         value_end = end - len(_SEQUENCE_DELIMITER)
     if not (end == size or _padding_ends_file(fp, end, size, order, syntax.is_implicit_VR)):
         return False
-    return not _zeros(fp, max(start + header, value_end - _ZERO_TAIL_BYTES), value_end)
+    value_start = start + header
+    if _zeros(fp, max(value_start, value_end - _ZERO_TAIL_BYTES), value_end):
+        return False
+    if syntax.is_encapsulated or value_end - value_start < 2 * _SAMPLES * _SAMPLE_BYTES:
+        return True
+    span = value_end - value_start - _SAMPLE_BYTES
+    return not any(_zeros(fp, value_start + span * i // (_SAMPLES - 1),
+                          value_start + span * i // (_SAMPLES - 1) + _SAMPLE_BYTES)
+                   for i in range(_SAMPLES))  # fmt: skip
 
 
 def _zeros(fp: BoundedReader, at: int, end: int) -> bool:
