@@ -32,10 +32,23 @@ def stock(tmp_path_factory: pytest.TempPathFactory) -> PhantomStock:
 
 
 @pytest.fixture
-def station(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Station]:
-    s = Station(tmp_path / "st", mosquitto.url, station="xr-c")
-    yield s
-    s.close()
+def stations(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Callable[..., Station]]:
+    """Factory of stations, ``stations(settle_seconds=2.0)`` setting their [watch] table."""
+    made: list[Station] = []
+
+    def make(**watch: object) -> Station:
+        made.append(Station(tmp_path / f"st{len(made)}", mosquitto.url, station="xr-c",
+                            tables={"watch": watch}))  # fmt: skip
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def station(stations: Callable[..., Station]) -> Station:
+    return stations()
 
 
 def split(path: Path) -> tuple[bytes, bytes]:
@@ -133,7 +146,8 @@ def test_preallocated_file_filled_at_once_gets_one_verdict_on_its_content(
     with target.open("wb") as fh:
         fh.write(head)
         fh.truncate(len(head) + len(pixels))
-    # Closed early (a close-write event), then reopened and filled.
+    # Closed early (a close-write event), then reopened and filled half a second later.
+    time.sleep(0.5)
     with target.open("r+b") as fh:
         fh.seek(len(head))
         fh.write(pixels)
@@ -148,9 +162,10 @@ def test_preallocated_file_filled_at_once_gets_one_verdict_on_its_content(
 
 
 def test_out_of_order_write_with_a_hole_gets_one_verdict_on_its_content(
-    station: Station, mosquitto: Mosquitto, subscriber: Callable[..., Subscriber],
+    stations: Callable[..., Station], mosquitto: Mosquitto, subscriber: Callable[..., Subscriber],
     stock: PhantomStock,
 ) -> None:
+    station = stations(settle_seconds=2.0)
     head, pixels = split(stock.path(5002))
     expected = reference(stock.path(5002))
     sub = subscriber(mosquitto, f"{station.base}/#")
@@ -161,7 +176,8 @@ def test_out_of_order_write_with_a_hole_gets_one_verdict_on_its_content(
         fh.write(head)
         fh.seek(len(head) + 2 * third)
         fh.write(pixels[2 * third :])
-    with target.open("r+b") as fh:  # the writer comes back for the middle
+    time.sleep(0.5)  # a network share that pauses, then the writer comes back for the middle
+    with target.open("r+b") as fh:
         fh.seek(len(head))
         fh.write(pixels[: 2 * third])
     source = stock.path(5002)
