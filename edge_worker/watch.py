@@ -11,8 +11,8 @@ DICOM file carries that proof: :mod:`edge_worker.ingest.whole`).
 Holding still means more than size and mtime: writers preallocate a file at its full size and
 fill it later, write blocks out of order, or copy with the source's mtime, and network shares
 cache attributes.  So a settling file must keep its size, mtime and ctime *and* its content
-fingerprint (:func:`fingerprint`: the size, the first and last 64 KiB and eight sampled 4 KiB
-blocks; about 160 KiB read, whatever the file's size) from the first look at which its stat
+fingerprint (:func:`edge_worker.stillness.fingerprint`: about 160 KiB read, whatever the
+file's size) from the first look at which its stat
 held still to the end of the window.  A file whose last 64 KiB are all zeros (preallocated,
 not yet filled) must hold still for ``scan_settle_s`` at least.  Cost: one extra tick (at most
 0.1 s) and two fingerprint reads per settled file; none on the ``is_whole`` fast path.
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import queue
@@ -58,6 +57,7 @@ from watchdog.events import (
 
 from edge_worker.errors import EdgeWorkerError
 from edge_worker.names import printable
+from edge_worker.stillness import fingerprint
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
@@ -70,8 +70,6 @@ TEMP_SUFFIXES: tuple[str, ...] = (".tmp", ".part", "~")
 _FILE, _NEW_DIR, _MOVED_DIR, _GONE, _GONE_DIR = "file", "new_dir", "moved_dir", "gone", "gone_dir"
 _STOP = ("stop", "")
 _STALL_S = 1.0  # a gap between two looks at a file longer than this means we were held up
-_EDGE_BYTES = 64 << 10  # the head and the tail that a fingerprint reads
-_SAMPLE_BYTES, _SAMPLES = 4 << 10, 8  # plus this many blocks spread between them
 _EVENT_TYPES: list[type[FileSystemEvent]] = [FileClosedEvent, FileMovedEvent, DirMovedEvent,
                                               DirCreatedEvent, FileDeletedEvent, DirDeletedEvent]
 
@@ -170,30 +168,6 @@ class _Forwarder(FileSystemEventHandler):
                 self._put(_NEW_DIR, src)
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             self._put(gone, src)
-
-
-def fingerprint(path: str) -> tuple[bytes, bool] | None:
-    """A digest of what a file holds now, and whether its last 64 KiB are all zeros.
-
-    Reads the first and last :data:`_EDGE_BYTES` and :data:`_SAMPLES` blocks spread evenly
-    between them (about 160 KiB whatever the size, so a 50 GiB file costs no more than a small
-    one); the size is part of the digest.  ``None`` when the file cannot be read.
-    """
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            digest = hashlib.sha256(size.to_bytes(8, "big"))
-            digest.update(fh.read(_EDGE_BYTES))
-            span = size - 2 * _EDGE_BYTES
-            for i in range(_SAMPLES if span > _SAMPLE_BYTES * _SAMPLES else 0):
-                fh.seek(_EDGE_BYTES + span * i // _SAMPLES)
-                digest.update(fh.read(_SAMPLE_BYTES))
-            fh.seek(max(0, size - _EDGE_BYTES))
-            tail = fh.read(_EDGE_BYTES)
-    except OSError:
-        return None
-    digest.update(tail)
-    return digest.digest(), bool(tail) and tail.count(0) == len(tail)
 
 
 @dataclass

@@ -242,3 +242,22 @@ def test_huge_sparse_file_is_refused_unread_and_the_next_file_is_judged(
     assert [e["reason"] for e in errors] == ["too_large"]
     assert errors[0]["quarantined_as"] == "huge.dcm"
     print(f"[sparse 50 GiB] refused and the next file judged, both within {after_s:.2f} s")
+
+
+def test_fingerprint_sees_content_that_changed_under_the_same_size_and_mtime(tmp_path: Path) -> None:
+    from edge_worker.stillness import fingerprint
+
+    path = tmp_path / "f.bin"
+    with path.open("wb") as fh:  # preallocated: the tail not yet written
+        fh.write(b"head" * 1000)
+        fh.truncate(1 << 20)
+    st = path.stat()
+    before = fingerprint(str(path))
+    assert before is not None and before[1]  # the zero tail is noticed
+    with path.open("r+b") as fh:
+        fh.seek((1 << 20) - 10)
+        fh.write(b"filled in!")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # a copier that keeps the mtime
+    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
+    after = fingerprint(str(path))
+    assert after is not None and after[0] != before[0] and not after[1]
