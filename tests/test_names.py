@@ -140,3 +140,23 @@ def test_every_name_gets_a_verdict_or_a_quarantine_and_round_trips(
     assert station.alive()
     rc, _ = station.terminate()
     assert rc == 0
+
+
+def test_a_file_that_never_completes_under_a_non_utf8_name_is_reported(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber: Callable[..., Subscriber],
+) -> None:
+    station = Station(tmp_path / "st", mosquitto.url, station="xr-e",
+                      tables={"watch": {"incomplete_deadline_seconds": 3.0}})  # fmt: skip
+    try:
+        sub = subscriber(mosquitto, f"{station.base}/#")
+        station.start()
+        name = b"\xff empty\n.dcm"
+        drop_as(b"", station.watch, name)  # stays empty: incomplete after the deadline
+        wait_until("the error", lambda: bool(payloads(sub, station, "error")), 30, station)
+        (error,) = payloads(sub, station, "error")
+        assert error["reason"] == "incomplete_file"
+        assert original(str(error["file_name"])) == name
+        assert error["quarantined_as"] == "%FF empty%0A.dcm"
+        assert os.listdir(os.fsencode(station.watch)) == []
+    finally:
+        station.close()
