@@ -358,10 +358,17 @@ class StationDaemon:
         """
         if outcome.kind != "verdict":
             return
-        last = self.journal.last_message(name)
-        same = last is not None and last[1] == "verdict" and last[0] != outcome.id and (
-            last[2] == outcome.payload.get("sop_instance_uid"))  # fmt: skip
-        outcome.payload["supersedes"] = last[0] if same and last is not None else None
+        outcome.payload["supersedes"] = None
+        try:
+            last = self.journal.last_message(name)
+        except sqlite3.Error as exc:  # a failing state disk: _send reports it
+            log.warning("cannot look up the last message for %s: %s", name, exc)
+            return
+        if last is None:
+            return
+        last_id, last_kind, last_uid = last
+        if last_kind == "verdict" and last_id != outcome.id and last_uid == outcome.payload.get("sop_instance_uid"):
+            outcome.payload["supersedes"] = last_id
 
     def _sent(self, outcome: Outcome, name: str) -> None:
         """Record the message as the last one for ``name`` (what a later verdict supersedes)."""
