@@ -261,3 +261,18 @@ def test_fingerprint_sees_content_that_changed_under_the_same_size_and_mtime(tmp
     assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
     after = fingerprint(str(path))
     assert after is not None and after[0] != before[0] and not after[1]
+
+
+def test_journal_remembers_the_last_message_per_path_across_reopen(tmp_path: Path) -> None:
+    from edge_worker.journal import Journal
+
+    journal = Journal(tmp_path / "j.sqlite3")
+    assert journal.last_message("a/%FF.dcm") is None
+    journal.set_last_message("a/%FF.dcm", "id-1", "verdict", "1.2.3")
+    journal.set_last_message("a/%FF.dcm", "id-2", "verdict", "1.2.3")
+    journal.set_last_message("b.dcm", "id-3", "error", None)
+    journal.close()
+    journal = Journal(tmp_path / "j.sqlite3")
+    assert journal.last_message("a/%FF.dcm") == ("id-2", "verdict", "1.2.3")
+    assert journal.last_message("b.dcm") == ("id-3", "error", None)
+    journal.close()
