@@ -337,12 +337,12 @@ class StationDaemon:
                 name = self._name(path)
                 self._supersede(outcome, name)
                 self._send(outcome, key)
-                self._sent(outcome, name)
             except EdgeWorkerError as exc:
                 failure = failure or exc  # the other files of the batch are still sent
                 continue
             self.processed += 1
             record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
+            self._sent(outcome, name)  # after the metrics: it waits for a disk sync
             results[i] = outcome
         if failure is not None:
             raise failure
