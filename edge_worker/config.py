@@ -38,10 +38,13 @@ class WatchConfig:
     recursive: bool = True
     """Also watch subfolders (modalities often write study/series folders)."""
     settle_seconds: float = 0.5
-    """A file must keep its size and mtime this long before it is read (0-3600 s, above 0)."""
+    """A file must keep its size, mtime, ctime and content fingerprint this long before it is
+    read (a file whose last 64 KiB are zeros: at least 2 s, the scan settle time); 0-3600 s,
+    above 0."""
     skip_settle_when_whole: bool = True
     """Read a file its writer closed at once when its DICOM structure proves it whole (the Pixel
-    Data ends at the end of the file); false: always wait ``settle_seconds``."""
+    Data ends at the end of the file, and is not unwritten zeros at its end or in a sampled
+    block); false: always wait ``settle_seconds``."""
     incomplete_deadline_seconds: float = 120.0
     """A file still changing after this long is quarantined as incomplete (above settle_seconds
     and 2 s, at most a day)."""

@@ -33,6 +33,7 @@ from edge_worker.ingest.types import IngestPolicy
 from edge_worker.ingest.whole import is_whole
 from edge_worker.journal import Journal
 from edge_worker.metrics import MetricsServer, Registry
+from edge_worker.names import original_path, printable
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.process import Outcome, file_digest
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
@@ -324,23 +325,30 @@ class StationDaemon:
                 self._last_progress = time.monotonic()
                 self.health.clear("worker")
             except EdgeWorkerError as exc:
-                self.health.fail("worker", f"{len(files)} file(s) from {files[0][0].name}: {exc}")
-            except Exception as exc:
-                log.exception("unexpected failure on %d file(s) from %s", len(files), files[0][0].name)
-                self.health.fail("worker", f"{files[0][0].name}: {type(exc).__name__}: {exc}")
+                self.health.fail("worker", f"{len(files)} file(s) from {printable(files[0][0].name)}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one batch must never kill the station
+                first = printable(files[0][0].name)
+                log.exception("unexpected failure on %d file(s) from %s", len(files), first)
+                self.health.fail("worker", f"{first}: {type(exc).__name__}: {exc}")
             if stop_after:
                 return
+
+    def _name(self, path: Path) -> str:
+        """The watch-folder-relative path in printable form: how the journal names a file."""
+        try:
+            rel = path.relative_to(self.config.watch.folder)
+        except ValueError:
+            rel = path
+        return printable(rel)
 
     def _journal_key(self, path: Path) -> str | None:
         try:
             st = path.stat()
         except FileNotFoundError:
             return None
-        try:
-            rel = path.relative_to(self.config.watch.folder)
-        except ValueError:
-            rel = path
-        return Journal.key(rel, st.st_size, st.st_mtime_ns)
+        # The printable form: a name that is not UTF-8 cannot go into SQLite as it is, and for
+        # every ordinary name it is the name itself, so existing keys stay valid.
+        return Journal.key(Path(self._name(path)), st.st_size, st.st_mtime_ns)
 
     def handle(self, path: Path, seen_at: float) -> Outcome | None:
         """Judge one complete file, quarantine it if rejected, and hand the message over."""
@@ -358,9 +366,9 @@ class StationDaemon:
         for i, (path, seen_at) in enumerate(files):
             key = self._journal_key(path)
             if key is None:
-                log.info("%s vanished before it was judged", path.name)
+                log.info("%s vanished before it was judged", printable(path.name))
             elif self.journal.seen(key):
-                log.debug("%s was judged before; skipped", path.name)
+                log.debug("%s was judged before; skipped", printable(path.name))
             else:
                 todo.append((i, path, seen_at, key))
         results: list[Outcome | None] = [None] * len(files)
@@ -395,12 +403,15 @@ class StationDaemon:
                 try:
                     if outcome.kind == "error" and outcome.rejection is not None:
                         outcome.payload["quarantined_as"] = self._quarantine(path, outcome.rejection)
+                    name = self._name(path)
+                    self._supersede(outcome, name)
                     self._send(outcome, key)
                 except EdgeWorkerError as exc:
                     failure = failure or exc  # the other files of the batch are still sent
                     continue
                 self.processed += 1
                 record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
+                self._sent(outcome, name)  # after the metrics: it waits for a disk sync
                 results[i] = outcome
                 if outcome.kind == "verdict":  # a rejected file went to the quarantine instead
                     self._dispose(path)
@@ -464,6 +475,37 @@ class StationDaemon:
         self.processed += 1
         record_outcome(self.metrics, self.config.station, outcome.kind, payload, seen_at)
 
+    def _supersede(self, outcome: Outcome, name: str) -> None:
+        """Give a verdict ``supersedes``: the id of the verdict it replaces, else None.
+
+        It replaces the last message sent for the same path when that was a verdict on the
+        same image (same SOP Instance UID, or both without one) with another id: the file's
+        content changed after its verdict.  A path reused for another image, or after an
+        error (whose file went to the quarantine), supersedes nothing.
+        """
+        if outcome.kind != "verdict":
+            return
+        outcome.payload["supersedes"] = None
+        try:
+            last = self.journal.last_message(name)
+        except sqlite3.Error as exc:  # a failing state disk: _send reports it
+            log.warning("cannot look up the last message for %s: %s", name, exc)
+            return
+        if last is None:
+            return
+        last_id, last_kind, last_uid = last
+        if last_kind == "verdict" and last_id != outcome.id and last_uid == outcome.payload.get("sop_instance_uid"):
+            outcome.payload["supersedes"] = last_id
+
+    def _sent(self, outcome: Outcome, name: str) -> None:
+        """Record the message as the last one for ``name`` (what a later verdict supersedes)."""
+        try:
+            self.journal.set_last_message(name, outcome.id, outcome.kind,
+                                          outcome.payload.get("sop_instance_uid"))  # fmt: skip
+        except sqlite3.Error as exc:
+            # The message is queued; only the link a later verdict would name is lost.
+            log.warning("cannot record the last message for %s: %s", name, exc)
+
     def _quarantine(self, path: Path, rejection: Rejection) -> str | None:
         try:
             dest = self.quarantine.put(path, rejection.reason.value, rejection.detail)
@@ -477,7 +519,7 @@ class StationDaemon:
             waiting = bool(self._retry_quarantine)
         if not waiting:
             self.health.clear("quarantine")
-        return dest.name
+        return printable(dest.name)
 
     def _send(self, outcome: Outcome, key: str | None) -> None:
         """Remember the message, hand it to the outbox, then mark the file done.
@@ -639,7 +681,7 @@ class StationDaemon:
         for key in keys:
             with self._retry_lock:
                 self._retry_keys.discard(key)
-            path = self.config.watch.folder / key.rsplit("|", 2)[0]
+            path = self.config.watch.folder / original_path(key.rsplit("|", 2)[0])
             # A file gone or changed since is not retried: a new version is the watcher's.
             if self._journal_key(path) == key and not self.journal.seen(key):
                 self._enqueue(path)
@@ -664,7 +706,8 @@ class StationDaemon:
                 except QuarantineError as exc:
                     self.health.fail("quarantine", str(exc))
                     return  # still unusable; the next pass tries again
-                log.info("%s moved to the quarantine as %s once it could take it", path.name, dest.name)
+                log.info("%s moved to the quarantine as %s once it could take it",
+                         printable(path.name), printable(dest.name))
             with self._retry_lock:
                 self._retry_quarantine.pop(path, None)
         with self._retry_lock:
@@ -679,14 +722,17 @@ class StationDaemon:
             site=self.config.site,
             station=self.config.station,
             rejection=rejection,
-            image_key=f"path:{path}",
+            image_key=f"path:{printable(path)}",
             sop_instance_uid=None,
             seen_at=now,
             made_at=now,
             quarantined_as=None,
         )
+        payload["file_name"] = printable(path.name)
         payload["quarantined_as"] = self._quarantine(path, rejection)
-        self._send(Outcome("error", payload, rejection), None)
+        outcome = Outcome("error", payload, rejection)
+        self._send(outcome, None)
+        self._sent(outcome, self._name(path))
 
 
 def _or_minus_one(value: float | None) -> float:

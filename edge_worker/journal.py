@@ -1,6 +1,6 @@
 """The journal: one message per image, the same content every time it is sent.
 
-Four tables in one SQLite file (WAL, ``synchronous=FULL``):
+Five tables in one SQLite file (WAL, ``synchronous=FULL``):
 
 * ``messages``: every verdict or error message ever made, by message id, with its payload.
   A message id is derived from the image (SOP Instance UID) and the pack, so when the same
@@ -14,6 +14,8 @@ Four tables in one SQLite file (WAL, ``synchronous=FULL``):
   worker died while judging it (``strikes``).  A row is written before a file is judged and
   deleted once its message is stored; a row still ``running`` at start means the worker died
   on it (a decoder's memory bomb under ``MemoryMax``, a segfault).  See :meth:`crashed`.
+* ``latest``: the last message queued for each path, so that a verdict on a file whose
+  content changed afterwards can name the one it replaces (``supersedes``).
 
 Order of writes for one file: ``begin`` -> judge -> ``remember`` the message -> outbox ->
 ``mark_queued`` -> ``end``.
@@ -144,6 +146,37 @@ class Journal:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _latest_table(self) -> None:
+        # Created on first use rather than in the constructor: cheap when it exists already.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS latest ("
+            " path TEXT PRIMARY KEY, message_id TEXT NOT NULL, kind TEXT NOT NULL,"
+            " sop_instance_uid TEXT, at REAL NOT NULL)"
+        )
+
+    def last_message(self, path: str) -> tuple[str, str, str | None] | None:
+        """``(message_id, kind, sop_instance_uid)`` of the last message queued for ``path``.
+
+        ``path`` is the watch-folder-relative name in printable form
+        (:func:`edge_worker.names.printable`); ``None`` when nothing was sent for it.
+        """
+        with self._lock:
+            self._latest_table()
+            row = self._db.execute(
+                "SELECT message_id, kind, sop_instance_uid FROM latest WHERE path = ?", (path,)
+            ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), row[2])
+
+    def set_last_message(self, path: str, message_id: str, kind: str, sop_instance_uid: str | None) -> None:
+        """Record ``message_id`` (a ``kind`` message) as the last one queued for ``path``."""
+        with self._lock:
+            self._latest_table()
+            self._db.execute(
+                "INSERT OR REPLACE INTO latest (path, message_id, kind, sop_instance_uid, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (path, message_id, kind, sop_instance_uid, time.time()),
+            )
 
     def unqueued(self) -> list[tuple[str, str, dict[str, Any]]]:
         """Messages remembered but never handed to the outbox: ``(id, kind, payload)``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE
 from edge_worker.ingest.types import IngestPolicy, Radiograph
+from edge_worker.names import printable
 from edge_worker.pipeline.runner import Judgement, Pipeline
 from edge_worker.preprocess import WORKING_MAX_SIDE
 from edge_worker.thumbnail import make_thumbnail
@@ -43,22 +45,31 @@ class Outcome:
         return str(self.payload["id"])
 
 
+#: How much of a file identifies it when it has no SOP Instance UID: a bounded read, so a
+#: rejected 50 GiB file costs one MiB on the judging thread, not minutes.
+PREFIX_BYTES = 1 << 20
+
+
 def file_digest(path: Path) -> str:
-    """sha256 of the file's bytes: the image key when the header has no SOP Instance UID."""
-    digest = hashlib.sha256()
+    """sha256 of the file's size (8 bytes, big-endian) and its first :data:`PREFIX_BYTES`.
+
+    The key of a file without a SOP Instance UID.  Reads at most ``PREFIX_BYTES`` whatever
+    the file's declared size; raises ``OSError`` when the file cannot be read.
+    """
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(PREFIX_BYTES)
+    return hashlib.sha256(size.to_bytes(8, "big") + head).hexdigest()
 
 
-def _image_key(path: Path, sop_instance_uid: str | None) -> str:
+def error_key(path: Path, sop_instance_uid: str | None) -> str:
+    """The image key of a rejected file: its SOP Instance UID, else its bounded digest."""
     if sop_instance_uid:
         return f"sop:{sop_instance_uid}"
     try:
         return f"sha256:{file_digest(path)}"
     except OSError:
-        return f"path:{path.name}"
+        return f"path:{printable(path.name)}"
 
 
 def _inference_failed(exc: Exception) -> Rejection:
@@ -131,7 +142,7 @@ class Judge:
                 results = {id(r): j for r, j in zip(ready, judgements)}
             except Exception as exc:
                 if len(ready) == 1:
-                    log.exception("inference failed on %s", ready[0].path.name)
+                    log.exception("inference failed on %s", printable(ready[0].path.name))
                     results = {id(ready[0]): _inference_failed(exc)}
                 else:
                     log.warning("inference failed on a batch of %d (%s); judging each alone",
@@ -166,8 +177,8 @@ class Judge:
     def _judge_alone(self, r: _Read) -> Judgement | Rejection:
         try:
             return self.pipeline.judge(r.image.pixels, r.image.header)
-        except Exception as exc:
-            log.exception("inference failed on %s", r.path.name)
+        except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
+            log.exception("inference failed on %s", printable(r.path.name))
             return _inference_failed(exc)
 
     def _verdict(self, r: _Read, judgement: Judgement) -> Outcome:
@@ -189,6 +200,7 @@ class Judge:
             timings_ms=timings,
             thumbnail=thumbnail,
         )
+        payload["file_name"] = printable(r.path.name)
         return Outcome("verdict", payload)
 
     def _error(self, path: Path, seen: float, rejection: Rejection, sop_uid: str | None) -> Outcome:
@@ -196,10 +208,11 @@ class Judge:
             site=self.site,
             station=self.station,
             rejection=rejection,
-            image_key=_image_key(path, sop_uid),
+            image_key=error_key(path, sop_uid),
             sop_instance_uid=sop_uid,
             seen_at=seen,
             made_at=time.time(),
             quarantined_as=None,
         )
+        payload["file_name"] = printable(path.name)
         return Outcome("error", payload, rejection)

@@ -4,7 +4,13 @@ For an input ``x.dcm`` the quarantine gets ``x.dcm`` (or ``x__1.dcm``, ``x__2.dc
 the name is taken) and ``x.dcm.reason.json``::
 
     {"reason": "truncated_pixel_data", "detail": "...", "original_path": "/in/x.dcm",
-     "quarantined_at": "2026-01-31T12:00:00.123+00:00", "extra": {...}}
+     "file_name": "x.dcm", "quarantined_at": "2026-01-31T12:00:00.123+00:00", "extra": {...}}
+
+Any name the file system allows is taken.  ``original_path`` and ``file_name`` are in the
+printable form of :mod:`edge_worker.names` (bytes that are not UTF-8, control characters and
+``%`` as ``%XX``), so they map back to the exact bytes.  A name too long to take the counter
+and the ``.reason.json`` suffix within the 255-byte limit is shortened in the quarantine (its
+start, ``~``, 12 hex digits of its sha256, its extension); the record keeps the full name.
 
 The order of steps is chosen so that the original is never lost: claim a free name (an empty
 placeholder created exclusively), write the reason (temporary file, fsync, rename), then move
@@ -16,6 +22,7 @@ and only then unlink the original.  Any failure undoes what was done and raises
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -24,11 +31,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edge_worker.errors import EdgeWorkerError
+from edge_worker.names import printable
 
 logger = logging.getLogger(__name__)
 
 _REASON_SUFFIX = ".reason.json"
 _MAX_VARIANTS = 10_000
+#: Longest name kept as is: NAME_MAX (255) less the counter ("__9999"), the reason suffix and
+#: the temporary name's "." and ".tmp" / ".part", with room to spare.
+_MAX_NAME_BYTES = 200
 
 
 class QuarantineError(EdgeWorkerError):
@@ -60,12 +71,24 @@ def _variant(name: str, n: int) -> str:
     return f"{name}__{n}"
 
 
+def _short_name(name: str) -> str:
+    """``name`` itself, or when longer than :data:`_MAX_NAME_BYTES` bytes its start, ``~``,
+    12 hex digits of the whole name's sha256 and its extension (distinct names stay distinct)."""
+    raw = os.fsencode(name)
+    if len(raw) <= _MAX_NAME_BYTES:
+        return name
+    stem, dot, ext = raw.rpartition(b".")
+    suffix = dot + ext if stem and ext.isalpha() and len(ext) <= 5 else b""
+    tag = b"~" + hashlib.sha256(raw).hexdigest()[:12].encode()
+    return os.fsdecode(raw[: _MAX_NAME_BYTES - len(tag) - len(suffix)] + tag + suffix)
+
+
 def _remove_quietly(path: Path) -> None:
     """Best-effort clean-up while undoing a failed step; the first error is what gets raised."""
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:
-        logger.warning("could not remove %s while undoing a quarantine: %s", path, exc)
+        logger.warning("could not remove %s while undoing a quarantine: %s", printable(path), exc)
 
 
 class Quarantine:
@@ -91,9 +114,10 @@ class Quarantine:
         :raises QuarantineError: the move failed; the original is untouched.
         """
         source = Path(path).absolute()
+        shown = printable(source)
         try:
             if not source.is_file():
-                raise QuarantineError(f"cannot quarantine {source}: not a regular file")
+                raise QuarantineError(f"cannot quarantine {shown}: not a regular file")
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise QuarantineError(f"quarantine folder {self.folder} unusable: {exc}") from exc
@@ -102,25 +126,26 @@ class Quarantine:
         record = {
             "reason": reason_code,
             "detail": detail,
-            "original_path": str(source),
+            "original_path": shown,
+            "file_name": printable(source.name),
             "quarantined_at": now.isoformat(timespec="milliseconds"),
             "extra": extra or {},
         }
         text = json.dumps(record, indent=2, default=str) + "\n"  # fails here, before any change
-        dest = self._claim(source.name)
+        dest = self._claim(_short_name(source.name))
         reason_path = dest.with_name(dest.name + _REASON_SUFFIX)
         try:
             self._write_text(reason_path, text)
         except OSError as exc:
             _remove_quietly(dest)
-            raise QuarantineError(f"cannot write {reason_path}: {exc}") from exc
+            raise QuarantineError(f"cannot write {printable(reason_path)}: {exc}") from exc
         try:
             self._move(source, dest)
         except OSError as exc:
             _remove_quietly(reason_path)
             _remove_quietly(dest)
-            raise QuarantineError(f"cannot move {source} to {dest}: {exc}") from exc
-        logger.info("quarantined %s as %s: %s (%s)", source, dest.name, reason_code, detail)
+            raise QuarantineError(f"cannot move {shown} to {printable(dest)}: {exc}") from exc
+        logger.info("quarantined %s as %s: %s (%s)", shown, printable(dest.name), reason_code, detail)
         return dest
 
     def _claim(self, name: str) -> Path:
@@ -137,7 +162,7 @@ class Quarantine:
                 raise QuarantineError(f"cannot create files in {self.folder}: {exc}") from exc
             os.close(fd)
             return candidate
-        raise QuarantineError(f"no free name for {name} in {self.folder}")
+        raise QuarantineError(f"no free name for {printable(name)} in {self.folder}")
 
     @staticmethod
     def _write_text(target: Path, text: str) -> None:

@@ -190,18 +190,18 @@ class RoutedJudge:
             )))  # fmt: skip
 
     def _uncovered(self, path: Path, seen_at: float | None, rejection: Rejection) -> Outcome:
-        from edge_worker.process import Outcome, file_digest
+        from edge_worker.names import printable
+        from edge_worker.process import Outcome, error_key
         from edge_worker.verdict import build_error
 
         judge = self._judges[id(self.pipeline)]
         now = time.time()
-        try:
-            key = f"sha256:{file_digest(path)}"
-        except OSError:
-            key = f"path:{path.name}"
+        # A bounded read: the header was small enough to route, the file may not be.
+        key = error_key(path, None)
         payload = build_error(
             site=judge.site, station=judge.station, rejection=rejection, image_key=key,
             sop_instance_uid=None, seen_at=now if seen_at is None else seen_at, made_at=now,
             quarantined_as=None,
         )  # fmt: skip
+        payload["file_name"] = printable(path.name)
         return Outcome("error", payload, rejection)

@@ -3,10 +3,19 @@
 A file becomes a candidate when an event vouches that its writer finished (inotify
 ``IN_CLOSE_WRITE``, watchdog ``FileClosedEvent``; or a rename into the folder), or when a scan
 finds it (reconcile at start, a new or moved-in directory, safety rescan, polling mode).
-Creation is never a trigger: a new file is still being written.  Every candidate must then keep
-its size and mtime for a settle time before it is handed on, once per (path, size, mtime),
-unless the consumer's ``is_whole`` check proves a vouched file complete: then it is handed on
-at once (a DICOM file carries that proof: :mod:`edge_worker.ingest.whole`).
+Creation is never a trigger: a new file is still being written.  Every candidate must then
+hold still for a settle time before it is handed on, once per (path, size, mtime), unless the
+consumer's ``is_whole`` check proves a vouched file complete: then it is handed on at once (a
+DICOM file carries that proof: :mod:`edge_worker.ingest.whole`).
+
+Holding still means more than size and mtime: writers preallocate a file at its full size and
+fill it later, write blocks out of order, or copy with the source's mtime, and network shares
+cache attributes.  So a settling file must keep its size, mtime and ctime *and* its content
+fingerprint (:func:`edge_worker.stillness.fingerprint`: about 160 KiB read, whatever the
+file's size) from the first look at which its stat held still to the end of the window.  A
+file whose last 64 KiB are all zeros (preallocated, not yet filled) must hold still for
+``scan_settle_s`` at least.  Cost: one extra tick (at most 0.1 s) and two fingerprint reads
+per settled file; nothing on the ``is_whole`` fast path.
 
 Threads::
 
@@ -47,6 +56,8 @@ from watchdog.events import (
 )
 
 from edge_worker.errors import EdgeWorkerError
+from edge_worker.names import printable
+from edge_worker.stillness import fingerprint
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
@@ -120,7 +131,7 @@ def _walk(flt: _PathFilter, top: str) -> Iterator[tuple[str, os.stat_result]]:
         except (FileNotFoundError, NotADirectoryError):
             continue
         except OSError as exc:
-            logger.warning("cannot scan %s: %s", current, exc)
+            logger.warning("cannot scan %s: %s", printable(current), exc)
 
 
 @dataclass(eq=False)  # watchdog keeps handlers in sets: they must stay hashable
@@ -169,8 +180,14 @@ class _Pending:
     changed_at: float
     observed_at: float
     deadline_at: float
-    #: (size, mtime_ns) that ``is_whole`` last said no to: it is asked again only after a change.
-    refused: tuple[int, int] | None = None
+    ctime_ns: int = 0
+    #: (size, mtime_ns, ctime_ns) that ``is_whole`` last said no to: asked again only after a change.
+    refused: tuple[int, int, int] | None = None
+    #: The content fingerprint taken at ``printed_at``, the first look at which the stat held
+    #: still; ``None`` while the stat changes.  The settle window runs from ``printed_at``.
+    printed: bytes | None = None
+    printed_at: float = 0.0
+    zero_tail: bool = False
 
 
 class FolderWatcher:
@@ -182,10 +199,13 @@ class FolderWatcher:
     :param on_incomplete: called with ``(path, reason_text)`` for a file still changing, or
         still empty, after ``incomplete_deadline_s``.  Callbacks run in the settle thread;
         :meth:`stop` cannot interrupt one that blocks.
-    :param settle_s: how long size and mtime must stay unchanged after a close/move event.
+    :param settle_s: how long size, mtime, ctime and content fingerprint must stay unchanged
+        after a close/move event.
     :param is_whole: optional check of a vouched candidate's content; ``True`` hands it on at
-        once, without the settle wait.  Asked once per (size, mtime); an exception counts as no.
-    :param scan_settle_s: the same for files found only by a scan (at least ``settle_s``).
+        once, without the settle wait.  Asked once per (size, mtime, ctime); an exception
+        counts as no.
+    :param scan_settle_s: the same for files found only by a scan (at least ``settle_s``), and
+        for any file whose last 64 KiB are zeros (preallocated and not yet filled).
     :param incomplete_deadline_s: how long a candidate may take to become stable and non-empty.
     :param recursive: also watch subfolders (modalities write study/series trees).
     :param exclude: folders to ignore, absolute or relative to ``folder`` (e.g. the quarantine).
@@ -381,7 +401,7 @@ class FolderWatcher:
             return
         now = time.monotonic()
         self._pending[path] = _Pending(vouched, st.st_size, st.st_mtime_ns, now, now,
-                                       now + self._deadline_s)
+                                       now + self._deadline_s, st.st_ctime_ns)
 
     def _settle(self) -> None:
         for path, entry in list(self._pending.items()):
@@ -397,12 +417,14 @@ class FolderWatcher:
                 # clock must not run while nobody was looking.
                 entry.deadline_at += now - entry.observed_at
             entry.observed_at = now
-            if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                entry.size, entry.mtime_ns, entry.changed_at = st.st_size, st.st_mtime_ns, now
-            window = self._settle_s if entry.vouched else self._scan_settle_s
-            stable = entry.size > 0 and now - entry.changed_at >= window
-            if not stable and entry.vouched and entry.size > 0:
-                stable = self._proved_whole(path, entry)
+            if (st.st_size, st.st_mtime_ns, st.st_ctime_ns) != (entry.size, entry.mtime_ns,
+                                                                entry.ctime_ns):
+                entry.size, entry.mtime_ns, entry.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+                entry.changed_at, entry.printed = now, None
+            # The proof first: a whole file costs no fingerprint read.
+            stable = entry.vouched and entry.size > 0 and self._proved_whole(path, entry)
+            if not stable and entry.size > 0 and now > entry.changed_at:
+                stable = self._held_still(path, entry, now)
             if not stable and now < entry.deadline_at:
                 continue
             del self._pending[path]
@@ -412,18 +434,44 @@ class FolderWatcher:
             else:
                 state = "still empty" if entry.size == 0 else f"still changing ({entry.size} bytes)"
                 reason = f"{state} after {self._deadline_s:g} s"
-                logger.info("incomplete file %s: %s", path, reason)
+                logger.info("incomplete file %s: %s", printable(path), reason)
                 _call_safely(self._on_incomplete, Path(path), reason)
 
+    def _held_still(self, path: str, entry: _Pending, now: float) -> bool:
+        """True once the file's content fingerprint held for the whole settle window.
+
+        Called only while the stat holds still; the first call takes the fingerprint, the
+        ones after the window compare it (a change starts the window again).
+        """
+        if entry.printed is None:
+            taken = fingerprint(path)
+            if taken is None:
+                return False
+            (entry.printed, entry.zero_tail), entry.printed_at = taken, now
+            return False
+        window = self._settle_s if entry.vouched else self._scan_settle_s
+        if entry.zero_tail:
+            window = max(window, self._scan_settle_s)
+        if now - entry.printed_at < window:
+            return False
+        taken = fingerprint(path)
+        if taken is None:
+            return False
+        if taken[0] != entry.printed:
+            (entry.printed, entry.zero_tail), entry.printed_at = taken, now
+            entry.changed_at = now
+            return False
+        return True
+
     def _proved_whole(self, path: str, entry: _Pending) -> bool:
-        """Ask ``is_whole`` about a vouched file once per (size, mtime) it has."""
-        key = (entry.size, entry.mtime_ns)
+        """Ask ``is_whole`` about a vouched file once per (size, mtime, ctime) it has."""
+        key = (entry.size, entry.mtime_ns, entry.ctime_ns)
         if self._is_whole is None or entry.refused == key:
             return False
         try:
             whole = bool(self._is_whole(path))
         except Exception:
-            logger.exception("is_whole check failed for %s; settling instead", path)
+            logger.exception("is_whole check failed for %s; settling instead", printable(path))
             whole = False
         if not whole:
             entry.refused = key
@@ -447,7 +495,7 @@ def _stat(path: str) -> os.stat_result | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        logger.warning("cannot stat %s, ignoring it: %s", path, exc)
+        logger.warning("cannot stat %s, ignoring it: %s", printable(path), exc)
         return None
 
 
@@ -456,4 +504,4 @@ def _call_safely(callback: Callable[..., None], *args: object) -> None:
     try:
         callback(*args)
     except Exception:
-        logger.exception("%r failed for %s", callback, args)
+        logger.exception("%r failed for %s", callback, [printable(str(a)) for a in args])

@@ -9,6 +9,15 @@ its end is where the file must end.  When that holds, waiting adds nothing.
 :func:`is_whole` reads the header (up to the Pixel Data element) and looks at the file's end;
 it answers ``False`` for anything it cannot prove whole, never raises, and the watcher then
 falls back to settling.
+
+Structure is not content, though: a writer that creates the file at its full size (header
+first, the rest preallocated as zeros) and fills the pixels later has the right shape from the
+start, and so has one whose blocks arrive out of order.  So pixel data whose last 64 KiB are
+all zeros is not proved whole, nor native pixel data with one of eight 4 KiB blocks sampled
+evenly across it all zeros (a hole not yet written; compressed data is not sampled, a codestream
+can hold long zero runs).  Such a file waits for its content to hold still.  A radiograph that
+really has black rows there pays that wait (about 0.1 ms of reads is what everyone pays); of the
+16 real files in the shared set that are whole by structure, none.
 """
 
 from __future__ import annotations
@@ -29,6 +38,10 @@ _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD), length
 _UNDEFINED = 0xFFFFFFFF
 #: A header larger than this is not a radiograph's; such a file is left to the settle wait.
 _MAX_HEADER_BYTES = 4 << 20
+#: How much of the pixel value's end must not be all zeros for the file to count as filled.
+_ZERO_TAIL_BYTES = 64 << 10
+#: Native pixel data: this many blocks of this size, spread evenly, must not be all zeros.
+_SAMPLES, _SAMPLE_BYTES = 8, 4 << 10
 
 
 def is_whole(path: str | os.PathLike[str]) -> bool:
@@ -38,7 +51,9 @@ def is_whole(path: str | os.PathLike[str]) -> bool:
     the fragment items, walked by their lengths, end in the Sequence Delimitation Item at the
     last byte.  Either may be followed by one Data Set Trailing Padding element that ends the
     file.  ``False`` for a file without the ``DICM`` preamble, a deflated transfer syntax, no
-    Pixel Data, other elements after it (signatures), a file still growing, or any read error.
+    Pixel Data, other elements after it (signatures), a file still growing, pixel data that
+    looks unfilled (its last 64 KiB all zeros, or for native pixels one of eight sampled 4 KiB
+    blocks all zeros: preallocated or written out of order), or any read error.
     """
     try:
         with open(path, "rb") as raw:
@@ -78,11 +93,30 @@ def _whole(raw: BinaryIO, size: int) -> bool:
             return False
         (length,), header = struct.unpack(order + "I", element[8:12]), 12
     end = start + header + length
+    value_end = end
     if length == _UNDEFINED:
         if not syntax.is_encapsulated:
             return False
         end = _fragments_end(fp, start + header, size)
-    return end == size or _padding_ends_file(fp, end, size, order, syntax.is_implicit_VR)
+        value_end = end - len(_SEQUENCE_DELIMITER)
+    if not (end == size or _padding_ends_file(fp, end, size, order, syntax.is_implicit_VR)):
+        return False
+    value_start = start + header
+    if _zeros(fp, max(value_start, value_end - _ZERO_TAIL_BYTES), value_end):
+        return False
+    if syntax.is_encapsulated or value_end - value_start < 2 * _SAMPLES * _SAMPLE_BYTES:
+        return True
+    span = value_end - value_start - _SAMPLE_BYTES
+    return not any(_zeros(fp, value_start + span * i // (_SAMPLES - 1),
+                          value_start + span * i // (_SAMPLES - 1) + _SAMPLE_BYTES)
+                   for i in range(_SAMPLES))  # fmt: skip
+
+
+def _zeros(fp: BoundedReader, at: int, end: int) -> bool:
+    """True when the bytes from ``at`` to ``end`` are all zero (and there is at least one)."""
+    fp.seek(at)
+    tail = fp.read(end - at)
+    return bool(tail) and tail.count(0) == len(tail)
 
 
 def _fragments_end(fp: BoundedReader, at: int, size: int) -> int:
