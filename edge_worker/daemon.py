@@ -572,7 +572,9 @@ class StationDaemon:
         if outcome.kind != "verdict" or not uid or not digest:
             return
         earlier = self.journal.other_image(uid, digest)
-        if earlier is not None and earlier != outcome.id:
+        # The same file rewritten (a late writer) supersedes its earlier verdict and says so in
+        # ``supersedes``; a reused UID is another file with other pixels.
+        if earlier is not None and earlier not in (outcome.id, p.get("supersedes")):
             p["shares_uid_with"] = earlier
             add_reason(p, Reason("uid_reused", (
                 f"Another, different image had this SOP Instance UID before (verdict {earlier}): "
