@@ -25,13 +25,14 @@ from edge_worker import preflight, sdnotify
 from edge_worker.backends import LoadOptions, select
 from edge_worker.bodypart import parse_keywords
 from edge_worker.config import SCAN_SETTLE_SECONDS, Config
-from edge_worker.decision import Reason, Rules, add_reason
+from edge_worker.decision import Rules
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
 from edge_worker.health import Health, Watchdog, declare_metrics, record_outcome, status_document
 from edge_worker.ingest.sandbox import DecodeSandbox
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.ingest.whole import is_whole
 from edge_worker.journal import Journal
+from edge_worker.lineage import Lineage
 from edge_worker.metrics import MetricsServer, Registry
 from edge_worker.names import original_path, printable
 from edge_worker.pipeline.runner import Pipeline
@@ -159,6 +160,7 @@ class StationDaemon:
         )  # fmt: skip
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
+        self.lineage = Lineage(self.journal)
         settings = mqtt_settings(config)
         config.state.folder.mkdir(parents=True, exist_ok=True)
         self.outbox = Outbox(config.state.folder / "outbox.sqlite3", max_rows=config.state.outbox_max_messages)
@@ -404,14 +406,14 @@ class StationDaemon:
                     if outcome.kind == "error" and outcome.rejection is not None:
                         outcome.payload["quarantined_as"] = self._quarantine(path, outcome.rejection)
                     name = self._name(path)
-                    self._supersede(outcome, name)
+                    self.lineage.supersede(outcome, name)
                     self._send(outcome, key)
                 except EdgeWorkerError as exc:
                     failure = failure or exc  # the other files of the batch are still sent
                     continue
                 self.processed += 1
                 record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
-                self._sent(outcome, name)  # after the metrics: it waits for a disk sync
+                self.lineage.sent(outcome, name)  # after the metrics: it waits for a disk sync
                 results[i] = outcome
                 if outcome.kind == "verdict":  # a rejected file went to the quarantine instead
                     self._dispose(path)
@@ -475,37 +477,6 @@ class StationDaemon:
         self.processed += 1
         record_outcome(self.metrics, self.config.station, outcome.kind, payload, seen_at)
 
-    def _supersede(self, outcome: Outcome, name: str) -> None:
-        """Give a verdict ``supersedes``: the id of the verdict it replaces, else None.
-
-        It replaces the last message sent for the same path when that was a verdict on the
-        same image (same SOP Instance UID, or both without one) with another id: the file's
-        content changed after its verdict.  A path reused for another image, or after an
-        error (whose file went to the quarantine), supersedes nothing.
-        """
-        if outcome.kind != "verdict":
-            return
-        outcome.payload["supersedes"] = None
-        try:
-            last = self.journal.last_message(name)
-        except sqlite3.Error as exc:  # a failing state disk: _send reports it
-            log.warning("cannot look up the last message for %s: %s", name, exc)
-            return
-        if last is None:
-            return
-        last_id, last_kind, last_uid = last
-        if last_kind == "verdict" and last_id != outcome.id and last_uid == outcome.payload.get("sop_instance_uid"):
-            outcome.payload["supersedes"] = last_id
-
-    def _sent(self, outcome: Outcome, name: str) -> None:
-        """Record the message as the last one for ``name`` (what a later verdict supersedes)."""
-        try:
-            self.journal.set_last_message(name, outcome.id, outcome.kind,
-                                          outcome.payload.get("sop_instance_uid"))  # fmt: skip
-        except sqlite3.Error as exc:
-            # The message is queued; only the link a later verdict would name is lost.
-            log.warning("cannot record the last message for %s: %s", name, exc)
-
     def _quarantine(self, path: Path, rejection: Rejection) -> str | None:
         try:
             dest = self.quarantine.put(path, rejection.reason.value, rejection.detail)
@@ -530,7 +501,7 @@ class StationDaemon:
         from edge_worker.cli import summary_line
 
         try:
-            self._note_reused_uid(outcome)
+            self.lineage.note_reused_uid(outcome)
             payload = self.journal.remember(outcome.id, outcome.kind, outcome.payload)
         except sqlite3.Error as exc:  # the state disk is full or failing
             self._retry_later(key)
@@ -559,29 +530,6 @@ class StationDaemon:
         self.health.clear("state")
         self.last_message_at = time.time()
         log.info("%s: %s", self.config.station, summary_line(outcome.kind, payload))
-
-    def _note_reused_uid(self, outcome: Outcome) -> None:
-        """A verdict whose UID came before with other pixels says so, and goes to review.
-
-        Runs before the message is remembered, so a re-judged image still gets its stored
-        payload back (same id, same content); a new image under an old UID never hides behind
-        the earlier one's verdict.
-        """
-        p = outcome.payload
-        uid, digest = p.get("sop_instance_uid"), p.get("pixel_sha256")
-        if outcome.kind != "verdict" or not uid or not digest:
-            return
-        earlier = self.journal.other_image(uid, digest)
-        # The same file rewritten (a late writer) supersedes its earlier verdict and says so in
-        # ``supersedes``; a reused UID is another file with other pixels.
-        if earlier is not None and earlier not in (outcome.id, p.get("supersedes")):
-            p["shares_uid_with"] = earlier
-            add_reason(p, Reason("uid_reused", (
-                f"Another, different image had this SOP Instance UID before (verdict {earlier}): "
-                "the modality reused a UID or the image was re-processed. Check which image "
-                "reached the PACS before relying on either verdict."
-            )))  # fmt: skip
-        self.journal.record_image(uid, digest, outcome.id)
 
     def _replay_unqueued(self) -> None:
         """Hand to the outbox the messages a crash left between the journal and the outbox."""
@@ -734,7 +682,7 @@ class StationDaemon:
         payload["quarantined_as"] = self._quarantine(path, rejection)
         outcome = Outcome("error", payload, rejection)
         self._send(outcome, None)
-        self._sent(outcome, self._name(path))
+        self.lineage.sent(outcome, self._name(path))
 
 
 def _or_minus_one(value: float | None) -> float:
