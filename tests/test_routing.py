@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from edge_worker.backends import select
 from edge_worker.errors import ConfigError, Rejection, RejectReason
-from edge_worker.pack import default_pack_dir, load_pack, seal_manifest
+from edge_worker.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.routing import Router, parse_synonyms
+from tests.packs import pack_as
 
 
 def _pack_as(tmp_path: Path, name: str, parts: list[str]) -> Path:
     """The demo pack's files under another name and body parts (a stand-in second pack)."""
-    dest = tmp_path / name
-    shutil.copytree(default_pack_dir(), dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    manifest.update(name=name, body_parts=parts)
-    (dest / "manifest.json").write_text(json.dumps(manifest))
-    seal_manifest(dest)
-    return dest
+    return pack_as(tmp_path / name, name=name, body_parts=parts)
 
 
 @pytest.fixture(scope="module")

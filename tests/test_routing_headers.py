@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,10 +18,11 @@ from edge_worker.backends import select
 from edge_worker.bodypart import body_part_of
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_header
-from edge_worker.pack import bundled_pack_dirs, default_pack_dir, load_pack, seal_manifest
+from edge_worker.pack import bundled_pack_dirs, load_pack
 from edge_worker.phantom import make_dataset
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.routing import Router
+from tests.packs import pack_as
 from tests.stations import Station
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,12 +119,7 @@ def test_default_pack_takes_an_unreadable_header_and_the_route_says_so(tmp_path:
 def test_pack_body_parts_are_canonical_and_a_custom_part_routes_by_itself(tmp_path: Path) -> None:
     packs = []
     for name, parts in (("spine-test", ["L-SPINE"]), ("custom-test", ["PHANTOMLEG"])):
-        dest = tmp_path / name
-        shutil.copytree(default_pack_dir(), dest)
-        manifest = json.loads((dest / "manifest.json").read_text())
-        manifest.update(name=name, body_parts=parts)
-        (dest / "manifest.json").write_text(json.dumps(manifest))
-        seal_manifest(dest)
+        dest = pack_as(tmp_path / name, name=name, body_parts=parts)
         packs.append(Pipeline(load_pack(dest), select(["onnxruntime-cpu"])))
     router = Router(packs)
     lws = _phantom(tmp_path / "lws.dcm", 5, BodyPartExamined=None, SeriesDescription="LWS seitlich")
