@@ -146,7 +146,12 @@ def test_sandbox_result_equals_the_in_process_read(sandbox: DecodeSandbox, tmp_p
 def test_sandbox_stops_a_slow_decode_and_restarts(sandbox: DecodeSandbox, tmp_path: Path) -> None:
     good = tmp_path / "good.dcm"
     write_phantom(good, seed=6, size=512)
-    sandbox.timeout_s = 0.001  # no read, decode and reply of a file takes under a millisecond
+    # A decode that never answers, whatever the machine's speed: the child is stopped (SIGSTOP)
+    # before the request, so only the timeout can end the wait.
+    pid = sandbox.pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    sandbox.timeout_s = 0.5
     with pytest.raises(Rejection) as caught:
         sandbox.read(good, IngestPolicy(), max_side=512)
     assert caught.value.reason is RejectReason.DECODE_BUDGET
