@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from edge_worker import __version__
 from edge_worker.errors import EdgeWorkerError
+from edge_worker.summary import summary_line
 
 if TYPE_CHECKING:
     from edge_worker.config import Config
@@ -105,36 +106,6 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if rejected:
         print(f"edge-worker analyze: {rejected} of {len(files)} file(s) rejected", file=sys.stderr)
     return 1 if rejected and args.fail_on_reject else 0
-
-
-#: How the summary line names a pack's ``training_data`` kind (the manifest's own words).
-TRAINED_ON = {"synthetic-phantom": "synthetic phantoms", "real": "real radiographs, not clinically validated"}
-
-
-def reason_texts(payload: dict) -> list[str]:  # type: ignore[type-arg]
-    """The sentences of a verdict's reasons (objects since verdict@2; plain strings before)."""
-    texts = []
-    for reason in payload.get("reasons", []):
-        texts.append(str(reason.get("text", reason.get("code", ""))) if isinstance(reason, dict) else str(reason))
-    return texts
-
-
-def summary_line(kind: str, p: dict) -> str:  # type: ignore[type-arg]
-    """One human-readable line for a verdict or error payload."""
-    if kind == "error":
-        return f"REJECTED {p['reason']}: {p['detail']}"
-    quality = p.get("quality") or {}
-    q = f"quality {quality['score']:.2f} (grade {quality['grade']})" if quality else "quality -"
-    o = p.get("orientation") or {}
-    orient = f"rotated {o['angle_deg']:.0f} deg" if o else ""
-    kind = str((p.get("pack") or {}).get("training_data") or "unknown")
-    trained_on = TRAINED_ON.get(kind, f"{kind} data")
-    flag = f" [not for clinical use: pack trained on {trained_on}]" if p.get("not_for_clinical_use") else ""
-    decision = str(p["decision"]).replace("_", " ").upper()
-    return (
-        f"{decision} view {p['view']['label']} ({p['view']['confidence']:.2f}), "
-        f"{q}, {orient} - {' '.join(reason_texts(p))}{flag}"
-    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ from edge_worker.publish.outbox import Outbox
 from edge_worker.quarantine import Quarantine, QuarantineError
 from edge_worker.retention import Retention
 from edge_worker.routing import RoutedJudge, Router, parse_synonyms
+from edge_worker.summary import summary_line
 from edge_worker.verdict import build_error
 from edge_worker.watch import FolderWatcher
 
@@ -498,7 +499,6 @@ class StationDaemon:
         If this image was judged before (same id), the stored payload is sent instead of the
         new one, so every copy of a message that ever reaches the broker is identical.
         """
-        from edge_worker.cli import summary_line
 
         try:
             self.lineage.note_reused_uid(outcome)

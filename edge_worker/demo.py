@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge_worker.cli import summary_line
+from edge_worker.summary import summary_line
 from edge_worker.config import Config, with_overrides
 from edge_worker.daemon import StationDaemon, build_pipeline, build_router
 from edge_worker.phantom import make_dataset

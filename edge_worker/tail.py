@@ -21,7 +21,7 @@ from datetime import datetime
 from types import FrameType
 from typing import Any, TextIO
 
-from edge_worker.cli import summary_line
+from edge_worker.summary import summary_line
 from edge_worker.dashboard.feed import MqttFeed, station_filters
 from edge_worker.publish.settings import MqttSettings
 

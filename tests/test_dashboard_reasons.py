@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_worker.cli import summary_line
+from edge_worker.summary import summary_line
 from edge_worker.dashboard.state import StationBoard
 
 T0 = 1_800_000_000.0
