@@ -399,3 +399,49 @@ def test_a_site_cannot_publish_under_another_sites_prefix(rig: Callable[..., Rig
     assert reasons == [135, 0]  # 0x87 Not authorized, then success
     centre_a.wait_for("xray/site-a/xr-01/verdict", 2, timeout=10)
     assert centre_b.all_messages() == []
+
+
+def test_a_site_broker_from_the_example_set_up_bridges_its_stations(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
+    # The site broker as shipped (TLS, passwords, per-station ACL) plus the rendered bridge: the
+    # station ACL must not keep the bridge from reading the site's topics.
+    centre = start_centre(tmp_path / "centre", pki)
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    passwd = site_dir / "passwd"
+    passwd.touch()
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "xr-01", "pw-xr-01-Secret"], check=True, capture_output=True)
+    port = free_port()
+    conf = (EXAMPLE / "mosquitto.conf").read_text()
+    for old, new in {"listener 8883\n": f"listener {port} 127.0.0.1\n", "/etc/mosquitto/certs/": f"{pki.folder}/",
+                     "/etc/mosquitto/passwd": str(passwd), "/etc/mosquitto/acl": str(EXAMPLE / "acl"),
+                     "persistence true\n": "", "persistence_location /var/lib/mosquitto/\n": ""}.items():  # fmt: skip
+        assert old in conf, f"the example mosquitto.conf no longer has {old!r}"
+        conf = conf.replace(old, new)
+    conf += render_site_conf(bridge_of("site-a", centre.port, pki), with_password=True)
+    site = Mosquitto(_binary(), site_dir, port=port, extra_config=conf, listener=False, persistence=True)
+    box = Outbox(tmp_path / "outbox.sqlite3")
+    pub = None
+    try:
+        site.start()
+
+        def configure(client: Any) -> None:
+            client.tls_set(ca_certs=pki["ca.crt"])
+            client.username_pw_set("dashboard", PASSWORDS["dashboard"])
+
+        sub = Subscriber(centre.host, centre.port, ("xray/site-a/#",), configure=configure)
+        try:
+            settings = MqttSettings.from_url(f"mqtts://127.0.0.1:{port}", protocol="5", ca_file=pki["ca.crt"],
+                                             username="xr-01", password="pw-xr-01-Secret")  # fmt: skip
+            pub = Publisher(settings, Topics("site-a", "xr-01"), box)
+            pub.start()
+            pub.publish("verdict", verdict("site-a", 1), key="site-a-1")
+            got = sub.wait_for("xray/site-a/xr-01/verdict", 1, timeout=20)
+            assert json.loads(got[0].payload) == verdict("site-a", 1)
+        finally:
+            sub.close()
+    finally:
+        if pub is not None:
+            pub.stop()
+        box.close()
+        site.stop()
+        centre.stop()
