@@ -211,12 +211,28 @@ def test_bridge_config_prints_without_the_password_and_writes_a_private_file(
     assert "needs credentials" in capsys.readouterr().err
 
 
-def test_the_example_files_are_what_the_command_renders() -> None:
+def test_the_example_files_are_what_the_command_renders(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("unused\n")
     bridge = site_bridge(load(ROOT / "systemd" / "edge-worker.toml"), "mqtts://centre.group.example:8883",
-                         certfile="unused", keyfile="unused")  # fmt: skip
-    bridge = SiteBridge(**{**bridge.__dict__, "certfile": "", "keyfile": "", "password": "x"})
+                         password_file=tmp_path / "pw")  # fmt: skip
     assert (EXAMPLE / "site-bridge.conf").read_text() == render_site_conf(bridge, with_password=False)
     assert render_centre_acl(bridge) in (EXAMPLE / "centre-acl").read_text()
+
+
+def test_bridge_config_refuses_a_bad_centre_or_half_a_certificate(tmp_path: Path) -> None:
+    from edge_worker.errors import ConfigError
+
+    config = load(ROOT / "systemd" / "edge-worker.toml")
+    (tmp_path / "pw").write_text("pw\n")
+    with pytest.raises(ConfigError, match="scheme"):
+        site_bridge(config, "http://centre:8883", password_file=tmp_path / "pw")
+    with pytest.raises(ConfigError, match="together"):
+        site_bridge(config, "mqtts://centre:8883", certfile="/etc/site.crt")
+    with pytest.raises(ConfigError, match="empty"):
+        (tmp_path / "empty").write_text("\n")
+        site_bridge(config, "mqtts://centre:8883", password_file=tmp_path / "empty")
+    named = site_bridge(config, "mqtts://qa-st-example@centre:8883", password_file=tmp_path / "pw")
+    assert render_centre_acl(named).splitlines()[1:] == ["user qa-st-example", "topic write xray/st-example/#"]
 
 
 # -- delivery -------------------------------------------------------------------------------
