@@ -100,7 +100,7 @@ def site_bridge(
 ) -> SiteBridge:
     """The bridge of ``config``'s site to the broker at ``centre_url`` (``mqtts://[user@]host:port``).
 
-    The password is read from ``password_file`` (first line).  Raises :class:`ConfigError` for a
+    The password is read from ``password_file`` (its text, white space stripped).  Raises :class:`ConfigError` for a
     bad URL, an unreadable password file, or missing credentials.
     """
     centre = MqttSettings.from_url(centre_url)
