@@ -1,4 +1,4 @@
-"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, tail, bench.
+"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, tail, bench, bridge-config.
 
 Argument parsing only; each subcommand hands over to the module that does the work.
 Exit codes: 0 success; 1 a check failed, or ``analyze --fail-on-reject`` rejected a file; 2 a
@@ -161,6 +161,17 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return run_tail(settings, prefix=settings.topic_prefix, as_json=args.json, client_id=args.client_id)
 
 
+def _cmd_bridge_config(args: argparse.Namespace) -> int:
+    from edge_worker.publish.bridge import run_bridge_config
+
+    print(run_bridge_config(
+        Path(args.config), args.centre, out=Path(args.out) if args.out else None,
+        password_file=Path(args.password_file) if args.password_file else None,
+        cafile=args.cafile, certfile=args.certfile or "", keyfile=args.keyfile or "",
+    ), end="")  # fmt: skip
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from edge_worker.bench.cli import run_command
 
@@ -252,6 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure latency, backlog throughput and memory; compare")
     add_arguments(bench)
     bench.set_defaults(func=_cmd_bench)
+
+    bridge = sub.add_parser("bridge-config", help="print or write a site broker's bridge to the centre and its ACL")
+    bridge.add_argument("--config", required=True, help="the site's TOML config (site, topic prefix, protocol)")
+    bridge.add_argument("--centre", default="mqtts://centre:8883", help="central broker URL, mqtts://[user@]host:port "
+                        "(default mqtts://centre:8883; user default bridge-<site>)")  # fmt: skip
+    bridge.add_argument("--out", help="write bridge-<site>.conf (0600, with the password) and centre-acl-<site> here")
+    bridge.add_argument("--password-file", help="file holding the bridge user's password on the centre")
+    bridge.add_argument("--cafile", default="/etc/mosquitto/certs/centre-ca.crt", help="CA of the centre's certificate")
+    bridge.add_argument("--certfile", help="the site broker's client certificate (with --keyfile)")
+    bridge.add_argument("--keyfile", help="its private key")
+    bridge.set_defaults(func=_cmd_bridge_config)
     return parser
 
 
