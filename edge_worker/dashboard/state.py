@@ -25,7 +25,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from edge_worker.dashboard.fleet import DEFAULT_SILENT_AFTER_S, is_silent, site_rollup, status_from_document
+from edge_worker.dashboard.fleet import (
+    DEFAULT_SILENT_AFTER_S,
+    is_silent,
+    site_rollup,
+    status_from_document,
+)
 
 log = logging.getLogger(__name__)
 
