@@ -274,7 +274,7 @@
     const line = [];
     if (pack) line.push(`${pack.name ?? "?"} ${pack.version ?? ""}`.trim(), shortDigest(pack.digest));
     if (status && status.backend) line.push(status.backend);
-    if (status && status.outbox_depth != null) line.push(`outbox ${status.outbox_depth}`);
+    if (status && status.outbox_depth != null) line.push(`outbox\u00a0${status.outbox_depth}`);
     put(tile, ".fleet-line", line.filter(Boolean).join(" \u00b7 "));
     const problems = tile.querySelector(".problems");
     problems.textContent = problemText(status);
