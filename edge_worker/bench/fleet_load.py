@@ -8,8 +8,9 @@ site, as bridged site brokers appear to the centre.
 
 Measured on the dashboard process (``/proc``, so Linux only): CPU seconds and the share of
 one core over the load, peak resident memory (``VmHWM``) and memory at the end; end to end,
-per message: the time from the publisher's ``publish()`` to the event reaching the ``/events``
-client (p50/p95/p99/max), split into the broker leg (publish to the dashboard receiving it)
+per message sent during the load (the births before it, every station's ``online`` and first
+status at once, are counted but not timed): the time from the publisher's ``publish()`` to
+the event reaching the ``/events`` client (p50/p95/p99/max), split into the broker leg (publish to the dashboard receiving it)
 and the dashboard leg (receiving it to the event on the wire).  Checked: the board counted
 every published message of every kind, and the event stream carried every verdict and every
 status.  Prints markdown (default) or JSON.
@@ -78,7 +79,8 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 @dataclass
 class _Stream:
-    """What the ``/events`` client saw: verdict ids and status times, with their latencies."""
+    """What the ``/events`` client saw: verdict ids and status times, with the latencies of
+    those sent from ``timed_from`` on (the births before it arrive as one burst, by design)."""
 
     verdicts: set[str] = field(default_factory=set)
     statuses: dict[str, set[float]] = field(default_factory=dict)
@@ -87,6 +89,7 @@ class _Stream:
     broker_leg: list[float] = field(default_factory=list)
     events: int = 0
     ended: str = ""
+    timed_from: float = float("inf")
 
     def take(self, station: dict[str, Any], now: float) -> None:
         latest, status = station.get("latest"), station.get("status")
@@ -100,6 +103,8 @@ class _Stream:
                 self._sample("status", status["at"], status["received"], now)
 
     def _sample(self, kind: str, sent: float, received: float, now: float) -> None:
+        if sent < self.timed_from:
+            return
         self.total[kind].append(now - sent)
         self.broker_leg.append(received - sent)
         self.dashboard_leg.append(now - received)
@@ -243,6 +248,7 @@ def run_fleet_load(plan: FleetPlan) -> dict[str, Any]:
                     raise BenchError("a publisher process did not start (see its stderr above)")
             before = _proc_usage(dashboard.pid)
             go = time.time() + 0.2
+            stream.timed_from = go
             for proc in publishers:
                 assert proc.stdin is not None
                 proc.stdin.write(f"go {go}\n")
