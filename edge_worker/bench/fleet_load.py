@@ -283,7 +283,8 @@ def run_fleet_load(plan: FleetPlan) -> dict[str, Any]:
             if reader is not None:
                 reader.join(30)
     load_s = drained - go
-    messages = sum(published.values())
+    # The births (an online and a status per station) went out before the load: not in its rate.
+    messages = sum(published.values()) - 2 * published["availability"]
     board = snap["messages"]
     return {
         "plan": {"sites": plan.sites, "stations_per_site": plan.stations, "stations": plan.sites * plan.stations,
