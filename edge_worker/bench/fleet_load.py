@@ -44,7 +44,8 @@ MAX_STATIONS = 500
 @dataclass(frozen=True)
 class FleetPlan:
     """``sites`` x ``stations`` for ``seconds`` at ``rate_multiplier`` times the real rate, from
-    ``publishers`` processes; intervals as in :class:`~edge_worker.bench.fleet_publisher.SiteGroup`."""
+    ``publishers`` processes; intervals as in :class:`~edge_worker.bench.fleet_publisher.SiteGroup`;
+    ``dashboard_port``: where the dashboard serves (0: a free port), to watch the page meanwhile."""
 
     sites: int = 50
     stations: int = 5
@@ -54,6 +55,7 @@ class FleetPlan:
     verdict_every_s: float = 45.0
     status_every_s: float = 30.0
     seed: int = 1
+    dashboard_port: int = 0
 
     def check(self) -> None:
         """Raise BenchError for a plan that cannot run."""
@@ -213,7 +215,7 @@ def run_fleet_load(plan: FleetPlan) -> dict[str, Any]:
     machine = _machine()
     with BenchBroker("mosquitto") as broker, tempfile.TemporaryDirectory(prefix="edge-fleet-") as tmp:
         log = Path(tmp) / "dashboard.log"
-        port = _free_port()
+        port = plan.dashboard_port or _free_port()
         with log.open("wb") as out:
             dashboard = subprocess.Popen(
                 [sys.executable, "-m", "edge_worker", "dashboard", "--mqtt", broker.url, "--listen",
@@ -364,11 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status-every", type=float, default=defaults.status_every_s,
                         help="seconds between two statuses of a station, real time")  # fmt: skip
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--dashboard-port", type=int, default=0,
+                        help="serve the dashboard on 127.0.0.1:PORT, to open it in a browser during the run")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
     plan = FleetPlan(args.sites, args.stations, args.seconds, args.rate_multiplier, args.publishers,
-                     args.verdict_every, args.status_every, args.seed)  # fmt: skip
+                     args.verdict_every, args.status_every, args.seed, args.dashboard_port)  # fmt: skip
     try:
         report = run_fleet_load(plan)
     except BenchError as exc:

@@ -10,7 +10,9 @@
   const ACK_KEY = "edge-worker-dashboard-acked";
   const LABELS = {ok: "OK", retake: "RETAKE", review: "REVIEW", not_judged: "NOT JUDGED", rejected: "REJECTED"};
   const MARKS = {ok: "\u2713", retake: "R", review: "?", not_judged: "\u2013", rejected: "\u2715"};
-  const RENDER_MS = 50;          // events arriving within this are drawn in one go
+  // Events arriving within this are drawn in one go: a few frames a second are enough for a
+  // person, and each frame of hundreds of rows costs a browser far more than the events do.
+  const RENDER_MS = 200;
   const FLEET_COLUMNS = ["station", "link", "state", "pack", "version", "digest", "backend", "outbox",
     "last-verdict", "decision", "heard", "problems"];
 
@@ -131,8 +133,16 @@
 
   const CLOCK = {hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"};
 
+  // One formatter for all: toLocaleTimeString builds a new one per call, hundreds a second.
+  const CLOCK_FORMAT = new Intl.DateTimeFormat([], CLOCK);
+
   function clockTime(t) {
-    return new Date(t * 1000).toLocaleTimeString([], CLOCK);
+    return CLOCK_FORMAT.format(new Date(t * 1000));
+  }
+
+  function setText(node, text) {
+    // Writing an unchanged text still costs a layout; with hundreds of rows that adds up.
+    if (node.textContent !== text) node.textContent = text;
   }
 
   function alerting(st) {
@@ -220,8 +230,8 @@
     for (const [site, stations] of bySite) {
       const parts = siteFor(site);
       const counts = siteCounts(stations);
-      parts.group.querySelector(".site-counts").textContent = counts.text;
-      parts.head.textContent = `${site} \u00b7 ${counts.text}`;
+      setText(parts.group.querySelector(".site-counts"), counts.text);
+      setText(parts.head, `${site} \u00b7 ${counts.text}`);
       for (const node of [parts.group, parts.head.parentNode]) {
         node.dataset.stations = String(stations.length);
         node.dataset.silent = String(counts.silent);
@@ -246,7 +256,7 @@
   }
 
   function put(tile, selector, text) {
-    tile.querySelector(selector).textContent = text;
+    setText(tile.querySelector(selector), text);
   }
 
   function renderTile(st) {
@@ -308,6 +318,9 @@
     img.hidden = !thumb;
 
     const strip = tile.querySelector(".history");
+    const ids = st.history.map((h) => h.id).join(",");
+    if (strip.dataset.ids === ids) return tile;
+    strip.dataset.ids = ids;
     strip.replaceChildren(...st.history.map((h) => {
       const li = document.createElement("li");
       li.className = `h-${h.decision}`;
@@ -345,7 +358,7 @@
   }
 
   function cell(row, name, text) {
-    row.querySelector(`.c-${name}`).textContent = text;
+    setText(row.querySelector(`.c-${name}`), text);
   }
 
   function renderRow(st) {
@@ -358,7 +371,7 @@
       link, silent: String(!!st.silent), state: status.state || "unknown",
       pack: pack.name || "", version: pack.version || "", digest: shortDigest(pack.digest),
       backend: status.backend || "", outbox: status.outbox_depth != null ? String(status.outbox_depth) : "",
-      decision: v ? v.decision : "none", alert: String(alerting(st)),
+      decision: v ? v.decision : "none", verdictId: v ? v.id : "", alert: String(alerting(st)),
     });
     row.className = `link-${link} state-${status.state || "unknown"} ${alerting(st) ? "alerting" : ""}`;
     cell(row, "station", st.station);
@@ -378,9 +391,10 @@
   }
 
   function renderStation(st) {
+    // Only the view on screen is drawn; switching views draws the other one whole.
     const parts = siteFor(st.site);
-    insertSorted(parts.grid, renderTile(st), st.key, (n) => n.dataset.key);
-    insertSorted(parts.body, renderRow(st), st.key, (n) => n.dataset.key || "");
+    if (state.view === "tiles") insertSorted(parts.grid, renderTile(st), st.key, (n) => n.dataset.key);
+    else insertSorted(parts.body, renderRow(st), st.key, (n) => n.dataset.key || "");
   }
 
   function scheduleRender() {
@@ -400,10 +414,9 @@
 
   function renderAll() {
     state.dirty.clear();
-    for (const [key, tile] of state.tiles) {
-      if (!state.stations.has(key)) {
-        tile.remove(); state.tiles.delete(key);
-        state.rows.get(key)?.remove(); state.rows.delete(key);
+    for (const nodes of [state.tiles, state.rows]) {
+      for (const [key, node] of nodes) {
+        if (!state.stations.has(key)) { node.remove(); nodes.delete(key); }
       }
     }
     for (const key of Array.from(state.stations.keys()).sort()) renderStation(state.stations.get(key));
@@ -477,8 +490,8 @@
   }
 
   function tick() {
-    $("clock").textContent = new Date().toLocaleTimeString([], CLOCK);
-    for (const [key, tile] of state.tiles) {
+    $("clock").textContent = CLOCK_FORMAT.format(new Date());
+    for (const [key, tile] of state.view === "tiles" ? state.tiles : []) {
       const st = state.stations.get(key);
       if (st && st.latest) put(tile, ".since", ago(st.latest.at));
       if (st && st.silent) put(tile, ".silent-badge", silentText(st));
