@@ -8,7 +8,7 @@ the test never assumes which decision the networks make), a stopped station as o
 recover by itself after the broker restarts and after the dashboard server restarts, without a
 reload; its fleet table shows each daemon's pack, digest and backend from its retained status.
 A second, daemon-free test drives the fleet view with status documents from two sites and
-watches stations go silent and come back.  A screenshot is saved in the test's tmp folder (and in ``$EDGE_WORKER_SCREENSHOT_DIR``
+watches stations go silent and come back (its screenshot: ``fleet.png``).  A screenshot is saved in the test's tmp folder (and in ``$EDGE_WORKER_SCREENSHOT_DIR``
 when set: that is how ``docs/dashboard.png`` is made).
 
 Skipped where chromium, chromedriver or selenium is absent; ``.ci/run`` installs them.
@@ -181,12 +181,12 @@ def _shows(driver: Any, key: str, verdict: dict[str, Any]) -> bool:
     return tile.get("verdictId") == verdict["id"] and tile.get("decision") == verdict["decision"]
 
 
-def _screenshot(driver: Any, tmp_path: Path) -> Path:
-    shot = tmp_path / "dashboard.png"
+def _screenshot(driver: Any, tmp_path: Path, name: str = "dashboard.png") -> Path:
+    shot = tmp_path / name
     assert driver.save_screenshot(str(shot)), "chromium took no screenshot"
     target = os.environ.get("EDGE_WORKER_SCREENSHOT_DIR")
     if target:
-        shutil.copyfile(shot, Path(target) / "dashboard.png")
+        shutil.copyfile(shot, Path(target) / name)
     return shot
 
 
@@ -382,7 +382,7 @@ def test_fleet_view_groups_sites_and_flags_silent_stations(
     assert {k for k, r in rows.items() if r["silent"] == "true"} == {"north/xr-01", "north/xr-02", "south/xr-01"}
     assert rows["south/xr-02"]["link"] == "offline"
     assert banner.is_displayed() and banner.text.startswith("3 stations silent for more than 2 s")
-    _screenshot(driver, tmp_path)
+    assert _screenshot(driver, tmp_path, "fleet.png").stat().st_size > 10_000
     # One speaks again: its flag goes, the others' stay.
     publish("xray/north/xr-01/status", _status("north", "xr-01", *fleet["north/xr-01"]))
     _wait("one station back", lambda: banner.get_attribute("data-count") == "2", 10, driver, stations)
