@@ -358,7 +358,9 @@
   }
 
   function cell(row, name, text) {
-    setText(row.querySelector(`.c-${name}`), text);
+    const node = row.querySelector(`.c-${name}`);
+    setText(node, text);
+    if (node.title !== text) node.title = text;  // the whole text of a cell cut short
   }
 
   function renderRow(st) {
@@ -386,7 +388,7 @@
     cell(row, "decision", v ? LABELS[v.decision] || v.decision : "\u2014");
     cell(row, "heard", ago(st.heard));
     cell(row, "problems", problemText(st.status) || (status.broker_connected === false ? "station: broker link down" : ""));
-    row.title = pack.digest ? `pack digest ${pack.digest}` : "";
+    row.querySelector(".c-digest").title = pack.digest || "";
     return row;
   }
 
