@@ -8,8 +8,9 @@ the test never assumes which decision the networks make), a stopped station as o
 recover by itself after the broker restarts and after the dashboard server restarts, without a
 reload; its fleet table shows each daemon's pack, digest and backend from its retained status.
 A second, daemon-free test drives the fleet view with status documents from two sites and
-watches stations go silent and come back (its screenshot: ``fleet.png``).  A screenshot is saved in the test's tmp folder (and in ``$EDGE_WORKER_SCREENSHOT_DIR``
-when set: that is how ``docs/dashboard.png`` is made).
+watches stations go silent and come back.  Screenshots are saved in the tests' tmp folders
+(and in ``$EDGE_WORKER_SCREENSHOT_DIR`` when set: that is how ``docs/dashboard.png`` is made;
+the fleet test's is ``fleet.png``).
 
 Skipped where chromium, chromedriver or selenium is absent; ``.ci/run`` installs them.
 """

@@ -14,7 +14,8 @@ The page has two views of one board: the ward's tiles (``/``), grouped under one
 site, and the central team's fleet table (``/?view=fleet``).
 
 Threads: paho's network thread, the HTTP accept loop, one thread per HTTP request, and a
-sweeper that flags silent stations once a second, all named ``edge-worker/...``; :meth:`Dashboard.stop` ends every event stream and joins them all.
+sweeper that flags silent stations once a second, all named ``edge-worker/...``;
+:meth:`Dashboard.stop` ends every event stream and joins them all.
 """
 
 from __future__ import annotations
