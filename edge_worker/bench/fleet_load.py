@@ -12,9 +12,8 @@ per message sent during the load (the births before it, every station's ``online
 status at once, are counted but not timed): the time from the publisher's ``publish()`` to
 the event reaching the ``/events`` client (p50/p95/p99/max), split into the broker leg
 (publish to the dashboard receiving it) and the dashboard leg (receiving it to the event on
-the wire).  Checked: the board counted
-every published message of every kind, and the event stream carried every verdict and every
-status.  Prints markdown (default) or JSON.
+the wire).  Checked: the board counted every published message of every kind, and the event
+stream carried every verdict and every status.  Prints markdown (default) or JSON.
 """
 
 from __future__ import annotations
