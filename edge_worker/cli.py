@@ -151,7 +151,13 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from edge_worker.dashboard.server import parse_listen, run_dashboard
 
     settings = _watch_settings(args)
-    return run_dashboard(settings, parse_listen(args.listen), prefix=settings.topic_prefix, client_id=args.client_id)
+    return run_dashboard(
+        settings,
+        parse_listen(args.listen),
+        prefix=settings.topic_prefix,
+        client_id=args.client_id,
+        silent_after=args.silent_after,
+    )
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -250,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_watch_flags(dashboard)
     dashboard.add_argument(
         "--listen", default="127.0.0.1:8080", help="HOST:PORT to serve on (0.0.0.0:8080 for a wall screen)"
+    )
+    dashboard.add_argument(
+        "--silent-after",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="flag a station not heard from for longer than this (unless it said it went offline) "
+        "(default 300; stations refresh their status every 30 s)",
     )
     dashboard.set_defaults(func=_cmd_dashboard)
 

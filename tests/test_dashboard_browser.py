@@ -6,8 +6,11 @@ in-process, and Debian's chromium driven through chromedriver by selenium.  The 
 exactly the decision each verdict on the broker carried (the demo pack is not always right, so
 the test never assumes which decision the networks make), a stopped station as offline, and
 recover by itself after the broker restarts and after the dashboard server restarts, without a
-reload.  A screenshot is saved in the test's tmp folder (and in ``$EDGE_WORKER_SCREENSHOT_DIR``
-when set: that is how ``docs/dashboard.png`` is made).
+reload; its fleet table shows each daemon's pack, digest and backend from its retained status.
+A second, daemon-free test drives the fleet view with status documents from two sites and
+watches stations go silent and come back.  Screenshots are saved in the tests' tmp folders
+(and in ``$EDGE_WORKER_SCREENSHOT_DIR`` when set: that is how ``docs/dashboard.png`` is made;
+the fleet test's is ``fleet.png``).
 
 Skipped where chromium, chromedriver or selenium is absent; ``.ci/run`` installs them.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.publish as paho_publish
 import pytest
 
 from edge_worker.dashboard.server import Dashboard
@@ -54,6 +58,8 @@ PLAN = {
     "xr-03": (False, [("LAT", 1, 4102), ("LAT", 3, 4105)]),
 }
 TILES_JS = "return Array.from(document.querySelectorAll('.tile')).map((t) => Object.assign({}, t.dataset));"
+ROWS_JS = "return Array.from(document.querySelectorAll('#fleet tbody tr[data-key]')).map((r) => Object.assign({}, r.dataset));"
+SITES_JS = "return Array.from(document.querySelectorAll('.site-group')).map((g) => Object.assign({}, g.dataset));"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -147,6 +153,11 @@ def _tiles(driver: Any) -> dict[str, dict[str, str]]:
     return {t["key"]: t for t in driver.execute_script(TILES_JS)}
 
 
+def _rows(driver: Any) -> dict[str, dict[str, str]]:
+    """The fleet table's rows by station key, as their data attributes."""
+    return {r["key"]: r for r in driver.execute_script(ROWS_JS)}
+
+
 def _wait(what: str, check: Callable[[], Any], timeout: float, driver: Any, stations: dict[str, Station]) -> Any:
     """Poll ``check`` until it returns something truthy; fail with the page's state and logs."""
     deadline = time.monotonic() + timeout
@@ -171,12 +182,12 @@ def _shows(driver: Any, key: str, verdict: dict[str, Any]) -> bool:
     return tile.get("verdictId") == verdict["id"] and tile.get("decision") == verdict["decision"]
 
 
-def _screenshot(driver: Any, tmp_path: Path) -> Path:
-    shot = tmp_path / "dashboard.png"
+def _screenshot(driver: Any, tmp_path: Path, name: str = "dashboard.png") -> Path:
+    shot = tmp_path / name
     assert driver.save_screenshot(str(shot)), "chromium took no screenshot"
     target = os.environ.get("EDGE_WORKER_SCREENSHOT_DIR")
     if target:
-        shutil.copyfile(shot, Path(target) / "dashboard.png")
+        shutil.copyfile(shot, Path(target) / name)
     return shot
 
 
@@ -185,8 +196,10 @@ def dashboards(mosquitto: Any) -> Iterator[Callable[[int], Dashboard]]:
     """Factory: a started in-process dashboard on ``port`` (0: a free one); all stopped after."""
     made: list[Dashboard] = []
 
-    def start(port: int = 0) -> Dashboard:
-        dashboard = Dashboard(MqttSettings.from_url(mosquitto.url), ("127.0.0.1", port), heartbeat_s=1.0)
+    def start(port: int = 0, silent_after: float = 300.0) -> Dashboard:
+        dashboard = Dashboard(
+            MqttSettings.from_url(mosquitto.url), ("127.0.0.1", port), heartbeat_s=1.0, silent_after=silent_after
+        )
         made.append(dashboard)
         dashboard.start()
         return dashboard
@@ -220,7 +233,7 @@ def test_dashboard_in_a_real_browser(
         sub.wait_for(f"xray/{SITE}/{name}/availability", 1, timeout=90)
     _wait("three online tiles", lambda: all(_tiles(driver).get(k, {}).get("online") == "true" for k in keys),
           20, driver, stations)  # fmt: skip
-    assert _body(driver) == {"server": "live", "broker": "connected"}
+    assert _body(driver) == {"server": "live", "broker": "connected", "view": "tiles"}
 
     # Phantoms in, verdicts out: each tile shows exactly what the broker carried.
     for name, (_, plan) in PLAN.items():
@@ -241,6 +254,20 @@ def test_dashboard_in_a_real_browser(
         assert ("thumbnail" in verdicts[-1]) is station.thumbnail
     # The not-for-clinical-use flag of the demo pack is on the page.
     assert driver.execute_script("return !document.getElementById('banner-nfcu').hidden;")
+
+    # The fleet table (same page, no reload) shows what each daemon's retained status says.
+    assert [g["site"] for g in driver.execute_script(SITES_JS)] == [SITE]
+    driver.find_element("id", "view-toggle").click()
+    assert _body(driver).get("view") == "fleet" and driver.current_url.endswith("?view=fleet")
+    for name in stations:
+        status = json.loads(sub.messages(f"xray/{SITE}/{name}/status")[-1].payload)
+        expected = {"pack": status["pack"]["name"], "version": status["pack"]["version"],
+                    "digest": status["pack"]["digest"][:12], "backend": status["backend"], "link": "online"}  # fmt: skip
+        row = _wait(f"{name}'s fleet row", lambda k=f"{SITE}/{name}", e=expected: (
+            (r := _rows(driver).get(k)) and all(r[f] == v for f, v in e.items()) and r), 10, driver, stations)  # fmt: skip
+        assert row["decision"] == latest[name]["decision"] and row["outbox"].isdigit(), row
+    driver.find_element("id", "view-toggle").click()
+    assert _body(driver).get("view") == "tiles"
 
     # A retake raises the alert on exactly the stations whose latest verdict is a retake.
     retakes = {f"{SITE}/{n}" for n, v in latest.items() if v["decision"] == "retake"}
@@ -294,7 +321,80 @@ def test_dashboard_in_a_real_browser(
     _wait("server lost shown", lambda: _body(driver).get("server") == "reconnecting", 10, driver, stations)
     t0 = time.monotonic()
     dashboards(port)
-    _wait("server back", lambda: _body(driver) == {"server": "live", "broker": "connected"}, 15, driver, stations)
+    _wait("server back", lambda: _body(driver) == {"server": "live", "broker": "connected", "view": "tiles"},
+          15, driver, stations)  # fmt: skip
     log.info("dashboard server restarted: page live again after %.2f s", time.monotonic() - t0)
     _wait("xr-01 online again", lambda: _tiles(driver).get(f"{SITE}/xr-01", {}).get("online") == "true", 10, driver, stations)
     assert driver.execute_script("return window.__sameDocument === true;"), "the page was reloaded"
+
+
+def _status(site: str, station: str, pack: str, version: str, digest: str, depth: int, state: str = "ok") -> bytes:
+    """A status document shaped like edge_worker.health.status_document's, made now."""
+    return json.dumps({
+        "schema": "xray-qc/status@1", "site": site, "station": station, "state": state,
+        "problems": {"inference": "GPU lost; running on CPU"} if state == "degraded" else {},
+        "backend": "onnxruntime-cpu", "outbox_depth": depth, "broker_connected": True, "processed": 3,
+        "pack": {"name": pack, "version": version, "digest": digest, "not_for_clinical_use": True},
+        "uptime_s": 10.0, "last_message_at": None, "worker_version": "test", "at": time.time(),
+    }).encode()  # fmt: skip
+
+
+def test_fleet_view_groups_sites_and_flags_silent_stations(
+    mosquitto: Any, browser: Any, dashboards: Callable[..., Dashboard], tmp_path: Path
+) -> None:
+    driver = browser
+    fleet = {  # key -> (pack, version, digest, outbox depth, state)
+        "north/xr-01": ("chest-qc", "1.4.0", "a1" * 32, 0, "ok"),
+        "north/xr-02": ("chest-qc", "1.5.0-canary", "b2" * 32, 17, "degraded"),
+        "south/xr-01": ("chest-qc", "1.4.0", "a1" * 32, 2, "ok"),
+        "south/xr-02": ("chest-qc", "1.4.0", "a1" * 32, 0, "ok"),
+    }
+
+    def publish(topic: str, payload: bytes) -> None:
+        paho_publish.single(topic, payload, qos=1, retain=True, hostname=mosquitto.host, port=mosquitto.port)
+
+    for key, (pack, version, digest, depth, state) in fleet.items():
+        site, name = key.split("/")
+        publish(f"xray/{key}/availability", b"online")
+        publish(f"xray/{key}/status", _status(site, name, pack, version, digest, depth, state))
+    publish("xray/south/xr-02/availability", b"offline")  # said goodbye: offline, never silent
+    dashboard = dashboards(0, silent_after=1.5)
+    driver.get(dashboard.url + "?view=fleet")
+    stations: dict[str, Station] = {}
+
+    def shown() -> bool:
+        rows = _rows(driver)
+        return set(rows) == set(fleet) and all(
+            (rows[k]["pack"], rows[k]["version"], rows[k]["digest"], rows[k]["outbox"], rows[k]["state"])
+            == (p, v, d[:12], str(n), s) for k, (p, v, d, n, s) in fleet.items()
+        )  # fmt: skip
+
+    _wait("four fleet rows with their packs", shown, 15, driver, stations)
+    assert _body(driver)["view"] == "fleet" and driver.find_element("id", "fleet").is_displayed()
+    assert not driver.find_element("id", "sites").is_displayed()
+    problems = driver.find_element("css selector", '#fleet tr[data-key="north/xr-02"] .c-problems').text
+    assert problems == "inference: GPU lost; running on CPU"
+    assert [(g["site"], g["stations"]) for g in driver.execute_script(SITES_JS)] == [("north", "2"), ("south", "2")]
+
+    # Nothing more from three stations still online: each is flagged, and the banner counts them.
+    banner = driver.find_element("id", "banner-silent")
+    _wait("three silent stations", lambda: banner.get_attribute("data-count") == "3", 15, driver, stations)
+    rows = _rows(driver)
+    assert {k for k, r in rows.items() if r["silent"] == "true"} == {"north/xr-01", "north/xr-02", "south/xr-01"}
+    assert rows["south/xr-02"]["link"] == "offline"
+    assert banner.is_displayed() and banner.text.startswith("3 stations silent for more than 2 s")
+    assert _screenshot(driver, tmp_path, "fleet.png").stat().st_size > 10_000
+    # One speaks again: its flag goes, the others' stay.
+    publish("xray/north/xr-01/status", _status("north", "xr-01", *fleet["north/xr-01"]))
+    _wait("one station back", lambda: banner.get_attribute("data-count") == "2", 10, driver, stations)
+    assert _rows(driver)["north/xr-01"]["link"] == "online"
+
+    # The ward's tiles, grouped by site, carry the same flags.
+    driver.find_element("id", "view-toggle").click()
+    assert _body(driver)["view"] == "tiles" and "view=fleet" not in driver.current_url
+    tiles = _tiles(driver)
+    assert {k for k, t in tiles.items() if t["silent"] == "true"} == {"north/xr-02", "south/xr-01"}
+    badge = driver.find_element("css selector", '.tile[data-key="south/xr-01"] .silent-badge')
+    assert badge.is_displayed() and badge.text.startswith("SILENT")
+    groups = driver.execute_script(SITES_JS)
+    assert [(g["site"], g["silent"]) for g in groups] == [("north", "1"), ("south", "1")]

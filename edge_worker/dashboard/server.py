@@ -4,14 +4,18 @@ One :class:`Dashboard` holds an MQTT subscription (:mod:`edge_worker.dashboard.f
 station board (:mod:`edge_worker.dashboard.state`) and a threading HTTP server with:
 
 * ``/``, ``/app.js``, ``/style.css``: the page (package data, no third-party code);
-* ``/api/stations``: the board as JSON;
+* ``/api/stations``: the board as JSON (stations, their sites, message counts);
 * ``/events``: server-sent events: ``snapshot`` on connect, then ``station`` and ``broker``
   changes as they happen, and a ``heartbeat`` every few seconds.  Heartbeats are events rather
   than SSE comments because the page needs to *see* them: a stream that has gone quiet (a
   half-open connection) is closed and reopened by the page itself.
 
-Threads: paho's network thread, the HTTP accept loop, and one thread per HTTP request, all
-named ``edge-worker/...``; :meth:`Dashboard.stop` ends every event stream and joins them all.
+The page has two views of one board: the ward's tiles (``/``), grouped under one header per
+site, and the central team's fleet table (``/?view=fleet``).
+
+Threads: paho's network thread, the HTTP accept loop, one thread per HTTP request, and a
+sweeper that flags silent stations once a second, all named ``edge-worker/...``;
+:meth:`Dashboard.stop` ends every event stream and joins them all.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from types import FrameType
 from typing import Any, cast
 
 from edge_worker.dashboard.feed import MqttFeed, station_filters
+from edge_worker.dashboard.fleet import DEFAULT_SILENT_AFTER_S
 from edge_worker.dashboard.state import KINDS, Event, StationBoard
 from edge_worker.errors import ConfigError
 from edge_worker.publish.settings import MqttSettings
@@ -243,9 +248,14 @@ class Dashboard:
     ``settings``: the broker; ``listen``: ``(host, port)`` (port 0 picks a free one, see
     :attr:`address`); ``prefix``: first topic level(s); ``history``: verdicts kept per
     station; ``heartbeat_s``: seconds between heartbeat events on an idle stream;
-    ``client_id``: the persistent MQTT session's id (None: ``edge-worker-dashboard-<host>``).
-    Each station's retained ``latest`` summary fills the board as soon as it subscribes.
+    ``client_id``: the persistent MQTT session's id (None: ``edge-worker-dashboard-<host>``);
+    ``silent_after``: seconds without news after which a station is flagged silent (> 0,
+    else ConfigError).  Each station's retained ``latest`` summary and ``status`` fill the
+    board as soon as it subscribes.
     """
+
+    #: Seconds between two sweeps for silent stations.
+    sweep_s = 1.0
 
     def __init__(
         self,
@@ -255,11 +265,14 @@ class Dashboard:
         history: int = 10,
         heartbeat_s: float = 5.0,
         client_id: str | None = None,
+        silent_after: float = DEFAULT_SILENT_AFTER_S,
     ) -> None:
+        if not silent_after > 0:
+            raise ConfigError(f"--silent-after must be more than 0 seconds, got {silent_after}")
         self.settings = settings
         self.listen = listen
         self.heartbeat_s = heartbeat_s
-        self.board = StationBoard(prefix, history)
+        self.board = StationBoard(prefix, history, silent_after=silent_after)
         self._lock = threading.Lock()  # the board and the hub change together
         self._hub = _Hub()
         self.static = {
@@ -271,6 +284,8 @@ class Dashboard:
         )
         self._http: _HttpServer | None = None
         self._serve: threading.Thread | None = None
+        self._sweeper: threading.Thread | None = None
+        self._stop_sweep = threading.Event()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -305,12 +320,19 @@ class Dashboard:
             target=self._http.serve_forever, kwargs={"poll_interval": 0.2}, name="edge-worker/dashboard-accept"
         )
         self._serve.start()
+        self._stop_sweep.clear()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="edge-worker/dashboard-sweep")
+        self._sweeper.start()
         self._feed.start()
         log.info("dashboard: open %s in a browser (broker %s)", self.url, self.settings.url)
 
     def stop(self) -> None:
         """Stop the subscription, end every event stream, stop the server, join every thread."""
         self._feed.stop()
+        self._stop_sweep.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
+            self._sweeper = None
         if self._http is None or self._serve is None:
             return
         self._http.shutdown()
@@ -344,6 +366,12 @@ class Dashboard:
             if event is not None:
                 self._hub.publish(event)
 
+    def _sweep_loop(self) -> None:
+        while not self._stop_sweep.wait(self.sweep_s):
+            with self._lock:
+                for event in self.board.sweep(time.time()):
+                    self._hub.publish(event)
+
     def _on_broker(self, connected: bool, detail: str) -> None:
         with self._lock:
             event = self.board.set_broker(connected, detail, time.time())
@@ -352,10 +380,17 @@ class Dashboard:
 
 
 def run_dashboard(
-    settings: MqttSettings, listen: tuple[str, int], prefix: str = "xray", client_id: str | None = None
+    settings: MqttSettings,
+    listen: tuple[str, int],
+    prefix: str = "xray",
+    client_id: str | None = None,
+    silent_after: float = DEFAULT_SILENT_AFTER_S,
 ) -> int:
-    """Serve the dashboard until SIGTERM or Ctrl-C; returns the exit code."""
-    dashboard = Dashboard(settings, listen, prefix, client_id=client_id)
+    """Serve the dashboard until SIGTERM or Ctrl-C; returns the exit code.
+
+    ``silent_after``: seconds without news after which a station is flagged (ConfigError if not > 0).
+    """
+    dashboard = Dashboard(settings, listen, prefix, client_id=client_id, silent_after=silent_after)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

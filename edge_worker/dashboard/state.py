@@ -1,10 +1,13 @@
 """Per-station state from MQTT messages: pure values, no network, no threads, no locks.
 
 :class:`StationBoard` takes ``(topic, payload, now)`` for the topics
-``<prefix>/<site>/<station>/verdict|error|availability|latest`` and keeps, per station: online
-or offline, the latest message, a short history and the time of the last message.  The
-retained ``latest`` summary gives a board started late every station's last decision at once;
-it never replaces a newer message already shown.  Each change
+``<prefix>/<site>/<station>/verdict|error|availability|latest|status`` and keeps, per station:
+online or offline, the latest message, a short history, the time of the last message, the
+retained status (pack, backend, outbox depth, problems: :mod:`edge_worker.dashboard.fleet`)
+and whether the station has gone silent.  The retained ``latest`` summary gives a board
+started late every station's last decision at once; it never replaces a newer message already
+shown.  Silence is a matter of time passing, so :meth:`StationBoard.sweep` is called now and
+then (the server does, every second) and reports the stations that went quiet.  Each change
 comes back as an :class:`Event` (a name and a JSON-ready dict) for the server to push to
 browsers; :meth:`StationBoard.snapshot` is the whole board for a browser that just connected.
 
@@ -22,9 +25,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from edge_worker.dashboard.fleet import (
+    DEFAULT_SILENT_AFTER_S,
+    is_silent,
+    site_rollup,
+    status_from_document,
+)
+
 log = logging.getLogger(__name__)
 
-KINDS = ("verdict", "error", "availability", "latest")
+KINDS = ("verdict", "error", "availability", "latest", "status")
 DECISIONS = ("ok", "retake", "review", "not_judged")
 #: An error message (a rejected file) is shown as this decision.
 REJECTED = "rejected"
@@ -53,6 +63,10 @@ class _Station:
     latest: dict[str, Any] | None = None
     history: deque[dict[str, Any]] = field(default_factory=deque)
     ids: deque[str] = field(default_factory=deque)
+    status: dict[str, Any] | None = None
+    #: When the board last heard something new from the station (its clock, not theirs).
+    heard: float | None = None
+    silent: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +77,9 @@ class _Station:
             "online_since": self.online_since,
             "last_message": self.last_message,
             "latest": self.latest,
+            "status": self.status,
+            "heard": self.heard,
+            "silent": self.silent,
             # The thumbnail rides only on ``latest``: ten pictures per tile would bloat events.
             "history": [{k: v for k, v in e.items() if k != "thumbnail"} for e in self.history],
         }
@@ -193,16 +210,29 @@ class StationBoard:
     """Every station's state, built from messages; not thread-safe (the server holds a lock).
 
     ``prefix`` is the first topic level(s) (``xray``); ``history`` bounds each station's
-    history; ``max_stations`` bounds the board against a publisher inventing station names.
+    history; ``max_stations`` bounds the board against a publisher inventing station names;
+    ``silent_after``: seconds without news after which a station is flagged silent.
+    :attr:`messages` counts what arrived: per kind, ``unusable`` payloads and stations
+    ``over_limit``.
     """
 
-    def __init__(self, prefix: str = "xray", history: int = 10, max_stations: int = 500) -> None:
+    def __init__(
+        self,
+        prefix: str = "xray",
+        history: int = 10,
+        max_stations: int = 500,
+        silent_after: float = DEFAULT_SILENT_AFTER_S,
+    ) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
+        if not silent_after > 0:
+            raise ValueError(f"silent_after must be > 0 s, got {silent_after}")
         self.prefix = prefix
         self.history = history
         self.max_stations = max_stations
+        self.silent_after = silent_after
         self._stations: dict[tuple[str, str], _Station] = {}
+        self.messages: dict[str, int] = {**dict.fromkeys(KINDS, 0), "unusable": 0, "over_limit": 0}
         self.broker: dict[str, Any] = {"connected": False, "since": None, "detail": "not connected yet"}
 
     def _parse_topic(self, topic: str) -> tuple[str, str, str] | None:
@@ -219,6 +249,7 @@ class StationBoard:
         found = self._stations.get(key)
         if found is None:
             if len(self._stations) >= self.max_stations:
+                self.messages["over_limit"] += 1
                 log.warning("dashboard: %d stations already; %s/%s ignored", self.max_stations, site, station)
                 return None
             found = self._stations[key] = _Station(site, station)
@@ -228,29 +259,38 @@ class StationBoard:
         """Apply one MQTT message received at ``now`` (POSIX s); the change, or None if none.
 
         None for a topic outside the layout, an unusable payload (logged), a repeated
-        availability, or a redelivered message (same id: delivery is at least once).
+        availability, or a redelivered message (same id: delivery is at least once).  Every
+        status document is an event: it moves the station's "heard" time.
         """
         parsed = self._parse_topic(topic)
         if parsed is None:
             log.debug("dashboard: topic %r is not <prefix>/<site>/<station>/<kind>", topic)
             return None
         site, name, kind = parsed
+        self.messages[kind] += 1
         if kind == "availability":
             return self._availability(site, name, payload, now)
-        parse = {"verdict": entry_from_verdict, "error": entry_from_error, "latest": entry_from_latest}[kind]
+        parse = {
+            "verdict": entry_from_verdict, "error": entry_from_error, "latest": entry_from_latest,
+            "status": status_from_document,
+        }[kind]  # fmt: skip
         try:
             body = json.loads(payload)
             if isinstance(body, dict):
                 entry = parse(body, now)
         except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            self.messages["unusable"] += 1
             log.warning("dashboard: unusable %s on %s: %s", kind, topic, exc)
             return None
         if not isinstance(body, dict):
+            self.messages["unusable"] += 1
             log.warning("dashboard: unusable %s on %s: not a JSON object", kind, topic)
             return None
         station = self._station(site, name)
         if station is None:
             return None
+        if kind == "status":
+            return self._status(station, entry, now)
         if entry["id"] in station.ids:
             log.debug("dashboard: %s %s redelivered; ignored", kind, entry["id"])
             return None
@@ -265,7 +305,22 @@ class StationBoard:
             station.ids.popleft()
         station.latest = entry
         station.last_message = now
+        self._heard(station, now)
         return Event("station", {"server_time": now, "station": station.as_dict()})
+
+    def _status(self, station: _Station, status: dict[str, Any], now: float) -> Event:
+        # The same document again (a retained one redelivered on a resubscribe) is no sign of
+        # life; comparing the station's clock with itself is safe where clocks disagree.
+        if station.status is None or station.status["at"] != status["at"]:
+            self._heard(station, now)
+        station.status = status
+        station.last_message = now
+        return Event("station", {"server_time": now, "station": station.as_dict()})
+
+    @staticmethod
+    def _heard(station: _Station, now: float) -> None:
+        station.heard = now
+        station.silent = False
 
     def _availability(self, site: str, name: str, payload: bytes, now: float) -> Event | None:
         text = payload.decode("utf-8", errors="replace").strip()
@@ -280,6 +335,7 @@ class StationBoard:
         if station.online is online:
             return None
         station.online, station.online_since = online, now
+        self._heard(station, now)
         return Event("station", {"server_time": now, "station": station.as_dict()})
 
     def set_broker(self, connected: bool, detail: str, now: float) -> Event | None:
@@ -290,7 +346,34 @@ class StationBoard:
         self.broker = {"connected": connected, "since": since, "detail": detail}
         return Event("broker", {"server_time": now, "broker": dict(self.broker)})
 
+    def sweep(self, now: float) -> list[Event]:
+        """Flag the stations silent for more than ``silent_after`` at ``now``: one event each.
+
+        Nothing is newly flagged while the board's own broker link is down: then it is the
+        dashboard that hears nothing, not the stations that say nothing.
+        """
+        events = []
+        for station in self._stations.values():
+            silent = is_silent(station.online, station.heard, now, self.silent_after)
+            if silent and not station.silent and self.broker["connected"]:
+                station.silent = True
+            elif not silent and station.silent:  # e.g. it said it went offline meanwhile
+                station.silent = False
+            else:
+                continue
+            events.append(Event("station", {"server_time": now, "station": station.as_dict()}))
+        return events
+
     def snapshot(self, now: float) -> dict[str, Any]:
-        """The whole board: ``server_time``, ``broker`` state and ``stations`` sorted by key."""
+        """The whole board: ``server_time``, ``broker`` state, ``silent_after``, ``stations``
+        sorted by key, their ``sites`` (:func:`~edge_worker.dashboard.fleet.site_rollup`) and
+        the ``messages`` counts."""
         stations = [self._stations[k].as_dict() for k in sorted(self._stations)]
-        return {"server_time": now, "broker": dict(self.broker), "stations": stations}
+        return {
+            "server_time": now,
+            "broker": dict(self.broker),
+            "silent_after": self.silent_after,
+            "stations": stations,
+            "sites": site_rollup(stations),
+            "messages": dict(self.messages),
+        }

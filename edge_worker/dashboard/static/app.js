@@ -1,6 +1,7 @@
-// Ward dashboard: one tile per X-ray station, fed by the server's event stream (/events).
-// Plain JavaScript, no libraries.  Everything from the network is written with textContent,
-// never as HTML, so a payload cannot inject markup.
+// Dashboard: one tile per X-ray station grouped by site (the ward's view, "/"), or one table
+// row per station (the central team's fleet view, "/?view=fleet"), both fed by the server's
+// event stream (/events).  Plain JavaScript, no libraries.  Everything from the network is
+// written with textContent, never as HTML, so a payload cannot inject markup.
 "use strict";
 
 (() => {
@@ -9,10 +10,21 @@
   const ACK_KEY = "edge-worker-dashboard-acked";
   const LABELS = {ok: "OK", retake: "RETAKE", review: "REVIEW", not_judged: "NOT JUDGED", rejected: "REJECTED"};
   const MARKS = {ok: "\u2713", retake: "R", review: "?", not_judged: "\u2013", rejected: "\u2715"};
+  // Events arriving within this are drawn in one go: a few frames a second are enough for a
+  // person, and each frame of hundreds of rows costs a browser far more than the events do.
+  const RENDER_MS = 200;
+  const FLEET_COLUMNS = ["station", "link", "state", "pack", "version", "digest", "backend", "outbox",
+    "last-verdict", "decision", "heard", "problems"];
 
   const state = {
     stations: new Map(),   // key -> station from the server
     tiles: new Map(),      // key -> tile element
+    rows: new Map(),       // key -> fleet table row
+    sites: new Map(),      // site -> {group, grid, body} (tile section and table body)
+    dirty: new Set(),      // keys to draw again at the next render
+    renderPending: false,
+    silentAfter: 300,
+    view: new URLSearchParams(window.location.search).get("view") === "fleet" ? "fleet" : "tiles",
     broker: null,
     skewS: 0,              // server clock minus browser clock, seconds
     lastEventMs: 0,
@@ -54,6 +66,7 @@
       seen(snap.server_time);
       state.stations = new Map(snap.stations.map((s) => [s.key, s]));
       state.broker = snap.broker;
+      if (typeof snap.silent_after === "number") state.silentAfter = snap.silent_after;
       setServer("live");
       renderAll();
     });
@@ -61,7 +74,8 @@
       const msg = JSON.parse(e.data);
       seen(msg.server_time);
       state.stations.set(msg.station.key, msg.station);
-      renderAll();
+      state.dirty.add(msg.station.key);
+      scheduleRender();
     });
     source.addEventListener("broker", (e) => {
       const msg = JSON.parse(e.data);
@@ -119,8 +133,16 @@
 
   const CLOCK = {hour: "2-digit", minute: "2-digit", second: "2-digit", hourCycle: "h23"};
 
+  // One formatter for all: toLocaleTimeString builds a new one per call, hundreds a second.
+  const CLOCK_FORMAT = new Intl.DateTimeFormat([], CLOCK);
+
   function clockTime(t) {
-    return new Date(t * 1000).toLocaleTimeString([], CLOCK);
+    return CLOCK_FORMAT.format(new Date(t * 1000));
+  }
+
+  function setText(node, text) {
+    // Writing an unchanged text still costs a layout; with hundreds of rows that adds up.
+    if (node.textContent !== text) node.textContent = text;
   }
 
   function alerting(st) {
@@ -134,6 +156,88 @@
     }
     saveAcked();
     renderAll();
+  }
+
+  function shortDigest(digest) {
+    // "sha256:" or not, the first twelve hex digits tell two packs apart at a glance.
+    return typeof digest === "string" ? digest.replace(/^sha256:/, "").slice(0, 12) : "";
+  }
+
+  function durationText(seconds) {
+    const s = Math.round(seconds);
+    return s < 120 ? `${s} s` : s < 7200 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
+  }
+
+  function linkOf(st) {
+    if (st.silent) return "silent";
+    return st.online === null ? "unknown" : st.online ? "online" : "offline";
+  }
+
+  // -- site groups ---------------------------------------------------------------------------
+
+  function insertSorted(parent, node, key, keyOf) {
+    // Children are kept in key order; find the first that sorts after this one.
+    if (node.parentNode === parent && keyOf(node) === key) {
+      const prev = node.previousElementSibling, next = node.nextElementSibling;
+      if ((!prev || keyOf(prev) < key) && (!next || keyOf(next) > key)) return;
+    }
+    const after = Array.from(parent.children).find((c) => c !== node && keyOf(c) > key);
+    parent.insertBefore(node, after || null);
+  }
+
+  function siteFor(site) {
+    let found = state.sites.get(site);
+    if (!found) {
+      const group = $("site-template").content.firstElementChild.cloneNode(true);
+      group.dataset.site = site;
+      group.querySelector(".site-name").textContent = site;
+      const body = document.createElement("tbody");
+      body.dataset.site = site;
+      const head = body.insertRow();
+      head.className = "site-row";
+      const cell = document.createElement("th");
+      cell.colSpan = FLEET_COLUMNS.length;
+      cell.scope = "rowgroup";
+      head.appendChild(cell);
+      found = {group, grid: group.querySelector(".grid"), body, head: cell};
+      state.sites.set(site, found);
+      insertSorted($("sites"), group, site, (n) => n.dataset.site);
+      insertSorted($("fleet").querySelector("table"), body, site, (n) => n.dataset.site || "");
+    }
+    return found;
+  }
+
+  function siteCounts(stations) {
+    const n = stations.length;
+    const online = stations.filter((s) => s.online === true).length;
+    const parts = [`${n} station${n === 1 ? "" : "s"}`, `${online} online`];
+    const silent = stations.filter((s) => s.silent).length;
+    const degraded = stations.filter((s) => s.status && s.status.state === "degraded").length;
+    if (silent) parts.push(`${silent} silent`);
+    if (degraded) parts.push(`${degraded} degraded`);
+    return {text: parts.join(" \u00b7 "), silent, degraded};
+  }
+
+  function renderSites() {
+    const bySite = new Map();
+    for (const st of state.stations.values()) {
+      if (!bySite.has(st.site)) bySite.set(st.site, []);
+      bySite.get(st.site).push(st);
+    }
+    for (const [site, parts] of state.sites) {
+      if (!bySite.has(site)) { parts.group.remove(); parts.body.remove(); state.sites.delete(site); }
+    }
+    for (const [site, stations] of bySite) {
+      const parts = siteFor(site);
+      const counts = siteCounts(stations);
+      setText(parts.group.querySelector(".site-counts"), counts.text);
+      setText(parts.head, `${site} \u00b7 ${counts.text}`);
+      for (const node of [parts.group, parts.head.parentNode]) {
+        node.dataset.stations = String(stations.length);
+        node.dataset.silent = String(counts.silent);
+        node.classList.toggle("has-silent", counts.silent > 0);
+      }
+    }
   }
 
   function tileFor(key) {
@@ -152,7 +256,7 @@
   }
 
   function put(tile, selector, text) {
-    tile.querySelector(selector).textContent = text;
+    setText(tile.querySelector(selector), text);
   }
 
   function renderTile(st) {
@@ -168,8 +272,23 @@
     tile.className = `tile decision-${decision} ${online === "false" ? "offline" : ""} ${alerting(st) ? "alerting" : ""}`;
     tile.title = alerting(st) ? "Retake: click to acknowledge" : "";
 
+    tile.dataset.silent = String(!!st.silent);
+    tile.classList.toggle("silent", !!st.silent);
     put(tile, ".station", st.station);
     put(tile, ".site", st.site);
+    const badge = tile.querySelector(".silent-badge");
+    badge.hidden = !st.silent;
+    badge.textContent = st.silent ? silentText(st) : "";
+    const status = st.status;
+    const pack = status && status.pack;
+    const line = [];
+    if (pack) line.push(`${pack.name ?? "?"} ${pack.version ?? ""}`.trim(), shortDigest(pack.digest));
+    if (status && status.backend) line.push(status.backend);
+    if (status && status.outbox_depth != null) line.push(`outbox\u00a0${status.outbox_depth}`);
+    put(tile, ".fleet-line", line.filter(Boolean).join(" \u00b7 "));
+    const problems = tile.querySelector(".problems");
+    problems.textContent = problemText(status);
+    problems.hidden = !problems.textContent;
     const avail = tile.querySelector(".avail");
     avail.textContent = online === "true" ? "ONLINE" : online === "false" ? "OFFLINE" : "UNKNOWN";
     avail.className = `avail avail-${online}`;
@@ -199,6 +318,9 @@
     img.hidden = !thumb;
 
     const strip = tile.querySelector(".history");
+    const ids = st.history.map((h) => h.id).join(",");
+    if (strip.dataset.ids === ids) return tile;
+    strip.dataset.ids = ids;
     strip.replaceChildren(...st.history.map((h) => {
       const li = document.createElement("li");
       li.className = `h-${h.decision}`;
@@ -210,19 +332,118 @@
     return tile;
   }
 
-  function renderAll() {
-    const grid = $("grid");
-    const keys = Array.from(state.stations.keys()).sort();
-    for (const [key, tile] of state.tiles) {
-      if (!state.stations.has(key)) { tile.remove(); state.tiles.delete(key); }
-    }
-    keys.forEach((key, i) => {
-      const tile = renderTile(state.stations.get(key));
-      if (grid.children[i] !== tile) grid.insertBefore(tile, grid.children[i] || null);
-    });
-    $("empty").hidden = keys.length > 0;
+  function silentText(st) {
+    return typeof st.heard === "number" ? `SILENT ${durationText(serverNow() - st.heard)}` : "SILENT";
+  }
 
+  function problemText(status) {
+    if (!status || !status.problems.length) return "";
+    return status.problems.map((p) => `${p.component}: ${p.text}`).join(" \u00b7 ");
+  }
+
+  function rowFor(key) {
+    let row = state.rows.get(key);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.key = key;
+      for (const name of FLEET_COLUMNS) {
+        const cell = document.createElement(name === "station" ? "th" : "td");
+        if (name === "station") cell.scope = "row";
+        cell.className = `c-${name}`;
+        row.appendChild(cell);
+      }
+      state.rows.set(key, row);
+    }
+    return row;
+  }
+
+  function cell(row, name, text) {
+    const node = row.querySelector(`.c-${name}`);
+    setText(node, text);
+    if (node.title !== text) node.title = text;  // the whole text of a cell cut short
+  }
+
+  function renderRow(st) {
+    const row = rowFor(st.key);
+    const status = st.status || {};
+    const pack = status.pack || {};
+    const v = st.latest;
+    const link = linkOf(st);
+    Object.assign(row.dataset, {
+      link, silent: String(!!st.silent), state: status.state || "unknown",
+      pack: pack.name || "", version: pack.version || "", digest: shortDigest(pack.digest),
+      backend: status.backend || "", outbox: status.outbox_depth != null ? String(status.outbox_depth) : "",
+      decision: v ? v.decision : "none", verdictId: v ? v.id : "", alert: String(alerting(st)),
+    });
+    row.className = `link-${link} state-${status.state || "unknown"} ${alerting(st) ? "alerting" : ""}`;
+    cell(row, "station", st.station);
+    cell(row, "link", link === "silent" ? silentText(st) : link.toUpperCase());
+    cell(row, "state", status.state ? status.state.toUpperCase() : "\u2014");
+    cell(row, "pack", pack.name || "\u2014");
+    cell(row, "version", pack.version || "\u2014");
+    cell(row, "digest", shortDigest(pack.digest) || "\u2014");
+    cell(row, "backend", status.backend || "\u2014");
+    cell(row, "outbox", status.outbox_depth != null ? String(status.outbox_depth) : "\u2014");
+    cell(row, "last-verdict", v ? `${clockTime(v.at)} (${ago(v.at)})` : "\u2014");
+    cell(row, "decision", v ? LABELS[v.decision] || v.decision : "\u2014");
+    cell(row, "heard", ago(st.heard));
+    cell(row, "problems", problemText(st.status) || (status.broker_connected === false ? "station: broker link down" : ""));
+    row.querySelector(".c-digest").title = pack.digest || "";
+    return row;
+  }
+
+  function renderStation(st) {
+    // Only the view on screen is drawn; switching views draws the other one whole.
+    const parts = siteFor(st.site);
+    if (state.view === "tiles") insertSorted(parts.grid, renderTile(st), st.key, (n) => n.dataset.key);
+    else insertSorted(parts.body, renderRow(st), st.key, (n) => n.dataset.key || "");
+  }
+
+  function scheduleRender() {
+    if (state.renderPending) return;
+    state.renderPending = true;
+    window.setTimeout(() => {
+      state.renderPending = false;
+      const keys = Array.from(state.dirty);
+      state.dirty.clear();
+      for (const key of keys) {
+        const st = state.stations.get(key);
+        if (st) renderStation(st);
+      }
+      renderSummary();
+    }, RENDER_MS);
+  }
+
+  function renderAll() {
+    state.dirty.clear();
+    for (const nodes of [state.tiles, state.rows]) {
+      for (const [key, node] of nodes) {
+        if (!state.stations.has(key)) { node.remove(); nodes.delete(key); }
+      }
+    }
+    for (const key of Array.from(state.stations.keys()).sort()) renderStation(state.stations.get(key));
+    renderSummary();
+  }
+
+  function renderView() {
+    document.body.dataset.view = state.view;
+    $("sites").hidden = state.view !== "tiles";
+    $("fleet").hidden = state.view !== "fleet";
+    $("view-toggle").textContent = state.view === "fleet" ? "Station tiles" : "Fleet table";
+  }
+
+  function toggleView() {
+    state.view = state.view === "fleet" ? "tiles" : "fleet";
+    // The address says which view is shown, so a bookmark or a reload keeps it.
+    window.history.replaceState(null, "", state.view === "fleet" ? "?view=fleet" : window.location.pathname);
+    renderView();
+    renderAll();
+  }
+
+  function renderSummary() {
     const all = Array.from(state.stations.values());
+    $("empty").hidden = all.length > 0;
+    renderSites();
     const retakes = all.filter(alerting);
     const banner = $("banner-retake");
     banner.hidden = retakes.length === 0;
@@ -230,8 +451,20 @@
       ? `RETAKE at ${retakes.map((s) => s.station).join(", ")} \u2014 tap to acknowledge`
       : "";
     $("banner-nfcu").hidden = !all.some((s) => s.latest && s.latest.not_for_clinical_use);
+    const silent = all.filter((s) => s.silent);
+    const silentBanner = $("banner-silent");
+    silentBanner.hidden = silent.length === 0;
+    silentBanner.dataset.count = String(silent.length);
+    const names = silent.slice(0, 8).map((s) => s.key).join(", ") + (silent.length > 8 ? ", \u2026" : "");
+    silentBanner.textContent = silent.length
+      ? `${silent.length} station${silent.length === 1 ? "" : "s"} silent for more than ` +
+        `${durationText(state.silentAfter)}: ${names}`
+      : "";
     const online = all.filter((s) => s.online === true).length;
-    $("counts").textContent = `${all.length} station${all.length === 1 ? "" : "s"} \u00b7 ${online} online`;
+    const sites = new Set(all.map((s) => s.site)).size;
+    $("counts").textContent = `${sites} site${sites === 1 ? "" : "s"} \u00b7 ` +
+      `${all.length} station${all.length === 1 ? "" : "s"} \u00b7 ${online} online` +
+      (silent.length ? ` \u00b7 ${silent.length} silent` : "");
     renderLink();
   }
 
@@ -259,10 +492,20 @@
   }
 
   function tick() {
-    $("clock").textContent = new Date().toLocaleTimeString([], CLOCK);
-    for (const [key, tile] of state.tiles) {
+    $("clock").textContent = CLOCK_FORMAT.format(new Date());
+    for (const [key, tile] of state.view === "tiles" ? state.tiles : []) {
       const st = state.stations.get(key);
       if (st && st.latest) put(tile, ".since", ago(st.latest.at));
+      if (st && st.silent) put(tile, ".silent-badge", silentText(st));
+    }
+    if (state.view === "fleet") {
+      for (const [key, row] of state.rows) {
+        const st = state.stations.get(key);
+        if (!st) continue;
+        cell(row, "heard", ago(st.heard));
+        if (st.silent) cell(row, "link", silentText(st));
+        if (st.latest) cell(row, "last-verdict", `${clockTime(st.latest.at)} (${ago(st.latest.at)})`);
+      }
     }
     watchdog();
   }
@@ -271,6 +514,8 @@
     $("banner-retake").addEventListener("click", () => {
       acknowledge(Array.from(state.stations.values()).filter(alerting).map((s) => s.key));
     });
+    $("view-toggle").addEventListener("click", toggleView);
+    renderView();
     connect();
     tick();
     window.setInterval(tick, 1000);
