@@ -47,15 +47,27 @@ _arena_registered = False
 
 
 def missing_provider(provider: str, needs: str) -> str | None:
-    """``None`` when onnxruntime offers ``provider``, else what is missing (``needs``: what to install)."""
+    """``None`` when the GPU build of onnxruntime (``onnxruntime-gpu`` alone) offers ``provider``,
+    else what is missing (``needs``: what to install) and which distribution provides the module.
+
+    The CPU build, or both builds installed together, is refused even where the provider
+    happens to load: the one installed last owns the module's files (:mod:`.ort_install`).
+    """
+    from edge_worker.backends.ort_install import installed
+
+    wrong = installed().gpu_problem()
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        return f"onnxruntime-gpu is not installed ({exc})"
+        return f"onnxruntime cannot be imported ({exc}); {wrong or 'reinstall it'}"
     providers = ort.get_available_providers()
+    problems = []
     if provider not in providers:
-        return f"onnxruntime has no {provider} (installed build offers {', '.join(providers)}; install {needs})"
-    return None
+        problems.append(f"onnxruntime has no {provider} (installed build offers "
+                        f"{', '.join(providers)}; install {needs})")  # fmt: skip
+    if wrong is not None:
+        problems.append(wrong)
+    return "; ".join(problems) or None
 
 
 def _register_shared_arena() -> None:

@@ -12,7 +12,8 @@ NAME = "onnxruntime-cuda"
 
 
 def probe() -> str | None:
-    """``None`` when onnxruntime-gpu is installed and the CUDA provider is offered."""
+    """``None`` when onnxruntime-gpu alone provides onnxruntime and offers the CUDA provider;
+    else what is wrong, naming the distribution found and the fix."""
     return missing_provider("CUDAExecutionProvider", "onnxruntime-gpu and the CUDA libraries")
 
 
