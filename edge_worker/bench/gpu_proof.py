@@ -29,12 +29,15 @@ On the lent GPU machine (the library's device notes: nothing downloadable there,
   (``pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
   manylinux_2_28_x86_64 -d .whl NAME==VERSION``) and are installed with ``pip install
   --no-index --no-deps .whl/*.whl``;
-* ``onnxruntime-gpu`` (1.31.1 for cp312 is about 256 MB, for CUDA 13) is far over one call:
-  ``split -b 20M`` it here into ``.ortgpu/part-*`` and carry one or two parts per call while
-  the machine stays warm, each call appending to ``/tmp/ortgpu.whl`` (the packs alone use
-  about 36 MiB of each call's 64); the last call checks its sha256, then, as the install
-  fix says, ``pip uninstall -y onnxruntime`` and ``pip install --no-deps /tmp/ortgpu.whl``:
-  both builds side by side is the very fault ``edge-worker check`` refuses;
+* ``onnxruntime-gpu`` (1.31.1, built for CUDA 13 like the image's torch, is a 256 MB wheel)
+  is far over one call: the tracked tree is about 37 MiB (the packs 35), which leaves about
+  25 MiB per call, so ``split -b 24M`` it here into ``.ortgpu/part-NN`` and carry one part
+  per call while the machine stays warm (30 s), each call appending its part to
+  ``/tmp/ortgpu.whl``: about 11 calls, a large share of a 15-minute lease.  The last call
+  checks the sha256, then, as the install fix says, ``pip uninstall -y onnxruntime`` and
+  ``pip install --no-deps /tmp/ortgpu.whl``: both builds side by side (or the GPU build on
+  ``PYTHONPATH`` over the system's CPU build) is the very fault ``edge-worker check``
+  refuses;
 * a few real files travel in a carried folder (``--real``; ``shared/`` does not travel);
 * then ``edge-worker check --backend onnxruntime-cuda --skip-broker`` and this script, with
   ``--seed-dir /tmp/seed``, in one call of a few minutes.
