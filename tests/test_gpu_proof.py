@@ -1,6 +1,7 @@
 """The GPU proof's CPU dry run: every part of the script but the GPU, on a tiny subset.
 
-The demo pack (parity, single files, a burst of stations) and a pack with torch checkpoints
+The demo pack (parity, single files, a burst of stations, file closed -> verdict through the real
+worker on a real broker) and a pack with torch checkpoints
 (the reference path: narrow networks of the demo pack's stage names and input sizes, random
 weights, so that the torch stations run in seconds) on two small phantoms and, where
 ``../shared`` is present, one real file.  The report must hold every figure the GPU run will
@@ -63,7 +64,13 @@ def test_dry_run_reports_every_figure_of_the_gpu_run(tmp_path: Path) -> None:
         gated = [s for s in entry["parity"]["stages"] if s["passed"] is not None]
         assert gated and all(o["max_abs_error"] == 0.0 for s in gated for o in s["outputs"].values())
         paths = ["worker_single", "worker_burst"] + (["torch_single", "torch_burst"] if name == "seed-full" else [])
-        assert sorted(k for k in entry if k != "parity") == sorted(paths)
+        assert sorted(k for k in entry if k not in ("parity", "e2e_single", "e2e_burst")) == sorted(paths)
+        # File closed -> verdict received through the real worker and broker, every file judged.
+        single, burst = entry["e2e_single"], entry["e2e_burst"]
+        assert single["e2e_ms"]["n"] == 2 and single["makespan_ms"] == {"n": 0}
+        assert burst["e2e_ms"]["n"] == 4 and burst["makespan_ms"]["n"] == 2
+        assert sum(burst["decisions"].values()) == 4 and "None" not in burst["decisions"]
+        assert len(burst["rss_peak_mib"]) == 2 and len(burst["startup_s"]) == 2
         for key in paths:
             run = entry[key]
             stations = 2 if key.endswith("burst") else 1
@@ -78,6 +85,7 @@ def test_dry_run_reports_every_figure_of_the_gpu_run(tmp_path: Path) -> None:
     assert table.startswith("# GPU proof: CPU dry run")
     assert "| seed-full | torch reference, burst | 2 |" in table
     assert "passed: max abs error 0" in table
+    assert "| ankle-demo | 2 |" in table  # the burst row of the file closed -> verdict table
 
 
 def test_proof_refuses_to_call_the_cpu_a_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,9 +9,11 @@ reference):
 1. parity of ``onnxruntime-cuda`` against ``onnxruntime-cpu`` (the pack's parity gate at
    fp32, :mod:`edge_worker.backends.parity`) on every network input the worker's own pipeline
    made from phantoms and the real files, plus identical decisions per file;
-2. per-stage and end-to-end latency (path -> decision, read and decode included; p50, p99)
-   for single files, and for a burst of five (one file per station at once, each station
-   its own process with its own CUDA context, as on a box);
+2. per-stage latency (path -> decision in a station process, read and decode included) and
+   end to end (file closed -> verdict received, the real ``edge-worker run`` per station on a
+   real broker; :mod:`edge_worker.bench.proof_e2e`), p50 and p99, for single files and for a
+   burst of five (one file per station at once, each station its own process with its own
+   CUDA context, as on a box);
 3. memory: the GPU's (nvidia-smi, all stations loaded) and each station's peak RSS;
 4. the same latency and memory with the networks run by torch on CUDA (the seed pack).
 
@@ -56,6 +58,8 @@ from typing import Any
 from edge_worker.backends import LoadOptions, Selected, Session, select
 from edge_worker.backends.parity import GateReport, gate
 from edge_worker.bench.broker import BenchError
+from edge_worker.bench.inputs import base_files
+from edge_worker.bench.proof_e2e import file_to_verdict
 from edge_worker.bench.proof_station import StationJob, gpu_memory, run_stations
 from edge_worker.bench.stages import summary
 from edge_worker.errors import EdgeWorkerError, Rejection
@@ -251,6 +255,7 @@ def prove(args: argparse.Namespace) -> dict[str, Any]:
     real_files = real_files[: args.max_real]
     files = phantoms + real_files
     torch_files = plain_readable(files)
+    e2e_files = base_files(out / "inputs-e2e", "uncompressed", args.phantoms, args.size)
     packs: list[tuple[str, Path, Path | None]] = [
         (d.name, d, None) for d in sorted(default_pack_dir().parent.iterdir())
         if (d / "manifest.json").is_file() and (not args.packs or d.name in args.packs)
@@ -269,6 +274,10 @@ def prove(args: argparse.Namespace) -> dict[str, Any]:
         entry: dict[str, Any] = {"parity": parity(pack, files, mode.backend, args.threads)}
         entry["worker_single"] = latency("onnxruntime", pack, files, 1, args.rounds, mode, args.threads)
         entry["worker_burst"] = latency("onnxruntime", pack, files, args.stations, args.rounds, mode, args.threads)
+        e2e_root = out / "e2e" / name
+        entry["e2e_single"] = file_to_verdict(e2e_root, pack, e2e_files, mode.backend, 1, args.rounds, args.threads)
+        entry["e2e_burst"] = file_to_verdict(e2e_root, pack, e2e_files, mode.backend, args.stations, args.rounds,
+                                             args.threads)  # fmt: skip
         if checkpoints is not None:
             entry["torch_single"] = latency("torch", pack, torch_files, 1, args.rounds, mode, args.threads, checkpoints)
             entry["torch_burst"] = latency("torch", pack, torch_files, args.stations, args.rounds, mode, args.threads,

@@ -62,6 +62,20 @@ def markdown(report: dict[str, Any]) -> str:
             check = _parity(entry["parity"]) if key == "worker_single" else ""
             lines.append(f"| {name} | {label} | {run['stations']} | {_ms(parts.get('total'))} | "
                          f"{_ms(parts.get('networks'))} | {burst} | {_memory(run)} | {check} |")  # fmt: skip
+    lines += ["", "File closed -> verdict received (the real worker per station, on a broker; p50 / p99 ms):", "",
+              "| pack | stations | file closed -> verdict | burst makespan | start-up s | memory | decisions |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, entry in report["packs"].items():
+        for key in ("e2e_single", "e2e_burst"):
+            run = entry.get(key)
+            if run is None:
+                continue
+            gpu = run["gpu_memory"]
+            memory = f"GPU {gpu['stations_mib']} MiB" if gpu.get("measured") else "GPU not measured"
+            memory += f"; RSS peak {max(m or 0.0 for m in run['rss_peak_mib']):.0f} MiB per worker"
+            burst = _ms(run["makespan_ms"]) if run["stations"] > 1 else "-"
+            lines.append(f"| {name} | {run['stations']} | {_ms(run['e2e_ms'])} | {burst} | "
+                         f"{max(run['startup_s']):.1f} | {memory} | {run['decisions']} |")  # fmt: skip
     lines += ["", "Per part, single files (p50 / p99 ms):", ""]
     for name, entry in report["packs"].items():
         for key, label in _PATHS:
