@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from edge_worker.bench import gpu_proof
 from edge_worker.pack import default_pack_dir, load_pack
+from tests.stations import ROOT
 
 SHARED_DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "radiographs" / "dicom"
 
@@ -97,3 +100,10 @@ def test_proof_refuses_to_call_the_cpu_a_gpu(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "onnxruntime-cuda is not usable" in err and "pip install '.[gpu]'" in err
     assert not (tmp_path / "gpu_proof.json").exists()
+
+
+def test_the_proof_process_never_imports_torch() -> None:
+    """torch runs only in the reference's station processes (spawned), never in the worker's."""
+    code = ("import sys, edge_worker.bench.gpu_proof, edge_worker.bench.proof_station, "
+            "edge_worker.bench.proof_e2e; assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
