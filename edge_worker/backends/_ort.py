@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 CACHE_SUFFIX = ".ort-opt.onnx"
 _ARENA_LOCK = threading.Lock()
 _arena_registered = False
+_cuda_preloaded = False
 
 
 def missing_provider(provider: str, needs: str) -> str | None:
@@ -68,6 +69,27 @@ def missing_provider(provider: str, needs: str) -> str | None:
     if wrong is not None:
         problems.append(wrong)
     return "; ".join(problems) or None
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA runtime and cuDNN that onnxruntime-gpu needs, once per process.
+
+    onnxruntime-gpu does not bundle them; where they come from pip's nvidia-* wheels (installed
+    by ``onnxruntime-gpu[cuda,cudnn]`` or with torch) they are not on the loader's path, and
+    without torch imported first the CUDA provider fails to load and ORT falls back to the CPU.
+    ``preload_dlls`` (ONNX Runtime >= 1.21) loads them from those wheels, else from the
+    system's path; it is a no-op where they are already loaded.
+    """
+    global _cuda_preloaded
+    import onnxruntime as ort
+
+    with _ARENA_LOCK:
+        if _cuda_preloaded:
+            return
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:
+            preload()
+        _cuda_preloaded = True
 
 
 def _register_shared_arena() -> None:

@@ -76,8 +76,6 @@ def gpu_memory() -> dict[str, Any]:
 def _judge(job: StationJob) -> tuple[Callable[[Path], dict[str, float]], Callable[[], dict[str, Any]]]:
     """The station's judge (path -> parts in ms) and its memory reader."""
     if job.kind == "onnxruntime":
-        if job.backend != "onnxruntime-cpu":
-            _preload_cuda_libraries()
         from edge_worker.backends import LoadOptions
         from edge_worker.bench.stages import time_image, timed_pipeline
         from edge_worker.pack import load_pack
@@ -93,17 +91,6 @@ def _judge(job: StationJob) -> tuple[Callable[[Path], dict[str, float]], Callabl
         naive = DeviceNaive(Path(job.pack), Path(job.checkpoints), job.device, job.threads)
         return naive.parts, naive.memory
     raise BenchError(f"unknown station kind {job.kind!r}")
-
-
-def _preload_cuda_libraries() -> None:
-    """Load the CUDA and cuDNN libraries of the nvidia-* wheels (torch's, on a box that has
-    it) before the first CUDA session: onnxruntime-gpu finds them only through this call
-    (ONNX Runtime >= 1.21); older builds rely on the system's library path."""
-    import onnxruntime as ort
-
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        preload()
 
 
 def station_main(job: StationJob, start: Any, done: Any, results: Any) -> None:
