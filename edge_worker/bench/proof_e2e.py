@@ -10,6 +10,7 @@ The files are phantoms whose copies get fresh SOP Instance UIDs (:mod:`edge_work
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from edge_worker.bench.inputs import BaseFile
 from edge_worker.bench.proof_station import gpu_memory
 from edge_worker.bench.stages import summary
 from edge_worker.bench.worker import WorkerRun, WorkerSettings
+from edge_worker.pack import load_pack
 
 #: Verdict wait per file; generous for a CPU dry run on a loaded machine.
 VERDICT_TIMEOUT_S = 120.0
@@ -27,11 +29,15 @@ VERDICT_TIMEOUT_S = 120.0
 
 def _station(root: Path, broker: BenchBroker, pack: Path, backend: str, threads: int, index: int) -> WorkerRun:
     run = WorkerRun(root / f"station-{index}", broker, WorkerSettings(pack=pack, threads=threads), f"xr-{index:02d}")
-    # WorkerSettings has no backend field: the proof names its backend in the written config.
+    # WorkerSettings has no backend or routing fields: the proof adds them to the written
+    # config.  Only the pack under test is loaded, and every phantom (BodyPartExamined ANKLE)
+    # goes to it, whatever body part the pack covers (the chest pack, say).
     text = run.config.read_text()
-    if "[inference]\n" not in text:
-        raise BenchError("the benchmark worker's config has no [inference] table")
-    run.config.write_text(text.replace("[inference]\n", f'[inference]\nbackends = ["{backend}"]\n', 1))
+    if "[inference]\n" not in text or "[pack]\n" not in text:
+        raise BenchError("the benchmark worker's config has no [inference] or [pack] table")
+    name = json.dumps(load_pack(pack).name)
+    text = text.replace("[inference]\n", f'[inference]\nbackends = ["{backend}"]\n', 1)
+    run.config.write_text(text.replace("[pack]\n", f"[pack]\nbundled = false\ndefault = {name}\n", 1))
     return run
 
 
