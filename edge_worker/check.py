@@ -1,5 +1,7 @@
 """``edge-worker check``: prove the config, pack, backend and broker before going live.
 
+The backend check names the distribution that provides the ``onnxruntime`` module and refuses
+the CPU build for a GPU backend, or both builds installed together (:mod:`.backends.ort_install`).
 Each check prints one line, ``ok`` or ``FAIL`` with the reason; the exit code is 1 if any
 check failed.  The config and pack checks are the ones ``run`` makes before it starts
 (:mod:`edge_worker.preflight`), in the same words: the folders (layout, writable by whoever runs
@@ -142,7 +144,15 @@ def run_checks(
                 f"would run on the CPU ({chosen.name}) although {preference[0]} was preferred: "
                 + "; ".join(f"{k}: {v}" for k, v in chosen.failures.items())
             )
-        return f"{chosen.name} is usable"
+        if not chosen.name.startswith("onnxruntime"):
+            return f"{chosen.name} is usable"
+        from edge_worker.backends.ort_install import installed
+
+        # Which wheel owns the onnxruntime module: the CPU and GPU builds share it (ort_install).
+        install = installed()
+        if install.problem() is not None:
+            raise EdgeWorkerError(f"{chosen.name}: {install.problem()}")
+        return f"{chosen.name} is usable (the onnxruntime module is from {install.describe()})"
 
     step("backend", check_backend)
     if not skip_broker and config is not None:

@@ -44,18 +44,52 @@ log = logging.getLogger(__name__)
 CACHE_SUFFIX = ".ort-opt.onnx"
 _ARENA_LOCK = threading.Lock()
 _arena_registered = False
+_cuda_preloaded = False
 
 
 def missing_provider(provider: str, needs: str) -> str | None:
-    """``None`` when onnxruntime offers ``provider``, else what is missing (``needs``: what to install)."""
+    """``None`` when the GPU build of onnxruntime (``onnxruntime-gpu`` alone) offers ``provider``,
+    else what is missing (``needs``: what to install) and which distribution provides the module.
+
+    The CPU build, or both builds installed together, is refused even where the provider
+    happens to load: the one installed last owns the module's files (:mod:`.ort_install`).
+    """
+    from edge_worker.backends.ort_install import installed
+
+    wrong = installed().gpu_problem()
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        return f"onnxruntime-gpu is not installed ({exc})"
+        return f"onnxruntime cannot be imported ({exc}); {wrong or 'reinstall it'}"
     providers = ort.get_available_providers()
+    problems = []
     if provider not in providers:
-        return f"onnxruntime has no {provider} (installed build offers {', '.join(providers)}; install {needs})"
-    return None
+        problems.append(f"onnxruntime has no {provider} (installed build offers "
+                        f"{', '.join(providers)}; install {needs})")  # fmt: skip
+    if wrong is not None:
+        problems.append(wrong)
+    return "; ".join(problems) or None
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA runtime and cuDNN that onnxruntime-gpu needs, once per process.
+
+    onnxruntime-gpu does not bundle them; where they come from pip's nvidia-* wheels (installed
+    by ``onnxruntime-gpu[cuda,cudnn]`` or with torch) they are not on the loader's path, and
+    without torch imported first the CUDA provider fails to load and ORT falls back to the CPU.
+    ``preload_dlls`` (ONNX Runtime >= 1.21) loads them from those wheels, else from the
+    system's path; it is a no-op where they are already loaded.
+    """
+    global _cuda_preloaded
+    import onnxruntime as ort
+
+    with _ARENA_LOCK:
+        if _cuda_preloaded:
+            return
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:
+            preload()
+        _cuda_preloaded = True
 
 
 def _register_shared_arena() -> None:

@@ -12,10 +12,13 @@ NAME = "onnxruntime-cpu"
 
 def probe() -> str | None:
     """``None`` when onnxruntime imports and offers the CPU provider."""
+    from edge_worker.backends.ort_install import NONE_FIX
+
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        return f"onnxruntime is not installed ({exc})"
+        # The base install carries no ONNX Runtime: the extras choose the CPU or the GPU build.
+        return f"onnxruntime is not installed ({exc}); install {NONE_FIX}"
     if "CPUExecutionProvider" not in ort.get_available_providers():
         return "onnxruntime offers no CPUExecutionProvider"
     return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_worker.backends import LoadOptions
-from edge_worker.backends._ort import OrtSession, missing_provider
+from edge_worker.backends._ort import OrtSession, missing_provider, preload_cuda_libraries
 from edge_worker.errors import BackendError
 
 NAME = "onnxruntime-tensorrt"
@@ -48,6 +48,7 @@ def provider_options(options: LoadOptions) -> dict[str, object]:
 
 def load(path: Path, options: LoadOptions) -> OrtSession:
     """A session whose every node runs in TensorRT; a CPU-only placement is refused."""
+    preload_cuda_libraries()
     session = OrtSession(
         path,
         [("TensorrtExecutionProvider", provider_options(options)), ("CUDAExecutionProvider", {"device_id": 0})],
