@@ -69,7 +69,7 @@ def build_pipeline(config: Config, pack_dir: Path | None = None, key: str = "pac
     """Load and verify a pack (default: the configured primary; ``key`` names it in errors),
     select the backend, create and warm every session."""
     root = pack_dir or preflight.pack_sources(config)[0][1]
-    pack = preflight.load_named(key, root)
+    pack = preflight.load_named(key, root, config.pack.trusted_keys)
     backend = select(list(config.inference.backends))
     options = LoadOptions(
         threads=config.inference.threads,
