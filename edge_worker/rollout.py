@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_worker.errors import EdgeWorkerError, PackError
+from edge_worker.errors import PackError
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def self_test(pack_root: Path, body_parts: tuple[str, ...], new_judge: Any, old_
     with tempfile.TemporaryDirectory(prefix="edge-rollout-") as tmp:
         files = [Path(tmp) / f"p{i}.dcm" for i in range(PHANTOMS)]
         for i, f in enumerate(files):
-            write_phantom(f, seed=9000 + i)
+            write_phantom(f, seed=9000 + i, size=512, view="AP" if i % 2 else "LAT")
         new, old = _verdicts(new_judge, files), _verdicts(old_judge, files)
     same = sum(n["decision"] == o["decision"] for n, o in zip(new, old))
     if same < MIN_AGREEMENT * len(files):
@@ -168,12 +168,15 @@ class RolloutWatcher:
         try:
             prepared = self._prepare(path)
             summary = self_test(path, prepared.body_parts, prepared.judge, running)
-        except (EdgeWorkerError, OSError, RuntimeError, ValueError) as exc:
-            # RuntimeError/ValueError: ONNX Runtime's own errors for a network it cannot run.
+        except Exception as exc:  # noqa: BLE001 - reported, never swallowed
+            # A candidate is untrusted input: ONNX Runtime raises its own exception types
+            # (InvalidArgument, Fail...) for a network it cannot run, and any failure of any
+            # kind must keep the running pack and be reported, not end the rollout thread.
             aside = self.folder / f".refused-{path.name}-{time.time_ns()}"
             path.rename(aside)
             log.warning("pack %s refused, %s kept: %s", path.name, old_digest[:12], exc)
-            return Decision("refused", path.name, f"{path.name}: {exc}", previous_digest=old_digest)
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return Decision("refused", path.name, f"{path.name}: {why}", previous_digest=old_digest)
         current, previous = self.folder / CURRENT, self.folder / PREVIOUS
         if previous.exists():
             shutil.rmtree(previous)
