@@ -19,7 +19,8 @@ Accepted, the running pack folder is kept as ``ROLLOUT/previous`` (a copy of ``p
 at the first rollout), the candidate becomes ``ROLLOUT/current`` (used at the next start too), and the
 daemon's judge thread swaps in the new router between two batches.  Refused, the candidate is
 renamed ``ROLLOUT/.refused-NAME`` and the running pack is untouched.  Either way a retained
-message on ``<prefix>/<site>/<station>/pack`` says ``accepted`` or ``refused`` and why.
+message on ``<prefix>/<site>/<station>/pack`` (edge_worker/schema/pack.schema.json) says
+``accepted`` or ``refused`` and why.
 ``edge-worker rollback`` renames ``previous`` back in as a candidate, checked the same way.
 """
 
@@ -61,7 +62,7 @@ class Decision:
 
     def as_payload(self) -> dict[str, Any]:
         """The retained ``pack`` message."""
-        return {"state": self.state, "pack": self.name, "reason": self.reason,
+        return {"schema": "xray-qc/pack@1", "state": self.state, "pack": self.name, "reason": self.reason,
                 "digest": self.digest, "previous_digest": self.previous_digest,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -18,13 +18,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Mosquitto, Subscriber
+from conftest import Message, Mosquitto, Subscriber
 
 from edge_worker.pack import default_pack_dir, load_pack, seal_manifest
 from export.cli import main as export_main
 from tests.stations import ROOT, PhantomStock, Station, sop_uid
 
 pytestmark = pytest.mark.broker
+jsonschema = pytest.importorskip("jsonschema")
+PACK_SCHEMA = json.loads((ROOT / "edge_worker" / "schema" / "pack.schema.json").read_text())
 
 
 def _edit(pack: Path, key: Path | None, change: Callable[[dict[str, object]], None]) -> None:
@@ -94,8 +96,8 @@ def test_a_pack_rolls_out_between_two_files_and_bad_packs_are_refused(
     def drop(seeds: range) -> None:
         sent.extend(stock.drop(seed, station.watch) for seed in seeds)
 
-    def digests(messages: list[object]) -> list[str]:
-        return [json.loads(m.payload)["pack"]["digest"] for m in messages]  # type: ignore[attr-defined]
+    def digests(messages: list[Message]) -> list[str]:
+        return [json.loads(m.payload)["pack"]["digest"] for m in messages]
 
     drop(range(0, 4))
     assert set(digests(sub.wait_for(verdicts, 4, timeout=120))) == {old}
@@ -143,4 +145,9 @@ def test_a_pack_rolls_out_between_two_files_and_bad_packs_are_refused(
     assert (state["state"], state["digest"], state["previous_digest"]) == ("accepted", old, new), state
     drop(range(16, 18))
     assert digests(sub.wait_for(verdicts, 18, timeout=120))[16:] == [old, old]
+    for message in sub.messages(pack_topic):
+        jsonschema.validate(json.loads(message.payload), PACK_SCHEMA)
+    # Retained: a dashboard subscribing now sees the last decision at once.
+    [late] = subscriber(mosquitto, pack_topic).wait_for(pack_topic, 1, timeout=10)
+    assert late.retain and json.loads(late.payload)["digest"] == old
     assert station.alive()
