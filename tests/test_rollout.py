@@ -151,3 +151,30 @@ def test_a_pack_rolls_out_between_two_files_and_bad_packs_are_refused(
     [late] = subscriber(mosquitto, pack_topic).wait_for(pack_topic, 1, timeout=10)
     assert late.retain and json.loads(late.payload)["digest"] == old
     assert station.alive()
+
+
+def test_the_self_test_uses_the_packs_own_test_images(tmp_path: Path) -> None:
+    from edge_worker.config import Config
+    from edge_worker.daemon import build_pipeline, ingest_policy
+    from edge_worker.errors import PackError
+    from edge_worker.rollout import self_test
+    from edge_worker.routing import RoutedJudge, Router
+
+    config = Config()
+    pack = tmp_path / "pack"
+    shutil.copytree(default_pack_dir(), pack)
+    stock = PhantomStock(pack / "tests")
+    files = [stock.path(seed) for seed in (1, 2)]
+    pipeline = build_pipeline(config, pack)
+    judge = RoutedJudge(Router([pipeline], {}, ""), "s", "x", ingest_policy(config))
+    payloads = [o.payload for o in judge.judge_many([(f, None) for f in files])]
+    expected = {f.name: {"decision": p["decision"], "view": p["view"]["label"]} for f, p in zip(files, payloads)}
+    (pack / "tests" / "expected.json").write_text(json.dumps(expected))
+    assert self_test(pack, ("ANKLE",), judge, judge) == "2 test images as expected"
+    expected[files[0].name]["view"] = "OBLIQUE"
+    (pack / "tests" / "expected.json").write_text(json.dumps(expected))
+    with pytest.raises(PackError, match=r"1/2 test images differ"):
+        self_test(pack, ("ANKLE",), judge, judge)
+    (pack / "tests" / "expected.json").unlink()
+    with pytest.raises(PackError, match="nothing proves it"):
+        self_test(pack, ("KNEE",), judge, judge)
