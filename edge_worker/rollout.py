@@ -140,6 +140,7 @@ class RolloutWatcher:
                  install: Callable[[Any], None], report: Callable[[Decision], None]) -> None:
         self.folder = folder
         self._prepare, self._running, self._install, self._report = prepare, running, install, report
+        self._stuck: set[Path] = set()  # refused candidates that could not be renamed aside
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="edge-worker/rollout", daemon=True)
 
@@ -157,6 +158,8 @@ class RolloutWatcher:
     def _loop(self) -> None:
         while not self._stop.is_set():
             for path in candidates(self.folder):
+                if path in self._stuck:
+                    continue
                 if self._stop.is_set():
                     return
                 self._report(self.consider(path))
@@ -174,7 +177,11 @@ class RolloutWatcher:
             # (InvalidArgument, Fail...) for a network it cannot run, and any failure of any
             # kind must keep the running pack and be reported, not end the rollout thread.
             aside = self.folder / f".refused-{path.name}-{time.time_ns()}"
-            path.rename(aside)
+            try:
+                path.rename(aside)
+            except OSError as move:  # it would be tried again at every poll: remember it
+                self._stuck.add(path)
+                log.error("cannot set refused pack %s aside: %s", path.name, move)
             log.warning("pack %s refused, %s kept: %s", path.name, old_digest[:12], exc)
             why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return Decision("refused", path.name, f"{path.name}: {why}", previous_digest=old_digest)
