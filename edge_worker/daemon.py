@@ -42,7 +42,7 @@ from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox, OutboxFull
 from edge_worker.quarantine import Quarantine, QuarantineError
 from edge_worker.retention import Retention
-from edge_worker.rollout import Decision, RolloutWatcher, installed
+from edge_worker.rollout import Decision, RolloutWatcher
 from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.verdict import build_error
 from edge_worker.watch import FolderWatcher
@@ -80,7 +80,7 @@ def build_router(config: Config, primary: Pipeline) -> Router:
 def build_pipeline(config: Config, pack_dir: Path | None = None, key: str = "pack.path") -> Pipeline:
     """Load and verify a pack (default: the configured primary; ``key`` names it in errors),
     select the backend, create and warm every session."""
-    root = pack_dir or installed(config.pack.rollout_folder) or preflight.pack_sources(config)[0][1]
+    root = pack_dir or preflight.pack_sources(config)[0][1]
     pack = preflight.load_named(key, root, config.pack.trusted_keys)
     backend = select(list(config.inference.backends))
     options = LoadOptions(

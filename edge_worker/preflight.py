@@ -162,9 +162,14 @@ def check_folders(config: Config, *, create: bool) -> Folders:
 
 def pack_sources(config: Config, primary: Path | None = None) -> list[tuple[str, Path]]:
     """Every pack the config loads, as ``(config key, folder)``: the primary (``primary``, else
-    ``pack.path``, else the demo pack), each ``pack.extra[i]``, then the bundled ones other
+    the pack a rollout installed in ``pack.rollout_folder``, else ``pack.path``, else the demo pack), each ``pack.extra[i]``, then the bundled ones other
     than the primary when ``pack.bundled``.  Raises :class:`PackError` without the demo pack."""
-    first = primary or (Path(config.pack.path) if config.pack.path else default_pack_dir())
+    from edge_worker.rollout import installed
+
+    # A pack a rollout installed (ROLLOUT/current) is what run judges with: check that one.
+    first = primary or installed(config.pack.rollout_folder) or (
+        Path(config.pack.path) if config.pack.path else default_pack_dir()
+    )
     sources = [("pack.path", first)]
     sources += [(f"pack.extra[{i}]", Path(p)) for i, p in enumerate(config.pack.extra)]
     if config.pack.bundled:

@@ -134,6 +134,11 @@ def test_a_pack_rolls_out_between_two_files_and_bad_packs_are_refused(
         assert not (rollout / f"candidate-{n}").exists()
     drop(range(14, 16))
     assert digests(sub.wait_for(verdicts, 16, timeout=120))[14:] == [new, new]
+    # A restart keeps the rolled-out pack (ROLLOUT/current wins over pack.path).
+    station.terminate()
+    station.start()
+    drop(range(16, 18))
+    assert digests(sub.wait_for(verdicts, 18, timeout=120))[16:] == [new, new]
 
     # One command back to the pack before the rollout.
     result = subprocess.run(
@@ -143,8 +148,8 @@ def test_a_pack_rolls_out_between_two_files_and_bad_packs_are_refused(
     assert result.returncode == 0, result.stderr
     state = json.loads(sub.wait_for(pack_topic, 5, timeout=180)[-1].payload)
     assert (state["state"], state["digest"], state["previous_digest"]) == ("accepted", old, new), state
-    drop(range(16, 18))
-    assert digests(sub.wait_for(verdicts, 18, timeout=120))[16:] == [old, old]
+    drop(range(18, 20))
+    assert digests(sub.wait_for(verdicts, 20, timeout=120))[18:] == [old, old]
     for message in sub.messages(pack_topic):
         jsonschema.validate(json.loads(message.payload), PACK_SCHEMA)
     # Retained: a dashboard subscribing now sees the last decision at once.
