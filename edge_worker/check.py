@@ -98,7 +98,7 @@ def run_checks(
 ) -> int:
     """Run every check, print one line each, return 0 when all pass, else 1."""
     from edge_worker.backends import select
-    from edge_worker.preflight import check_folders, load_packs
+    from edge_worker.preflight import check_folders, load_packs, signature_note
 
     failures = 0
     config: Config | None = None
@@ -131,7 +131,9 @@ def run_checks(
         lines = []
         for key, pack in load_packs(cfg, pack_dir):
             flag = ", NOT FOR CLINICAL USE" if pack.not_for_clinical_use else ""
-            lines.append(f"{pack.name} {pack.version} ({key}): {len(pack.stages)} stages, sha256 verified{flag}")
+            signed = signature_note(cfg, pack)
+            lines.append(f"{pack.name} {pack.version} ({key}): {len(pack.stages)} stages, "
+                         f"sha256 verified, {signed}{flag}")
         return "; ".join(lines)
 
     step("pack", check_pack)

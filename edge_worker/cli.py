@@ -132,6 +132,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     )
 
 
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from edge_worker.config import ConfigError, load
+    from edge_worker.rollout import rollback
+
+    config = load(Path(args.config))
+    if not config.pack.rollout_folder:
+        raise ConfigError("pack.rollout_folder is not set: there is no rollout to undo")
+    target = rollback(Path(config.pack.rollout_folder))
+    print(f"previous pack renamed in as {target}; the station checks it and swaps it in")
+    return 0
+
+
 def _watch_settings(args: argparse.Namespace) -> MqttSettings:
     """Broker settings for the read-only subcommands (dashboard, tail) from their flags."""
     from edge_worker.publish.settings import MqttSettings
@@ -251,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--pack", help="check this pack instead of the configured one")
     check.add_argument("--skip-broker", action="store_true", help="do not try to reach the broker")
     check.set_defaults(func=_cmd_check)
+
+    rollback = sub.add_parser("rollback", help="put the pack before the last rollout back (pack.rollout_folder)")
+    rollback.add_argument("--config", required=True, help="TOML config file of the station")
+    rollback.set_defaults(func=_cmd_rollback)
 
     dashboard = sub.add_parser("dashboard", help="serve the ward dashboard: every station live in a browser")
     _add_watch_flags(dashboard)

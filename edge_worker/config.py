@@ -89,6 +89,14 @@ class PackConfig:
     and ProtocolName, e.g. "KNÖCHEL=ANKLE".  Whole words, case- and accent-insensitive; a
     trailing * matches the start of a word ("SPRUNGG*=ANKLE"); a site's word wins over a
     built-in one spelt the same."""
+    trusted_keys: tuple[str, ...] = ()
+    """Ed25519 public key files (PEM, from ``edge-export keygen``); when set, every pack must
+    carry a ``signature.json`` by one of them over its current digest, else it is refused.
+    Empty: signatures are not required."""
+    rollout_folder: str = ""
+    """Folder watched for new packs renamed in (write under a hidden or ``.tmp`` name first);
+    each is verified, warmed up and checked on its test images before it replaces the
+    primary pack between two files.  Empty: no rollout."""
 
 
 @dataclass(frozen=True)
@@ -342,6 +350,17 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
 MAX_SECONDS = 86_400.0
 
 
+def _validate_rollout(config: Config) -> None:
+    """The rollout folder is a folder of its own: never the watched folder or inside it (a
+    pack's test images would be judged as radiographs), and needs a pack path to replace."""
+    folder = config.pack.rollout_folder
+    if not folder:
+        return
+    rollout, watch = Path(folder).resolve(), config.watch.folder.resolve()
+    if rollout == watch or watch in rollout.parents or rollout in watch.parents:
+        raise InvalidValue("pack.rollout_folder", f"{folder!r} overlaps watch.folder {str(watch)!r}")
+
+
 class InvalidValue(ConfigError):
     """A value :func:`validate` refuses; ``key`` is its dotted name (for the line number)."""
 
@@ -441,6 +460,7 @@ def validate(config: Config) -> Config:
     _in_range("ingest.decode_timeout_seconds", config.ingest.decode_timeout_seconds, 1, 600)
     parse_synonyms(config.pack.synonyms)
     parse_keywords(config.pack.body_part_keywords)
+    _validate_rollout(config)
     _validate_retention(config)
     m = config.mqtt
     if m.protocol not in ("5", "3.1.1"):

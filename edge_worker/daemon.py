@@ -12,12 +12,14 @@ is quarantined as ``crashed_worker`` at the next start.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import signal
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -38,9 +40,10 @@ from edge_worker.names import original_path, printable
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.process import Outcome, file_digest
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
-from edge_worker.publish.outbox import Outbox
+from edge_worker.publish.outbox import Outbox, OutboxFull
 from edge_worker.quarantine import Quarantine, QuarantineError
 from edge_worker.retention import Retention
+from edge_worker.rollout import Decision, RolloutWatcher
 from edge_worker.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.summary import summary_line
 from edge_worker.verdict import build_error
@@ -59,6 +62,15 @@ RETRY_MAX_SECONDS = 60.0
 CRASH_STRIKES = 2
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A rollout candidate built and warmed up, not yet judging."""
+
+    judge: RoutedJudge
+    digest: str
+    body_parts: tuple[str, ...]
+
+
 def build_router(config: Config, primary: Pipeline) -> Router:
     """The primary pipeline plus one per extra (and bundled) pack, routed by body part."""
     others = preflight.pack_sources(config, primary.pack.root)[1:]
@@ -71,7 +83,7 @@ def build_pipeline(config: Config, pack_dir: Path | None = None, key: str = "pac
     """Load and verify a pack (default: the configured primary; ``key`` names it in errors),
     select the backend, create and warm every session."""
     root = pack_dir or preflight.pack_sources(config)[0][1]
-    pack = preflight.load_named(key, root)
+    pack = preflight.load_named(key, root, config.pack.trusted_keys)
     backend = select(list(config.inference.backends))
     options = LoadOptions(
         threads=config.inference.threads,
@@ -155,10 +167,9 @@ class StationDaemon:
             if ingest.decode_isolated
             else None
         )
-        self.judge = RoutedJudge(
-            router, config.site, config.station, ingest_policy(config), thumbnail,
-            read=self.sandbox.read if self.sandbox else None,
-        )  # fmt: skip
+        self._judge_args = (config.site, config.station, ingest_policy(config), thumbnail,
+                            self.sandbox.read if self.sandbox else None)  # fmt: skip
+        self.judge = RoutedJudge(router, *self._judge_args)
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
         self.lineage = Lineage(self.journal)
@@ -212,6 +223,14 @@ class StationDaemon:
         problem = backend_problem(config, pipeline)
         if problem:
             self.health.fail("backend", problem)
+        # A rolled-out judge waits here until the judge thread is between two batches.
+        self._next_judge: RoutedJudge | None = None
+        self._judge_lock = threading.Lock()
+        self.rollout = (
+            RolloutWatcher(Path(config.pack.rollout_folder), self._prepare_pack, lambda: self.judge,
+                           self._install_judge, self._report_pack)
+            if config.pack.rollout_folder else None
+        )  # fmt: skip
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -227,6 +246,8 @@ class StationDaemon:
         self.watcher.start()
         self._status_thread.start()
         self._retry_thread.start()
+        if self.rollout is not None:
+            self.rollout.start()
         log.info(
             "station %s/%s watching %s with pack %s %s on %s",
             self.config.site,
@@ -240,6 +261,8 @@ class StationDaemon:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop watching, finish the files already queued, deliver what the broker takes, stop."""
         deadline = time.monotonic() + timeout
+        if self.rollout is not None:
+            self.rollout.stop()
         self.watcher.stop()
         self._stop.set()
         self._queue.put(_STOP)
@@ -323,6 +346,7 @@ class StationDaemon:
                     break
                 batch.append(item)
             files = [entry for entry in batch if isinstance(entry, tuple)]
+            self._swap_judge()
             try:
                 self.handle_many([(path, seen_at) for path, seen_at in files])
                 self._last_progress = time.monotonic()
@@ -335,6 +359,39 @@ class StationDaemon:
                 self.health.fail("worker", f"{first}: {type(exc).__name__}: {exc}")
             if stop_after:
                 return
+
+    # -- rollout (edge_worker.rollout decides; these only build, swap and report) -----------
+    def _prepare_pack(self, root: Path) -> _Prepared:
+        """Load, verify and warm up a candidate primary pack (and the other packs beside it)."""
+        pipeline = build_pipeline(self.config, root, "pack.rollout_folder")
+        judge = RoutedJudge(build_router(self.config, pipeline), *self._judge_args)
+        return _Prepared(judge, pipeline.pack.digest, pipeline.pack.body_parts)
+
+    def _install_judge(self, prepared: _Prepared) -> None:
+        with self._judge_lock:
+            self._next_judge = prepared.judge
+
+    def _swap_judge(self) -> None:
+        """In the judge thread, before a batch: take a rolled-out judge.  The old one is
+        dropped here, so its sessions are released once this batch no longer needs them."""
+        with self._judge_lock:
+            judge, self._next_judge = self._next_judge, None
+        if judge is not None:
+            old, self.judge = self.judge.pipeline.pack.digest, judge
+            log.info("judging with pack %s (was %s)", judge.pipeline.pack.digest[:12], old[:12])
+
+    def _report_pack(self, decision: Decision) -> None:
+        """A rollout decision: health, and the retained ``pack`` message (through the outbox)."""
+        if decision.state == "refused":
+            self.health.fail("pack_rollout", decision.reason)
+        else:
+            self.health.clear("pack_rollout")
+        topic = f"{self.publisher.topics.base}/pack"
+        body = json.dumps(decision.as_payload(), sort_keys=True).encode("utf-8")
+        try:
+            self.outbox.put(topic, body, f"pack:{time.time_ns()}", qos=1, retain=True)
+        except (OutboxFull, sqlite3.Error) as exc:
+            self.health.fail("outbox", f"pack message not stored: {exc}")
 
     def _name(self, path: Path) -> str:
         """The watch-folder-relative path in printable form: how the journal names a file."""

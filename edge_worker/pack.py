@@ -25,6 +25,9 @@ TASKS = ("view", "roi", "quality", "orientation")
 DEMO_PACK_NAME = "ankle-demo"
 #: The file beside ``manifest.json`` that holds its sha256 (``sha256sum`` format).
 MANIFEST_SEAL = "manifest.sha256"
+#: The file that holds the pack's signature (edge_worker.signing); it signs the digest, so it
+#: is left out of the digest like the seal.
+SIGNATURE_FILE = "signature.json"
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def pack_digest(root: Path, known: dict[str, str]) -> str:
     lines = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
-        if rel == MANIFEST_SEAL or rel.endswith(".tmp") or any(
+        if rel in (MANIFEST_SEAL, SIGNATURE_FILE) or rel.endswith(".tmp") or any(
             part.startswith(".") or part == "__pycache__" for part in rel.split("/")
         ):
             continue

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge_worker.config import Config
 from edge_worker.errors import ConfigError, PackError
 from edge_worker.pack import Pack, bundled_pack_dirs, default_pack_dir, load_pack
+from edge_worker.signing import load_trusted_keys, verify_signature
 
 _MIB = 1 << 20
 _PROBE_BYTES = 4096
@@ -160,9 +162,14 @@ def check_folders(config: Config, *, create: bool) -> Folders:
 
 def pack_sources(config: Config, primary: Path | None = None) -> list[tuple[str, Path]]:
     """Every pack the config loads, as ``(config key, folder)``: the primary (``primary``, else
-    ``pack.path``, else the demo pack), each ``pack.extra[i]``, then the bundled ones other
+    the pack a rollout installed in ``pack.rollout_folder``, else ``pack.path``, else the demo pack), each ``pack.extra[i]``, then the bundled ones other
     than the primary when ``pack.bundled``.  Raises :class:`PackError` without the demo pack."""
-    first = primary or (Path(config.pack.path) if config.pack.path else default_pack_dir())
+    from edge_worker.rollout import installed
+
+    # A pack a rollout installed (ROLLOUT/current) is what run judges with: check that one.
+    first = primary or installed(config.pack.rollout_folder) or (
+        Path(config.pack.path) if config.pack.path else default_pack_dir()
+    )
     sources = [("pack.path", first)]
     sources += [(f"pack.extra[{i}]", Path(p)) for i, p in enumerate(config.pack.extra)]
     if config.pack.bundled:
@@ -172,14 +179,30 @@ def pack_sources(config: Config, primary: Path | None = None) -> list[tuple[str,
     return sources
 
 
-def load_named(key: str, root: Path) -> Pack:
-    """:func:`~edge_worker.pack.load_pack`, with a failure naming the pack's config key and folder."""
+def load_named(key: str, root: Path, trusted_keys: Sequence[str] = ()) -> Pack:
+    """:func:`~edge_worker.pack.load_pack`, then its signature when ``trusted_keys`` (the
+    ``pack.trusted_keys`` files) are set; a failure names the pack's config key and folder.
+    Raises :class:`PackError` (bad, unsigned, untrusted or changed pack) or
+    :class:`ConfigError` (an unreadable key file)."""
     try:
-        return load_pack(root)
+        pack = load_pack(root)
+        verify_signature(root, pack.digest, load_trusted_keys(trusted_keys))
     except PackError as exc:
         raise PackError(f"{key} {root}: {exc}") from exc
+    return pack
+
+
+def signature_note(config: Config, pack: Pack) -> str:
+    """What ``check`` says of a loaded pack's signature: the signing key id, or that none is
+    required.  Raises :class:`PackError` like :func:`load_named`."""
+    if not config.pack.trusted_keys:
+        return "signature not required"
+    kid = verify_signature(pack.root, pack.digest, load_trusted_keys(config.pack.trusted_keys))
+    return f"signed by trusted key {kid}"
 
 
 def load_packs(config: Config, primary: Path | None = None) -> list[tuple[str, Pack]]:
-    """Load and verify every pack of :func:`pack_sources`; the first failure raises."""
-    return [(key, load_named(key, root)) for key, root in pack_sources(config, primary)]
+    """Load and verify every pack of :func:`pack_sources` (signatures too when
+    ``pack.trusted_keys`` is set); the first failure raises."""
+    keys = config.pack.trusted_keys
+    return [(key, load_named(key, root, keys)) for key, root in pack_sources(config, primary)]

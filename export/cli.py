@@ -4,6 +4,8 @@
     edge-export pack CKPT... --out DIR --training-data DATA.json [--validation VAL.json]
     edge-export engines --cache DIR [--pack DIR] [--precision fp16]  # TensorRT, on the GPU box
     edge-export quantize PACK --out DIR --precision int8|fp16  # gated on the FP32 verdicts
+    edge-export keygen --out DIR                   # Ed25519 key pair for signing packs
+    edge-export sign PACK --key DIR/pack-signing.key  # writes PACK/signature.json
 
 Both commands refuse (exit status 1, message on stderr) when the ONNX file does not match the
 torch model within the tolerance (``--atol``, ``--rtol``).
@@ -46,8 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     from export.engines import add_parser
     from export.quantize import add_parser as add_quantize
 
+    from export.sign import add_parser as add_sign
+
     add_parser(sub)
     add_quantize(sub)
+    add_sign(sub)
     return parser
 
 
@@ -115,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         from export.quantize import run as quantize
 
         return quantize(args)
+    if args.command in ("keygen", "sign"):
+        from export.sign import run_keygen, run_sign
+
+        return run_keygen(args) if args.command == "keygen" else run_sign(args)
     if args.command == "seal":
         return _seal(args.pack)
     from export.onnx import ExportError
