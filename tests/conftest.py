@@ -23,9 +23,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.stations import Station
 
 OWNED_THREAD_PREFIXES = ("edge-worker", "paho-mqtt-client-")
 _MARKERS = {
@@ -329,3 +332,20 @@ def subscriber() -> Iterator[Callable[..., Subscriber]]:
     yield make
     for sub in made:
         sub.close()
+
+
+@pytest.fixture
+def stations() -> Iterator[Callable[..., Station]]:
+    """A factory of real daemons (:class:`tests.stations.Station`), each closed at teardown."""
+    from tests.stations import Station
+
+    made: list[Station] = []
+
+    def make(*args: object, **kwargs: object) -> Station:
+        s = Station(*args, **kwargs)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()

@@ -18,7 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,20 @@ import pytest
 from edge_worker.phantom import write_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_until(
+    what: str, check: Callable[[], Any], timeout: float = 10.0, station: Station | None = None
+) -> Any:
+    """Poll ``check`` until it returns something true and return that; fail the test after
+    ``timeout`` seconds, with the daemon's log tail when ``station`` is given."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            tail = f"\n{station.log_tail()}" if station is not None else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what}{tail}")
+        time.sleep(0.05)
+    return value
 
 
 def toml_value(value: Any) -> str:

@@ -29,6 +29,7 @@ from edge_worker.config import load
 from edge_worker.publish.bridge import SiteBridge, render_centre_acl, render_site_conf, site_bridge
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
+from tests.stations import wait_until as until
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "systemd" / "mosquitto"
@@ -162,14 +163,6 @@ def rig(tmp_path: Path, pki: Pki) -> Iterator[Callable[..., Rig]]:  # noqa: F811
     for r in made:
         r.close()
 
-
-def until(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def verdict(site: str, n: int) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from conftest import Mosquitto, Subscriber
 
 from edge_worker.ingest.whole import is_whole
 from edge_worker.process import PREFIX_BYTES, file_digest
-from tests.stations import ROOT, PhantomStock, Station, sop_uid
+from tests.stations import ROOT, PhantomStock, Station, sop_uid, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +69,6 @@ def reference(path: Path) -> tuple[Any, ...]:
                          capture_output=True, text=True, check=True, cwd=ROOT).stdout  # fmt: skip
     return judged_as(json.loads(out.splitlines()[0]))
 
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float, station: Station) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{station.log_tail()}")
-        time.sleep(0.05)
 
 
 def messages(sub: Subscriber, station: Station, kind: str, source: Path | None = None

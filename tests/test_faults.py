@@ -23,26 +23,12 @@ from pathlib import Path
 import pytest
 from conftest import Mosquitto, Subscriber, find_mosquitto, free_port
 
-from tests.stations import PhantomStock, Station, by_id, sop_uid, summary
+from tests.stations import PhantomStock, Station, by_id, sop_uid, summary, wait_until
 
 
 @pytest.fixture(scope="module")
 def stock(tmp_path_factory: pytest.TempPathFactory) -> PhantomStock:
     return PhantomStock(tmp_path_factory.mktemp("phantoms"))
-
-
-@pytest.fixture
-def stations() -> Iterator[Callable[..., Station]]:
-    made: list[Station] = []
-
-    def make(*args: object, **kwargs: object) -> Station:
-        s = Station(*args, **kwargs)  # type: ignore[arg-type]
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
 
 
 @pytest.fixture
@@ -60,14 +46,6 @@ def persistent_broker(tmp_path: Path) -> Iterator[Mosquitto]:
     finally:
         broker.stop()
 
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float, station: Station | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            tail = f"\n{station.log_tail()}" if station else ""
-            pytest.fail(f"timed out after {timeout} s waiting for {what}{tail}")
-        time.sleep(0.1)
 
 
 def verdicts(sub: Subscriber, station: Station) -> list[bytes]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from conftest import Mosquitto, Subscriber
 
 from edge_worker.names import original, original_path, printable
 from edge_worker.quarantine import Quarantine
-from tests.stations import PhantomStock, Station
+from tests.stations import PhantomStock, Station, wait_until
 
 HOSTILE = [
     b"\xff\xfe.dcm",
@@ -82,13 +81,6 @@ def station(tmp_path: Path, mosquitto: Mosquitto) -> Iterator[Station]:
     yield s
     s.close()
 
-
-def wait_until(what: str, check: Callable[[], bool], timeout: float, station: Station) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{station.log_tail()}")
-        time.sleep(0.1)
 
 
 def drop_as(source: Path | bytes, watch: Path, name: bytes) -> None:

@@ -25,6 +25,7 @@ from conftest import Mosquitto, Subscriber, find_mosquitto, free_port
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
 from tests.stations import PhantomStock, Station, render_toml
+from tests.stations import wait_until as until
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "systemd" / "mosquitto"
@@ -161,14 +162,6 @@ def publishers(tmp_path: Path) -> Iterator[Callable[..., tuple[Publisher, Outbox
         pub.stop()
         box.close()
 
-
-def until(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def tls_url(broker: Mosquitto) -> str:

@@ -201,20 +201,6 @@ def test_read_only_disk_is_an_error_not_damage(tmp_path: Path, tmpfs: Callable[.
 # -- the real daemon ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def stations() -> Iterator[Callable[..., Station]]:
-    made: list[Station] = []
-
-    def make(*args: object, **kwargs: object) -> Station:
-        s = Station(*args, **kwargs)  # type: ignore[arg-type]
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-
-
 def _last_status(sub: Subscriber, station: Station) -> dict[str, object]:
     msgs = sub.messages(f"{station.base}/status")
     return json.loads(msgs[-1].payload) if msgs else {}
