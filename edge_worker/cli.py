@@ -46,7 +46,7 @@ def _quick_config(args: argparse.Namespace) -> Config:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from edge_worker.config import load
-    from edge_worker.daemon import run_daemon
+    from edge_worker.service import run_daemon
 
     if args.config:
         if args.watch or args.site or args.station:
