@@ -24,6 +24,7 @@ from edge_worker.health import Watchdog
 from edge_worker.metrics import MetricsServer, Registry
 from edge_worker.phantom import write_phantom
 from tests.conftest import free_port
+from tests.stations import wait_until
 
 
 def test_registry_renders_prometheus_text() -> None:
@@ -139,7 +140,14 @@ def test_daemon_ready_watchdog_metrics_and_status(
         write_phantom(tmp_path / "p.dcm", seed=4, size=512)
         os.replace(tmp_path / "p.dcm", watch / "p.dcm")
         sub.wait_for("xray/svc/xr-01/verdict", 1, timeout=60)  # type: ignore[attr-defined]
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        # The verdict is published before it is counted: poll until its last figure (the
+        # end-to-end time) shows, then read them all.
+        seen = 'edge_worker_end_to_end_seconds_count{station="xr-01"} 1'
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        body = wait_until("the file in the metrics", lambda: text if seen in (text := scrape()) else "")
         assert 'edge_worker_files_seen_total{station="xr-01"} 1' in body
         assert 'edge_worker_verdicts_total{decision=' in body
         assert "edge_worker_broker_connected 1" in body
