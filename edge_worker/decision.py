@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edge_worker.ingest.types import Header
-    from edge_worker.pack import Pack
+    from edge_worker.pack import Pack, StageSpec
     from edge_worker.pipeline.stages import OrientationResult, QualityResult, RoiResult, ViewResult
 
 #: Severities, from the least to the most consequential for the decision.
@@ -52,6 +52,12 @@ REASONS: dict[str, tuple[str, str]] = {
     "exposure_over": (FLAG, "deviation index above the configured band (IEC 62494-1)"),
     "body_part_conflict": (REVIEW, "header fields name different body parts"),
     "uid_reused": (REVIEW, "an earlier, different image had this SOP Instance UID"),
+    "rule_failed": (RETAKE, "a positioning rule failed; its sentence says what to correct"),
+    "rule_flagged": (REVIEW, "a rule the pack leaves to a person failed"),
+    "rule_not_measurable": (REVIEW, "a structure a rule measures was not found, so it was not checked"),
+    "rules_passed": (INFO, "every positioning rule for the view passed"),
+    "label_flagged": (REVIEW, "a multi-label stage found a flagged label (an artifact or finding)"),
+    "classify_uncertain": (REVIEW, "a classifier other than the view is under its confidence threshold"),
 }
 
 #: What each view's quality criterion is (ankle paper, section 4.2 and figure 2), and what to
@@ -82,6 +88,8 @@ class Reason:
 
     code: str
     text: str
+    #: The pack's own code of the rule or label behind the finding (rules and flag stages).
+    rule: str = ""
 
     def __post_init__(self) -> None:
         if self.code not in REASONS:
@@ -92,8 +100,11 @@ class Reason:
         return REASONS[self.code][0]
 
     def as_dict(self) -> dict[str, str]:
-        """``{"code", "severity", "text"}``, as published."""
-        return {"code": self.code, "severity": self.severity, "text": self.text}
+        """``{"code", "severity", "text"}`` (and ``"rule"`` when set), as published."""
+        out = {"code": self.code, "severity": self.severity, "text": self.text}
+        if self.rule:
+            out["rule"] = self.rule
+        return out
 
 
 @dataclass(frozen=True)
@@ -141,9 +152,9 @@ def _pct(x: float) -> str:
     return f"{100.0 * x:.0f} %"
 
 
-def _view_reasons(pack: Pack, view: ViewResult, header: Header | None) -> list[Reason]:
+def view_reasons(spec: StageSpec | None, view: ViewResult, header: Header | None) -> list[Reason]:
+    """The view stage's findings: under its confidence threshold, or against the header."""
     reasons = []
-    spec = pack.stage("view")
     min_conf = spec.threshold("min_confidence", 0.8) if spec else 0.8
     if view.confidence < min_conf:
         reasons.append(Reason("view_uncertain", (
@@ -167,36 +178,44 @@ def _view_reasons(pack: Pack, view: ViewResult, header: Header | None) -> list[R
     return reasons
 
 
-def _quality_reasons(
-    pack: Pack, view: ViewResult, roi: RoiResult | None, quality: QualityResult | None
-) -> list[Reason]:
-    label = view.label
-    if pack.stage("roi", label) is not None and (roi is None or roi.box is None):
-        return [Reason("roi_not_found", (
-            f"The {label} region of interest was not found: check that the joint is inside the "
-            "collimated field, then judge the image yourself."
+def roi_not_found(label: str | None) -> Reason:
+    """The region of interest a later stage needs was not found."""
+    return Reason("roi_not_found", (
+        f"The {label or 'image'} region of interest was not found: check that the joint is "
+        "inside the collimated field, then judge the image yourself."
+    ))  # fmt: skip
+
+
+def no_crop_source(label: str | None) -> Reason:
+    """A quality stage is due but the pack has no ROI stage for this view."""
+    return Reason("roi_not_found", f"No {label} region of interest to judge quality on.")
+
+
+def judged_reasons(pack_name: str, judges_anything: bool, label: str | None) -> list[Reason]:
+    """Why an image that no judging stage looked at is never ``ok``."""
+    if judges_anything:
+        return [Reason("quality_stage_missing", (
+            f"Pack {pack_name} judges quality, but not for view {label}: judge the image yourself."
         ))]  # fmt: skip
-    spec = pack.stage("quality", label)
-    if spec is None:
-        if any(s.task == "quality" for s in pack.stages):
-            return [Reason("quality_stage_missing", (
-                f"Pack {pack.name} judges quality, but not for view {label}: judge the image yourself."
-            ))]  # fmt: skip
-        return [Reason("quality_not_judged", (
-            f"Pack {pack.name} checks view and orientation only; quality was not judged: look "
-            "at the image yourself."
-        ))]  # fmt: skip
-    if quality is None:
-        return [Reason("roi_not_found", f"No {label} region of interest to judge quality on.")]
+    return [Reason("quality_not_judged", (
+        f"Pack {pack_name} checks view and orientation only; quality was not judged: look "
+        "at the image yourself."
+    ))]  # fmt: skip
+
+
+def quality_reasons(spec: StageSpec, label: str | None, quality: QualityResult) -> list[Reason]:
+    """A quality score in words: its grade, or borderline within the pack's margin of 2.5."""
     margin = spec.threshold("review_margin", 0.15)
+    retake_grade = float(spec.options.get("retake_grade", 3))
+    boundary = retake_grade - 0.5
     score = quality.score
-    if abs(score - 2.5) < margin:
+    if abs(score - boundary) < margin:
         return [Reason("quality_borderline", (
-            f"Quality score {score:.2f} lies within {margin:.2f} of the retake boundary 2.5: "
+            f"Quality score {score:.2f} lies within {margin:.2f} of the retake boundary {boundary:g}: "
             "a person must decide whether to retake."
         ))]  # fmt: skip
-    if quality.grade == 3:
-        what, fix = VIEW_CRITERIA.get(label, (
+    if quality.grade >= retake_grade:
+        what, fix = VIEW_CRITERIA.get(label or "", (
             f"the {label} view's quality criteria are not met", "reposition and retake"
         ))  # fmt: skip
         return [Reason("quality_not_diagnostic", (
@@ -209,10 +228,22 @@ def _quality_reasons(
     ))]  # fmt: skip
 
 
-def _orientation_reasons(pack: Pack, orientation: OrientationResult | None) -> list[Reason]:
-    spec = pack.stage("orientation")
-    if orientation is None or spec is None:
-        return []
+def _quality_reasons(
+    pack: Pack, view: ViewResult, roi: RoiResult | None, quality: QualityResult | None
+) -> list[Reason]:
+    label = view.label
+    if pack.stage("roi", label) is not None and (roi is None or roi.box is None):
+        return [roi_not_found(label)]
+    spec = pack.stage("quality", label)
+    if spec is None:
+        return judged_reasons(pack.name, any(s.role == "quality" for s in pack.stages), label)
+    if quality is None:
+        return [no_crop_source(label)]
+    return quality_reasons(spec, label, quality)
+
+
+def orientation_reasons(spec: StageSpec, orientation: OrientationResult) -> list[Reason]:
+    """The orientation stage's findings: unsure, or turned (the image was judged upright)."""
     min_norm = spec.threshold("min_norm", 0.5)
     if orientation.confidence < min_norm:
         return [Reason("orientation_uncertain", (
@@ -276,8 +307,10 @@ def decide(
     ViewPosition and the exposure flags.
     """
     reasons: list[Reason] = []
-    reasons += _orientation_reasons(pack, orientation)
-    reasons += _view_reasons(pack, view, header)
+    orient_spec = pack.stage("orientation")
+    if orientation is not None and orient_spec is not None:
+        reasons += orientation_reasons(orient_spec, orientation)
+    reasons += view_reasons(pack.stage("view"), view, header)
     reasons += _quality_reasons(pack, view, roi, quality)
     reasons += exposure_reasons(header, rules or Rules())
     return decision_of(r.severity for r in reasons), reasons

@@ -19,9 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from edge_worker.errors import PackError
+from edge_worker.pack_v1 import SCHEMA_V1, upgrade_manifest
 
-SCHEMA = "edge-worker/model-pack@1"
-TASKS = ("view", "roi", "quality", "orientation")
+SCHEMA = "edge-worker/model-pack@2"
+#: Keys every stage may have; each task adds its own (``KEYS`` of its module).
+COMMON_KEYS = frozenset({"name", "task", "when", "reads", "file", "sha256", "input", "outputs",
+                         "thresholds", "architecture", "opset", "applies_to_view"})
+NETWORK_KEYS = frozenset({"file", "sha256", "input", "outputs"})
+#: What ``reads`` may name, by key: an image, or an earlier stage's result.
+READS_IMAGE = ("working", "upright")
 DEMO_PACK_NAME = "ankle-demo"
 #: The file beside ``manifest.json`` that holds its sha256 (``sha256sum`` format).
 MANIFEST_SEAL = "manifest.sha256"
@@ -44,22 +50,41 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One network of the pack and what its outputs mean."""
+    """One stage of the pack: its task, what it reads, when it runs, and its network if any."""
 
     name: str
     task: str
+    #: The one view label the stage is limited to (``when`` on the view stage), else ``None``.
     applies_to_view: str | None
-    file: Path
+    file: Path | None
     sha256: str
-    input: InputSpec
+    input: InputSpec | None
     outputs: dict[str, str]
     labels: tuple[str, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
     architecture: str = ""
+    #: What the stage is to the verdict: ``orientation``, ``view``, ``roi``, ``quality``, or
+    #: its task's name (``classify``, ``segment``, ``rules``, ``heatmap``).
+    role: str = ""
+    reads: dict[str, str] = field(default_factory=dict)
+    #: ``{earlier single-label classify stage: labels}``: the stage runs only for those labels.
+    when: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The task's own, checked options (labels, classes, rules, ...).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.role:  # a hand-built spec in the version-1 vocabulary
+            object.__setattr__(self, "role", self.task)
+        if self.applies_to_view is not None and not self.when:
+            object.__setattr__(self, "when", {"view": (self.applies_to_view,)})
 
     def threshold(self, key: str, default: float) -> float:
         """A threshold from the manifest, or ``default`` when the pack does not set it."""
         return float(self.thresholds.get(key, default))
+
+    def runs_for(self, labels: dict[str, str]) -> bool:
+        """Whether the stage is due for an image whose classifiers said ``labels``."""
+        return all(labels.get(stage) in allowed for stage, allowed in self.when.items())
 
 
 @dataclass(frozen=True)
@@ -76,13 +101,27 @@ class Pack:
     stages: tuple[StageSpec, ...]
     #: sha256 over the manifest and every file of the pack folder (:func:`pack_digest`).
     digest: str = ""
+    #: The single-label classify stage whose label is the image's view.
+    view_stage: str = "view"
+    #: The stages whose results can make an image ``ok`` (``decision.judged_by``).
+    judged_by: tuple[str, ...] = ()
+    #: The manifest's schema as written (a version-1 pack is read through pack_v1).
+    schema: str = SCHEMA
 
-    def stage(self, task: str, view: str | None = None) -> StageSpec | None:
-        """The stage for ``task`` that applies to ``view`` (or to every view), if any."""
+    def stage(self, role: str, view: str | None = None) -> StageSpec | None:
+        """The first stage in the ``role`` (see :attr:`StageSpec.role`) due for ``view``."""
         for spec in self.stages:
-            if spec.task == task and spec.applies_to_view in (None, view):
+            if spec.role != role:
+                continue
+            allowed = spec.when.get(self.view_stage)
+            if allowed is None or view in allowed:
                 return spec
         return None
+
+    @property
+    def networks(self) -> tuple[StageSpec, ...]:
+        """The stages that run an ONNX file (the ones a backend loads)."""
+        return tuple(s for s in self.stages if s.input is not None)
 
     @property
     def synthetic(self) -> bool:
@@ -196,16 +235,10 @@ def _input_spec(raw: dict[str, Any], where: str) -> InputSpec:
         raise PackError(f"{where}: bad input spec: {exc}") from exc
 
 
-def _stage_spec(root: Path, raw: dict[str, Any], index: int) -> StageSpec:
-    where = f"manifest stage #{index}"
-    name = str(_require(raw, "name", where))
-    where = f"manifest stage '{name}'"
-    task = str(_require(raw, "task", where))
-    if task not in TASKS:
-        raise PackError(f"{where}: unknown task '{task}' (expected one of {', '.join(TASKS)})")
+def _verified_file(root: Path, raw: dict[str, Any], where: str) -> tuple[Path, str]:
     file = root / str(_require(raw, "file", where))
     if not file.is_file():
-        raise PackError(f"{where}: model file {file.name} is missing from {root}")
+        raise PackError(f"{where}: file {file.name} is missing from {root}")
     expected = str(_require(raw, "sha256", where)).lower()
     actual = sha256_file(file)
     if actual != expected:
@@ -213,21 +246,120 @@ def _stage_spec(root: Path, raw: dict[str, Any], index: int) -> StageSpec:
             f"{where}: sha256 mismatch for {file.name}: manifest says {expected}, file is {actual}; "
             "the pack is corrupt or was modified - rebuild it with edge-export"
         )
-    labels = tuple(str(x) for x in raw.get("labels", ()))
-    if task == "view" and len(labels) < 2:
-        raise PackError(f"{where}: a view stage needs at least two labels")
+    return file, actual
+
+
+def _when(raw: Any, where: str, earlier: dict[str, StageSpec]) -> dict[str, tuple[str, ...]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise PackError(f"{where}: when: must be an object {{stage: [labels]}}")
+    out = {}
+    for stage, labels in raw.items():
+        source = earlier.get(stage)
+        if source is None or source.task != "classify" or source.options.get("multi_label"):
+            raise PackError(
+                f"{where}: when: '{stage}' is not an earlier single-label classify stage "
+                f"(earlier stages: {', '.join(earlier) or 'none'})"
+            )
+        wanted = (labels,) if isinstance(labels, str) else labels
+        if not isinstance(wanted, (list, tuple)) or not wanted:
+            raise PackError(f"{where}: when.{stage}: must be a label or a list of labels")
+        unknown = [x for x in wanted if x not in source.labels]
+        if unknown:
+            raise PackError(f"{where}: when.{stage}: {unknown} are not labels of '{stage}' "
+                            f"{list(source.labels)}")  # fmt: skip
+        out[str(stage)] = tuple(str(x) for x in wanted)
+    return out
+
+
+def _reads(raw: Any, where: str, network: bool) -> dict[str, str]:
+    reads = raw if raw is not None else ({"image": "upright"} if network else {})
+    if not isinstance(reads, dict) or not all(isinstance(v, str) for v in reads.values()):
+        raise PackError(f"{where}: reads: must be an object of names")
+    if network and reads.get("image", "upright") not in READS_IMAGE:
+        raise PackError(f"{where}: reads.image: must be one of {', '.join(READS_IMAGE)}, "
+                        f"got {reads.get('image')!r}")  # fmt: skip
+    if network:
+        reads = {"image": "upright", **reads}
+    return dict(reads)
+
+
+def _stage_spec(
+    root: Path, raw: Any, index: int, earlier: dict[str, StageSpec], view_stage: str
+) -> StageSpec:
+    from edge_worker.pipeline.tasks import TASKS
+
+    where = f"manifest stage #{index}"
+    if not isinstance(raw, dict):
+        raise PackError(f"{where}: must be an object")
+    name = str(_require(raw, "name", where))
+    where = f"manifest stage '{name}'"
+    task = str(_require(raw, "task", where))
+    module = TASKS.get(task)
+    if module is None:
+        raise PackError(f"{where}: task: unknown task '{task}' (expected one of {', '.join(TASKS)})")
+    unknown = set(raw) - COMMON_KEYS - module.KEYS
+    if unknown:
+        raise PackError(f"{where}: unknown key(s) {sorted(unknown)} for a {task} stage")
+    network = bool(module.NETWORK)
+    file: Path | None = None
+    sha = ""
+    if network or "file" in raw:
+        file, sha = _verified_file(root, raw, where)
+    reads = _reads(raw.get("reads"), where, network)
+    checked = {**raw, "reads": reads, "file_path": file}
+    options = module.parse(checked, where, earlier)
+    when = _when(raw.get("when"), where, earlier)
+    single = when.get(view_stage)
     return StageSpec(
         name=name,
         task=task,
-        applies_to_view=raw.get("applies_to_view"),
+        applies_to_view=single[0] if single is not None and len(single) == 1 else None,
         file=file,
-        sha256=actual,
-        input=_input_spec(_require(raw, "input", where), where),
-        outputs={str(k): str(v) for k, v in _require(raw, "outputs", where).items()},
-        labels=labels,
+        sha256=sha,
+        input=_input_spec(_require(raw, "input", where), where) if network else None,
+        outputs={str(k): str(v) for k, v in (_require(raw, "outputs", where) if network
+                                              else raw.get("outputs", {})).items()},  # fmt: skip
+        labels=tuple(options.get("labels", ())),
         thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
         architecture=str(raw.get("architecture", "")),
+        role=module.role(options, name == view_stage),
+        reads=reads,
+        when=when,
+        options=options,
     )
+
+
+def _stages(root: Path, raw: dict[str, Any], view_stage: str) -> tuple[StageSpec, ...]:
+    """Every stage, each checked against those before it (what it reads must exist by then)."""
+    entries = _require(raw, "stages", "manifest")
+    if not isinstance(entries, list):
+        raise PackError("manifest: 'stages' must be a list")
+    earlier: dict[str, StageSpec] = {}
+    for i, entry in enumerate(entries):
+        spec = _stage_spec(root, entry, i, earlier, view_stage)
+        if spec.name in earlier:
+            raise PackError(f"manifest stage '{spec.name}': name: used by an earlier stage too")
+        earlier[spec.name] = spec
+    return tuple(earlier.values())
+
+
+def _judged_by(raw: dict[str, Any], stages: tuple[StageSpec, ...]) -> tuple[str, ...]:
+    decision = raw.get("decision", {})
+    if not isinstance(decision, dict) or set(decision) - {"judged_by"}:
+        raise PackError("manifest: decision: must be {\"judged_by\": [stage names]}")
+    names = decision.get("judged_by", [])
+    if not isinstance(names, list):
+        raise PackError("manifest: decision.judged_by: must be a list of stage names")
+    judging = {s.name: s for s in stages if s.task in ("regress", "rules")}
+    for name in names:
+        if name not in judging:
+            raise PackError(
+                f"manifest: decision.judged_by: '{name}' is not a regress or rules stage of the "
+                f"pack ({', '.join(judging) or 'it has none'})"
+            )
+    return tuple(str(n) for n in names)
 
 
 def load_pack(root: Path | None = None) -> Pack:
@@ -247,18 +379,21 @@ def load_pack(root: Path | None = None) -> Pack:
     if not isinstance(raw, dict):
         raise PackError(f"{manifest_path}: the manifest must be a JSON object")
     schema = raw.get("schema")
-    if schema != SCHEMA:
-        raise PackError(f"{manifest_path}: schema is {schema!r}, this worker reads {SCHEMA!r}")
-    stages = tuple(
-        _stage_spec(root, stage, i) for i, stage in enumerate(_require(raw, "stages", "manifest"))
-    )
-    names = [s.name for s in stages]
-    if len(set(names)) != len(names):
-        raise PackError(f"{manifest_path}: duplicate stage names in {names}")
-    if not any(s.task == "view" for s in stages):
-        raise PackError(f"{manifest_path}: a pack needs a view stage")
+    if schema == SCHEMA_V1:
+        raw = upgrade_manifest(raw)
+    elif schema != SCHEMA:
+        raise PackError(
+            f"{manifest_path}: schema is {schema!r}, this worker reads {SCHEMA!r} (and "
+            f"{SCHEMA_V1!r} through its adapter; `edge-export upgrade PACK` rewrites one)"
+        )
+    view_stage = str(raw.get("view_stage", "view"))
+    stages = _stages(root, raw, view_stage)
+    view = next((s for s in stages if s.name == view_stage), None)
+    if view is None or view.task != "classify" or view.options.get("multi_label"):
+        raise PackError(f"{manifest_path}: view_stage: '{view_stage}' is not a single-label "
+                        "classify stage of the pack")  # fmt: skip
     known = {"manifest.json": manifest_sha}
-    known.update({s.file.relative_to(root).as_posix(): s.sha256 for s in stages})
+    known.update({s.file.relative_to(root).as_posix(): s.sha256 for s in stages if s.file})
     return Pack(
         root=root,
         name=str(_require(raw, "name", "manifest")),
@@ -269,4 +404,7 @@ def load_pack(root: Path | None = None) -> Pack:
         validation=dict(raw.get("validation", {})),
         stages=stages,
         digest=pack_digest(root, known),
+        view_stage=view_stage,
+        judged_by=_judged_by(raw, stages),
+        schema=str(schema),
     )

@@ -20,6 +20,9 @@ from edge_worker.errors import Rejection
 from edge_worker.ingest.types import Header
 from edge_worker.pack import Pack
 from edge_worker.pipeline.runner import Judgement
+from edge_worker.pipeline.tasks.classify import FlagsResult
+from edge_worker.pipeline.tasks.heatmap import HeatmapResult
+from edge_worker.pipeline.tasks.rules import RulesResult
 
 VERDICT_SCHEMA = "xray-qc/verdict@2"
 ERROR_SCHEMA = "xray-qc/error@1"
@@ -138,9 +141,39 @@ def build_verdict(
         "backend": backend,
         "worker_version": __version__,
     }
+    verdict.update(stage_findings(j))
     if thumbnail is not None:
         verdict["thumbnail"] = thumbnail
     return verdict
+
+
+def stage_findings(j: Judgement) -> dict[str, Any]:
+    """What the rules, flag and heatmap stages found, for the verdict (only those that ran).
+
+    ``rules``: every rule of the image's view with its value, threshold, outcome and sentence;
+    ``flags``: per multi-label stage, the labels present and every probability; ``heatmaps``:
+    per mapped label, where its class activation map peaks and how much of the image it covers.
+    """
+    rules: list[dict[str, Any]] = []
+    flags: dict[str, Any] = {}
+    heatmaps: dict[str, Any] = {}
+    for name, result in j.results.items():
+        if isinstance(result, RulesResult):
+            rules += [dict(o.as_dict(), stage=name) for o in result.outcomes]
+        elif isinstance(result, FlagsResult):
+            flags[name] = {"present": list(result.present),
+                           "probabilities": {k: _round(v) for k, v in result.probabilities.items()}}  # fmt: skip
+        elif isinstance(result, HeatmapResult):
+            for label, summary in result.summaries.items():
+                heatmaps[label] = {k: (None if v is None else _round(float(v))) for k, v in summary.items()}
+    found: dict[str, Any] = {}
+    if rules:
+        found["rules"] = rules
+    if flags:
+        found["flags"] = flags
+    if heatmaps:
+        found["heatmaps"] = heatmaps
+    return found
 
 
 def _exposure(header: Header) -> dict[str, float] | None:

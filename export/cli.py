@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="omit the not-for-clinical-use flag (refused for synthetic data)")
     seal = sub.add_parser("seal", help="record the sha256 of a pack's checked manifest")
     seal.add_argument("pack", type=Path, help="pack folder whose manifest.json you checked")
+    upgrade = sub.add_parser("upgrade", help="rewrite a version-1 pack's manifest as version 2")
+    upgrade.add_argument("pack", type=Path, help="pack folder with a version-1 manifest.json")
     from export.engines import add_parser
     from export.quantize import add_parser as add_quantize
 
@@ -109,6 +111,31 @@ def _seal(folder: Path) -> int:
     return 0
 
 
+def _upgrade(folder: Path) -> int:
+    """Rewrite a verified version-1 manifest as version 2 (same decisions), sealed."""
+    from edge_worker.errors import PackError
+    from edge_worker.pack import SCHEMA, load_pack, seal_manifest
+    from edge_worker.pack_v1 import SCHEMA_V1, upgrade_manifest
+
+    try:
+        before = load_pack(folder)  # the version-1 pack must verify first (seal, every file)
+    except PackError as exc:
+        print(f"edge-export: {exc}", file=sys.stderr)
+        return 1
+    if before.schema != SCHEMA_V1:
+        print(f"edge-export: {folder} is already {before.schema}; nothing to do")
+        return 0
+    path = folder / "manifest.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(upgrade_manifest(raw), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    seal_manifest(folder)
+    after = load_pack(folder)
+    print(f"{folder}: {SCHEMA_V1} -> {SCHEMA}; {len(after.stages)} stages, digest {after.digest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``edge-export`` console script; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -126,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_keygen(args) if args.command == "keygen" else run_sign(args)
     if args.command == "seal":
         return _seal(args.pack)
+    if args.command == "upgrade":
+        return _upgrade(args.pack)
     from export.onnx import ExportError
 
     try:

@@ -78,7 +78,8 @@ def build_pack_engines(
     report(f"{pack.name} {pack.version} on {gpu.name} (sm {gpu.compute_capability}, TensorRT {gpu.tensorrt_version})")
     reports: list[GateReport] = []
     refused: list[str] = []
-    for spec in pack.stages:
+    for spec in pack.networks:
+        assert spec.file is not None
         key = trt_backend.engine_key(sha256_file(spec.file), options, gpu)
         found = cache.lookup(key)
         if found.path is not None and not force:

@@ -2,7 +2,11 @@
 
 A pack is assembled from :class:`StageFile` entries (an ONNX file plus what the manifest says
 about it); the writer copies the files, computes their sha256 and writes the manifest last, so
-a half-written folder never carries a manifest.
+a half-written folder never carries a manifest.  A :class:`StageFile` names its network by
+the role it plays in the ankle-style chain (``view``, ``roi``, ``quality``, ``orientation``);
+the manifest is written in format version 2, with the tasks, reads and ``when`` that role
+implies (:func:`edge_worker.pack_v1.upgrade_manifest`, the adapter the worker reads version-1
+packs through, so both say the same).
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_worker.pack import seal_manifest
+from edge_worker.pack import SCHEMA, seal_manifest
+from edge_worker.pack_v1 import SCHEMA_V1, upgrade_manifest
 
-SCHEMA = "edge-worker/model-pack@1"
+#: The roles a StageFile may play (the version-1 task names).
 TASKS = ("view", "roi", "quality", "orientation")
 
 #: Default thresholds per task (ankle paper: ROI mask threshold 0.7).
@@ -61,7 +66,7 @@ def sha256_of(path: str | Path) -> str:
 
 
 def stage_entry(stage: StageFile, sha256: str) -> dict[str, object]:
-    """The manifest's entry for one stage (keys as in the contract's stage table)."""
+    """The version-1 entry for one stage; :func:`write_pack` writes it as version 2."""
     if stage.task not in TASKS:
         raise ValueError(f"stage {stage.name}: task must be one of {TASKS}, got {stage.task!r}")
     h, w = int(stage.input["height"]), int(stage.input["width"])
@@ -125,7 +130,7 @@ def write_pack(
             shutil.copyfile(stage.onnx_path, target)
         entries.append(stage_entry(stage, sha256_of(target)))
     manifest = {
-        "schema": SCHEMA,
+        "schema": SCHEMA_V1,
         "name": name,
         "version": version,
         "description": description,
@@ -135,6 +140,8 @@ def write_pack(
         "validation": validation,
         "stages": entries,
     }
+    manifest = upgrade_manifest(manifest)
+    assert manifest["schema"] == SCHEMA
     tmp = manifest_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(manifest_path)

@@ -128,8 +128,8 @@ def calibration_inputs(pack: Pack, files: Sequence[Path]) -> dict[str, list[np.n
     from edge_worker.preprocess import working_image
 
     recorder = _Recorder(select(["onnxruntime-cpu"]))
-    sessions = {s.name: recorder.load(s.file, LoadOptions()) for s in pack.stages}
-    view_spec = next(s for s in pack.stages if s.task == "view")
+    sessions = {s.name: recorder.load(s.file, LoadOptions()) for s in pack.networks if s.file}
+    view_spec = next(s for s in pack.stages if s.role == "view")
     for _, pixels in _readable(files):
         work, _ = working_image(pixels)
         run_view(sessions[view_spec.name], view_spec, work)
@@ -193,7 +193,8 @@ def _candidate(pack: Pack, out: Path, precision: str, stages: set[str],
     """Write the converted pack into ``out``; returns its manifest path."""
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    for spec in pack.stages:
+    for spec in pack.networks:
+        assert spec.file is not None and spec.input is not None
         dst = out / spec.file.name
         if spec.name not in stages:
             shutil.copyfile(spec.file, dst)
@@ -204,7 +205,7 @@ def _candidate(pack: Pack, out: Path, precision: str, stages: set[str],
         note = f"; {precision.upper()} ({described})" if spec.name in stages else ""
         i = spec.input
         files.append(StageFile(
-            name=spec.name, task=spec.task, onnx_path=dst, output_name=next(iter(spec.outputs)),
+            name=spec.name, task=spec.role, onnx_path=dst, output_name=next(iter(spec.outputs)),
             input={"height": i.height, "width": i.width, "channels": i.channels, "mean": i.mean,
                    "std": i.std},
             architecture=spec.architecture + note, opset=_opset(spec.file),

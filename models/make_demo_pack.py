@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from edge_worker.pack_v1 import role_of
 from edge_worker.phantom import write_dataset
 from export.onnx import export_stage, load_checkpoint
 from export.pack import StageFile, write_pack
@@ -82,14 +83,15 @@ def make_sets(work: Path, n: int, n_val: int) -> dict[str, Path]:
 def reused_stage(pack_dir: Path, manifest: dict[str, Any], name: str, scratch: Path) -> StageFile:
     """A stage of the pack already in ``pack_dir``, as it was exported, for ``--only`` builds."""
     entry = next(e for e in manifest["stages"] if e["name"] == name)
+    task, view = role_of(entry, str(manifest.get("view_stage", "view")))
     scratch.mkdir(parents=True, exist_ok=True)
     copy = scratch / f"{name}.onnx"
     shutil.copyfile(pack_dir / entry["file"], copy)
     return StageFile(
-        name=name, task=entry["task"], onnx_path=copy, output_name=next(iter(entry["outputs"])),
+        name=name, task=task, onnx_path=copy, output_name=next(iter(entry["outputs"])),
         input={k: v for k, v in entry["input"].items() if k != "name"},
         architecture=entry.get("architecture", ""), opset=int(entry.get("opset", 18)),
-        applies_to_view=entry.get("applies_to_view"), labels=entry.get("labels"),
+        applies_to_view=view, labels=entry.get("labels"),
         thresholds=dict(entry.get("thresholds", {})),
     )  # fmt: skip
 

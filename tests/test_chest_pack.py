@@ -39,7 +39,7 @@ def test_pack_loads_in_the_worker() -> None:
     pack = load_pack(PACK)  # checks every sha256
     assert pack.name == "chest-views" and pack.body_parts == ("CHEST",)
     assert pack.not_for_clinical_use and pack.training_data["kind"] == "real"
-    assert [s.task for s in pack.stages] == ["view", "orientation"]
+    assert [(s.task, s.role) for s in pack.stages] == [("orientation", "orientation"), ("classify", "view")]
     view, orientation = pack.stage("view"), pack.stage("orientation")
     assert view is not None and orientation is not None
     assert view.labels == LABELS and "logits" in view.outputs
@@ -125,5 +125,5 @@ def test_out_of_distribution_table_reproduces() -> None:
 
 
 def _min_confidence() -> float:
-    view = next(s for s in _manifest()["stages"] if s["task"] == "view")
+    view = next(s for s in _manifest()["stages"] if s["name"] == "view")
     return float(view["thresholds"]["min_confidence"])

@@ -109,14 +109,17 @@ def test_pack_manifest_follows_the_contract(tmp_path: Path) -> None:
         validation={"data": "none"},
     )  # fmt: skip
     manifest = json.loads(manifest_path.read_text())
-    assert manifest["schema"] == SCHEMA == "edge-worker/model-pack@1"
+    assert manifest["schema"] == SCHEMA == "edge-worker/model-pack@2"
     assert manifest["not_for_clinical_use"] is True
     assert manifest["training_data"]["kind"] == "synthetic-phantom"
     assert [s["name"] for s in manifest["stages"]] == ["view", "quality_ap"]
     view, quality = manifest["stages"]
-    assert view["labels"] == ["AP", "LAT"] and view["applies_to_view"] is None
+    assert view["task"] == "classify" and view["labels"] == ["AP", "LAT"] and "when" not in view
     assert list(view["outputs"]) == ["logits"] and "min_confidence" in view["thresholds"]
-    assert quality["applies_to_view"] == "AP" and list(quality["outputs"]) == ["score"]
+    assert manifest["view_stage"] == "view"
+    # A quality network is a regress stage, due for its view only, and what judges the image.
+    assert quality["task"] == "regress" and quality["when"] == {"view": ["AP"]}
+    assert list(quality["outputs"]) == ["score"] and manifest["decision"]["judged_by"] == ["quality_ap"]
     assert quality["input"] == {"name": "image", "height": 48, "width": 80, "channels": 1,
                                 "mean": MEAN, "std": STD}  # fmt: skip
     assert "labels" not in quality and quality["opset"] == OPSET

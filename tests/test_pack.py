@@ -24,7 +24,7 @@ def test_demo_pack_loads_and_is_labelled_synthetic() -> None:
     assert pack.name == "ankle-demo"
     assert pack.not_for_clinical_use is True
     assert pack.synthetic
-    tasks = {(s.task, s.applies_to_view) for s in pack.stages}
+    tasks = {(s.role, s.applies_to_view) for s in pack.stages}
     assert {("view", None), ("roi", "AP"), ("roi", "LAT"), ("quality", "AP"), ("quality", "LAT"), ("orientation", None)} <= tasks
     view = pack.stage("view")
     assert view is not None and set(view.labels) == {"AP", "LAT"}
@@ -72,7 +72,7 @@ def test_unknown_task_is_refused(pack_copy: Path) -> None:
 
 def test_an_edited_manifest_is_refused_like_an_edited_network(pack_copy: Path) -> None:
     manifest = json.loads((pack_copy / "manifest.json").read_text())
-    view = next(s for s in manifest["stages"] if s["task"] == "view")
+    view = next(s for s in manifest["stages"] if s["name"] == "view")
     view["thresholds"]["min_confidence"] = 0.1  # would turn unsure views into confident ones
     (pack_copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
     with pytest.raises(PackError, match=r"sha256 mismatch for manifest\.json.*edge-export seal"):

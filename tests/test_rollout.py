@@ -41,13 +41,15 @@ def _edit(pack: Path, key: Path | None, change: Callable[[dict[str, object]], No
 def _threshold(manifest: dict[str, object]) -> None:
     stages = manifest["stages"]
     assert isinstance(stages, list)
-    stages[0]["thresholds"]["min_confidence"] = 0.79  # one threshold: another pack, same views
+    view = next(s for s in stages if s["name"] == "view")
+    view["thresholds"]["min_confidence"] = 0.79  # one threshold: another pack, same views
 
 
 def _wrong_shape(manifest: dict[str, object]) -> None:
     stages = manifest["stages"]
     assert isinstance(stages, list)
-    stages[0]["input"]["height"] = 100  # view.onnx takes 128x128: warm-up must fail
+    view = next(s for s in stages if s["name"] == "view")
+    view["input"]["height"] = 100  # view.onnx takes 128x128: warm-up must fail
 
 
 def _rename_in(src: Path, rollout: Path, name: str, drop: tuple[str, ...] = ()) -> None:

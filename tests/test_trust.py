@@ -146,7 +146,7 @@ def test_identity_follows_pixels_and_pack_not_uid_and_name(ankle: Judge, tmp_pat
     pack_copy = tmp_path / "pack"
     shutil.copytree(default_pack_dir(), pack_copy)
     manifest = json.loads((pack_copy / "manifest.json").read_text())
-    manifest["stages"][0]["thresholds"]["min_confidence"] = 0.85
+    next(s for s in manifest["stages"] if s["name"] == "view")["thresholds"]["min_confidence"] = 0.85
     (pack_copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
     seal_manifest(pack_copy)
     rebuilt = _judge(pack_copy)(first).payload

@@ -171,7 +171,8 @@ def parity(pack_dir: Path, files: list[Path], backend: str, threads: int) -> dic
         decisions[path.name] = {"reference": ref.decision, "candidate": cand.decision,
                                 "same": ref.decision == cand.decision and ref.view == cand.view}  # fmt: skip
     stages: list[dict[str, Any]] = []
-    for spec in pack.stages:
+    for spec in pack.networks:
+        assert spec.file is not None
         batches = inputs.get(spec.file.name, [])
         if not batches:
             stages.append({"stage": spec.name, "passed": None, "note": "no file reached this stage"})

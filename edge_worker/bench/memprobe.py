@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         s.name: (OrtSession(s.file, ["CPUExecutionProvider"], 2, shared=shared),
                  rng.random((args.batch, s.input.channels, s.input.height, s.input.width),
                             dtype=np.float32))
-        for s in pack.stages
+        for s in pack.networks
     }  # fmt: skip
     for session, x in sessions.values():
         session.run(x)
     peak = vm_kib(os.getpid(), "VmHWM")
-    view = next(s for s in pack.stages if s.task == "view")
+    view = next(s for s in pack.stages if s.role == "view")
     chain = [view.name] + [
         spec.name for task in ("roi", "quality", "orientation")
         if (spec := pack.stage(task, view.labels[0])) is not None

@@ -30,6 +30,7 @@ import numpy as np
 import pydicom
 import torch  # the comparison's point: the obvious pipeline runs the networks in torch
 
+from edge_worker.pack_v1 import SCHEMA_V1, role_of, upgrade_manifest
 from export.onnx import load_checkpoint
 
 
@@ -86,14 +87,20 @@ class Naive:
 
     def __init__(self, pack: Path, checkpoints: Path) -> None:
         manifest = json.loads((pack / "manifest.json").read_text())
+        if manifest.get("schema") == SCHEMA_V1:
+            manifest = upgrade_manifest(manifest)
+        self.view_stage = str(manifest.get("view_stage", "view"))
         self.stages = {s["name"]: s for s in manifest["stages"]}
         self.nets = {
             name: load_checkpoint(checkpoints / f"{name}.pt").net.eval() for name in self.stages
         }
 
     def stage(self, task: str, view: str | None = None) -> dict[str, Any] | None:
-        return next((s for s in self.stages.values()
-                     if s["task"] == task and s["applies_to_view"] in (None, view)), None)  # fmt: skip
+        for s in self.stages.values():
+            role, applies = role_of(s, self.view_stage)
+            if role == task and applies in (None, view):
+                return s
+        return None
 
     def run(self, name: str, x: torch.Tensor, times: dict[str, float]) -> np.ndarray:
         t = time.perf_counter()

@@ -51,7 +51,7 @@ def _median_ms(fn: Callable[[], object], runs: int) -> float:
 def _distinct(pack: Pack) -> list[StageSpec]:
     """One stage per architecture and input size: the per-view twins cost the same."""
     seen: dict[tuple[str, object], StageSpec] = {}
-    for spec in pack.stages:
+    for spec in pack.networks:
         seen.setdefault((spec.architecture, spec.input), spec)
     return list(seen.values())
 

@@ -6,33 +6,29 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from edge_worker.backends import LoadOptions, Selected, Session
-from edge_worker.decision import Reason, Rules, decide
+from edge_worker.decision import Reason, Rules, decision_of, exposure_reasons, judged_reasons
 from edge_worker.ingest.types import Header
 from edge_worker.pack import Pack, StageSpec
-from edge_worker.pipeline.stages import (
-    OrientationResult,
-    QualityResult,
-    RoiResult,
-    ViewResult,
-    run_orientation_batch,
-    run_quality_batch,
-    run_roi_batch,
-    run_view_batch,
-)
-from edge_worker.preprocess import RotatedBox, Turn, turn_upright, working_image
+from edge_worker.pipeline.stages import OrientationResult, QualityResult, RoiResult, ViewResult
+from edge_worker.pipeline.tasks import TASKS
+from edge_worker.pipeline.tasks.base import Context, Item
+from edge_worker.preprocess import RotatedBox, Turn, working_image
 
 
 @dataclass
 class Judgement:
-    """Everything the networks said about one image, plus the decision and its reasons.
+    """Everything the stages said about one image, plus the decision and its reasons.
 
-    The view, ROI and quality stages ran on the image turned upright by the orientation stage:
-    ``roi.box`` is in the upright image's coordinates, and ``turn`` maps it back to the working
-    image (:meth:`roi_in_working`).
+    ``results`` holds every stage's result by stage name; ``view``, ``roi``, ``quality`` and
+    ``orientation`` are the results of the stages in those roles (:attr:`StageSpec.role`).
+    The stages after orientation ran on the image turned upright: ``roi.box`` is in the
+    upright image's coordinates, and ``turn`` maps it back to the working image
+    (:meth:`roi_in_working`).
     """
 
     view: ViewResult
@@ -48,6 +44,8 @@ class Judgement:
     working_image: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: The rotation that made the working image upright (``None`` without an orientation stage).
     turn: Turn | None = field(default=None, repr=False, compare=False)
+    #: Every stage's result by stage name, in pack order (rules, flags and heatmaps among them).
+    results: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def roi_in_working(self) -> RotatedBox | None:
         """The ROI box in the (unturned) working image's coordinates, or ``None``."""
@@ -58,6 +56,22 @@ class Judgement:
     @property
     def reason_codes(self) -> list[str]:
         return [r.code for r in self.reasons]
+
+
+#: Roles whose stages share one timing key, as version 1 reported them (roi_ap and roi_lat
+#: add up under ``roi``); other stages are timed under their own name.
+_TIMED_ROLES = ("orientation", "view", "roi", "quality")
+
+
+def _inputs_ready(spec: StageSpec, item: Item) -> bool:
+    """Whether every earlier result ``spec`` reads exists for ``item`` (a crop needs a box)."""
+    for key, source in spec.reads.items():
+        if key == "image":
+            continue
+        result = item.results.get(source)
+        if result is None or (key == "crop" and getattr(result, "box", None) is None):
+            return False
+    return True
 
 
 class _Clock:
@@ -91,13 +105,15 @@ class Pipeline:
         self.options = options or LoadOptions()
         self.rules = rules or Rules()
         self._sessions: dict[str, Session] = {
-            spec.name: backend.load(spec.file, self.options) for spec in pack.stages
+            spec.name: backend.load(spec.file, self.options) for spec in pack.networks
+            if spec.file is not None
         }
 
     def warm_up(self) -> None:
         """Run every network once so the first real image pays no lazy initialisation."""
-        for spec in self.pack.stages:
+        for spec in self.pack.networks:
             i = spec.input
+            assert i is not None
             self._sessions[spec.name].run(np.zeros((1, i.channels, i.height, i.width), np.float32))
 
     def session(self, name: str) -> Session:
@@ -113,12 +129,12 @@ class Pipeline:
     ) -> list[Judgement]:
         """Judge several normalised images, running each network once on all that need it.
 
-        Stage order and stage functions are those of one image (:meth:`judge` is this with a
-        batch of one): orientation on every image first, each image turned upright by its
-        angle, then view on every upright image, then ROI and quality per predicted view on
-        the upright images of that view.  ``headers`` (one per image, optional) bring the
-        header cross-checks into the decision.  Each judgement's ``timings_ms`` are the
-        batch's wall times, with ``batch`` set to the batch size when it is above one.
+        The pack's stages run in list order; each runs once on every image it is due for (its
+        ``when`` holds) whose inputs exist (a crop needs an earlier box).  :meth:`judge` is this
+        with a batch of one, so batching changes how often a network runs, never what it
+        computes.  ``headers`` (one per image, optional) bring the header cross-checks into the
+        decision.  Each judgement's ``timings_ms`` are the batch's wall times by stage role,
+        with ``batch`` set to the batch size when it is above one.
         """
         if not images:
             return []
@@ -129,60 +145,70 @@ class Pipeline:
         clock = _Clock(timings)
         with clock("resize"):
             reduced = [working_image(pixels) for pixels in images]
-        works = [work for work, _ in reduced]
+        items = [Item(working=work, upright=work) for work, _ in reduced]
+        for spec in self.pack.stages:
+            self._run_stage(spec, items, clock)
+        if len(items) > 1:
+            timings["batch"] = float(len(items))
+        return [
+            self._judgement(item, head, scale, timings)
+            for item, head, (_, scale) in zip(items, heads, reduced)
+        ]
 
-        # Upright first: every later stage was trained on upright anatomy (within +-15 deg).
-        orientations: list[OrientationResult | None] = [None] * len(works)
-        turns: list[Turn | None] = [None] * len(works)
-        orient_spec = self.pack.stage("orientation")
-        if orient_spec is not None:
-            with clock("orientation"):
-                session = self._sessions[orient_spec.name]
-                orientations = list(run_orientation_batch(session, orient_spec, works))
+    def _run_stage(self, spec: StageSpec, items: list[Item], clock: _Clock) -> None:
+        task = TASKS[spec.task]
+        due = [item for item in items if spec.runs_for(item.labels)]
+        for item in due:
+            item.due.append(spec.name)
+        ready = [item for item in due if _inputs_ready(spec, item)]
+        if not ready:
+            return
+        with clock(spec.role if spec.role in _TIMED_ROLES else spec.name):
+            results = task.run(self._sessions.get(spec.name), spec, ready)
+        for item, result in zip(ready, results):
+            item.results[spec.name] = result
+            if spec.task == "classify" and isinstance(result, ViewResult):
+                item.labels[spec.name] = result.label
+                if spec.name == self.pack.view_stage:
+                    item.view = result.label
+        if hasattr(task, "apply"):
             with clock("upright"):
-                for i, orientation in enumerate(orientations):
-                    if orientation is not None:
-                        works[i], turns[i] = turn_upright(works[i], orientation.angle_deg)
+                for item in ready:
+                    task.apply(spec, item, item.results[spec.name])
 
-        view_spec = self._require("view", None)
-        with clock("view"):
-            views = run_view_batch(self._sessions[view_spec.name], view_spec, works)
+    def _judgement(
+        self, item: Item, header: Header | None, scale: float, timings: dict[str, float]
+    ) -> Judgement:
+        pack = self.pack
+        context = Context(pack, header, item.labels.get(pack.view_stage))
+        reasons: list[Reason] = []
+        for spec in pack.stages:
+            if spec.name in item.due:
+                reasons += TASKS[spec.task].reasons(spec, item.results.get(spec.name), item, context)
+        if not any(name in item.due for name in pack.judged_by):
+            reasons += judged_reasons(pack.name, bool(pack.judged_by), context.view_label)
+        reasons += exposure_reasons(header, self.rules)
+        view = item.results[pack.view_stage]
+        return Judgement(
+            view=view,
+            roi=self._due_result(item, "roi"),
+            quality=self._due_result(item, "quality"),
+            orientation=self._due_result(item, "orientation"),
+            decision=decision_of(r.severity for r in reasons),
+            reasons=reasons,
+            working_scale=scale,
+            timings_ms=dict(timings),
+            working_image=item.upright,
+            turn=item.turn,
+            results=dict(item.results),
+        )
 
-        rois: list[RoiResult | None] = [None] * len(works)
-        qualities: list[QualityResult | None] = [None] * len(works)
-        for label in dict.fromkeys(view.label for view in views):
-            group = [i for i, view in enumerate(views) if view.label == label]
-            roi_spec = self.pack.stage("roi", label)
-            if roi_spec is not None:
-                with clock("roi"):
-                    session = self._sessions[roi_spec.name]
-                    found = run_roi_batch(session, roi_spec, [works[i] for i in group])
-                for i, found_roi in zip(group, found):
-                    rois[i] = found_roi
-            quality_spec = self.pack.stage("quality", label)
-            boxed = [(i, r.box) for i in group if (r := rois[i]) is not None and r.box is not None]
-            if quality_spec is not None and boxed:
-                with clock("quality"):
-                    scores = run_quality_batch(
-                        self._sessions[quality_spec.name], quality_spec,
-                        [works[i] for i, _ in boxed], [box for _, box in boxed],
-                    )  # fmt: skip
-                for (i, _), quality in zip(boxed, scores):
-                    qualities[i] = quality
-
-        if len(works) > 1:
-            timings["batch"] = float(len(works))
-
-        judgements = []
-        for i, (_, scale) in enumerate(reduced):
-            decision, reasons = decide(
-                self.pack, views[i], rois[i], qualities[i], orientations[i], heads[i], self.rules
-            )
-            judgements.append(Judgement(
-                views[i], rois[i], qualities[i], orientations[i], decision, reasons, scale,
-                dict(timings), works[i], turns[i],
-            ))  # fmt: skip
-        return judgements
+    def _due_result(self, item: Item, role: str) -> Any:
+        """The result of the first due stage in ``role`` (``None`` if none ran)."""
+        for spec in self.pack.stages:
+            if spec.role == role and spec.name in item.due:
+                return item.results.get(spec.name)
+        return None
 
     def _require(self, task: str, view: str | None) -> StageSpec:
         spec = self.pack.stage(task, view)

@@ -1,23 +1,26 @@
-"""The pipeline's stages: view -> ROI -> quality, plus orientation.
+"""Running one network on a batch of images, and the typed results of the network tasks.
 
-Each stage is a small function of (session, spec, image) that prepares the input with the
-shared ``edge_worker.preprocess`` functions and turns the raw network output into a typed
-result.  The stage order is a plain list in :mod:`edge_worker.pipeline.runner`; there is no
-graph framework.
+Each function of (session, spec, images) prepares the inputs with the shared
+``edge_worker.preprocess`` functions and turns the raw network output into a typed result.
+The task modules (:mod:`edge_worker.pipeline.tasks`) call them; the order of stages is the
+pack's list, run by :mod:`edge_worker.pipeline.runner`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_worker.backends import Session
-from edge_worker.pack import StageSpec
 from edge_worker.preprocess import RotatedBox, crop_box, mask_to_box, to_tensor
 
+
+if TYPE_CHECKING:
+    from edge_worker.backends import Session
+    from edge_worker.pack import StageSpec
 
 #: Most input pixels per network run when images are batched: 4 images at 224 px, 12 at
 #: 128 px, one at a time at 400 px.
@@ -29,6 +32,8 @@ class ViewResult:
     label: str
     confidence: float
     probabilities: dict[str, float]
+    #: The classifier's last feature map (C, h, w), kept only when a heatmap stage reads it.
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -63,25 +68,35 @@ class OrientationResult:
 
 def _tensor(spec: StageSpec, image: np.ndarray) -> np.ndarray:
     i = spec.input
+    assert i is not None, f"stage {spec.name} runs no network"
     return to_tensor(image, i.height, i.width, i.channels, i.mean, i.std)
 
 
-def _run(
-    session: Session, spec: StageSpec, images: Sequence[np.ndarray], output: str
-) -> np.ndarray:
-    """``output`` of the network for every image, run in chunks of at most MAX_BATCH_PIXELS.
+def image_batches(
+    session: Session, spec: StageSpec, images: Sequence[np.ndarray], outputs: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """The network's ``outputs`` for every image, run in chunks of at most MAX_BATCH_PIXELS.
 
     Each image's input is prepared exactly as it would be alone.  Chunking bounds the
     activation memory: a batch of four DeepLabV3 inputs at 400 px adds about 250 MB and runs
     no faster than one at a time (compute-bound), while small networks gain from batching.
     """
     i = spec.input
+    assert i is not None, f"stage {spec.name} runs no network"
     per_run = max(1, MAX_BATCH_PIXELS // (i.height * i.width))
-    parts = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for start in range(0, len(images), per_run):
         chunk = [_tensor(spec, image) for image in images[start : start + per_run]]
-        parts.append(session.run(np.concatenate(chunk))[output])
-    return np.concatenate(parts)
+        ran = session.run(np.concatenate(chunk))
+        for name in outputs:
+            parts[name].append(ran[name])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def _run(
+    session: Session, spec: StageSpec, images: Sequence[np.ndarray], output: str
+) -> np.ndarray:
+    return image_batches(session, spec, images, (output,))[output]
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -94,20 +109,25 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 # with a batch of one, so batching changes how often a network runs, never what it computes.
 
 
+def view_from_logits(
+    spec: StageSpec, row: np.ndarray, features: np.ndarray | None = None
+) -> ViewResult:
+    """A single-label answer from one row of raw class scores: softmax, top label."""
+    probs = _softmax(row.astype(np.float64))
+    best = int(np.argmax(probs))
+    return ViewResult(
+        label=spec.labels[best],
+        confidence=float(probs[best]),
+        probabilities={label: float(p) for label, p in zip(spec.labels, probs)},
+        features=features,
+    )
+
+
 def run_view_batch(
     session: Session, spec: StageSpec, images: Sequence[np.ndarray]
 ) -> list[ViewResult]:
     """Classify the projection of each working image (in [0, 1])."""
-    results = []
-    for row in _run(session, spec, images, "logits"):
-        probs = _softmax(row.astype(np.float64))
-        best = int(np.argmax(probs))
-        results.append(ViewResult(
-            label=spec.labels[best],
-            confidence=float(probs[best]),
-            probabilities={label: float(p) for label, p in zip(spec.labels, probs)},
-        ))  # fmt: skip
-    return results
+    return [view_from_logits(spec, row) for row in _run(session, spec, images, "logits")]
 
 
 def _roi_result(spec: StageSpec, prob: np.ndarray, shape: tuple[int, ...]) -> RoiResult:

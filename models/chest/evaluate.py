@@ -59,9 +59,9 @@ class OnnxStage:
 
 
 def load_stages(root: Path) -> dict[str, OnnxStage]:
-    """The pack's stages by task (``view``, ``orientation``), read from its manifest."""
+    """The pack's network stages by name (``view``, ``orientation``), read from its manifest."""
     manifest = json.loads((Path(root) / "manifest.json").read_text())
-    return {str(e["task"]): OnnxStage(Path(root), e) for e in manifest["stages"]}
+    return {str(e["name"]): OnnxStage(Path(root), e) for e in manifest["stages"] if "file" in e}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

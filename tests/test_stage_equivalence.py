@@ -1,0 +1,28 @@
+"""The typed stages judge as the version-1 pipeline did, file by file.
+
+``tests/data/verdicts_v1_pipeline.json`` was written by ``python -m tests.stage_reference``
+with the version-1 code (four fixed tasks, the packs' version-1 manifests), before the typed
+stages replaced it.  The same phantoms (and the real dev files, where ``../shared`` is) are
+judged here through ``edge-worker analyze`` with the bundled version-2 packs: every decision,
+reason sentence, view, angle, box and score must be the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.stage_reference import analyze, fingerprint, reference_set
+
+REFERENCE = Path(__file__).parent / "data" / "verdicts_v1_pipeline.json"
+
+
+def test_bundled_packs_judge_as_the_version_one_pipeline_did(tmp_path: Path) -> None:
+    before = json.loads(REFERENCE.read_text())
+    paths = reference_set(tmp_path)
+    now = {p.name: fingerprint(v) for p, v in zip(paths, analyze(paths))}
+    assert len(now) >= 18 and set(now) <= set(before)
+    judged = [name for name, v in now.items() if v["kind"] == "verdict"]
+    assert {now[n]["pack"] for n in judged} >= {"ankle-demo"}
+    for name, fingerprint_now in now.items():
+        assert fingerprint_now == before[name], name
