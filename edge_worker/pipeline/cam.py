@@ -70,7 +70,7 @@ def class_activation_maps(
         raise ValueError(f"classes must be a non-empty list in 0..{k - 1}, got {list(classes)}")
     if not np.isfinite(features).all():
         raise ValueError(f"features {features.shape} hold non-finite values")
-    n, _, h, w = features.shape
+    n = features.shape[0]
     out_h, out_w = int(out_hw[0]), int(out_hw[1])
     chosen = weight[index].astype(np.float32)
     raw = np.einsum("kc,nchw->nkhw", chosen, features.astype(np.float32))
