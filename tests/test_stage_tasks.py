@@ -101,6 +101,53 @@ def test_when_runs_a_stage_only_for_its_labels(tmp_path: Path) -> None:
     assert "seg" in j.results
 
 
+RULES = {
+    "name": "rules", "task": "rules", "reads": {"segments": "seg"},
+    "rules": [
+        {"code": "bright_inside", "measure": "inside_field", "segments": ["bright"], "min": 1,
+         "sentence": "The bright block is cut by the field edge: recentre.", "criterion": "test 1",
+         "on_fail": "retake"},
+        {"code": "bright_upright", "measure": "axis_angle", "segments": ["bright"], "max": 10,
+         "sentence": "The bright block is tilted: straighten it.", "criterion": "test 2",
+         "on_fail": "review"},
+    ],
+}  # fmt: skip
+
+
+def test_rules_over_a_segmentation_decide_with_their_sentences(tmp_path: Path) -> None:
+    root = write_tiny_pack(tmp_path / "p", [VIEW, SEG, RULES], judged_by=["rules"])
+    upright = _judge(root, square(4, 4, 12, 20, value=1.0, back=0.0))
+    assert upright.decision == "ok" and codes(upright.reasons) == ["rules_passed"]
+    outcomes = {o.code: o for o in upright.results["rules"].outcomes}
+    assert outcomes["bright_inside"].value == 1.0 and outcomes["bright_upright"].value == pytest.approx(0.0, abs=1.0)
+    # Cut by the left edge: the retake rule fails, and its sentence is what the radiographer reads.
+    cut = _judge(root, square(0, 4, 8, 20, value=1.0, back=0.0))
+    assert cut.decision == "retake" and codes(cut.reasons) == ["rule_failed"]
+    assert cut.reasons[0].rule == "bright_inside" and cut.reasons[0].text.startswith("The bright block is cut")
+    # Lying down: the review rule fails (90 deg from the vertical).
+    lying = _judge(root, square(4, 4, 20, 12, value=1.0, back=0.0))
+    assert lying.decision == "review" and codes(lying.reasons) == ["rule_flagged"]
+    assert {o.code: o.value for o in lying.results["rules"].outcomes}["bright_upright"] == pytest.approx(90.0, abs=1.0)
+    # Nothing bright: absent from the field (a measured fail) and an axis that cannot be measured.
+    empty = _judge(root, square(0, 0, 1, 1, value=0.0, back=0.0))
+    assert codes(empty.reasons) == ["rule_failed", "rule_not_measurable"] and empty.decision == "review"
+    rows = stage_findings(empty)["rules"]
+    assert [(r["code"], r["status"], r["stage"]) for r in rows] == [
+        ("bright_inside", "fail", "rules"), ("bright_upright", "not_measurable", "rules")]  # fmt: skip
+
+
+def test_malformed_rules_are_refused_at_load(tmp_path: Path) -> None:
+    bad_segment = json.loads(json.dumps(RULES))
+    bad_segment["rules"][0]["segments"] = ["femur"]
+    _refused(tmp_path, [VIEW, SEG, bad_segment], r"stage 'rules'.*bright_inside.*femur")
+    bad_measure = json.loads(json.dumps(RULES))
+    bad_measure["rules"][1]["measure"] = "beauty"
+    _refused(tmp_path, [VIEW, SEG, bad_measure], r"stage 'rules'.*bright_upright.*beauty")
+    _refused(tmp_path, [VIEW, dict(RULES, reads={"segments": "seg"}), SEG],
+             r"stage 'rules': reads.segments: reads 'seg', which no earlier stage makes")  # fmt: skip
+    _refused(tmp_path, [VIEW, SEG, dict(RULES, rules=[])], r"stage 'rules': rules: must be a non-empty list")
+
+
 def _refused(tmp_path: Path, stages: list[dict[str, Any]], match: str, **manifest: Any) -> None:
     root = write_tiny_pack(tmp_path / f"r{len(list(tmp_path.iterdir()))}", stages, **manifest)
     with pytest.raises(PackError, match=match):
