@@ -78,6 +78,7 @@ VIEW_CRITERIA: dict[str, tuple[str, str]] = {
 _HEADER_VIEWS = {
     "AP": "AP", "PA": "PA", "LL": "LAT", "RL": "LAT", "LAT": "LAT", "LATERAL": "LAT",
     "LLD": "LAT", "RLD": "LAT", "LATERAL_LEFT": "LAT", "LATERAL_RIGHT": "LAT",
+    "LPO": "OBL", "RPO": "OBL", "LAO": "OBL", "RAO": "OBL", "OBL": "OBL", "OBLIQUE": "OBL",
 }  # fmt: skip
 _FRONTAL = {"AP", "PA"}
 

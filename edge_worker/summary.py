@@ -25,6 +25,11 @@ def summary_line(kind: str, p: dict) -> str:  # type: ignore[type-arg]
         return f"REJECTED {p['reason']}: {p['detail']}"
     quality = p.get("quality") or {}
     q = f"quality {quality['score']:.2f} (grade {quality['grade']})" if quality else "quality -"
+    rules = [r for r in p.get("rules") or [] if isinstance(r, dict)]
+    if rules and not quality:
+        passed = sum(1 for r in rules if r.get("status") == "pass")
+        failed = [str(r.get("code")) for r in rules if r.get("status") != "pass"]
+        q = f"rules {passed}/{len(rules)} passed" + (f" (not: {', '.join(failed)})" if failed else "")
     o = p.get("orientation") or {}
     orient = f"rotated {o['angle_deg']:.0f} deg" if o else ""
     data = str((p.get("pack") or {}).get("training_data") or "unknown")

@@ -154,7 +154,17 @@ def entry_from_verdict(payload: dict[str, Any], received: float) -> dict[str, An
         "reason_codes": [c for c in (_text(_reason_code(x), 64) for x in reasons[:_MAX_REASONS]) if c],
         "not_for_clinical_use": payload.get("not_for_clinical_use") is True,
         "thumbnail": thumbnail,
+        "rules": _rules(payload.get("rules")),
     }
+
+
+def _rules(value: object) -> dict[str, Any] | None:
+    """How many positioning rules passed, and the codes of those that did not."""
+    if not isinstance(value, list) or not value:
+        return None
+    rows = [r for r in value if isinstance(r, dict)][:_MAX_REASONS * 4]
+    failed = [c for c in (_text(r.get("code"), 64) for r in rows if r.get("status") != "pass") if c]
+    return {"total": len(rows), "passed": len(rows) - len(failed), "failed": failed}
 
 
 def entry_from_error(payload: dict[str, Any], received: float) -> dict[str, Any]:

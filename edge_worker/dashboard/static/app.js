@@ -297,7 +297,14 @@
     }
 
     put(tile, ".decision", v ? LABELS[decision] || decision : "No image yet");
-    put(tile, ".quality", v && v.score != null ? `${v.score.toFixed(2)} \u00b7 grade ${v.grade ?? "\u2014"}` : "\u2014");
+    let quality = "\u2014";
+    if (v && v.score != null) {
+      quality = `${v.score.toFixed(2)} \u00b7 grade ${v.grade ?? "\u2014"}`;
+    } else if (v && v.rules) {
+      // A rules pack: how many positioning rules passed; the failed ones' sentences are reasons.
+      quality = `rules ${v.rules.passed}/${v.rules.total} passed`;
+    }
+    put(tile, ".quality", quality);
     put(tile, ".view", v && v.view ? `${v.view} ${v.view_confidence != null ? v.view_confidence.toFixed(2) : ""}` : "\u2014");
     let orient = "\u2014";
     if (v && v.angle_deg != null) {
