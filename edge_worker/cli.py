@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING
 
 from edge_worker import __version__
 from edge_worker.errors import EdgeWorkerError
-from edge_worker.summary import summary_line
+from edge_worker.subscribers.summary import summary_line
 
 if TYPE_CHECKING:
-    from edge_worker.config import Config
+    from edge_worker.service.config import Config
     from edge_worker.publish.settings import MqttSettings
 
 
 def _quick_config(args: argparse.Namespace) -> Config:
     """A config from the quick-start flags (no file): the essentials, defaults for the rest."""
-    from edge_worker.config import Config, with_overrides
+    from edge_worker.service.config import Config, with_overrides
 
     watch = Path(args.watch).resolve()
     return with_overrides(
@@ -45,8 +45,8 @@ def _quick_config(args: argparse.Namespace) -> Config:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge_worker.config import load
-    from edge_worker.service import run_daemon
+    from edge_worker.service.config import load
+    from edge_worker.service.systemd import run_daemon
 
     if args.config:
         if args.watch or args.site or args.station:
@@ -76,9 +76,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     for a missing path (checked before any pack loads) or no file at all."""
     from edge_worker.backends import LoadOptions, select
     from edge_worker.ingest.types import IngestPolicy
-    from edge_worker.pack import bundled_pack_dirs, default_pack_dir, load_pack
+    from edge_worker.packs.pack import bundled_pack_dirs, default_pack_dir, load_pack
     from edge_worker.pipeline.runner import Pipeline
-    from edge_worker.routing import RoutedJudge, Router, parse_synonyms
+    from edge_worker.judging.routing import RoutedJudge, Router, parse_synonyms
 
     missing = [raw for raw in args.paths if not Path(raw).exists()]
     for raw in missing:
@@ -122,7 +122,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from edge_worker.check import run_checks
+    from edge_worker.service.check import run_checks
 
     return run_checks(
         Path(args.config) if args.config else None,
@@ -133,8 +133,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from edge_worker.config import ConfigError, load
-    from edge_worker.rollout import rollback
+    from edge_worker.service.config import ConfigError, load
+    from edge_worker.packs.rollout import rollback
 
     config = load(Path(args.config))
     if not config.pack.rollout_folder:
@@ -160,7 +160,7 @@ def _watch_settings(args: argparse.Namespace) -> MqttSettings:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from edge_worker.dashboard.server import parse_listen, run_dashboard
+    from edge_worker.subscribers.dashboard.server import parse_listen, run_dashboard
 
     settings = _watch_settings(args)
     return run_dashboard(
@@ -173,7 +173,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    from edge_worker.tail import run_tail
+    from edge_worker.subscribers.tail import run_tail
 
     settings = _watch_settings(args)
     return run_tail(settings, prefix=settings.topic_prefix, as_json=args.json, client_id=args.client_id)

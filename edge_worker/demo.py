@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import paho.mqtt.client as mqtt
 
-from edge_worker.summary import summary_line
-from edge_worker.config import Config, with_overrides
-from edge_worker.daemon import StationDaemon, build_pipeline, build_router
-from edge_worker.phantom import make_dataset
+from edge_worker.subscribers.summary import summary_line
+from edge_worker.service.config import Config, with_overrides
+from edge_worker.service.daemon import StationDaemon, build_pipeline, build_router
+from edge_worker.phantoms.ankle import make_dataset
 from edge_worker.publish.broker import EmbeddedBroker
 from edge_worker.publish.mqtt import MqttSettings
 

@@ -96,7 +96,7 @@ def _pack(args: argparse.Namespace) -> None:
 def _seal(folder: Path) -> int:
     """Seal an edited manifest after a person checked it; the networks must still verify."""
     from edge_worker.errors import PackError
-    from edge_worker.pack import load_pack, seal_manifest
+    from edge_worker.packs.pack import load_pack, seal_manifest
 
     if not (folder / "manifest.json").is_file():
         print(f"edge-export: no manifest.json in {folder}", file=sys.stderr)
@@ -114,8 +114,8 @@ def _seal(folder: Path) -> int:
 def _upgrade(folder: Path) -> int:
     """Rewrite a verified version-1 manifest as version 2 (same decisions), sealed."""
     from edge_worker.errors import PackError
-    from edge_worker.pack import SCHEMA, load_pack, seal_manifest
-    from edge_worker.pack_v1 import SCHEMA_V1, upgrade_manifest
+    from edge_worker.packs.pack import SCHEMA, load_pack, seal_manifest
+    from edge_worker.packs.pack_v1 import SCHEMA_V1, upgrade_manifest
 
     try:
         before = load_pack(folder)  # the version-1 pack must verify first (seal, every file)

@@ -21,9 +21,9 @@ from edge_worker.backends.engine_cache import EngineCache
 from edge_worker.backends.parity import GateReport, gate
 from edge_worker.errors import BackendError, EdgeWorkerError, Rejection
 from edge_worker.ingest import read_radiograph
-from edge_worker.pack import InputSpec, load_pack, sha256_file
-from edge_worker.phantom import make_dataset
-from edge_worker.preprocess import to_tensor, working_image
+from edge_worker.packs.pack import InputSpec, load_pack, sha256_file
+from edge_worker.phantoms.ankle import make_dataset
+from edge_worker.pipeline.preprocess import to_tensor, working_image
 
 
 def golden_images(dicom_dir: Path | None, n_phantoms: int = 6, limit: int = 24) -> list[np.ndarray]:

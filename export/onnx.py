@@ -124,8 +124,8 @@ def check_parity(
 def phantom_batch(task: str, input_spec: dict[str, float], view: str | None, n: int = 4,
                   seed: int = 987_654) -> np.ndarray:  # fmt: skip
     """``(n, C, H, W)`` network inputs made from phantoms the way the worker makes them."""
-    from edge_worker.phantom import render
-    from edge_worker.preprocess import crop_box, to_tensor, working_image
+    from edge_worker.phantoms.ankle import render
+    from edge_worker.pipeline.preprocess import crop_box, to_tensor, working_image
 
     h, w, c = int(input_spec["height"]), int(input_spec["width"]), int(input_spec["channels"])
     mean, std = float(input_spec["mean"]), float(input_spec["std"])

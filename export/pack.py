@@ -5,7 +5,7 @@ about it); the writer copies the files, computes their sha256 and writes the man
 a half-written folder never carries a manifest.  A :class:`StageFile` names its network by
 the role it plays in the ankle-style chain (``view``, ``roi``, ``quality``, ``orientation``);
 the manifest is written in format version 2, with the tasks, reads and ``when`` that role
-implies (:func:`edge_worker.pack_v1.upgrade_manifest`, the adapter the worker reads version-1
+implies (:func:`edge_worker.packs.pack_v1.upgrade_manifest`, the adapter the worker reads version-1
 packs through, so both say the same).
 """
 
@@ -17,8 +17,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_worker.pack import SCHEMA, seal_manifest
-from edge_worker.pack_v1 import SCHEMA_V1, upgrade_manifest
+from edge_worker.packs.pack import SCHEMA, seal_manifest
+from edge_worker.packs.pack_v1 import SCHEMA_V1, upgrade_manifest
 
 #: The roles a StageFile may play (the version-1 task names).
 TASKS = ("view", "roi", "quality", "orientation")

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edge_worker.backends import LoadOptions, select
-from edge_worker.pack import load_pack
+from edge_worker.packs.pack import load_pack
 from edge_worker.pipeline.runner import Judgement, Pipeline
 
 #: The facts a verdict acts on; all must agree on every test file.

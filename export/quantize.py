@@ -43,8 +43,8 @@ import numpy as np
 from edge_worker.backends import LoadOptions, Selected, Session, select
 from edge_worker.errors import Rejection
 from edge_worker.ingest import read_radiograph
-from edge_worker.pack import Pack, load_pack, seal_manifest
-from edge_worker.preprocess import WORKING_MAX_SIDE
+from edge_worker.packs.pack import Pack, load_pack, seal_manifest
+from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
 from export.pack import StageFile, write_pack
 from export.precision_gate import compare, format_report, judge_facts
 
@@ -89,7 +89,7 @@ class _Recorder:
 
 def write_phantoms(folder: Path, n: int, seed: int) -> list[Path]:
     """``n`` phantom DICOM files (half upright +-15 deg, half at any rotation)."""
-    from edge_worker.phantom import write_phantom
+    from edge_worker.phantoms.ankle import write_phantom
 
     paths = []
     for i in range(n):
@@ -125,7 +125,7 @@ def calibration_inputs(pack: Pack, files: Sequence[Path]) -> dict[str, list[np.n
     AP stages with nothing to calibrate on.  Quality crops come from that view's ROI stage.
     """
     from edge_worker.pipeline.stages import run_orientation, run_quality, run_roi, run_view
-    from edge_worker.preprocess import working_image
+    from edge_worker.pipeline.preprocess import working_image
 
     recorder = _Recorder(select(["onnxruntime-cpu"]))
     sessions = {s.name: recorder.load(s.file, LoadOptions()) for s in pack.networks if s.file}

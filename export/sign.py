@@ -2,7 +2,7 @@
 
 ``keygen --out DIR`` writes an Ed25519 key pair (private key mode 0600); ``sign PACK --key
 PRIVATE`` loads and verifies the pack (seal and every sha256: a pack that does not load is
-never signed) and writes ``PACK/signature.json`` over its digest (edge_worker.signing).
+never signed) and writes ``PACK/signature.json`` over its digest (edge_worker.packs.signing).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def run_keygen(args: argparse.Namespace) -> int:
     """Write the key pair; returns the exit status (1 when the private key already exists)."""
-    from edge_worker.signing import generate_keys, key_id, load_public_key
+    from edge_worker.packs.signing import generate_keys, key_id, load_public_key
 
     try:
         private, public = generate_keys(args.out, args.name)
@@ -39,8 +39,8 @@ def run_keygen(args: argparse.Namespace) -> int:
 def run_sign(args: argparse.Namespace) -> int:
     """Verify the pack and write its signature; returns the exit status."""
     from edge_worker.errors import PackError
-    from edge_worker.pack import load_pack
-    from edge_worker.signing import load_private_key, sign_digest, write_signature
+    from edge_worker.packs.pack import load_pack
+    from edge_worker.packs.signing import load_private_key, sign_digest, write_signature
 
     try:
         key = load_private_key(args.key)

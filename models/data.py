@@ -1,6 +1,6 @@
 """Training data: a CSV of labelled radiographs, read and prepared exactly as the worker does.
 
-CSV layout (one row per image; :func:`edge_worker.phantom.write_dataset` writes it):
+CSV layout (one row per image; :func:`edge_worker.phantoms.ankle.write_dataset` writes it):
 
 ==============  ==========================================================================
 ``file``        path of a DICOM (``.dcm`` or no suffix) or PNG file, relative to the CSV
@@ -9,11 +9,11 @@ CSV layout (one row per image; :func:`edge_worker.phantom.write_dataset` writes 
 ``score``       continuous quality 1-3, the regression target (optional; defaults to grade)
 ``rotation_deg`` angle in [0, 360) by which the anatomy is rotated counter-clockwise
 ``roi_cx`` ...  ``roi_cx, roi_cy, roi_w, roi_h, roi_angle``: the ROI as a
-                :class:`~edge_worker.preprocess.RotatedBox` in stored-pixel coordinates
+                :class:`~edge_worker.pipeline.preprocess.RotatedBox` in stored-pixel coordinates
 ==============  ==========================================================================
 
 Images go through the worker's own path: ``read_radiograph`` (display polarity, [0, 1]), then
-``working_image`` and ``to_tensor`` / ``crop_box`` from :mod:`edge_worker.preprocess`.  The
+``working_image`` and ``to_tensor`` / ``crop_box`` from :mod:`edge_worker.pipeline.preprocess`.  The
 augmentations of the ankle paper (section 5) act on the working image.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_worker.ingest import read_radiograph
-from edge_worker.preprocess import RotatedBox, box_mask, crop_box, resize, to_tensor, working_image
+from edge_worker.pipeline.preprocess import RotatedBox, box_mask, crop_box, resize, to_tensor, working_image
 
 MEAN, STD = 0.5, 0.25
 VIEW_LABELS = ("AP", "LAT")
@@ -161,7 +161,7 @@ def frame_round_trip(
     """Black out what a turn by a random angle within the frame, and back, loses.
 
     The worker turns a rotated image upright inside its own frame (upright first,
-    :func:`edge_worker.preprocess.turn_upright`); an image the modality stored turned by
+    :func:`edge_worker.pipeline.preprocess.turn_upright`); an image the modality stored turned by
     ``a`` inside the same frame has lost its corners, and after the turn back those losses sit
     at the ends of the long axis.  Training the later stages on such frames is what keeps the
     view stage from reading a cut AP as a LAT.

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from edge_worker.pack_v1 import role_of
-from edge_worker.phantom import write_dataset
+from edge_worker.packs.pack_v1 import role_of
+from edge_worker.phantoms.ankle import write_dataset
 from export.onnx import export_stage, load_checkpoint
 from export.pack import StageFile, write_pack
 from models.data import VIEW_LABELS, load_samples, read_csv
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     n_val = sum(len(samples[f"val_{k}"]) for k in VALIDATION_SEEDS)
     summary = {
         "data": "phantoms generated with seeds never used in training "
-        f"(edge_worker.phantom seeds {sorted(VALIDATION_SEEDS.values())}; training used "
+        f"(edge_worker.phantoms.ankle seeds {sorted(VALIDATION_SEEDS.values())}; training used "
         f"{sorted(TRAIN_SEEDS.values())}); each stage measured alone, quality on crops of the "
         "true ROI",
         "view_accuracy": validation["view"]["accuracy"],
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     training_data = {
         "kind": "synthetic-phantom",
-        "description": "Synthetic ankle AP/LAT phantoms from edge_worker.phantom (CR and DX, "
+        "description": "Synthetic ankle AP/LAT phantoms from edge_worker.phantoms.ankle (CR and DX, "
         "12-16 bit, MONOCHROME1/2, 1024-2048 px), written as DICOM and read back through the "
         "worker's preprocessing. Upright set: rotations within +-15 deg (view, roi, quality); "
         "rotated set: any rotation (orientation). Views and grades balanced.",

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     training = {
         "kind": "synthetic-phantom",
-        "description": f"{RECIPE}: edge_worker.phantom ankle AP/LAT phantoms (the demo pack's "
+        "description": f"{RECIPE}: edge_worker.phantoms.ankle ankle AP/LAT phantoms (the demo pack's "
         f"sets), {n_train} images per set, "
         + ", ".join(f"{name} {n} steps" for name, n in steps_run.items())
         + "; random initialisation",

@@ -1,7 +1,7 @@
 """End-to-end figures of a written pack: the ONNX files chained as the worker chains them.
 
 Per image: ``view`` picks AP/LAT, that view's ``roi`` map is thresholded and turned into a box
-(:func:`edge_worker.preprocess.mask_to_box`), the box is cut out for that view's ``quality``
+(:func:`edge_worker.pipeline.preprocess.mask_to_box`), the box is cut out for that view's ``quality``
 stage.  Unlike the per-stage figures (quality on the true box), errors add up here: a wrong
 view or a missed ROI counts as a wrong grade.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_worker.preprocess import box_mask, crop_box, mask_to_box, to_tensor
+from edge_worker.pipeline.preprocess import box_mask, crop_box, mask_to_box, to_tensor
 from models.data import Sample
 from models.evaluate import angular_error, dice
 

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edge_worker.pack import default_pack_dir, seal_manifest
+from edge_worker.packs.pack import default_pack_dir, seal_manifest
 
 
 def pack_as(dest: Path, **manifest_fields: Any) -> Path:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge_worker.phantom import write_phantom
+from edge_worker.phantoms.ankle import write_phantom
 
 SHARED_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "radiographs" / "dicom"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from edge_worker.phantom import write_phantom
+from edge_worker.phantoms.ankle import write_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_worker.phantom import write_phantom
+from edge_worker.phantoms.ankle import write_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DICOM = ROOT.parent / "shared" / "data" / "radiographs" / "dicom"

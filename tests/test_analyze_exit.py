@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge_worker.phantom import write_phantom
+from edge_worker.phantoms.ankle import write_phantom
 from tests.stations import ROOT
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from edge_worker.bodypart import (
+from edge_worker.judging.bodypart import (
     BUILTIN,
     GENERIC,
     PARTS,
@@ -16,7 +16,7 @@ from edge_worker.bodypart import (
     parse_keywords,
     route_fields,
 )
-from edge_worker.config import parse
+from edge_worker.service.config import parse
 from edge_worker.errors import ConfigError
 from edge_worker.ingest.types import Header
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import Mosquitto, free_port
 
-from edge_worker.pack import default_pack_dir
+from edge_worker.packs.pack import default_pack_dir
 from tests.stations import ROOT, render_toml
 
 

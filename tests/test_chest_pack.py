@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_worker.pack import load_pack
+from edge_worker.packs.pack import load_pack
 from models.chest.data import LABELS, load_images, patient_split, read_labels
 from models.chest.evaluate import load_stages, orientation_figures, softmax, view_figures
 

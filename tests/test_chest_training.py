@@ -77,7 +77,7 @@ def test_the_recipe_trains_exports_and_packs(
     assert stages[0].labels == list(LABELS) and "initialised from" in stages[0].architecture
     pack = tmp_path / "pack"
     write_chest_pack(pack, stages, "0.0.1", {"kind": "real"}, {})
-    from edge_worker.pack import load_pack
+    from edge_worker.packs.pack import load_pack
 
     loaded_pack = load_pack(pack)
     view_spec = loaded_pack.stage("view")

@@ -22,7 +22,7 @@ import pytest
 from conftest import Mosquitto, Subscriber
 
 from edge_worker.ingest.whole import is_whole
-from edge_worker.process import PREFIX_BYTES, file_digest
+from edge_worker.judging.process import PREFIX_BYTES, file_digest
 from tests.stations import ROOT, PhantomStock, Station, sop_uid, wait_until
 
 
@@ -256,7 +256,7 @@ def test_huge_sparse_file_is_refused_unread_and_the_next_file_is_judged(
 
 
 def test_fingerprint_sees_content_that_changed_under_the_same_size_and_mtime(tmp_path: Path) -> None:
-    from edge_worker.stillness import fingerprint
+    from edge_worker.watching.stillness import fingerprint
 
     path = tmp_path / "f.bin"
     with path.open("wb") as fh:  # preallocated: the tail not yet written
@@ -275,7 +275,7 @@ def test_fingerprint_sees_content_that_changed_under_the_same_size_and_mtime(tmp
 
 
 def test_journal_remembers_the_last_message_per_path_across_reopen(tmp_path: Path) -> None:
-    from edge_worker.journal import Journal
+    from edge_worker.publish.journal import Journal
 
     journal = Journal(tmp_path / "j.sqlite3")
     assert journal.last_message("a/%FF.dcm") is None

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_worker.config import Config, load, parse, with_overrides
+from edge_worker.service.config import Config, load, parse, with_overrides
 from edge_worker.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "edge-worker.toml"

@@ -33,8 +33,8 @@ from typing import Any
 import paho.mqtt.publish as paho_publish
 import pytest
 
-from edge_worker.dashboard.server import Dashboard
-from edge_worker.phantom import write_phantom
+from edge_worker.subscribers.dashboard.server import Dashboard
+from edge_worker.phantoms.ankle import write_phantom
 from edge_worker.publish.settings import MqttSettings
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
@@ -329,7 +329,7 @@ def test_dashboard_in_a_real_browser(
 
 
 def _status(site: str, station: str, pack: str, version: str, digest: str, depth: int, state: str = "ok") -> bytes:
-    """A status document shaped like edge_worker.health.status_document's, made now."""
+    """A status document shaped like edge_worker.service.health.status_document's, made now."""
     return json.dumps({
         "schema": "xray-qc/status@1", "site": site, "station": station, "state": state,
         "problems": {"inference": "GPU lost; running on CPU"} if state == "degraded" else {},

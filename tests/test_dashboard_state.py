@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from edge_worker.dashboard.state import MAX_THUMBNAIL_CHARS, StationBoard
+from edge_worker.subscribers.dashboard.state import MAX_THUMBNAIL_CHARS, StationBoard
 
 T0 = 1_800_000_000.0
 PNG = "data:image/png;base64,iVBORw0KGgo="
 
 
 def verdict(n: int, decision: str = "ok", station: str = "xr-01", **extra: Any) -> bytes:
-    """A verdict payload shaped like edge_worker.verdict.build_verdict's (the fields the page uses)."""
+    """A verdict payload shaped like edge_worker.publish.verdict.build_verdict's (the fields the page uses)."""
     payload = {
         "schema": "xray-qc/verdict@1",
         "id": f"00000000-0000-0000-0000-{n:012d}",
@@ -115,7 +115,7 @@ def test_an_error_shows_as_rejected() -> None:
 )
 def test_unusable_messages_change_nothing(topic: str, payload: bytes, caplog: pytest.LogCaptureFixture) -> None:
     board = StationBoard()
-    with caplog.at_level(logging.DEBUG, logger="edge_worker.dashboard.state"):
+    with caplog.at_level(logging.DEBUG, logger="edge_worker.subscribers.dashboard.state"):
         assert board.apply(topic, payload, T0) is None
     assert board.snapshot(T0)["stations"] == []
 

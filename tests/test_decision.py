@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_worker.decision import REASONS, Reason, Rules, add_reason, codes, decide, decision_of
+from edge_worker.judging.decision import REASONS, Reason, Rules, add_reason, codes, decide, decision_of
 from edge_worker.ingest.types import Header
-from edge_worker.pack import InputSpec, Pack, StageSpec
+from edge_worker.packs.pack import InputSpec, Pack, StageSpec
 from edge_worker.pipeline.stages import OrientationResult, QualityResult, RoiResult, ViewResult
-from edge_worker.preprocess import RotatedBox
+from edge_worker.pipeline.preprocess import RotatedBox
 
 _INPUT = InputSpec("image", 64, 64, 1, 0.5, 0.25)
 

@@ -28,14 +28,14 @@ from conftest import Mosquitto, Subscriber
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from edge_worker.config import parse
+from edge_worker.service.config import parse
 from edge_worker.errors import ConfigError, Rejection, RejectReason
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.budget import predicted_bytes
 from edge_worker.ingest.reader import read_header
 from edge_worker.ingest.sandbox import DecodeSandbox
 from edge_worker.ingest.types import IngestPolicy
-from edge_worker.phantom import make_dataset, write_phantom
+from edge_worker.phantoms.ankle import make_dataset, write_phantom
 from tests.stations import PhantomStock, Station
 
 BUDGET_MIB = 256

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_worker.phantom import write_phantom
+from edge_worker.phantoms.ankle import write_phantom
 
 jsonschema = pytest.importorskip("jsonschema")
 

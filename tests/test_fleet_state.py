@@ -12,11 +12,11 @@ import pytest
 from test_dashboard_server import EventReader
 
 from edge_worker.cli import main
-from edge_worker.dashboard.fleet import site_rollup, status_from_document
-from edge_worker.dashboard.server import Dashboard
-from edge_worker.dashboard.state import StationBoard
+from edge_worker.subscribers.dashboard.fleet import site_rollup, status_from_document
+from edge_worker.subscribers.dashboard.server import Dashboard
+from edge_worker.subscribers.dashboard.state import StationBoard
 from edge_worker.errors import ConfigError
-from edge_worker.health import Health, status_document
+from edge_worker.service.health import Health, status_document
 from edge_worker.publish.settings import MqttSettings
 
 T0 = 1_800_000_000.0
@@ -25,7 +25,7 @@ PACK = {"name": "chest-qc", "version": "1.4.0", "not_for_clinical_use": True, "t
 
 
 def status(state: str = "ok", at: float = T0, depth: int = 0, **extra: Any) -> bytes:
-    """A status document shaped like edge_worker.health.status_document's."""
+    """A status document shaped like edge_worker.service.health.status_document's."""
     doc = {
         "schema": "xray-qc/status@1", "site": "st-a", "station": "xr-01", "state": state,
         "problems": {"publisher": "broker unreachable"} if state == "degraded" else {},

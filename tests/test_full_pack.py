@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_worker.bench import packs
-from edge_worker.pack import load_pack
+from edge_worker.packs.pack import load_pack
 
 
 def test_recipe_names_match_the_builders() -> None:

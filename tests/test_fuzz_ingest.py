@@ -1,14 +1,14 @@
 """Fuzzing the ingest: damaged DICOM files end as a Rejection, in bounded time and memory.
 
-    python -m tests.test_fuzz_ingest --cases 5000      # the long run (= bench/fuzz.py)
+    python -m tests.test_fuzz_ingest --cases 5000      # the long run (= tests/fuzz_harness.py)
     python -m pytest tests/test_fuzz_ingest.py           # a fast subset (250 cases)
     python -m pytest tests/test_fuzz_ingest.py --runslow # also 5,000 cases (FUZZ_CASES=N)
 
 A case is a seed file and a mutation, both drawn from ``default_rng([seed, index])``, so any
-case replays from its index (``bench/fuzz.py --replay N --dump DIR`` writes its bytes).
-Seeds are phantoms from :func:`edge_worker.phantom.make_dataset` in every encoding this
+case replays from its index (``tests/fuzz_harness.py --replay N --dump DIR`` writes its bytes).
+Seeds are phantoms from :func:`edge_worker.phantoms.ankle.make_dataset` in every encoding this
 machine can write, plus the real files in ``../shared/data/radiographs/dicom`` when present.
-Cases run in a worker subprocess that ``bench/fuzz.py`` (the harness) watches from outside:
+Cases run in a worker subprocess that ``tests/fuzz_harness.py`` (the harness) watches from outside:
 
 * *escape*: read_radiograph raised something other than Rejection;
 * *hang*: no answer within the time limit (5 s); the worker is killed and restarted;
@@ -48,7 +48,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from edge_worker.phantom import make_dataset
+from edge_worker.phantoms.ankle import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "radiographs" / "dicom"
@@ -414,9 +414,9 @@ def make_case(
 
 
 def harness() -> ModuleType:
-    """``bench/fuzz.py``, loaded by path: ``bench/`` holds scripts, not a package."""
+    """``tests/fuzz_harness.py``, the long run's harness, loaded by path as a script."""
     spec = importlib.util.spec_from_file_location(
-        "edge_worker_bench_fuzz", ROOT / "bench" / "fuzz.py"
+        "edge_worker_fuzz_harness", ROOT / "tests" / "fuzz_harness.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

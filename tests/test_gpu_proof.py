@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from edge_worker.bench import gpu_proof
-from edge_worker.pack import default_pack_dir, load_pack
+from edge_worker.packs.pack import default_pack_dir, load_pack
 from tests.stations import ROOT
 
 SHARED_DICOM = Path(__file__).resolve().parents[3] / "shared" / "data" / "radiographs" / "dicom"

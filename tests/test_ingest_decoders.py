@@ -31,7 +31,7 @@ from edge_worker.ingest import IngestPolicy, decoders, openjp2, read_radiograph
 from edge_worker.ingest.codestream import ends_with_eoi, j2k_frame, jpeg_frame
 from edge_worker.ingest.decode import reduction_factor
 from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE
-from edge_worker.preprocess import working_image
+from edge_worker.pipeline.preprocess import working_image
 
 R = RejectReason
 needs_imagecodecs = pytest.mark.skipif(

@@ -28,7 +28,7 @@ from pydicom.uid import (
 
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import IngestPolicy, read_header, read_radiograph
-from edge_worker.preprocess import working_image
+from edge_worker.pipeline.preprocess import working_image
 
 R = RejectReason
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"

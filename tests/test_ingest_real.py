@@ -19,7 +19,7 @@ import pytest
 
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import IngestPolicy, Radiograph, read_header, read_radiograph
-from edge_worker.preprocess import WORKING_MAX_SIDE, working_image
+from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE, working_image
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "radiographs"
 DICOM = DATA / "dicom"

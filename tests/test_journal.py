@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_worker.journal import Journal
+from edge_worker.publish.journal import Journal
 
 
 def test_same_id_keeps_the_first_content_across_reopen(tmp_path: Path) -> None:

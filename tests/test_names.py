@@ -18,7 +18,7 @@ import pytest
 from conftest import Mosquitto, Subscriber
 
 from edge_worker.names import original, original_path, printable
-from edge_worker.quarantine import Quarantine
+from edge_worker.watching.quarantine import Quarantine
 from tests.stations import PhantomStock, Station, wait_until
 
 HOSTILE = [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_worker.errors import PackError
-from edge_worker.pack import MANIFEST_SEAL, SCHEMA, default_pack_dir, load_pack, seal_manifest
+from edge_worker.packs.pack import MANIFEST_SEAL, SCHEMA, default_pack_dir, load_pack, seal_manifest
 
 
 @pytest.fixture

@@ -24,11 +24,11 @@ from conftest import Mosquitto, Subscriber, find_mosquitto
 from stations import PhantomStock, Station
 
 from edge_worker.cli import build_parser
-from edge_worker.dashboard.feed import MqttFeed, default_client_id, station_filters
-from edge_worker.dashboard.server import Dashboard
+from edge_worker.subscribers.dashboard.feed import MqttFeed, default_client_id, station_filters
+from edge_worker.subscribers.dashboard.server import Dashboard
 from edge_worker.publish.latest import latest_summary
 from edge_worker.publish.settings import MqttSettings
-from edge_worker.tail import run_tail
+from edge_worker.subscribers.tail import run_tail
 
 VERDICT = {
     "id": "00000000-0000-0000-0000-0000000000a1", "site": "st-a", "station": "xr-01", "decision": "retake",
@@ -216,7 +216,7 @@ def test_a_late_dashboard_shows_each_station_last_decision(
 
 
 def test_board_takes_a_latest_summary_but_never_over_a_newer_message() -> None:
-    from edge_worker.dashboard.state import StationBoard
+    from edge_worker.subscribers.dashboard.state import StationBoard
 
     board = StationBoard()
     summary = latest_summary("verdict", VERDICT)

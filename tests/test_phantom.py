@@ -10,8 +10,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from edge_worker import phantom
-from edge_worker.preprocess import box_mask
+from edge_worker.phantoms import ankle as phantom
+from edge_worker.pipeline.preprocess import box_mask
 
 
 @pytest.mark.parametrize(

@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 from conftest import Mosquitto, Subscriber
 
-from edge_worker.journal import Journal
+from edge_worker.publish.journal import Journal
 from tests.stations import ROOT, PhantomStock, Station
 
 _HOOK = '''
 import os, signal, sys
 if "edge_worker.ingest.sandbox" not in sys.orig_argv:
     sys.path.insert(0, {root!r})
-    from edge_worker import process
+    from edge_worker.judging import process
 
     _read = process.Judge._read
 

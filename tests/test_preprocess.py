@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_worker.preprocess import (
+from edge_worker.pipeline.preprocess import (
     RotatedBox,
     box_from_points,
     box_mask,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge_worker.errors import RejectReason
-from edge_worker.quarantine import Quarantine, QuarantineError
+from edge_worker.watching.quarantine import Quarantine, QuarantineError
 
 
 def make_file(path: Path, content: bytes = b"DICM" * 10) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import Message, Mosquitto, Subscriber
 
-from edge_worker.pack import default_pack_dir, load_pack, seal_manifest
+from edge_worker.packs.pack import default_pack_dir, load_pack, seal_manifest
 from export.cli import main as export_main
 from tests.stations import ROOT, PhantomStock, Station, sop_uid
 
@@ -161,11 +161,11 @@ def test_a_pack_rolls_out_between_two_files_and_bad_packs_are_refused(
 
 
 def test_the_self_test_uses_the_packs_own_test_images(tmp_path: Path) -> None:
-    from edge_worker.config import Config
-    from edge_worker.daemon import build_pipeline, ingest_policy
+    from edge_worker.service.config import Config
+    from edge_worker.service.daemon import build_pipeline, ingest_policy
     from edge_worker.errors import PackError
-    from edge_worker.rollout import self_test
-    from edge_worker.routing import RoutedJudge, Router
+    from edge_worker.packs.rollout import self_test
+    from edge_worker.judging.routing import RoutedJudge, Router
 
     config = Config()
     pack = tmp_path / "pack"

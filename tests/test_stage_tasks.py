@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from edge_worker.backends import select
-from edge_worker.decision import codes
+from edge_worker.judging.decision import codes
 from edge_worker.errors import PackError
-from edge_worker.pack import load_pack, seal_manifest
+from edge_worker.packs.pack import load_pack, seal_manifest
 from edge_worker.pipeline.runner import Judgement, Pipeline
 from edge_worker.pipeline.tasks.classify import FlagsResult
 from edge_worker.pipeline.tasks.heatmap import HeatmapResult
 from edge_worker.pipeline.tasks.segment import SegmentResult
-from edge_worker.verdict import stage_findings
+from edge_worker.publish.verdict import stage_findings
 from tests.tiny_packs import CAM, FLAGS, ROI, SCORE, SEG, VIEW, network, square, write_tiny_pack
 
 pytest.importorskip("onnx")
@@ -184,7 +184,7 @@ def test_a_changed_network_file_is_refused_for_every_task(tmp_path: Path) -> Non
 
 def test_a_version_one_manifest_is_read_through_the_adapter(tmp_path: Path) -> None:
     """The same networks under a version-1 manifest: the same stages, in version 1's order."""
-    from edge_worker.pack import default_pack_dir
+    from edge_worker.packs.pack import default_pack_dir
 
     v2 = json.loads((default_pack_dir() / "manifest.json").read_text())
     root = tmp_path / "v1"

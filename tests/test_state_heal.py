@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from conftest import Mosquitto, Subscriber
 
-from edge_worker.journal import Journal
+from edge_worker.publish.journal import Journal
 from edge_worker.publish.outbox import Outbox
 from tests.stations import PhantomStock, Station, sop_uid
 

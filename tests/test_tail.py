@@ -16,7 +16,7 @@ import pytest
 
 from edge_worker.cli import main
 from edge_worker.publish.settings import MqttSettings
-from edge_worker.tail import TailFormatter, run_tail
+from edge_worker.subscribers.tail import TailFormatter, run_tail
 
 T0 = 1_800_000_000.0
 VERDICT = {

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edge_worker.phantom import write_dataset
-from edge_worker.preprocess import box_mask
+from edge_worker.phantoms.ankle import write_dataset
+from edge_worker.pipeline.preprocess import box_mask
 from models import train
 from models.data import example, load_samples, read_csv
 

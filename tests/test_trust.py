@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from edge_worker.backends import LoadOptions, select
-from edge_worker.decision import REASONS
+from edge_worker.judging.decision import REASONS
 from edge_worker.ingest.types import IngestPolicy
-from edge_worker.pack import default_pack_dir, load_pack, seal_manifest
-from edge_worker.phantom import make_dataset
+from edge_worker.packs.pack import default_pack_dir, load_pack, seal_manifest
+from edge_worker.phantoms.ankle import make_dataset
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.preprocess import box_mask
-from edge_worker.process import Judge
+from edge_worker.pipeline.preprocess import box_mask
+from edge_worker.judging.process import Judge
 from tests.stations import Station
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def _write(tmp: Path, name: str, seed: int, **kwargs: Any) -> tuple[Path, Any]:
 
 
 def _iou_with_truth(payload: dict[str, Any], truth: Any) -> float:
-    from edge_worker.preprocess import RotatedBox
+    from edge_worker.pipeline.preprocess import RotatedBox
 
     r = payload["roi"]["rotated"]
     found = RotatedBox(r["cx"], r["cy"], r["width"], r["height"], r["angle_deg"])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_worker.watch import FolderWatcher, WatchError
+from edge_worker.watching.watch import FolderWatcher, WatchError
 
 FAST = {"settle_s": 0.15, "scan_settle_s": 0.25}
 WAIT_S = 10.0

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_worker.pack import seal_manifest
+from edge_worker.packs.pack import seal_manifest
 
 SIZE = 32
 INPUT = {"name": "image", "height": SIZE, "width": SIZE, "channels": 1, "mean": 0.5, "std": 0.25}

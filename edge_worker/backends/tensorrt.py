@@ -121,7 +121,7 @@ class TrtSession:
 
 def find_engine(path: Path, options: LoadOptions, gpu: GpuIdentity) -> Path:
     """The cached engine for the ONNX file at ``path`` on ``gpu``; refuses a missing or foreign one."""
-    from edge_worker.pack import sha256_file
+    from edge_worker.packs.pack import sha256_file
 
     if options.cache_dir is None:
         raise BackendError("the tensorrt backend needs an engine cache folder (state folder)")

@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when it ran (whether or not every target is met)."""
     from edge_worker.bench.report import format_text
-    from edge_worker.config import Config
+    from edge_worker.service.config import Config
     from edge_worker.bench.run import SHARED_DICOM, BenchOptions, default_cache, run_bench
 
     quick = bool(args.quick)

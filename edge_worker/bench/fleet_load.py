@@ -37,7 +37,7 @@ from typing import Any
 from edge_worker.bench.broker import BenchBroker, BenchError, find_mosquitto
 from edge_worker.bench.fleet_publisher import SiteGroup, plan_line
 
-#: The board's bound on stations (:class:`edge_worker.dashboard.state.StationBoard`).
+#: The board's bound on stations (:class:`edge_worker.subscribers.dashboard.state.StationBoard`).
 MAX_STATIONS = 500
 
 

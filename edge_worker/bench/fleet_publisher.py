@@ -5,7 +5,7 @@ connects one MQTT client per site (what a central broker sees of a site: one bri
 connection carrying all its stations), publishes each station's retained ``online`` and a first
 status, prints ``ready``, waits for a line ``go <POSIX time>``, then plays the schedule and
 prints one JSON result line.  Messages are shaped as a daemon publishes them: the status
-document is :func:`edge_worker.health.status_document` itself, the ``latest`` summary
+document is :func:`edge_worker.service.health.status_document` itself, the ``latest`` summary
 :func:`edge_worker.publish.latest.latest_summary`, the verdict a ``xray-qc/verdict@2`` without
 a thumbnail.  Each carries its publish time (``times.verdict_made`` with microseconds, the
 status ``at``), so a subscriber can measure the latency of every message.
@@ -30,7 +30,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_worker import __version__
-from edge_worker.health import Health, status_document
+from edge_worker.service.health import Health, status_document
 from edge_worker.publish.latest import latest_summary
 
 #: The pack every simulated station runs (its digest is the shape of a real one).
@@ -90,7 +90,7 @@ def _iso_us(ts: float) -> str:
 
 
 def verdict_payload(site: str, station: str, rng: random.Random, made_at: float) -> dict[str, Any]:
-    """A verdict shaped like :func:`edge_worker.verdict.build_verdict`'s, made at ``made_at``."""
+    """A verdict shaped like :func:`edge_worker.publish.verdict.build_verdict`'s, made at ``made_at``."""
     decision = rng.choices([d for d, _ in DECISIONS], [w for _, w in DECISIONS])[0]
     grade = {"ok": 1, "review": 2, "retake": 3, "not_judged": 1}[decision]
     uid = f"1.2.826.0.1.3680043.10.1.{rng.getrandbits(48)}"

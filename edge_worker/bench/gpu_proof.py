@@ -65,9 +65,9 @@ from edge_worker.bench.stages import summary
 from edge_worker.errors import EdgeWorkerError, Rejection
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.types import IngestPolicy
-from edge_worker.pack import default_pack_dir, load_pack
+from edge_worker.packs.pack import default_pack_dir, load_pack
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.preprocess import WORKING_MAX_SIDE
+from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
 
 REFERENCE = "onnxruntime-cpu"
 
@@ -87,7 +87,7 @@ DRY = Mode("onnxruntime-cpu", "cpu", "CPU dry run (onnxruntime-cpu in place of C
 
 def write_phantoms(folder: Path, count: int, size: int) -> list[Path]:
     """``count`` phantoms of ``size`` rows, AP and LAT, both polarities; returns their paths."""
-    from edge_worker.phantom import write_phantom
+    from edge_worker.phantoms.ankle import write_phantom
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -1,6 +1,6 @@
 """Benchmark inputs: realistic radiograph files, written once into a cache, and unique copies.
 
-Base files are phantoms (:mod:`edge_worker.phantom`) at ``size`` rows (columns are 0.8 of it:
+Base files are phantoms (:mod:`edge_worker.phantoms.ankle`) at ``size`` rows (columns are 0.8 of it:
 3000 x 2400 at the default, a 43 x 35 cm detector at 0.14 mm), DX, alternating AP/LAT,
 grades 1-3, bits stored 14, 15 and 16, both photometric interpretations.  Each is written
 uncompressed (Explicit VR Little Endian) and as JPEG 2000 lossless encoded by pydicom's
@@ -61,7 +61,7 @@ def _write_base(path: Path, index: int, size: int, encoding: str) -> None:
     """Write base phantom ``index`` at ``size`` rows in ``encoding`` (atomically)."""
     from pydicom.uid import JPEG2000Lossless
 
-    from edge_worker.phantom import make_dataset
+    from edge_worker.phantoms.ankle import make_dataset
 
     ds, _ = make_dataset(
         4242 + index,

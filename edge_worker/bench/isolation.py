@@ -25,14 +25,14 @@ import numpy as np
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.sandbox import DecodeSandbox
 from edge_worker.ingest.types import IngestPolicy
-from edge_worker.preprocess import WORKING_MAX_SIDE
+from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
 
 
 def write_inputs(folder: Path, side: int) -> dict[str, Path]:
     """A square phantom of ``side`` rows, uncompressed and JPEG 2000 lossless (cached)."""
     from pydicom.uid import JPEG2000Lossless
 
-    from edge_worker.phantom import make_dataset
+    from edge_worker.phantoms.ankle import make_dataset
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"uncompressed": folder / f"square-{side}-raw.dcm",

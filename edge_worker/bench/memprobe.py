@@ -24,7 +24,7 @@ import numpy as np
 
 from edge_worker.backends._ort import OrtSession
 from edge_worker.bench.worker import vm_kib
-from edge_worker.pack import load_pack
+from edge_worker.packs.pack import load_pack
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import numpy as np
 import pydicom
 import torch  # the comparison's point: the obvious pipeline runs the networks in torch
 
-from edge_worker.pack_v1 import SCHEMA_V1, role_of, upgrade_manifest
+from edge_worker.packs.pack_v1 import SCHEMA_V1, role_of, upgrade_manifest
 from export.onnx import load_checkpoint
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_worker.bench.broker import BenchError
-from edge_worker.pack import default_pack_dir
+from edge_worker.packs.pack import default_pack_dir
 
 #: Stages worth INT8: the segmenters, ResNet-type convolutions that use VNNI (about 3x; the
 #: EfficientNets' depthwise convolutions gain nothing, reference/cpu-baseline.md).  The

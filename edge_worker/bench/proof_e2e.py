@@ -21,7 +21,7 @@ from edge_worker.bench.inputs import BaseFile
 from edge_worker.bench.proof_station import gpu_memory
 from edge_worker.bench.stages import summary
 from edge_worker.bench.worker import WorkerRun, WorkerSettings
-from edge_worker.pack import load_pack
+from edge_worker.packs.pack import load_pack
 
 #: Verdict wait per file; generous for a CPU dry run on a loaded machine.
 VERDICT_TIMEOUT_S = 120.0

@@ -78,7 +78,7 @@ def _judge(job: StationJob) -> tuple[Callable[[Path], dict[str, float]], Callabl
     if job.kind == "onnxruntime":
         from edge_worker.backends import LoadOptions
         from edge_worker.bench.stages import time_image, timed_pipeline
-        from edge_worker.pack import load_pack
+        from edge_worker.packs.pack import load_pack
 
         pipeline, log = timed_pipeline(load_pack(Path(job.pack)), LoadOptions(threads=job.threads),
                                        job.backend)  # fmt: skip

@@ -167,7 +167,7 @@ def read_radiograph(
     ``max_side`` reduces the image by the largest power of two that keeps its long side >=
     ``max_side``: in the codec where it can (JPEG 2000 and HTJ2K at 1/2^r, 8-bit JPEG at
     1/2, 1/4, 1/8), else by averaging stored values before the grayscale chain.  The final
-    resize is the caller's (``edge_worker.preprocess.working_image``).  Returns a
+    resize is the caller's (``edge_worker.pipeline.preprocess.working_image``).  Returns a
     :class:`Radiograph` whose pixels are 2-D float32 in [0, 1], bone bright, and whose
     ``scale`` is output / stored size.  Raises :class:`Rejection` (and nothing else) when the
     file cannot be judged; once the header is parsed the rejection carries the SOP Instance

@@ -1,7 +1,7 @@
 """Running one network on a batch of images, and the typed results of the network tasks.
 
 Each function of (session, spec, images) prepares the inputs with the shared
-``edge_worker.preprocess`` functions and turns the raw network output into a typed result.
+``edge_worker.pipeline.preprocess`` functions and turns the raw network output into a typed result.
 The task modules (:mod:`edge_worker.pipeline.tasks`) call them; the order of stages is the
 pack's list, run by :mod:`edge_worker.pipeline.runner`.
 """
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_worker.preprocess import RotatedBox, crop_box, mask_to_box, to_tensor
+from edge_worker.pipeline.preprocess import RotatedBox, crop_box, mask_to_box, to_tensor
 
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session
-    from edge_worker.pack import StageSpec
+    from edge_worker.packs.pack import StageSpec
 
 #: Most input pixels per network run when images are batched: 4 images at 224 px, 12 at
 #: 128 px, one at a time at 400 px.

@@ -4,7 +4,7 @@ Each site's own broker (the one its stations publish to) carries ``<prefix>/<sit
 central broker with mosquitto's bridge: one outgoing topic pattern, a persistent session
 (``cleansession false``) so QoS 1 messages queue at the site while the link is down, TLS and
 per-site credentials, and on the centre an ACL that lets the site's bridge user write only
-below its own prefix.  This module only renders text from a site's :class:`~edge_worker.config.Config`;
+below its own prefix.  This module only renders text from a site's :class:`~edge_worker.service.config.Config`;
 it opens no connection and the ``edge-worker bridge-config`` command writes the files.
 
 The bridge user is ``bridge-<site>`` unless a user is given in the centre URL
@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_worker.config import Config
+from edge_worker.service.config import Config
 from edge_worker.errors import ConfigError
 from edge_worker.publish.settings import MqttSettings, Topics
 
@@ -210,7 +210,7 @@ def run_bridge_config(
     the site's bridge section (password left out) and the centre's ACL lines.  Raises
     :class:`ConfigError` for a bad config, URL or credentials.
     """
-    from edge_worker.config import load
+    from edge_worker.service.config import load
 
     bridge = site_bridge(load(config_path), centre_url, password_file=password_file,
                          cafile=cafile, certfile=certfile, keyfile=keyfile)  # fmt: skip

@@ -5,7 +5,7 @@
 several images, so the split is by patient: no patient is in both training and validation.
 
 Images go through the worker's own preparation: ``models.data.read_image`` (the same reader
-the other recipes use: 8-bit PNG -> float32 [0, 1]) and ``edge_worker.preprocess.working_image``
+the other recipes use: 8-bit PNG -> float32 [0, 1]) and ``edge_worker.pipeline.preprocess.working_image``
 (longest side at most 512 px).  Nothing here imports torch.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge_worker.preprocess import working_image
+from edge_worker.pipeline.preprocess import working_image
 from models.data import read_image
 
 #: The view stage's labels, in output order.

@@ -1,7 +1,7 @@
 """Figures of a written chest pack, measured through ONNX Runtime as the worker runs it.
 
 Every figure in the pack's manifest comes from here, computed on the pack's own ONNX files
-with ``edge_worker.preprocess.to_tensor``, so ``tests/test_chest_pack.py`` can reproduce
+with ``edge_worker.pipeline.preprocess.to_tensor``, so ``tests/test_chest_pack.py`` can reproduce
 them from the committed pack.  Nothing here imports torch.
 
 * view: accuracy, balanced accuracy (mean of per-class recall: with 38 AP and 10 PA,
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_worker.preprocess import to_tensor
+from edge_worker.pipeline.preprocess import to_tensor
 from models.chest.augment import rotate
 from models.chest.data import LABELS
 

@@ -4,7 +4,7 @@ Out of distribution (must NOT come out as a confident AP or PA):
 
 * the chest laterals and knees of ``../shared/data/radiographs/images`` (picked by the
   ``body_part`` and ``view`` columns of its ``MANIFEST.tsv``), read as grey float [0, 1];
-* phantom ankles from :mod:`edge_worker.phantom`, from a seed that outlier exposure never
+* phantom ankles from :mod:`edge_worker.phantoms.ankle`, from a seed that outlier exposure never
   used (the training outliers are phantom ankles too, so these are a seen *kind*).
 
 Cross-source frontal chests (should be PA): the DEV set's frontal chests that do not come
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_worker.preprocess import working_image
+from edge_worker.pipeline.preprocess import working_image
 from models.chest.data import LABELS, read_grayscale
 from models.chest.evaluate import OnnxStage, softmax
 from models.chest.outliers import CHECK_PHANTOM_SEED, phantom_ankles

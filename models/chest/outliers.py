@@ -9,7 +9,7 @@ pack's ``min_confidence`` sends it to ``review``.
 The outliers here are all synthetic or derived from the training images, so the real knees
 and chest laterals of the out-of-distribution check stay unseen:
 
-* phantom ankles from :mod:`edge_worker.phantom` (seeds disjoint from the OOD check's);
+* phantom ankles from :mod:`edge_worker.phantoms.ankle` (seeds disjoint from the OOD check's);
 * close-up crops of the training chests (a tenth to a third of the side), which look like
   bone and soft tissue but not like a whole thorax;
 * smooth random fields with noise (blank or nonsense exposures).
@@ -20,8 +20,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from edge_worker.phantom import render
-from edge_worker.preprocess import working_image
+from edge_worker.phantoms.ankle import render
+from edge_worker.pipeline.preprocess import working_image
 
 #: Phantom seeds for outlier exposure; the OOD check uses :data:`CHECK_PHANTOM_SEED`.
 TRAIN_PHANTOM_SEED = 31_337

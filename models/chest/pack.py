@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_worker.preprocess import to_tensor
+from edge_worker.pipeline.preprocess import to_tensor
 from export.onnx import OPSET, OUTPUT_NAMES, check_parity, export_onnx, load_checkpoint
 from export.pack import StageFile, write_pack
 from models.chest.augment import rotate

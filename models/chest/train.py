@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset
 
-from edge_worker.preprocess import to_tensor
+from edge_worker.pipeline.preprocess import to_tensor
 from models.chest.augment import cdf, orientation_example, view_augment
 from models.chest.data import ChestRecord
 from models.chest.outliers import TRAIN_PHANTOM_SEED, outlier, phantom_ankles

@@ -32,8 +32,8 @@ from edge_worker.errors import PackError
 
 if TYPE_CHECKING:
     from edge_worker.ingest.types import Header
-    from edge_worker.pack import Pack, StageSpec
-    from edge_worker.preprocess import Turn
+    from edge_worker.packs.pack import Pack, StageSpec
+    from edge_worker.pipeline.preprocess import Turn
 
 
 @dataclass

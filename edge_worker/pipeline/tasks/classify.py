@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_worker.decision import Reason, view_reasons
+from edge_worker.judging.decision import Reason, view_reasons
 from edge_worker.pipeline.stages import image_batches, run_view_batch, view_from_logits
 from edge_worker.pipeline.tasks.base import Context, Item, refuse, string_list
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session
-    from edge_worker.pack import StageSpec
+    from edge_worker.packs.pack import StageSpec
 
 NETWORK = True
 KEYS = frozenset({"labels", "multi_label"})

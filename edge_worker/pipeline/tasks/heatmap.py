@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge_worker.decision import Reason
+from edge_worker.judging.decision import Reason
 from edge_worker.pipeline import cam
 from edge_worker.pipeline.tasks.base import Context, Item, earlier_stage, refuse, string_list
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session
-    from edge_worker.pack import StageSpec
+    from edge_worker.packs.pack import StageSpec
 
 NETWORK = False
 KEYS = frozenset({"classes"})

@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from edge_worker.decision import Reason, no_crop_source, quality_reasons
+from edge_worker.judging.decision import Reason, no_crop_source, quality_reasons
 from edge_worker.pipeline.stages import QualityResult, image_batches
 from edge_worker.pipeline.tasks.base import Context, Item, earlier_stage, refuse
-from edge_worker.preprocess import crop_box
+from edge_worker.pipeline.preprocess import crop_box
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session
-    from edge_worker.pack import StageSpec
+    from edge_worker.packs.pack import StageSpec
 
 NETWORK = True
 KEYS = frozenset({"range", "retake_grade"})

@@ -13,13 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edge_worker.decision import Reason
+from edge_worker.judging.decision import Reason
 from edge_worker.pipeline import measures
 from edge_worker.pipeline.tasks.base import Context, Item, earlier_stage, refuse
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session
-    from edge_worker.pack import StageSpec
+    from edge_worker.packs.pack import StageSpec
 
 NETWORK = False
 KEYS = frozenset({"rules"})

@@ -1,0 +1,218 @@
+"""One file in, one outcome out: a verdict payload or a typed rejection.
+
+Shared by ``edge-worker analyze`` (no broker) and the daemon, so both judge a file the same
+way.  Nothing here publishes, moves files or raises for bad input: a bad file is a value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_worker.errors import Rejection, RejectReason
+from edge_worker.ingest import read_radiograph
+from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE
+from edge_worker.ingest.types import IngestPolicy, Radiograph
+from edge_worker.names import printable
+from edge_worker.pipeline.runner import Judgement, Pipeline
+from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
+from edge_worker.judging.thumbnail import make_thumbnail
+from edge_worker.publish.verdict import build_error, build_verdict
+
+log = logging.getLogger(__name__)
+
+#: How a file becomes a radiograph: :func:`read_radiograph` in this process, or the isolated
+#: decode process's ``DecodeSandbox.read``; ``(path, policy, max_side=...)``, raises Rejection.
+Reader = Callable[..., Radiograph]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one file: ``kind`` is ``"verdict"`` or ``"error"``."""
+
+    kind: str
+    payload: dict[str, Any]
+    rejection: Rejection | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.payload["id"])
+
+
+#: How much of a file identifies it when it has no SOP Instance UID: a bounded read, so a
+#: rejected 50 GiB file costs one MiB on the judging thread, not minutes.
+PREFIX_BYTES = 1 << 20
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file's size (8 bytes, big-endian) and its first :data:`PREFIX_BYTES`.
+
+    The key of a file without a SOP Instance UID.  Reads at most ``PREFIX_BYTES`` whatever
+    the file's declared size; raises ``OSError`` when the file cannot be read.
+    """
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(PREFIX_BYTES)
+    return hashlib.sha256(size.to_bytes(8, "big") + head).hexdigest()
+
+
+def error_key(path: Path, sop_instance_uid: str | None) -> str:
+    """The image key of a rejected file: its SOP Instance UID, else its bounded digest."""
+    if sop_instance_uid:
+        return f"sop:{sop_instance_uid}"
+    try:
+        return f"sha256:{file_digest(path)}"
+    except OSError:
+        return f"path:{printable(path.name)}"
+
+
+def _inference_failed(exc: Exception) -> Rejection:
+    return Rejection(RejectReason.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A file read and decoded, waiting for the networks."""
+
+    path: Path
+    seen: float
+    start: float
+    image: Radiograph
+    read_ms: float
+
+
+class Judge:
+    """Judges files for one site and station with one loaded pipeline.
+
+    ``thumbnail_size``: when set, each verdict carries an ROI thumbnail of at most that many
+    pixels a side (off by default: a radiograph may show burned-in patient details).
+    ``read``: how files are read and decoded (default :func:`read_radiograph`, in process).
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        site: str,
+        station: str,
+        policy: IngestPolicy,
+        thumbnail_size: int | None = None,
+        read: Reader | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.read = read or read_radiograph
+        self.site = site
+        self.station = station
+        self.policy = policy
+        self.thumbnail_size = thumbnail_size
+
+    def _thumbnail(self, judgement: Judgement, timings: dict[str, float]) -> str | None:
+        if self.thumbnail_size is None or judgement.working_image is None:
+            return None
+        t = time.perf_counter()
+        box = judgement.roi.box if judgement.roi is not None else None
+        thumbnail = make_thumbnail(judgement.working_image, box, self.thumbnail_size)
+        timings["thumbnail"] = (time.perf_counter() - t) * 1000.0
+        return thumbnail
+
+    def __call__(self, path: Path, seen_at: float | None = None) -> Outcome:
+        """Judge the file at ``path``; ``seen_at`` is when the watcher saw it complete."""
+        return self.judge_many([(path, seen_at)])[0]
+
+    def judge_many(self, files: Sequence[tuple[Path, float | None]]) -> list[Outcome]:
+        """Judge several files: each is read alone, then every network runs once on them all.
+
+        One outcome per file, in order, exactly as :meth:`__call__` would give it for that
+        file alone.  If inference fails on the batch, each file is retried alone, so one
+        image that breaks a network never costs its neighbours their verdicts.
+        """
+        reads = [self._read(path, seen_at) for path, seen_at in files]
+        ready = [r for r in reads if isinstance(r, _Read)]
+        results: dict[int, Judgement | Rejection] = {}
+        if ready:
+            try:
+                judgements = self.pipeline.judge_many(
+                    [r.image.pixels for r in ready], [r.image.header for r in ready]
+                )
+                results = {id(r): j for r, j in zip(ready, judgements)}
+            except Exception as exc:
+                if len(ready) == 1:
+                    log.exception("inference failed on %s", printable(ready[0].path.name))
+                    results = {id(ready[0]): _inference_failed(exc)}
+                else:
+                    log.warning("inference failed on a batch of %d (%s); judging each alone",
+                                len(ready), exc)  # fmt: skip
+                    results = {id(r): self._judge_alone(r) for r in ready}
+        outcomes = []
+        for r in reads:
+            if isinstance(r, Outcome):
+                outcomes.append(r)
+                continue
+            result = results[id(r)]
+            if isinstance(result, Rejection):
+                uid = r.image.header.sop_instance_uid or None
+                outcomes.append(self._error(r.path, r.seen, result, uid))
+            else:
+                outcomes.append(self._verdict(r, result))
+        return outcomes
+
+    def _read(self, path: Path, seen_at: float | None) -> _Read | Outcome:
+        """The decoded radiograph, or the error outcome of a file that cannot be judged."""
+        seen = time.time() if seen_at is None else seen_at
+        start = time.perf_counter()
+        try:
+            # The pipeline works at WORKING_MAX_SIDE: a codec that can decode at reduced
+            # resolution (JPEG 2000, 8-bit JPEG) does so, and image.scale says by how much.
+            image = self.read(path, self.policy, max_side=WORKING_MAX_SIDE)
+        except Rejection as rejection:
+            # read_radiograph keys a rejection with the SOP Instance UID once the header parsed.
+            return self._error(path, seen, rejection, getattr(rejection, SOP_UID_ATTRIBUTE, None))
+        return _Read(path, seen, start, image, (time.perf_counter() - start) * 1000.0)
+
+    def _judge_alone(self, r: _Read) -> Judgement | Rejection:
+        try:
+            return self.pipeline.judge(r.image.pixels, r.image.header)
+        except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
+            log.exception("inference failed on %s", printable(r.path.name))
+            return _inference_failed(exc)
+
+    def _verdict(self, r: _Read, judgement: Judgement) -> Outcome:
+        image = r.image
+        timings = {"read_decode": r.read_ms, **image.timings_ms, **judgement.timings_ms}
+        thumbnail = self._thumbnail(judgement, timings)
+        timings["total"] = (time.perf_counter() - r.start) * 1000.0
+        payload = build_verdict(
+            site=self.site,
+            station=self.station,
+            header=image.header,
+            pixel_digest=image.pixel_digest,
+            judgement=judgement,
+            pack=self.pipeline.pack,
+            backend=self.pipeline.backend.name,
+            seen_at=r.seen,
+            made_at=time.time(),
+            stored_scale=image.scale * judgement.working_scale,
+            timings_ms=timings,
+            thumbnail=thumbnail,
+        )
+        payload["file_name"] = printable(r.path.name)
+        return Outcome("verdict", payload)
+
+    def _error(self, path: Path, seen: float, rejection: Rejection, sop_uid: str | None) -> Outcome:
+        payload = build_error(
+            site=self.site,
+            station=self.station,
+            rejection=rejection,
+            image_key=error_key(path, sop_uid),
+            sop_instance_uid=sop_uid,
+            seen_at=seen,
+            made_at=time.time(),
+            quarantined_as=None,
+        )
+        payload["file_name"] = printable(path.name)
+        return Outcome("error", payload, rejection)

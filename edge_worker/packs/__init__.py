@@ -1,0 +1,1 @@
+"""Model packs: reading and verifying them, version-1 manifests, signatures, rollouts."""

@@ -1,0 +1,1 @@
+"""Synthetic radiographs with exact ground truth, written as real DICOM files (demo, tests, training)."""
