@@ -9,7 +9,7 @@ from edge_worker.subscribers.summary import summary_line
 from edge_worker.subscribers.dashboard.state import StationBoard
 
 T0 = 1_800_000_000.0
-STATIC = Path(__file__).resolve().parents[1] / "edge_worker" / "dashboard" / "static"
+STATIC = Path(__file__).resolve().parents[1] / "edge_worker" / "subscribers" / "dashboard" / "static"
 
 
 def _verdict(decision: str, reasons: list[dict[str, str]]) -> dict[str, object]:
