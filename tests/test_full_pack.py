@@ -45,7 +45,7 @@ def test_quick_recipe_writes_a_pack_labelled_phantom_trained(tmp_path: Path) -> 
     assert pack.not_for_clinical_use is True
     assert pack.training_data["kind"] == "synthetic-phantom"
     assert [s.name for s in pack.stages] == [
-        "view", "roi_ap", "roi_lat", "quality_ap", "quality_lat", "orientation"
+        "orientation", "view", "roi_ap", "roi_lat", "quality_ap", "quality_lat"
     ]
     roi = next(s for s in pack.stages if s.name == "roi_ap")
     assert (roi.input.height, roi.input.width) == (400, 400)

@@ -34,16 +34,17 @@ def _tiny_torch_pack(root: Path) -> Path:
 
     shutil.copytree(default_pack_dir(), root / "pack")
     (root / "checkpoints").mkdir()
-    for spec in load_pack(root / "pack").stages:
+    for spec in load_pack(root / "pack").networks:
         i = spec.input
-        arch = default_arch(spec.task, 0.1, 0.2, i.height, i.width)
-        if spec.task in ("roi", "orientation"):  # one bottleneck per ResNet stage: seconds, not minutes
+        assert i is not None
+        arch = default_arch(spec.role, 0.1, 0.2, i.height, i.width)  # the ML side's task names
+        if spec.role in ("roi", "orientation"):  # one bottleneck per ResNet stage: seconds, not minutes
             arch = type(arch)(**{**arch.as_dict(), "blocks": (1, 1, 1, 1)})
         torch.manual_seed(0)
         spec_input = {"height": i.height, "width": i.width, "channels": i.channels, "mean": i.mean, "std": i.std}
-        torch.save({"task": spec.task, "view": spec.applies_to_view, "arch": arch.as_dict(), "input": spec_input,
+        torch.save({"task": spec.role, "view": spec.applies_to_view, "arch": arch.as_dict(), "input": spec_input,
                     "steps": 0, "n_train": 0, "metrics": {}, "state_dict": build(arch).state_dict()},
-                   root / "checkpoints" / checkpoint_name(spec.task, spec.applies_to_view))  # fmt: skip
+                   root / "checkpoints" / checkpoint_name(spec.role, spec.applies_to_view))  # fmt: skip
     return root
 
 
