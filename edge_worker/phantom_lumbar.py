@@ -252,8 +252,8 @@ def _draw_lat(rng: np.random.Generator, c: _Canvas, g: _Geometry, tilt: float) -
         c.bone(_rect(x, y, bd, g.bh + e), bone, name)
         for end in (-1, 1):  # the far rim of each endplate: the double contour
             ring = np.zeros(c.img.shape, dtype=np.float32)
-            cv2.ellipse(ring, (int(round(x)), int(round(y + end * g.bh / 2))),
-                        (int(bd / 2), max(1, int(round(e / 2)))), 0, 0, 360, 1.0, 2)  # fmt: skip
+            centre = (round(x), round(y + end * g.bh / 2))
+            cv2.ellipse(ring, centre, (int(bd / 2), max(1, round(e / 2))), 0, 0, 360, 1.0, 2)
             c.img += cv2.GaussianBlur(ring, (0, 0), 0.8) * np.float32(0.35 * bone)
         px = x + bd / 2
         c.bone(_rect(px + 0.15 * bd, y - 0.1 * g.bh, 0.35 * bd, 0.35 * g.bh), 0.5 * bone)
@@ -352,7 +352,8 @@ def render(
         _draw_lat(rng, canvas, geometry, angles["tilt_deg"])
     else:
         _draw_obl(rng, canvas, geometry, angles["obliquity_deg"])
-    img, labels = canvas.img, canvas.labels
+    img: np.ndarray = canvas.img
+    labels: np.ndarray = canvas.labels
     if view == "OBL" and side == "R":
         img, labels = img[:, ::-1].copy(), labels[:, ::-1].copy()
     # In-plane angle about the spine's middle (L3), so that the ends stay in the field.
@@ -360,12 +361,13 @@ def render(
     img = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     labels = cv2.warpAffine(labels, matrix, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     img = _expose(rng, img)
-    pixels = cv2.resize(img, (cols, rows), interpolation=cv2.INTER_LINEAR)
+    pixels: np.ndarray = cv2.resize(img, (cols, rows), interpolation=cv2.INTER_LINEAR)
     pixels += rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.008)
     labels = cv2.resize(labels, (cols, rows), interpolation=cv2.INTER_NEAREST)
     position = {"AP": "AP", "LAT": "LL", "OBL": f"{side}PO"}[view]
-    truth = LumbarTruth(view, position, error, CLASSES[view], labels,
-                        **{k: round(v, 3) for k, v in angles.items()})  # fmt: skip
+    a = {k: round(v, 3) for k, v in angles.items()}
+    truth = LumbarTruth(view, position, error, CLASSES[view], labels, a["rotation_deg"],
+                        a["tilt_deg"], a["obliquity_deg"], a["inplane_deg"])  # fmt: skip
     stored = (np.clip(pixels, 0.0, 1.0) * 65535.0).astype(np.uint16)
     return stored, truth
 

@@ -15,8 +15,15 @@ import pydicom
 import pytest
 
 from edge_worker.phantom_lumbar import (
-    CLASSES, ERRORS, RULE_CODES, RULE_OF_ERROR, VIEWS, balanced, render, write_lumbar_dataset,
-)  # fmt: skip
+    CLASSES,
+    ERRORS,
+    RULE_CODES,
+    RULE_OF_ERROR,
+    VIEWS,
+    balanced,
+    render,
+    write_lumbar_dataset,
+)
 from edge_worker.pipeline.measures import evaluate, parse_rules
 from models.lumbar.rules import RULES
 

@@ -48,7 +48,7 @@ class PackRunner:
         manifest = manifest or json.loads((pack_dir / "manifest.json").read_text())
         stages = {s["name"]: s for s in manifest["stages"]}
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 2
+        options.intra_op_num_threads = 1
 
         def session(stage: dict[str, Any]) -> ort.InferenceSession:
             return ort.InferenceSession(str(pack_dir / stage["file"]), options,

@@ -30,8 +30,15 @@ from edge_worker.phantom_lumbar import BODY_PART, CLASSES, RULE_OF_ERROR, VIEWS
 from export.onnx import OPSET, check_parity, export_onnx
 from export.pack import sha256_of
 from models.lumbar.data import (
-    MEAN, SEG_INPUT, SPLIT_SEEDS, STD, VIEW_INPUT, Example, make_set, tensor,
-)  # fmt: skip
+    MEAN,
+    SEG_INPUT,
+    SPLIT_SEEDS,
+    STD,
+    VIEW_INPUT,
+    Example,
+    make_set,
+    tensor,
+)
 from models.lumbar.evaluate import PackRunner, evaluate_pack
 from models.lumbar.rules import RULES
 from models.lumbar.train import describe, train_seg, train_view
@@ -97,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("models/packs/lumbar-demo"))
     parser.add_argument("--quick", action="store_true", help="a smoke build (version says so)")
     parser.add_argument("--version", default="1.0.0")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (2 stall on OpenMP barriers when anything else runs "
+                        "on a 2-core box)")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     version = f"{args.version}-quick" if args.quick else args.version
@@ -143,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         "-> its segmenter -> its rules; every rule of the true view compared with the phantom "
         "truth over (image, rule) pairs; not measurable or missing counts as a detected failure.",
         **figures,
-        "validation_split": {"n_images": len(held), "dice": checked["dice"],
-                             "rules": checked["rules"]["all"]},  # fmt: skip
+        "validation_split": {
+            "n_images": len(held), "dice": checked["dice"], "rules": checked["rules"]["all"]
+        },
         "paper_001": {"dice": {"AP": 0.91, "LAT": 0.87, "OBL": 0.80}, "accuracy": 0.98,
                       "sensitivity": 0.86, "specificity": 0.99,
                       "note": "the paper's figures on 561 real images, for comparison only"},
