@@ -5,16 +5,21 @@ patients (split seed 404) were never used to train, validate or test the pack.""
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from edge_worker.errors import PackError
+from edge_worker.ingest.reader import read_radiograph
+from edge_worker.phantom_lumbar import RULE_CODES, RULE_OF_ERROR, write_lumbar_dataset
 from edge_worker.pipeline.measures import parse_rules
-from models.lumbar.data import SPLIT_SEEDS, Example, item_seed, make_example
+from edge_worker.preprocess import WORKING_MAX_SIDE, working_image
+from models.lumbar.data import SEG_INPUT, SPLIT_SEEDS, Example, item_seed, make_example
 from models.lumbar.evaluate import PackRunner, dice
 
 PACK = Path(__file__).resolve().parents[1] / "models" / "packs" / "lumbar-demo"
@@ -94,3 +99,24 @@ def test_a_malformed_rule_is_refused(manifest: dict) -> None:  # type: ignore[ty
     broken[1]["max"] = "eight"
     with pytest.raises(PackError, match=r"rule 'ap_column_aligned': max: must be a finite number"):
         parse_rules(broken, seg["classes"], "rules_ap")
+
+
+def test_dicom_phantoms_through_the_worker_ingest(runner: PackRunner, tmp_path: Path) -> None:
+    """CR/DX, MONOCHROME1/2, 12-16 bit, 1024-2048 rows: read and reduced by the worker's own
+    ingest, then view -> segmenter -> rules, compared with the truth of every rule."""
+    csv_path = write_lumbar_dataset(tmp_path, 6, seed=FRESH + 1)
+    for row in csv.DictReader(csv_path.open()):
+        radiograph = read_radiograph(tmp_path / row["file"], max_side=WORKING_MAX_SIDE)
+        working, _ = working_image(radiograph.pixels)
+        view, _ = runner.view(working)
+        assert view == row["view"], row["file"]
+        labels = runner.segment(view, working)
+        truth = np.load(tmp_path / row["labels"])
+        true_labels = cv2.resize(truth["labels"], (SEG_INPUT[1], SEG_INPUT[0]),
+                                 interpolation=cv2.INTER_NEAREST)  # fmt: skip
+        score = dice(labels, true_labels, tuple(truth["classes"]))
+        assert score is not None and score >= 0.8, (row["file"], score)
+        scale = (working.shape[1] / SEG_INPUT[1], working.shape[0] / SEG_INPUT[0])
+        broken = RULE_OF_ERROR.get((row["view"], row["error"]))
+        expected = {c: "fail" if c == broken else "pass" for c in RULE_CODES[row["view"]]}
+        assert runner.judge(view, labels, scale) == expected, row

@@ -25,8 +25,9 @@ SPLIT_SEEDS = {"train": 101, "validation": 202, "test": 303}
 VIEW_INPUT = (128, 128)
 SEG_INPUT = (160, 128)
 MEAN, STD = 0.5, 0.25
-#: Rows of the rendered phantoms: under the worker's 1024 px working size, so the working
-#: image is the phantom itself.
+#: Rows of the rendered phantoms: the worker's working size
+#: (:data:`edge_worker.preprocess.WORKING_MAX_SIDE`), so the working image is the phantom
+#: itself; a DICOM phantom of 1024-2048 rows reduces to the same size.
 RENDER_SIZE = 512
 
 
