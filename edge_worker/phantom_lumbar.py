@@ -330,12 +330,16 @@ def render(
     size: int = RENDER_ROWS,
     *,
     side: str = "L",
+    angles: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, LumbarTruth]:
     """Draw one phantom with ``size`` rows (columns 0.8 of it) and at most one ``error``.
 
     Returns display-polarity pixels (bone bright) as ``uint16`` using the full range, and the
     truth with labels at the same resolution.  ``side`` picks LPO or RPO for an oblique
-    (RPO is the mirror image).
+    (RPO is the mirror image).  ``angles`` overrides drawn angles (keys as
+    :class:`LumbarTruth`'s, e.g. ``{"rotation_deg": 6.0}``) for sets that sweep an error
+    across its rule's threshold; ``error`` is then not checked against them, so take the
+    rules evaluated on the true masks as the truth of such a phantom.
     """
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
@@ -343,21 +347,25 @@ def render(
         raise ValueError(f"error for {view} must be one of {ERRORS[view]} or None, got {error!r}")
     rows, cols = int(size), int(round(size * 0.8 / 2) * 2)
     h, w = RENDER_ROWS, int(round(RENDER_ROWS * 0.8 / 2) * 2)
-    angles = _angles(rng, view, error)
+    drawn = _angles(rng, view, error)
+    unknown = set(angles or {}) - set(drawn)
+    if unknown:
+        raise ValueError(f"unknown angles {sorted(unknown)}; known: {sorted(drawn)}")
+    chosen = {**drawn, **(angles or {})}
     geometry = _layout(rng, h, error)
     canvas = _Canvas(h, w, CLASSES[view])
     if view == "AP":
-        _draw_ap(rng, canvas, geometry, angles["rotation_deg"])
+        _draw_ap(rng, canvas, geometry, chosen["rotation_deg"])
     elif view == "LAT":
-        _draw_lat(rng, canvas, geometry, angles["tilt_deg"])
+        _draw_lat(rng, canvas, geometry, chosen["tilt_deg"])
     else:
-        _draw_obl(rng, canvas, geometry, angles["obliquity_deg"])
+        _draw_obl(rng, canvas, geometry, chosen["obliquity_deg"])
     img: np.ndarray = canvas.img
     labels: np.ndarray = canvas.labels
     if view == "OBL" and side == "R":
         img, labels = img[:, ::-1].copy(), labels[:, ::-1].copy()
     # In-plane angle about the spine's middle (L3), so that the ends stay in the field.
-    matrix = cv2.getRotationMatrix2D((w / 2.0, geometry.y(3)), angles["inplane_deg"], 1.0)
+    matrix = cv2.getRotationMatrix2D((w / 2.0, geometry.y(3)), chosen["inplane_deg"], 1.0)
     img = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     labels = cv2.warpAffine(labels, matrix, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     img = _expose(rng, img)
@@ -365,7 +373,7 @@ def render(
     pixels += rng.standard_normal((rows, cols), dtype=np.float32) * np.float32(0.008)
     labels = cv2.resize(labels, (cols, rows), interpolation=cv2.INTER_NEAREST)
     position = {"AP": "AP", "LAT": "LL", "OBL": f"{side}PO"}[view]
-    a = {k: round(v, 3) for k, v in angles.items()}
+    a = {k: round(v, 3) for k, v in chosen.items()}
     truth = LumbarTruth(view, position, error, CLASSES[view], labels, a["rotation_deg"],
                         a["tilt_deg"], a["obliquity_deg"], a["inplane_deg"])  # fmt: skip
     stored = (np.clip(pixels, 0.0, 1.0) * 65535.0).astype(np.uint16)

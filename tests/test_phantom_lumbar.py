@@ -95,3 +95,15 @@ def test_write_lumbar_dataset(tmp_path) -> None:  # type: ignore[no-untyped-def]
     first = pydicom.dcmread(tmp_path / rows[0]["file"])
     other = pydicom.dcmread(again.parent / next(csv.DictReader(again.open()))["file"])
     assert first.PatientID != other.PatientID
+
+
+def test_angles_override_sweeps_an_error_and_unknown_keys_are_refused() -> None:
+    rules = parse_rules(RULES["OBL"], CLASSES["OBL"], "OBL")
+    _, truth = render(np.random.default_rng(2), "OBL", None, angles={"obliquity_deg": 70.0})
+    assert truth.obliquity_deg == 70.0
+    got = {o.code: o for o in evaluate(rules, truth.masks(), "OBL")}
+    # 0.566 * sin(25 deg) body widths off the centre.
+    assert got["obl_eye_centred"].value == pytest.approx(0.4 * 2**0.5 * np.sin(np.radians(25)), abs=0.03)
+    assert got["obl_eye_centred"].status == "fail"
+    with pytest.raises(ValueError, match="unknown angles"):
+        render(np.random.default_rng(2), "OBL", None, angles={"yaw_deg": 1.0})

@@ -74,3 +74,35 @@ def tensor(working: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def view_index(example: Example) -> int:
     return VIEWS.index(example.truth.view)
+
+
+#: The sweep: per view, the angle of its own positioning error drawn uniformly from 0 to the
+#: top of the error band, so that images fall on both sides of (and close to) the rule's
+#: threshold.  (view, angle key, largest magnitude in degrees, offset added).
+SWEEPS = (
+    ("AP", "rotation_deg", 16.0, 0.0),
+    ("AP", "inplane_deg", 22.0, 0.0),
+    ("LAT", "tilt_deg", 18.0, 0.0),
+    ("OBL", "obliquity_deg", 28.0, 45.0),
+)
+
+
+def make_sweep(split: str, n: int) -> list[Example]:
+    """``n`` phantoms cycling through :data:`SWEEPS`, from ``split``'s seed plus 50_000.
+
+    Their truth is the rules on their TRUE masks (``LumbarTruth.error`` is ``None``).
+    """
+    base = SPLIT_SEEDS[split]
+    examples = []
+    for i in range(n):
+        seed = item_seed(base, 50_000 + i)
+        rng = np.random.default_rng(seed)
+        view, key, top, offset = SWEEPS[i % len(SWEEPS)]
+        angle = offset + float(rng.uniform(0.0, top)) * (1.0 if rng.random() < 0.5 else -1.0)
+        pixels, truth = render(rng, view, None, RENDER_SIZE, side="LR"[int(rng.integers(2))],
+                               angles={key: angle})  # fmt: skip
+        working, _ = working_image(pixels.astype(np.float32) / np.float32(65535.0))
+        labels = cv2.resize(truth.labels, (SEG_INPUT[1], SEG_INPUT[0]),
+                            interpolation=cv2.INTER_NEAREST)  # fmt: skip
+        examples.append(Example(seed, working, labels, truth))
+    return examples

@@ -149,3 +149,24 @@ def evaluate_pack(runner: PackRunner, examples: list[Example]) -> dict[str, Any]
         "images": {**{v: _rates(image_pairs[v]) for v in VIEWS}, "all": _rates(all_images)},
         "n_images": len(examples),
     }
+
+
+def evaluate_sweep(runner: PackRunner, examples: list[Example]) -> dict[str, Any]:
+    """Rules on predicted masks against the same rules on the TRUE masks, on a sweep set
+    (:func:`models.lumbar.data.make_sweep`) whose errors straddle the thresholds.
+
+    The view is the true one here: this measures how segmentation errors move a measure
+    across its threshold.  Returns per-rule and overall accuracy, sensitivity, specificity.
+    """
+    per_rule: dict[str, list[tuple[bool, bool]]] = {}
+    for ex in examples:
+        view = ex.truth.view
+        classes = ex.truth.classes
+        true_masks = {c: ex.labels == k for k, c in enumerate(classes) if c != "background"}
+        truth = {o.code: o.status for o in evaluate(runner.rules[view], true_masks, view, ex.scale)}
+        got = runner.judge(view, runner.segment(view, ex.working), ex.scale)
+        for code, status in truth.items():
+            per_rule.setdefault(code, []).append((status != "pass", got[code] != "pass"))
+    everything = [p for pairs in per_rule.values() for p in pairs]
+    return {"per_rule": {c: _rates(p) for c, p in per_rule.items()}, "all": _rates(everything),
+            "n_images": len(examples)}  # fmt: skip
