@@ -16,9 +16,9 @@ import pytest
 
 from edge_worker.errors import PackError
 from edge_worker.ingest.reader import read_radiograph
-from edge_worker.phantom_lumbar import RULE_CODES, RULE_OF_ERROR, write_lumbar_dataset
+from edge_worker.phantoms.lumbar import RULE_CODES, RULE_OF_ERROR, write_lumbar_dataset
 from edge_worker.pipeline.measures import parse_rules
-from edge_worker.preprocess import WORKING_MAX_SIDE, working_image
+from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE, working_image
 from models.lumbar.data import SEG_INPUT, SPLIT_SEEDS, Example, item_seed, make_example
 from models.lumbar.evaluate import PackRunner, dice
 

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from edge_worker.phantom_lumbar import (
+from edge_worker.phantoms.lumbar import (
     CLASSES,
     ERRORS,
     RULE_CODES,

@@ -36,7 +36,5 @@ def summary_line(kind: str, p: dict) -> str:  # type: ignore[type-arg]
     trained_on = TRAINED_ON.get(data, f"{data} data")
     flag = f" [not for clinical use: pack trained on {trained_on}]" if p.get("not_for_clinical_use") else ""
     decision = str(p["decision"]).replace("_", " ").upper()
-    return (
-        f"{decision} view {p['view']['label']} ({p['view']['confidence']:.2f}), "
-        f"{q}, {orient} - {' '.join(reason_texts(p))}{flag}"
-    )
+    facts = ", ".join(x for x in (f"view {p['view']['label']} ({p['view']['confidence']:.2f})", q, orient) if x)
+    return f"{decision} {facts} - {' '.join(reason_texts(p))}{flag}"

@@ -1,11 +1,11 @@
 """Phantom sets for the lumbar pack, made the way the worker sees images.
 
 A set is drawn from one split seed; phantom ``i`` is a new patient with the seed
-``split_seed * 1_000_003 + i`` (as :func:`edge_worker.phantom_lumbar.write_lumbar_dataset`
+``split_seed * 1_000_003 + i`` (as :func:`edge_worker.phantoms.lumbar.write_lumbar_dataset`
 numbers its files), views cycle AP, LAT, OBL and half of each view's images carry one
 positioning error.  Each image goes through the worker's own reduction
-(:func:`edge_worker.preprocess.working_image`) and its network resizing
-(:func:`edge_worker.preprocess.to_tensor`); labels are resized with nearest neighbour to the
+(:func:`edge_worker.pipeline.preprocess.working_image`) and its network resizing
+(:func:`edge_worker.pipeline.preprocess.to_tensor`); labels are resized with nearest neighbour to the
 segmentation network's input, the resolution Dice and the rules are measured at.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge_worker.phantom_lumbar import VIEWS, LumbarTruth, balanced, render
-from edge_worker.preprocess import to_tensor, working_image
+from edge_worker.phantoms.lumbar import VIEWS, LumbarTruth, balanced, render
+from edge_worker.pipeline.preprocess import to_tensor, working_image
 
 #: Seeds of the three disjoint splits (a split's phantoms share no patient with another's).
 SPLIT_SEEDS = {"train": 101, "validation": 202, "test": 303}
@@ -26,7 +26,7 @@ VIEW_INPUT = (128, 128)
 SEG_INPUT = (160, 128)
 MEAN, STD = 0.5, 0.25
 #: Rows of the rendered phantoms: the worker's working size
-#: (:data:`edge_worker.preprocess.WORKING_MAX_SIDE`), so the working image is the phantom
+#: (:data:`edge_worker.pipeline.preprocess.WORKING_MAX_SIDE`), so the working image is the phantom
 #: itself; a DICOM phantom of 1024-2048 rows reduces to the same size.
 RENDER_SIZE = 512
 

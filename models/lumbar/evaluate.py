@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edge_worker.phantom_lumbar import VIEWS
+from edge_worker.phantoms.lumbar import VIEWS
 from edge_worker.pipeline.measures import Rule, evaluate, parse_rules
 from models.lumbar.data import Example, tensor
 

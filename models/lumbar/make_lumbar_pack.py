@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_worker.pack import seal_manifest
-from edge_worker.phantom_lumbar import BODY_PART, CLASSES, RULE_OF_ERROR, VIEWS
+from edge_worker.packs.pack import seal_manifest
+from edge_worker.phantoms.lumbar import BODY_PART, CLASSES, RULE_OF_ERROR, VIEWS
 from export.onnx import OPSET, check_parity, export_onnx
 from export.pack import sha256_of
 from models.lumbar.data import (
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         training_data = {
             "kind": "synthetic-phantom",
             "description": "Synthetic lumbar spine AP/LL/LPO/RPO phantoms from "
-            "edge_worker.phantom_lumbar (T12 to sacrum, exact labels), 512 x 416 px, one "
+            "edge_worker.phantoms.lumbar (T12 to sacrum, exact labels), 512 x 416 px, one "
             "patient per seed; half of each view with one positioning error (AP trunk "
             "rotation, AP column tilt, LAT tilt with closed disc spaces, OBL off 45 deg, "
             "T12 or sacrum out of the field). Training reads the phantom pixels as the "

@@ -7,7 +7,7 @@ Radiographic Positioning and Related Anatomy* (lumbar spine chapter: AP, lateral
 oblique projections), the textbook standard paper 001 builds its quality control on.
 
 Thresholds sit between the phantoms' good band and their error band
-(:mod:`edge_worker.phantom_lumbar`): AP rotation within 2 deg gives a spinous offset <= 0.04
+(:mod:`edge_worker.phantoms.lumbar`): AP rotation within 2 deg gives a spinous offset <= 0.04
 inter-pedicle distances, 9 deg or more gives >= 0.17; an oblique within 4 deg of 45 puts the
 pedicle <= 0.04 body widths from the centre, 16 deg off puts it >= 0.15.
 """

@@ -24,7 +24,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import Classifier, UNet
 from torch import nn
 
-from edge_worker.phantom_lumbar import CLASSES, VIEWS
+from edge_worker.phantoms.lumbar import CLASSES, VIEWS
 from models.lumbar.data import MEAN, SEG_INPUT, STD, VIEW_INPUT, Example, tensor, view_index
 
 VIEW_CHANNELS = (8, 16, 32, 64)
