@@ -21,8 +21,8 @@ from edge_worker.errors import EdgeWorkerError
 from edge_worker.subscribers.summary import summary_line
 
 if TYPE_CHECKING:
-    from edge_worker.service.config import Config
     from edge_worker.publish.settings import MqttSettings
+    from edge_worker.service.config import Config
 
 
 def _quick_config(args: argparse.Namespace) -> Config:
@@ -76,9 +76,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     for a missing path (checked before any pack loads) or no file at all."""
     from edge_worker.backends import LoadOptions, select
     from edge_worker.ingest.types import IngestPolicy
+    from edge_worker.judging.routing import RoutedJudge, Router, parse_synonyms
     from edge_worker.packs.pack import bundled_pack_dirs, default_pack_dir, load_pack
     from edge_worker.pipeline.runner import Pipeline
-    from edge_worker.judging.routing import RoutedJudge, Router, parse_synonyms
 
     missing = [raw for raw in args.paths if not Path(raw).exists()]
     for raw in missing:
@@ -133,8 +133,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from edge_worker.service.config import ConfigError, load
     from edge_worker.packs.rollout import rollback
+    from edge_worker.service.config import ConfigError, load
 
     config = load(Path(args.config))
     if not config.pack.rollout_folder:

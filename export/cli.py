@@ -49,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.add_argument("pack", type=Path, help="pack folder with a version-1 manifest.json")
     from export.engines import add_parser
     from export.quantize import add_parser as add_quantize
-
     from export.sign import add_parser as add_sign
 
     add_parser(sub)

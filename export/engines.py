@@ -62,8 +62,8 @@ def build_pack_engines(
 ) -> list[GateReport]:
     """Build, gate and cache an engine per stage; raises :class:`BackendError` on any refusal."""
     from edge_worker.backends import tensorrt as trt_backend
-    from edge_worker.backends.trt_build import build_engine
     from edge_worker.backends.tensorrt import TrtSession
+    from edge_worker.backends.trt_build import build_engine
 
     missing = trt_backend.probe()
     if missing:

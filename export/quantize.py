@@ -124,8 +124,8 @@ def calibration_inputs(pack: Pack, files: Sequence[Path]) -> dict[str, list[np.n
     both views run on each): a view classifier that calls most images LAT must not leave the
     AP stages with nothing to calibrate on.  Quality crops come from that view's ROI stage.
     """
-    from edge_worker.pipeline.stages import run_orientation, run_quality, run_roi, run_view
     from edge_worker.pipeline.preprocess import working_image
+    from edge_worker.pipeline.stages import run_orientation, run_quality, run_roi, run_view
 
     recorder = _Recorder(select(["onnxruntime-cpu"]))
     sessions = {s.name: recorder.load(s.file, LoadOptions()) for s in pack.networks if s.file}

@@ -28,7 +28,14 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_worker.ingest import read_radiograph
-from edge_worker.pipeline.preprocess import RotatedBox, box_mask, crop_box, resize, to_tensor, working_image
+from edge_worker.pipeline.preprocess import (
+    RotatedBox,
+    box_mask,
+    crop_box,
+    resize,
+    to_tensor,
+    working_image,
+)
 
 MEAN, STD = 0.5, 0.25
 VIEW_LABELS = ("AP", "LAT")

@@ -28,10 +28,10 @@ from typing import Any
 
 from edge_worker.backends import LoadOptions, select
 from edge_worker.ingest.types import IngestPolicy
+from edge_worker.judging.process import Judge
 from edge_worker.packs.pack import load_pack
 from edge_worker.phantoms.ankle import write_dataset
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.judging.process import Judge
 
 SETS = {"upright": (-15.0, 15.0), "any_rotation": (0.0, 360.0)}
 

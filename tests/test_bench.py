@@ -15,13 +15,13 @@ import pytest
 from edge_worker.backends import LoadOptions, select
 from edge_worker.backends._ort import CACHE_SUFFIX, OrtSession
 from edge_worker.cli import main
-from edge_worker.service.config import Config, with_overrides
 from edge_worker.errors import ConfigError
 from edge_worker.ingest.types import IngestPolicy
+from edge_worker.judging.process import Judge
 from edge_worker.packs.pack import default_pack_dir, load_pack
 from edge_worker.phantoms.ankle import render, write_phantom
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.judging.process import Judge
+from edge_worker.service.config import Config, with_overrides
 
 
 @pytest.fixture(scope="module")

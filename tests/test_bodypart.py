@@ -6,6 +6,8 @@ import dataclasses
 
 import pytest
 
+from edge_worker.errors import ConfigError
+from edge_worker.ingest.types import Header
 from edge_worker.judging.bodypart import (
     BUILTIN,
     GENERIC,
@@ -17,8 +19,6 @@ from edge_worker.judging.bodypart import (
     route_fields,
 )
 from edge_worker.service.config import parse
-from edge_worker.errors import ConfigError
-from edge_worker.ingest.types import Header
 
 BLANK = Header(
     sop_instance_uid="1.2.3", sop_class_uid="1.2.840.10008.5.1.4.1.1.1", study_instance_uid="1.2",

@@ -25,10 +25,10 @@ from conftest import Message, Mosquitto, Subscriber, find_mosquitto, free_port
 from test_security import Pki, pki  # noqa: F401  (the module-scoped throw-away CA fixture)
 
 from edge_worker.cli import main
-from edge_worker.service.config import load
 from edge_worker.publish.bridge import SiteBridge, render_centre_acl, render_site_conf, site_bridge
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox
+from edge_worker.service.config import load
 from tests.stations import wait_until as until
 
 ROOT = Path(__file__).resolve().parents[1]

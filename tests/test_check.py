@@ -96,3 +96,22 @@ def test_missing_backend(tmp_path: Path, mosquitto: Mosquitto) -> None:
     assert fail.startswith("FAIL  backend:") and "tensorrt" in fail, fail
     rc, lines = check("--config", str(path), "--backend", "onnxruntime-cpu")
     assert rc == 0, lines
+
+
+def test_a_rule_over_a_missing_segment_is_named_by_check(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A version-2 pack whose rule names a structure its segmentation does not make."""
+    import json
+
+    from edge_worker.packs.pack import seal_manifest
+
+    pack = tmp_path / "pack"
+    shutil.copytree(default_pack_dir().parent / "lumbar-demo", pack)
+    manifest = json.loads((pack / "manifest.json").read_text())
+    rules_lat = next(s for s in manifest["stages"] if s["name"] == "rules_lat")
+    rules_lat["rules"][0]["segments"] = ["spinous"]  # made by seg_ap, not by seg_lat
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    seal_manifest(pack)
+    rc, lines = check("--config", str(_config(tmp_path, mosquitto.url, pack={"path": str(pack)})))
+    assert rc == 1
+    (fail,) = failures(lines)
+    assert fail.startswith("FAIL  pack:") and "rules_lat" in fail and "spinous" in fail, fail

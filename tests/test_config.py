@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_worker.service.config import Config, load, parse, with_overrides
 from edge_worker.errors import ConfigError
+from edge_worker.service.config import Config, load, parse, with_overrides
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "edge-worker.toml"
 

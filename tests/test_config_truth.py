@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from conftest import Mosquitto, Subscriber
 
-from edge_worker.service.config import Config, parse, with_overrides
 from edge_worker.errors import ConfigError
 from edge_worker.packs.pack import default_pack_dir
+from edge_worker.service.config import Config, parse, with_overrides
 from tests.stations import ROOT, Station, render_toml
 
 

@@ -33,9 +33,9 @@ from typing import Any
 import paho.mqtt.publish as paho_publish
 import pytest
 
-from edge_worker.subscribers.dashboard.server import Dashboard
 from edge_worker.phantoms.ankle import write_phantom
 from edge_worker.publish.settings import MqttSettings
+from edge_worker.subscribers.dashboard.server import Dashboard
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge_worker.subscribers.summary import summary_line
 from edge_worker.subscribers.dashboard.state import StationBoard
+from edge_worker.subscribers.summary import summary_line
 
 T0 = 1_800_000_000.0
 STATIC = Path(__file__).resolve().parents[1] / "edge_worker" / "subscribers" / "dashboard" / "static"

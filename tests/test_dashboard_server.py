@@ -14,9 +14,9 @@ import pytest
 from conftest import free_port
 
 from edge_worker.cli import main
-from edge_worker.subscribers.dashboard.server import Dashboard, _Hub, parse_listen
 from edge_worker.errors import ConfigError
 from edge_worker.publish.settings import MqttSettings
+from edge_worker.subscribers.dashboard.server import Dashboard, _Hub, parse_listen
 
 
 def _publish(broker: Any, topic: str, payload: bytes, retain: bool = False) -> None:

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_worker.service.config import Config, parse
 from edge_worker.errors import ConfigError
-from edge_worker.pipeline.preprocess import RotatedBox
 from edge_worker.judging.thumbnail import BOX_COLOUR, DATA_URL_PREFIX, make_thumbnail
+from edge_worker.pipeline.preprocess import RotatedBox
+from edge_worker.service.config import Config, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,10 +83,10 @@ def test_a_verdict_carries_the_thumbnail_only_when_asked(tmp_path: Path) -> None
     jsonschema = pytest.importorskip("jsonschema")
     from edge_worker.backends import select
     from edge_worker.ingest.types import IngestPolicy
+    from edge_worker.judging.process import Judge
     from edge_worker.packs.pack import load_pack
     from edge_worker.phantoms.ankle import write_phantom
     from edge_worker.pipeline.runner import Pipeline
-    from edge_worker.judging.process import Judge
 
     schema = json.loads((ROOT / "edge_worker" / "schema" / "verdict.schema.json").read_text())
     pipeline = Pipeline(load_pack(None), select(["onnxruntime-cpu"]))

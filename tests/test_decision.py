@@ -7,11 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from edge_worker.judging.decision import REASONS, Reason, Rules, add_reason, codes, decide, decision_of
 from edge_worker.ingest.types import Header
+from edge_worker.judging.decision import (
+    REASONS,
+    Reason,
+    Rules,
+    add_reason,
+    codes,
+    decide,
+    decision_of,
+)
 from edge_worker.packs.pack import InputSpec, Pack, StageSpec
-from edge_worker.pipeline.stages import OrientationResult, QualityResult, RoiResult, ViewResult
 from edge_worker.pipeline.preprocess import RotatedBox
+from edge_worker.pipeline.stages import OrientationResult, QualityResult, RoiResult, ViewResult
 
 _INPUT = InputSpec("image", 64, 64, 1, 0.5, 0.25)
 

@@ -28,7 +28,6 @@ from conftest import Mosquitto, Subscriber
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from edge_worker.service.config import parse
 from edge_worker.errors import ConfigError, Rejection, RejectReason
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.budget import predicted_bytes
@@ -36,6 +35,7 @@ from edge_worker.ingest.reader import read_header
 from edge_worker.ingest.sandbox import DecodeSandbox
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.phantoms.ankle import make_dataset, write_phantom
+from edge_worker.service.config import parse
 from tests.stations import PhantomStock, Station
 
 BUDGET_MIB = 256

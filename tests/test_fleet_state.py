@@ -12,12 +12,12 @@ import pytest
 from test_dashboard_server import EventReader
 
 from edge_worker.cli import main
+from edge_worker.errors import ConfigError
+from edge_worker.publish.settings import MqttSettings
+from edge_worker.service.health import Health, status_document
 from edge_worker.subscribers.dashboard.fleet import site_rollup, status_from_document
 from edge_worker.subscribers.dashboard.server import Dashboard
 from edge_worker.subscribers.dashboard.state import StationBoard
-from edge_worker.errors import ConfigError
-from edge_worker.service.health import Health, status_document
-from edge_worker.publish.settings import MqttSettings
 
 T0 = 1_800_000_000.0
 DIGEST = "ab12cd34ef56" + "0" * 52

@@ -15,9 +15,9 @@ from edge_worker.backends import LoadOptions, ort_cpu, ort_tensorrt, select
 from edge_worker.backends import tensorrt as trt_backend
 from edge_worker.backends.engine_cache import EngineCache, EngineKey, GpuIdentity
 from edge_worker.backends.parity import TOLERANCES, Tolerance, compare, gate
-from edge_worker.service.config import Config, with_overrides
 from edge_worker.errors import BackendError
 from edge_worker.packs.pack import default_pack_dir, load_pack, sha256_file
+from edge_worker.service.config import Config, with_overrides
 
 H100 = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "10.13.0.35")
 H100_NEWER_TRT = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0", "11.4.0.106")
@@ -172,8 +172,8 @@ def test_check_backend_exits_non_zero_naming_what_is_missing(backend: str) -> No
 
 @pytest.mark.skipif(_has_cuda(), reason="this machine has TensorRT and CUDA")
 def test_cpu_fallback_after_a_gpu_preference_is_a_health_failure(tmp_path: Path) -> None:
-    from edge_worker.service.daemon import backend_problem
     from edge_worker.pipeline.runner import Pipeline
+    from edge_worker.service.daemon import backend_problem
 
     config = with_overrides(Config(), inference={"backends": ("onnxruntime-cuda", "onnxruntime-cpu")})
     pipeline = Pipeline(load_pack(), select(list(config.inference.backends)))

@@ -24,10 +24,10 @@ from conftest import Mosquitto, Subscriber, find_mosquitto
 from stations import PhantomStock, Station
 
 from edge_worker.cli import build_parser
-from edge_worker.subscribers.dashboard.feed import MqttFeed, default_client_id, station_filters
-from edge_worker.subscribers.dashboard.server import Dashboard
 from edge_worker.publish.latest import latest_summary
 from edge_worker.publish.settings import MqttSettings
+from edge_worker.subscribers.dashboard.feed import MqttFeed, default_client_id, station_filters
+from edge_worker.subscribers.dashboard.server import Dashboard
 from edge_worker.subscribers.tail import run_tail
 
 VERDICT = {

@@ -20,8 +20,8 @@ import pytest
 from conftest import Mosquitto
 from stations import ROOT, PhantomStock, Station
 
-from edge_worker.service.config import RetentionConfig, parse
 from edge_worker.errors import ConfigError
+from edge_worker.service.config import RetentionConfig, parse
 from edge_worker.watching.retention import (
     MIB,
     Item,

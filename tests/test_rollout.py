@@ -101,7 +101,7 @@ def test_a_pack_rolls_out_between_two_files_and_bad_packs_are_refused(
     def digests(messages: list[Message]) -> list[str]:
         return [json.loads(m.payload)["pack"]["digest"] for m in messages]
 
-    drop(range(0, 4))
+    drop(range(4))
     assert set(digests(sub.wait_for(verdicts, 4, timeout=120))) == {old}
     # The stream goes on while the new pack is renamed in and checked.
     _rename_in(new_pack, rollout, "ankle-v2")
@@ -161,11 +161,11 @@ def test_a_pack_rolls_out_between_two_files_and_bad_packs_are_refused(
 
 
 def test_the_self_test_uses_the_packs_own_test_images(tmp_path: Path) -> None:
+    from edge_worker.errors import PackError
+    from edge_worker.judging.routing import RoutedJudge, Router
+    from edge_worker.packs.rollout import self_test
     from edge_worker.service.config import Config
     from edge_worker.service.daemon import build_pipeline, ingest_policy
-    from edge_worker.errors import PackError
-    from edge_worker.packs.rollout import self_test
-    from edge_worker.judging.routing import RoutedJudge, Router
 
     config = Config()
     pack = tmp_path / "pack"

@@ -8,9 +8,9 @@ import pytest
 
 from edge_worker.backends import select
 from edge_worker.errors import ConfigError, Rejection, RejectReason
+from edge_worker.judging.routing import Router, parse_synonyms
 from edge_worker.packs.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.judging.routing import Router, parse_synonyms
 from tests.packs import pack_as
 
 

@@ -15,13 +15,13 @@ import pytest
 from conftest import Mosquitto, Subscriber
 
 from edge_worker.backends import select
-from edge_worker.judging.bodypart import body_part_of
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_header
+from edge_worker.judging.bodypart import body_part_of
+from edge_worker.judging.routing import Router
 from edge_worker.packs.pack import bundled_pack_dirs, load_pack
 from edge_worker.phantoms.ankle import make_dataset
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.judging.routing import Router
 from tests.packs import pack_as
 from tests.stations import Station
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from edge_worker.phantoms.ankle import write_phantom
 from edge_worker.service import sdnotify
 from edge_worker.service.health import Watchdog
 from edge_worker.service.metrics import MetricsServer, Registry
-from edge_worker.phantoms.ankle import write_phantom
 from tests.conftest import free_port
 from tests.stations import wait_until
 

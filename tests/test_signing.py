@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from edge_worker.service.config import Config, PackConfig
 from edge_worker.errors import ConfigError, PackError
 from edge_worker.packs.pack import default_pack_dir, load_pack, seal_manifest
-from edge_worker.service.preflight import load_named, load_packs
 from edge_worker.packs.signing import SIGNATURE_FILE
+from edge_worker.service.config import Config, PackConfig
+from edge_worker.service.preflight import load_named, load_packs
 from export.cli import main as export_main
 from tests.stations import ROOT, render_toml
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from edge_worker.backends import select
-from edge_worker.judging.decision import codes
 from edge_worker.errors import PackError
+from edge_worker.judging.decision import codes
 from edge_worker.packs.pack import load_pack, seal_manifest
 from edge_worker.pipeline.runner import Judgement, Pipeline
 from edge_worker.pipeline.tasks.classify import FlagsResult

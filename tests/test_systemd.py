@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not 
 def _unit_here(tmp_path: Path) -> Path:
     """The unit with ExecStart pointed at this machine's edge-worker (verify checks it exists)."""
     exe = shutil.which("edge-worker") or str(Path(sys.executable).with_name("edge-worker"))
-    text = re.sub(r"^ExecStart=\S+", f"ExecStart={exe}", UNIT.read_text(), flags=re.M)
+    text = re.sub(r"^ExecStart=\S+", f"ExecStart={exe}", UNIT.read_text(), flags=re.MULTILINE)
     dest = tmp_path / "edge-worker.service"
     dest.write_text(text)
     return dest

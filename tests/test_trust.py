@@ -18,13 +18,13 @@ import numpy as np
 import pytest
 
 from edge_worker.backends import LoadOptions, select
-from edge_worker.judging.decision import REASONS
 from edge_worker.ingest.types import IngestPolicy
+from edge_worker.judging.decision import REASONS
+from edge_worker.judging.process import Judge
 from edge_worker.packs.pack import default_pack_dir, load_pack, seal_manifest
 from edge_worker.phantoms.ankle import make_dataset
-from edge_worker.pipeline.runner import Pipeline
 from edge_worker.pipeline.preprocess import box_mask
-from edge_worker.judging.process import Judge
+from edge_worker.pipeline.runner import Pipeline
 from tests.stations import Station
 
 ROOT = Path(__file__).resolve().parents[1]

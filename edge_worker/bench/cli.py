@@ -59,8 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when it ran (whether or not every target is met)."""
     from edge_worker.bench.report import format_text
-    from edge_worker.service.config import Config
     from edge_worker.bench.run import SHARED_DICOM, BenchOptions, default_cache, run_bench
+    from edge_worker.service.config import Config
 
     quick = bool(args.quick)
     real = args.real if args.real else (SHARED_DICOM if SHARED_DICOM.is_dir() else None)

@@ -30,8 +30,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_worker import __version__
-from edge_worker.service.health import Health, status_document
 from edge_worker.publish.latest import latest_summary
+from edge_worker.service.health import Health, status_document
 
 #: The pack every simulated station runs (its digest is the shape of a real one).
 PACK = {"name": "chest-qc", "version": "1.4.0", "not_for_clinical_use": True,

@@ -66,8 +66,8 @@ from edge_worker.errors import EdgeWorkerError, Rejection
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.packs.pack import default_pack_dir, load_pack
-from edge_worker.pipeline.runner import Pipeline
 from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
+from edge_worker.pipeline.runner import Pipeline
 
 REFERENCE = "onnxruntime-cpu"
 

@@ -38,12 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     pack = load_pack(args.pack)
     shared = not args.own_arenas
     rng = np.random.default_rng(0)
-    sessions = {
-        s.name: (OrtSession(s.file, ["CPUExecutionProvider"], 2, shared=shared),
-                 rng.random((args.batch, s.input.channels, s.input.height, s.input.width),
-                            dtype=np.float32))
-        for s in pack.networks
-    }  # fmt: skip
+    sessions = {}
+    for s in pack.networks:
+        assert s.file is not None and s.input is not None  # a network stage has both
+        x = rng.random((args.batch, s.input.channels, s.input.height, s.input.width), dtype=np.float32)
+        sessions[s.name] = (OrtSession(s.file, ["CPUExecutionProvider"], 2, shared=shared), x)
     for session, x in sessions.values():
         session.run(x)
     peak = vm_kib(os.getpid(), "VmHWM")

@@ -29,13 +29,13 @@ import numpy as np
 
 from edge_worker.backends import LoadOptions, select
 from edge_worker.backends._ort import OrtSession
-from edge_worker.judging.decision import decide
 from edge_worker.errors import Rejection
 from edge_worker.ingest import read_radiograph
+from edge_worker.judging.decision import decide
 from edge_worker.packs.pack import Pack, StageSpec, load_pack
+from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE, working_image
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.pipeline.stages import run_orientation, run_quality, run_roi, run_view
-from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE, working_image
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -67,6 +67,7 @@ def ort(pack_dir: Path, runs: int = 5) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for spec in _distinct(pack):
         i = spec.input
+        assert i is not None and spec.file is not None  # _distinct lists network stages
         x = np.random.default_rng(0).random((1, i.channels, i.height, i.width), dtype=np.float32)
         row: dict[str, float] = {}
         for name, (lvl, threads) in variants.items():

@@ -22,8 +22,8 @@ from edge_worker.backends import LoadOptions, Selected, Session, select
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.packs.pack import Pack, load_pack
-from edge_worker.pipeline.runner import Judgement, Pipeline
 from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
+from edge_worker.pipeline.runner import Judgement, Pipeline
 
 
 def summary(values: Iterable[float]) -> dict[str, float]:

@@ -19,10 +19,10 @@ from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE
 from edge_worker.ingest.types import IngestPolicy, Radiograph
-from edge_worker.names import printable
-from edge_worker.pipeline.runner import Judgement, Pipeline
-from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
 from edge_worker.judging.thumbnail import make_thumbnail
+from edge_worker.names import printable
+from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
+from edge_worker.pipeline.runner import Judgement, Pipeline
 from edge_worker.publish.verdict import build_error, build_verdict
 
 log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ class Judge:
     def _judge_alone(self, r: _Read) -> Judgement | Rejection:
         try:
             return self.pipeline.judge(r.image.pixels, r.image.header)
-        except Exception as exc:  # noqa: BLE001 - any runtime failure is a typed rejection
+        except Exception as exc:
             log.exception("inference failed on %s", printable(r.path.name))
             return _inference_failed(exc)
 

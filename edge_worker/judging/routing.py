@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_worker.errors import ConfigError, Rejection, RejectReason
+from edge_worker.ingest.types import Header, IngestPolicy
 from edge_worker.judging.bodypart import (
     KeywordTable,
     Route,
@@ -24,8 +26,6 @@ from edge_worker.judging.bodypart import (
     route_fields,
 )
 from edge_worker.judging.decision import Reason, add_reason
-from edge_worker.errors import ConfigError, Rejection, RejectReason
-from edge_worker.ingest.types import Header, IngestPolicy
 from edge_worker.pipeline.runner import Pipeline
 
 __all__ = ["RoutedJudge", "Router", "parse_synonyms"]  # parse_synonyms lives in bodypart
@@ -190,8 +190,8 @@ class RoutedJudge:
             )))  # fmt: skip
 
     def _uncovered(self, path: Path, seen_at: float | None, rejection: Rejection) -> Outcome:
-        from edge_worker.names import printable
         from edge_worker.judging.process import Outcome, error_key
+        from edge_worker.names import printable
         from edge_worker.publish.verdict import build_error
 
         judge = self._judges[id(self.pipeline)]

@@ -312,6 +312,7 @@ def _stage_spec(
     options = module.parse(checked, where, earlier)
     when = _when(raw.get("when"), where, earlier)
     single = when.get(view_stage)
+    outputs = _require(raw, "outputs", where) if network else raw.get("outputs", {})
     return StageSpec(
         name=name,
         task=task,
@@ -319,8 +320,7 @@ def _stage_spec(
         file=file,
         sha256=sha,
         input=_input_spec(_require(raw, "input", where), where) if network else None,
-        outputs={str(k): str(v) for k, v in (_require(raw, "outputs", where) if network
-                                              else raw.get("outputs", {})).items()},  # fmt: skip
+        outputs={str(k): str(v) for k, v in outputs.items()},
         labels=tuple(options.get("labels", ())),
         thresholds={str(k): float(v) for k, v in raw.get("thresholds", {}).items()},
         architecture=str(raw.get("architecture", "")),

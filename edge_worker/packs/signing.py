@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -103,7 +103,7 @@ def sign_digest(digest: str, key: Ed25519PrivateKey) -> dict[str, str]:
         "digest": digest,
         "key_id": key_id(key.public_key()),
         "signature": base64.b64encode(key.sign(_message(digest))).decode("ascii"),
-        "signed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "signed_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 

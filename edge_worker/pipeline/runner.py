@@ -11,13 +11,19 @@ from typing import Any
 import numpy as np
 
 from edge_worker.backends import LoadOptions, Selected, Session
-from edge_worker.judging.decision import Reason, Rules, decision_of, exposure_reasons, judged_reasons
 from edge_worker.ingest.types import Header
+from edge_worker.judging.decision import (
+    Reason,
+    Rules,
+    decision_of,
+    exposure_reasons,
+    judged_reasons,
+)
 from edge_worker.packs.pack import Pack, StageSpec
+from edge_worker.pipeline.preprocess import RotatedBox, Turn, working_image
 from edge_worker.pipeline.stages import OrientationResult, QualityResult, RoiResult, ViewResult
 from edge_worker.pipeline.tasks import TASKS
 from edge_worker.pipeline.tasks.base import Context, Item
-from edge_worker.pipeline.preprocess import RotatedBox, Turn, working_image
 
 
 @dataclass

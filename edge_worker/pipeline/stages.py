@@ -17,7 +17,6 @@ import numpy as np
 
 from edge_worker.pipeline.preprocess import RotatedBox, crop_box, mask_to_box, to_tensor
 
-
 if TYPE_CHECKING:
     from edge_worker.backends import Session
     from edge_worker.packs.pack import StageSpec
@@ -157,6 +156,7 @@ def run_quality_batch(
     session: Session, spec: StageSpec, images: Sequence[np.ndarray], boxes: Sequence[RotatedBox]
 ) -> list[QualityResult]:
     """Regress the 1-3 quality score on each image's upright ROI crop."""
+    assert spec.input is not None, f"stage {spec.name} runs no network"
     h, w = spec.input.height, spec.input.width
     crops = [crop_box(image, box, h, w) for image, box in zip(images, boxes)]
     scores = _run(session, spec, crops, "score").reshape(len(crops), -1)[:, 0]

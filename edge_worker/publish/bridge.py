@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_worker.service.config import Config
 from edge_worker.errors import ConfigError
 from edge_worker.publish.settings import MqttSettings, Topics
+from edge_worker.service.config import Config
 
 #: Where the site broker finds the centre's CA and its own client certificate, by default.
 DEFAULT_CAFILE = "/etc/mosquitto/certs/centre-ca.crt"

@@ -19,8 +19,8 @@ import logging
 import sqlite3
 
 from edge_worker.judging.decision import Reason, add_reason
-from edge_worker.publish.journal import Journal
 from edge_worker.judging.process import Outcome
+from edge_worker.publish.journal import Journal
 
 log = logging.getLogger(__name__)
 

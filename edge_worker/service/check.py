@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from edge_worker.service.config import Config, load
 from edge_worker.errors import EdgeWorkerError
+from edge_worker.service.config import Config, load
 
 
 def _broker(config: Config) -> str:

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_worker.judging.bodypart import parse_keywords, parse_synonyms
 from edge_worker.errors import ConfigError
+from edge_worker.judging.bodypart import parse_keywords, parse_synonyms
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: How long a file found by a scan (not an event) must hold still; see edge_worker.watching.watch.

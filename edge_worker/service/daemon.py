@@ -21,30 +21,30 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_worker.service import preflight
 from edge_worker.backends import LoadOptions, select
-from edge_worker.judging.bodypart import parse_keywords
-from edge_worker.service.config import SCAN_SETTLE_SECONDS, Config
-from edge_worker.judging.decision import Rules
 from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
-from edge_worker.service.health import Health, declare_metrics, record_outcome, status_document
 from edge_worker.ingest.sandbox import DecodeSandbox
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.ingest.whole import is_whole
+from edge_worker.judging.bodypart import parse_keywords
+from edge_worker.judging.decision import Rules
+from edge_worker.judging.process import Outcome, file_digest
+from edge_worker.judging.routing import RoutedJudge, Router, parse_synonyms
+from edge_worker.names import original_path, printable
+from edge_worker.packs.rollout import Decision, RolloutWatcher
+from edge_worker.pipeline.runner import Pipeline
 from edge_worker.publish.journal import Journal
 from edge_worker.publish.lineage import Lineage
-from edge_worker.service.metrics import Registry
-from edge_worker.names import original_path, printable
-from edge_worker.pipeline.runner import Pipeline
-from edge_worker.judging.process import Outcome, file_digest
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox, OutboxFull
+from edge_worker.publish.verdict import build_error
+from edge_worker.service import preflight
+from edge_worker.service.config import SCAN_SETTLE_SECONDS, Config
+from edge_worker.service.health import Health, declare_metrics, record_outcome, status_document
+from edge_worker.service.metrics import Registry
+from edge_worker.subscribers.summary import summary_line
 from edge_worker.watching.quarantine import Quarantine, QuarantineError
 from edge_worker.watching.retention import Retention
-from edge_worker.packs.rollout import Decision, RolloutWatcher
-from edge_worker.judging.routing import RoutedJudge, Router, parse_synonyms
-from edge_worker.subscribers.summary import summary_line
-from edge_worker.publish.verdict import build_error
 from edge_worker.watching.watch import FolderWatcher
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ class StationDaemon:
                 self.health.clear("worker")
             except EdgeWorkerError as exc:
                 self.health.fail("worker", f"{len(files)} file(s) from {printable(files[0][0].name)}: {exc}")
-            except Exception as exc:  # noqa: BLE001 - one batch must never kill the station
+            except Exception as exc:
                 first = printable(files[0][0].name)
                 log.exception("unexpected failure on %d file(s) from %s", len(files), first)
                 self.health.fail("worker", f"{first}: {type(exc).__name__}: {exc}")

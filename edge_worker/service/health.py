@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_worker import __version__
-
 from edge_worker.service import sdnotify
 from edge_worker.service.metrics import Registry
 

@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_worker.service.config import Config
 from edge_worker.errors import ConfigError, PackError
 from edge_worker.packs.pack import Pack, bundled_pack_dirs, default_pack_dir, load_pack
 from edge_worker.packs.signing import load_trusted_keys, verify_signature
+from edge_worker.service.config import Config
 
 _MIB = 1 << 20
 _PROBE_BYTES = 4096

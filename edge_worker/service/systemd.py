@@ -11,9 +11,7 @@ import signal
 import threading
 from types import FrameType
 
-from edge_worker.service import preflight
-
-from edge_worker.service import sdnotify
+from edge_worker.service import preflight, sdnotify
 from edge_worker.service.config import Config
 from edge_worker.service.daemon import StationDaemon, build_pipeline, build_router
 from edge_worker.service.health import Watchdog

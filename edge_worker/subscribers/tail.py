@@ -21,9 +21,9 @@ from datetime import datetime
 from types import FrameType
 from typing import Any, TextIO
 
-from edge_worker.subscribers.summary import summary_line
-from edge_worker.subscribers.dashboard.feed import MqttFeed, station_filters
 from edge_worker.publish.settings import MqttSettings
+from edge_worker.subscribers.dashboard.feed import MqttFeed, station_filters
+from edge_worker.subscribers.summary import summary_line
 
 log = logging.getLogger(__name__)
 

@@ -78,17 +78,17 @@ def run(session: Session | None, spec: StageSpec, items: Sequence[Item]) -> list
     return results
 
 
+def _flagged(spec: StageSpec, label: str, probability: float) -> Reason:
+    text = (f"{spec.name}: {label} found ({100.0 * probability:.0f} %): look at the image and "
+            "confirm or dismiss it.")  # fmt: skip
+    return Reason("label_flagged", text, rule=label)
+
+
 def reasons(spec: StageSpec, result: Any, item: Item, context: Context) -> list[Reason]:
     if result is None:
         return []
     if isinstance(result, FlagsResult):
-        return [
-            Reason("label_flagged", (
-                f"{spec.name}: {label} found ({100.0 * result.probabilities[label]:.0f} %): "
-                "look at the image and confirm or dismiss it."
-            ), rule=label)  # fmt: skip
-            for label in result.present
-        ]
+        return [_flagged(spec, label, result.probabilities[label]) for label in result.present]
     if spec.role == "view":
         return view_reasons(spec, result, context.header)
     min_conf = spec.threshold("min_confidence", 0.8)

@@ -35,7 +35,7 @@ class HeatmapResult:
     """Per mapped label: the map in [0, 1] at the classifier's input size, and its summary."""
 
     maps: dict[str, np.ndarray] = field(repr=False, compare=False)
-    summaries: dict[str, dict[str, float]]
+    summaries: dict[str, dict[str, float | None]]
 
 
 def parse(raw: Mapping[str, Any], where: str, earlier: Mapping[str, StageSpec]) -> dict[str, Any]:

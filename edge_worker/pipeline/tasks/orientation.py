@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge_worker.judging.decision import Reason, orientation_reasons
+from edge_worker.pipeline.preprocess import turn_upright
 from edge_worker.pipeline.stages import OrientationResult, run_orientation_batch
 from edge_worker.pipeline.tasks.base import Context, Item
-from edge_worker.pipeline.preprocess import turn_upright
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session

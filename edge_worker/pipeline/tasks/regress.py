@@ -12,9 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge_worker.judging.decision import Reason, no_crop_source, quality_reasons
+from edge_worker.pipeline.preprocess import crop_box
 from edge_worker.pipeline.stages import QualityResult, image_batches
 from edge_worker.pipeline.tasks.base import Context, Item, earlier_stage, refuse
-from edge_worker.pipeline.preprocess import crop_box
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session

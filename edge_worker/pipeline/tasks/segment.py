@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_worker.judging.decision import Reason, roi_not_found
+from edge_worker.pipeline.preprocess import mask_to_box
 from edge_worker.pipeline.stages import RoiResult, image_batches
 from edge_worker.pipeline.tasks.base import Context, Item, refuse, string_list
-from edge_worker.pipeline.preprocess import mask_to_box
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session

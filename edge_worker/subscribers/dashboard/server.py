@@ -34,11 +34,11 @@ from importlib import resources
 from types import FrameType
 from typing import Any, cast
 
+from edge_worker.errors import ConfigError
+from edge_worker.publish.settings import MqttSettings
 from edge_worker.subscribers.dashboard.feed import MqttFeed, station_filters
 from edge_worker.subscribers.dashboard.fleet import DEFAULT_SILENT_AFTER_S
 from edge_worker.subscribers.dashboard.state import KINDS, Event, StationBoard
-from edge_worker.errors import ConfigError
-from edge_worker.publish.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 
