@@ -197,6 +197,11 @@ class FleetDesk:
             self._status(plan, canary.REFUSED, decision.reason)
         elif plan.canary != self.station:
             self._status(plan, canary.ACCEPTED, f"installed: {decision.reason}")
+        else:  # the judge thread swaps it in before the next image and keeps the old in shadow
+            with self._lock:
+                shadow = self._shadow
+            self._status(plan, canary.SHADOW, f"installed ({decision.reason}); the next {plan.min_verdicts} "
+                         "images are judged with both packs", shadow)  # fmt: skip
 
     def swapped(self, old: Any, new: Any) -> None:
         """The judge thread took a new judge; as a canary, keep the old one in shadow."""
@@ -207,8 +212,8 @@ class FleetDesk:
             if self._shadow is not None and self._shadow.plan.id == plan.id:
                 return
             self._shadow, self._shadow_judge = Shadow(plan), old
-            shadow = self._shadow
-        self._status(plan, canary.SHADOW, f"judging the next {plan.min_verdicts} images with both packs", shadow)
+        log.info("rollout plan %s: pack %s judges, %s in shadow", plan.id, plan.digest[:12],
+                 old.pipeline.pack.digest[:12])  # fmt: skip
 
     def shadow_judge(self, files: list[Path], outcomes: list[Any]) -> None:
         """As a canary in shadow: judge the batch's verdicts with the previous pack too and
