@@ -86,7 +86,7 @@ def rig(tmp_path: Path, pki: Pki) -> Iterator[tuple[Mosquitto, list[Client], lis
     broker.stop()
 
 
-def test_only_the_rollout_user_may_order_an_install(
+def test_a_rollout_command_from_a_client_without_the_right_is_refused_reported_nothing_lost_pack_untouched(
     tmp_path: Path, pki: Pki, rig: tuple[Mosquitto, list[Client], list[Subscriber]],  # noqa: F811
 ) -> None:  # fmt: skip
     broker, clients, subs = rig
@@ -131,6 +131,14 @@ def test_only_the_rollout_user_may_order_an_install(
         assert "commands: listening on" in station.log_text(), station.log_tail()
         stock.drop(1, station.watch)
         assert json.loads(sub.wait_for(verdicts, 1, timeout=60)[0].payload)["pack"]["digest"] == old
+
+        def as_xr02(client: Any) -> None:
+            client.tls_set(ca_certs=pki["ca.crt"])
+            client.username_pw_set("xr-02", USERS["xr-02"])
+
+        # Another station may not read xr-01's commands (the broker never delivers them to it).
+        snoop = Subscriber(broker.host, broker.port, (f"{base}/command",), configure=as_xr02)
+        subs.append(snoop)
 
         # Without the right: a station user (its own and the site-wide topic) and the dashboard.
         for user in ("xr-01", "xr-02", "dashboard"):
@@ -196,5 +204,8 @@ def test_only_the_rollout_user_may_order_an_install(
         stock.drop(5, station.watch)
         assert json.loads(sub.wait_for(verdicts, 5, timeout=60)[-1].payload)["pack"]["digest"] == old
         assert len(sub.messages(pack_topic)) == 2 and station.alive()
+        assert len(sub.messages(f"{base}/command")) >= len(bad) + 2  # the dashboard saw them
+        assert snoop.messages(f"{base}/command") == []
+        assert "health: commands" not in station.log_text()
     finally:
         station.close()

@@ -11,7 +11,14 @@ import pytest
 
 from edge_worker.errors import ConfigError
 from edge_worker.packs import canary
-from edge_worker.packs.command import Ledger, Refused, check_store, hand_over, message_id, parse_command
+from edge_worker.packs.command import (
+    Ledger,
+    Refused,
+    check_store,
+    hand_over,
+    message_id,
+    parse_command,
+)
 from edge_worker.packs.pack import default_pack_dir, load_pack
 from edge_worker.service.config import parse
 

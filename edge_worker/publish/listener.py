@@ -46,7 +46,9 @@ class Listener:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=QUEUE_SIZE)
         self._stopping = threading.Event()
         self.subscribed = threading.Event()  # set at each SUBACK, cleared at each disconnect
-        self.problem: str | None = "not connected yet"
+        #: A refusal by the broker (connection or subscription), for health; an outage is not one
+        #: (the publisher reports that), and the next good CONNACK and SUBACK clear it.
+        self.problem: str | None = None
         self._client: paho.Client | None = None
         self._thread = threading.Thread(target=self._loop, name="edge-worker/commands", daemon=True)
 
@@ -95,7 +97,6 @@ class Listener:
             self.problem = f"connection refused: {reason}"
             log.error("commands: broker %s refused the connection: %s", self.settings.url, reason)
             return
-        self.problem = None
         client.subscribe([(t, 1) for t in self.topics])
 
     def _on_subscribe(self, client: paho.Client, userdata: object, mid: int, reasons: list[ReasonCode],
@@ -104,14 +105,14 @@ class Listener:
         if refused:  # an ACL without the station's read right: say so, once per connection
             self.problem = f"subscription refused: {'; '.join(refused)}"
             log.error("commands: %s", self.problem)
+        else:
+            self.problem = None
         self.subscribed.set()
         log.info("commands: listening on %s", ", ".join(self.topics))
 
     def _on_disconnect(self, client: paho.Client, userdata: object, flags: object, reason: ReasonCode,
                        props: object) -> None:  # fmt: skip
         self.subscribed.clear()
-        if not self._stopping.is_set():
-            self.problem = f"lost the connection: {reason}"
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         item = (message.topic, bytes(message.payload))

@@ -708,6 +708,11 @@ class StationDaemon:
     def _check_broker(self) -> None:
         """Refused, unreachable, silent, no CONNACK, a refused message: a health problem."""
         self._broker_problem(self.publisher.broker_problem())
+        if self.listener is not None and not self._stopped:
+            if self.listener.problem:  # e.g. an ACL without the station's read right
+                self.health.fail("commands", f"{self.publisher.settings.url}: {self.listener.problem}")
+            else:
+                self.health.clear("commands")
 
     def _broker_problem(self, problem: str | None) -> None:
         if self._stopped or getattr(self, "health", None) is None:
