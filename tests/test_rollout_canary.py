@@ -85,14 +85,14 @@ def test_followers_wait_for_the_canarys_agreement_and_a_disagreeing_canary_rolls
     (bad_src / "tests" / "expected.json").write_text(json.dumps({"p1.dcm": {}}))
     bad = _pack(bad_src, store / "ankle-strict", _strict_view)
 
-    def station(name: str) -> Station:
+    def station(name: str, protocol: str) -> Station:
         return stations(tmp_path / name, mosquitto.url, site=SITE, station=name, tables={
-            "mqtt": {"protocol": "5"},
+            "mqtt": {"protocol": protocol},
             "pack": {"path": str(v1), "bundled": False, "rollout_folder": str(tmp_path / name / "packs"),
                      "commands": True, "store_folder": str(store), "canary_max_verdicts": 50},
         })  # fmt: skip
 
-    canary, follower = station("xr-01"), station("xr-02")
+    canary, follower = station("xr-01", "5"), station("xr-02", "3.1.1")  # both listeners' sessions
     c_status, f_status = f"{canary.base}/rollout/status", f"{follower.base}/rollout/status"
     c_pack, f_pack = f"{canary.base}/pack", f"{follower.base}/pack"
     c_verdicts, f_verdicts = f"{canary.base}/verdict", f"{follower.base}/verdict"

@@ -189,16 +189,18 @@ def test_a_rollout_command_from_a_client_without_the_right_is_refused_reported_n
         stock.drop(4, station.watch)
         assert json.loads(sub.wait_for(verdicts, 4, timeout=60)[-1].payload)["pack"]["digest"] == new
 
-        # Acted on once: the same id again (after a restart too) installs nothing.
+        # Back by command, sent while the station is away: its persistent session keeps it.  A
+        # rollback names the previous pack's digest.
         station.terminate()
+        back = command("", old, action="rollback")
+        assert rollout_user.send(f"{base}/command", back) == "Success"
         station.start()
-        assert rollout_user.send(f"{base}/command", good) == "Success"
         answer = json.loads(sub.wait_for(results, len(bad) + 2, timeout=60)[-1].payload)
-        assert answer["state"] == "duplicate", answer
-        # Back by command: a rollback names the previous pack's digest.
-        assert rollout_user.send(f"{base}/command", command("", old, action="rollback")) == "Success"
-        answer = json.loads(sub.wait_for(results, len(bad) + 3, timeout=30)[-1].payload)
-        assert answer["state"] == "handed_over", answer
+        assert (answer["state"], answer["id"]) == ("handed_over", back["id"]), answer
+        # Acted on once: the same id again (after a restart) installs nothing.
+        assert rollout_user.send(f"{base}/command", good) == "Success"
+        answer = json.loads(sub.wait_for(results, len(bad) + 3, timeout=60)[-1].payload)
+        assert (answer["state"], answer["id"]) == ("duplicate", good["id"]), answer
         decision = json.loads(sub.wait_for(pack_topic, 2, timeout=180)[-1].payload)
         assert (decision["state"], decision["digest"], decision["previous_digest"]) == ("accepted", old, new)
         stock.drop(5, station.watch)
