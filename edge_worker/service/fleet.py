@@ -110,7 +110,7 @@ class FleetDesk:
             self._answer(topic, cmd.id, "refused", str(exc), cmd.pack, cmd.digest)
             return
         try:
-            target = hand_over(folder, self.rollout, cmd.id[:8]) if cmd.action == "install" else rollback(self.rollout)
+            target = hand_over(folder, self.rollout, cmd.id) if cmd.action == "install" else rollback(self.rollout)
         except Exception as exc:  # noqa: BLE001 - a disk error: reported, the running pack stays
             self._answer(topic, cmd.id, "refused", f"cannot hand the pack to the rollout: {exc}", cmd.pack, cmd.digest)
             return
@@ -176,7 +176,7 @@ class FleetDesk:
                 raise Refused(f"{plan.digest[:12]}... is the running pack already")
             if not self.ledger.claim(f"plan:{plan.id}"):
                 return
-            target = hand_over(folder, self.rollout, f"plan-{plan.id[:8]}")
+            target = hand_over(folder, self.rollout, f"plan-{plan.id}")
         except (Refused, OSError) as exc:
             self._status(plan, canary.REFUSED, str(exc))
             return
