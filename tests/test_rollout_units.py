@@ -147,3 +147,36 @@ def test_the_command_keys_are_off_by_default_and_checked(tmp_path: Path) -> None
         parse(base + "canary_max_verdicts = 0\n")
     ok = parse(base + f'commands = true\nrollout_folder = "{tmp_path}/r"\nstore_folder = "{tmp_path}/s"\n')
     assert ok.pack.commands
+
+
+def test_a_follower_that_hears_the_canary_before_the_plan_still_follows(tmp_path: Path) -> None:
+    from edge_worker.packs.rollout import Decision
+    from edge_worker.service.fleet import FleetDesk
+
+    store = tmp_path / "store"
+    shutil.copytree(default_pack_dir(), store / "ankle-v2")
+    (store / "ankle-v2" / "README.md").write_text("v2\n")
+    digest = load_pack(store / "ankle-v2").digest
+    sent: list[tuple[str, dict[str, object], bool]] = []
+    desk = FleetDesk(prefix="xray", site="s", station="xr-02", store=store, rollout=tmp_path / "packs",
+                     state=tmp_path / "state", max_verdicts=100, send=lambda *m: sent.append(m),
+                     running_digest=lambda: "0" * 64, restore=lambda judge, why: None)  # fmt: skip
+    p = canary.parse_plan(plan(digest=digest), 100)
+    shadow = canary.Shadow(p)
+    for _ in range(4):
+        shadow.observe("ok", "ok")
+    status = canary.status("xr-01", p, canary.ACCEPTED, "ok", shadow)
+    desk.handle("xray/s/xr-01/rollout/status", json.dumps(status).encode())
+    assert sent == []  # no plan yet: nothing to follow
+    desk.handle("xray/s/rollout", json.dumps(plan(digest=digest)).encode())
+    states = [doc["state"] for topic, doc, retained in sent if topic == "xray/s/xr-02/rollout/status"]
+    assert states == ["waiting", "installing"] and all(r for _, _, r in sent)
+    assert [c.name for c in (tmp_path / "packs").iterdir()] == ["ankle-v2-plan-p1"]
+    desk.decided(Decision("accepted", "ankle-v2-plan-p1", "2 test images as expected", digest, "0" * 64))
+    assert sent[-1][1]["state"] == "accepted"
+    # The retained plan again (a restart): acted on once.
+    desk.handle("xray/s/rollout", json.dumps(plan(digest=digest)).encode())
+    assert len(sent) == 3
+    # A malformed plan is answered on command/result, never raised.
+    desk.handle("xray/s/rollout", b'{"schema": "xray-qc/rollout-plan@1", "id": "p2"}')
+    assert sent[-1][0] == "xray/s/xr-02/command/result" and sent[-1][1]["state"] == "refused"
