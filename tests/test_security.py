@@ -75,8 +75,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(d)
 
 
-def example_broker(workdir: Path, pki: Pki, *, client_certs: bool) -> Mosquitto:
-    """The example mosquitto.conf and acl, with test paths and a free loopback port."""
+def example_broker(workdir: Path, pki: Pki, *, client_certs: bool, users: dict[str, str] | None = None) -> Mosquitto:
+    """The example mosquitto.conf and acl, with test paths and a free loopback port; ``users``
+    (name -> password) replaces :data:`PASSWORDS`."""
     binary = find_mosquitto()
     if binary is None:
         pytest.skip("mosquitto binary not found in PATH or /usr/sbin (apt install mosquitto)")
@@ -85,7 +86,7 @@ def example_broker(workdir: Path, pki: Pki, *, client_certs: bool) -> Mosquitto:
     workdir.mkdir(parents=True, exist_ok=True)
     passwd = workdir / "passwd"
     passwd.touch()
-    for user, password in PASSWORDS.items():
+    for user, password in (users or PASSWORDS).items():
         subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, password], check=True, capture_output=True)
     shutil.copyfile(EXAMPLE / "acl", workdir / "acl")
     port = free_port()

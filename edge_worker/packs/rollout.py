@@ -201,6 +201,21 @@ class RolloutWatcher:
         return Decision("accepted", path.name, summary, prepared.digest, old_digest)
 
 
+def restore_previous(folder: Path) -> Path:
+    """Put ``ROLLOUT/previous`` back as ``current`` without a new check (a canary whose live
+    agreement fell short: the previous pack was judging a moment ago and is still loaded).
+    The pack it replaces is set aside as ``ROLLOUT/.rolled-back-NAME-NS``; returns that path.
+    Raises :class:`PackError` when there is no previous pack."""
+    previous, current = folder / PREVIOUS, folder / CURRENT
+    if not (previous / "manifest.json").is_file():
+        raise PackError(f"nothing to restore: no {previous}")
+    aside = folder / f".rolled-back-{time.time_ns()}"
+    if current.exists():
+        current.rename(aside)
+    previous.rename(current)
+    return aside
+
+
 def rollback(folder: Path) -> Path:
     """Rename ``ROLLOUT/previous`` in as a candidate (checked like any); returns its new path.
     Raises :class:`PackError` when there is nothing to roll back to."""

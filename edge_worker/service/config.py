@@ -97,6 +97,18 @@ class PackConfig:
     """Folder watched for new packs renamed in (write under a hidden or ``.tmp`` name first);
     each is verified, warmed up and checked on its test images before it replaces the
     primary pack between two files.  Empty: no rollout."""
+    commands: bool = False
+    """Take install and rollback commands from ``<prefix>/<site>/<station>/command`` and
+    ``<prefix>/<site>/command`` (QoS 1, a persistent session of a second client), and follow the
+    site's canary plan on ``<prefix>/<site>/rollout``.  Needs rollout_folder and store_folder;
+    the broker's ACL decides who may send them (systemd/mosquitto/acl: the ``rollout`` user)."""
+    store_folder: str = ""
+    """Local pack store: the folders that commands and plans name (filled by the hospital's own
+    file distribution; MQTT carries only the command).  A named folder must have the digest
+    the command gives; it is then copied into rollout_folder.  Never the watch or rollout folder."""
+    canary_max_verdicts: int = 1000
+    """The most live images (1-100,000) a plan may ask this station, as its canary, to judge
+    with both packs before it decides; a plan asking more is refused."""
 
 
 @dataclass(frozen=True)
@@ -361,6 +373,24 @@ def _validate_rollout(config: Config) -> None:
         raise InvalidValue("pack.rollout_folder", f"{folder!r} overlaps watch.folder {str(watch)!r}")
 
 
+def _validate_commands(config: Config) -> None:
+    """Commands need somewhere to take packs from and somewhere to hand them to; the store is
+    a folder of its own (a pack copied out of the rollout folder into itself would loop)."""
+    p = config.pack
+    _in_range("pack.canary_max_verdicts", p.canary_max_verdicts, 1, 100_000)
+    if not p.commands:
+        return
+    if not p.rollout_folder:
+        raise InvalidValue("pack.commands", "needs pack.rollout_folder (where commanded packs are renamed in)")
+    if not p.store_folder:
+        raise InvalidValue("pack.commands", "needs pack.store_folder (where commanded packs are taken from)")
+    store = Path(p.store_folder).resolve()
+    for key, other in (("watch.folder", config.watch.folder), ("pack.rollout_folder", Path(p.rollout_folder))):
+        o = other.resolve()
+        if store == o or o in store.parents or store in o.parents:
+            raise InvalidValue("pack.store_folder", f"{p.store_folder!r} overlaps {key} {str(o)!r}")
+
+
 class InvalidValue(ConfigError):
     """A value :func:`validate` refuses; ``key`` is its dotted name (for the line number)."""
 
@@ -461,6 +491,7 @@ def validate(config: Config) -> Config:
     parse_synonyms(config.pack.synonyms)
     parse_keywords(config.pack.body_part_keywords)
     _validate_rollout(config)
+    _validate_commands(config)
     _validate_retention(config)
     m = config.mqtt
     if m.protocol not in ("5", "3.1.1"):

@@ -12,7 +12,6 @@ is quarantined as ``crashed_worker`` at the next start.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import sqlite3
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_worker.backends import LoadOptions, select
-from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
+from edge_worker.errors import EdgeWorkerError, PackError, Rejection, RejectReason
 from edge_worker.ingest.sandbox import DecodeSandbox
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.ingest.whole import is_whole
@@ -31,15 +30,17 @@ from edge_worker.judging.decision import Rules
 from edge_worker.judging.process import Outcome, file_digest
 from edge_worker.judging.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.names import original_path, printable
-from edge_worker.packs.rollout import Decision, RolloutWatcher
+from edge_worker.packs.rollout import PREVIOUS, Decision, RolloutWatcher, restore_previous
 from edge_worker.pipeline.runner import Pipeline
 from edge_worker.publish.journal import Journal
 from edge_worker.publish.lineage import Lineage
+from edge_worker.publish.listener import Listener
 from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
 from edge_worker.publish.outbox import Outbox, OutboxFull
 from edge_worker.publish.verdict import build_error
 from edge_worker.service import preflight
 from edge_worker.service.config import SCAN_SETTLE_SECONDS, Config
+from edge_worker.service.fleet import FleetDesk, dumps
 from edge_worker.service.health import Health, declare_metrics, record_outcome, status_document
 from edge_worker.service.metrics import Registry
 from edge_worker.subscribers.summary import summary_line
@@ -229,6 +230,18 @@ class StationDaemon:
                            self._install_judge, self._report_pack)
             if config.pack.rollout_folder else None
         )  # fmt: skip
+        # Commands and the site's canary plan (edge_worker.service.fleet decides; the rollout acts).
+        self.fleet: FleetDesk | None = None
+        self.listener: Listener | None = None
+        if config.pack.commands:
+            self.fleet = FleetDesk(
+                prefix=settings.topic_prefix, site=config.site, station=config.station,
+                store=Path(config.pack.store_folder), rollout=Path(config.pack.rollout_folder),
+                state=config.state.folder, max_verdicts=config.pack.canary_max_verdicts,
+                send=self._send_control, running_digest=lambda: self.judge.pipeline.pack.digest,
+                restore=self._restore_pack,
+            )  # fmt: skip
+            self.listener = Listener(settings, f"{settings.client_id}-cmd", self.fleet.topics(), self.fleet.handle)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -246,6 +259,8 @@ class StationDaemon:
         self._retry_thread.start()
         if self.rollout is not None:
             self.rollout.start()
+        if self.listener is not None:
+            self.listener.start()
         log.info(
             "station %s/%s watching %s with pack %s %s on %s",
             self.config.site,
@@ -259,6 +274,8 @@ class StationDaemon:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop watching, finish the files already queued, deliver what the broker takes, stop."""
         deadline = time.monotonic() + timeout
+        if self.listener is not None:
+            self.listener.stop()
         if self.rollout is not None:
             self.rollout.stop()
         self.watcher.stop()
@@ -375,8 +392,10 @@ class StationDaemon:
         with self._judge_lock:
             judge, self._next_judge = self._next_judge, None
         if judge is not None:
-            old, self.judge = self.judge.pipeline.pack.digest, judge
-            log.info("judging with pack %s (was %s)", judge.pipeline.pack.digest[:12], old[:12])
+            old, self.judge = self.judge, judge
+            log.info("judging with pack %s (was %s)", judge.pipeline.pack.digest[:12], old.pipeline.pack.digest[:12])
+            if self.fleet is not None:
+                self.fleet.swapped(old, judge)  # a canary keeps the old judge in shadow
 
     def _report_pack(self, decision: Decision) -> None:
         """A rollout decision: health, and the retained ``pack`` message (through the outbox)."""
@@ -384,12 +403,28 @@ class StationDaemon:
             self.health.fail("pack_rollout", decision.reason)
         else:
             self.health.clear("pack_rollout")
-        topic = f"{self.publisher.topics.base}/pack"
-        body = json.dumps(decision.as_payload(), sort_keys=True).encode("utf-8")
+        self._send_control(f"{self.publisher.topics.base}/pack", decision.as_payload(), True)
+        if self.fleet is not None:
+            self.fleet.decided(decision)
+
+    def _send_control(self, topic: str, doc: dict[str, object], retain: bool) -> None:
+        """A pack, command-result or rollout-status message, through the outbox (QoS 1)."""
         try:
-            self.outbox.put(topic, body, f"pack:{time.time_ns()}", qos=1, retain=True)
+            self.outbox.put(topic, dumps(doc), f"ctl:{time.time_ns()}", qos=1, retain=retain)
         except (OutboxFull, sqlite3.Error) as exc:
-            self.health.fail("outbox", f"pack message not stored: {exc}")
+            self.health.fail("outbox", f"message for {topic} not stored: {exc}")
+
+    def _restore_pack(self, judge: RoutedJudge, reason: str) -> None:
+        """A canary below its threshold: the shadow judge (the previous pack) judges again from
+        the next batch, ``ROLLOUT/previous`` becomes ``current`` again, and ``pack`` says so."""
+        tried = self.judge.pipeline.pack.digest
+        try:
+            restore_previous(Path(self.config.pack.rollout_folder))
+        except (OSError, PackError) as exc:  # the swap below still happens: it is in memory
+            self.health.fail("pack_rollout", f"rolled back in memory, not on disk: {exc}")
+        with self._judge_lock:
+            self._next_judge = judge
+        self._report_pack(Decision("rolled_back", PREVIOUS, reason, judge.pipeline.pack.digest, tried))
 
     def _name(self, path: Path) -> str:
         """The watch-folder-relative path in printable form: how the journal names a file."""
@@ -457,6 +492,8 @@ class StationDaemon:
         failure: EdgeWorkerError | None = None
         try:
             outcomes = self.judge.judge_many([(path, seen_at) for _, path, seen_at, _ in group])
+            if self.fleet is not None:
+                self._shadow_judge([path for _, path, _, _ in group], outcomes)
             for (i, path, seen_at, key), outcome in zip(group, outcomes):
                 try:
                     if outcome.kind == "error" and outcome.rejection is not None:
@@ -478,6 +515,16 @@ class StationDaemon:
             self._clear_in_progress(keys)
         if failure is not None:
             raise failure
+
+    def _shadow_judge(self, files: list[Path], outcomes: list[Outcome]) -> None:
+        """A canary judges the batch with the previous pack too, before the files are disposed
+        of; a failure there is reported and never costs a verdict."""
+        assert self.fleet is not None
+        try:
+            self.fleet.shadow_judge(files, outcomes)
+        except Exception as exc:  # the live verdicts go on regardless
+            log.exception("shadow judging failed")
+            self.health.fail("pack_rollout", f"shadow judging failed: {type(exc).__name__}: {exc}")
 
     def _mark_in_progress(self, keys: list[str]) -> None:
         try:
@@ -661,6 +708,11 @@ class StationDaemon:
     def _check_broker(self) -> None:
         """Refused, unreachable, silent, no CONNACK, a refused message: a health problem."""
         self._broker_problem(self.publisher.broker_problem())
+        if self.listener is not None and not self._stopped:
+            if self.listener.problem:  # e.g. an ACL without the station's read right
+                self.health.fail("commands", f"{self.publisher.settings.url}: {self.listener.problem}")
+            else:
+                self.health.clear("commands")
 
     def _broker_problem(self, problem: str | None) -> None:
         if self._stopped or getattr(self, "health", None) is None:
