@@ -113,10 +113,20 @@ def create_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: object, _record: object) -> None:
+            # pysqlite's own transaction handling off, so "begin" below decides how one starts.
+            dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
             cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA journal_mode=WAL")
             cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            # IMMEDIATE: take the write lock at the start.  A deferred transaction that read a
+            # snapshot and then writes after another writer committed fails at once with
+            # SQLITE_BUSY_SNAPSHOT; with the lock taken first the second reviewer waits, then
+            # sees the new version and gets a Conflict, as on PostgreSQL.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
