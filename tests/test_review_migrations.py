@@ -1,0 +1,32 @@
+"""An empty database upgraded to head has exactly the tables db.metadata describes."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("alembic")
+
+import sqlalchemy as sa  # noqa: E402
+
+from edge_worker.subscribers.review import db  # noqa: E402
+from tests.review_db import postgres_server, review_url  # noqa: F401,E402
+
+
+def test_empty_database_upgraded_to_head_matches_metadata(review_url: str) -> None:  # noqa: F811
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    engine = db.create_engine(review_url)
+    try:
+        assert db.current_revision(engine) is None
+        db.upgrade(engine)
+        assert db.current_revision(engine) == db.HEAD
+        names = set(sa.inspect(engine).get_table_names())
+        assert {t.name for t in db.metadata.sorted_tables} <= names
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
+        assert diff == []
+        db.upgrade(engine)  # again: a no-op
+        assert db.current_revision(engine) == db.HEAD
+    finally:
+        engine.dispose()
