@@ -8,10 +8,10 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 
-from edge_worker.subscribers.review import agreement as ag  # noqa: E402
-from edge_worker.subscribers.review.store import ReviewStore  # noqa: E402
-from tests.review_db import postgres_server, review_url  # noqa: F401,E402
-from tests.test_review_store import add_user, verdict  # noqa: E402
+from edge_worker.subscribers.review import agreement as ag
+from edge_worker.subscribers.review.store import ReviewStore
+from tests.review_db import postgres_server, review_url  # noqa: F401
+from tests.test_review_store import add_user, verdict
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ import pytest
 pytest.importorskip("argon2")
 pytest.importorskip("sqlalchemy")
 
-from argon2 import PasswordHasher  # noqa: E402
+from argon2 import PasswordHasher
 
-from edge_worker.subscribers.review.auth import Accounts, csrf_ok, may, require  # noqa: E402
-from edge_worker.subscribers.review.errors import AuthError, NotAllowed  # noqa: E402
-from edge_worker.subscribers.review.store import ReviewStore  # noqa: E402
-from tests.review_db import postgres_server, review_url  # noqa: F401,E402
+from edge_worker.subscribers.review.auth import Accounts, csrf_ok, may, require
+from edge_worker.subscribers.review.errors import AuthError, NotAllowed
+from edge_worker.subscribers.review.store import ReviewStore
+from tests.review_db import postgres_server, review_url  # noqa: F401
 
 FAST = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
@@ -38,7 +38,7 @@ def env(review_url: str) -> Any:  # noqa: F811
 
 
 def test_login_session_expiry_and_logout(env: Any) -> None:
-    store, accounts, clock = env
+    _store, accounts, clock = env
     accounts.create_user("root", "ann", "tier1", "s3cret")
     with pytest.raises(AuthError):
         accounts.login("ann", "wrong")
@@ -69,7 +69,7 @@ def test_token_is_stored_hashed_and_password_argon2(env: Any) -> None:
 
 
 def test_rehash_when_parameters_change(env: Any) -> None:
-    store, accounts, _ = env
+    store, _accounts, _ = env
     stronger = Accounts(store, hasher=PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1))
     stronger.login("root", "root-pw")
     import sqlalchemy as sa

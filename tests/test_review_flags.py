@@ -8,7 +8,12 @@ import sys
 import pytest
 
 from edge_worker.subscribers.review.errors import InvalidFlags
-from edge_worker.subscribers.review.flags import CID_7011, meaning, validate_flags, verdict_reason_codes
+from edge_worker.subscribers.review.flags import (
+    CID_7011,
+    meaning,
+    validate_flags,
+    verdict_reason_codes,
+)
 
 
 def test_cid_7011_codes() -> None:

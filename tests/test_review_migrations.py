@@ -6,10 +6,10 @@ import pytest
 
 pytest.importorskip("alembic")
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from edge_worker.subscribers.review import db  # noqa: E402
-from tests.review_db import postgres_server, review_url  # noqa: F401,E402
+from edge_worker.subscribers.review import db
+from tests.review_db import postgres_server, review_url  # noqa: F401
 
 
 def test_empty_database_upgraded_to_head_matches_metadata(review_url: str) -> None:  # noqa: F811

@@ -10,10 +10,10 @@ import pytest
 
 pytest.importorskip("sqlalchemy")
 
-import sqlalchemy as sa  # noqa: E402
+import sqlalchemy as sa
 
-from edge_worker.subscribers.review import db  # noqa: E402
-from edge_worker.subscribers.review.errors import (  # noqa: E402
+from edge_worker.subscribers.review import db
+from edge_worker.subscribers.review.errors import (
     Conflict,
     InvalidFlags,
     NotAllowed,
@@ -21,8 +21,8 @@ from edge_worker.subscribers.review.errors import (  # noqa: E402
     StoreUnavailable,
     UnknownVerdict,
 )
-from edge_worker.subscribers.review.store import ReviewStore, Status  # noqa: E402
-from tests.review_db import postgres_server, review_url  # noqa: F401,E402
+from edge_worker.subscribers.review.store import ReviewStore, Status
+from tests.review_db import postgres_server, review_url  # noqa: F401
 
 POSITIONING = ("DCM", "111209")
 

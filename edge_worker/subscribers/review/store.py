@@ -260,13 +260,13 @@ class ReviewStore:
         id was already there (a redelivery: nothing changes).  Raises :class:`InvalidVerdict`."""
         try:
             pack = payload["pack"]
-            values = dict(
-                id=str(payload["id"]), site=str(payload["site"]), station=str(payload["station"]),
-                pack_name=str(pack["name"]), pack_version=str(pack["version"]),
-                pack_digest=str(pack["digest"]), view=str(payload["view"]["label"]),
-                decision=str(payload["decision"]),
-                reason_codes=sorted({str(r["code"]) for r in payload["reasons"]}),
-            )  # fmt: skip
+            values: dict[str, Any] = {
+                "id": str(payload["id"]), "site": str(payload["site"]), "station": str(payload["station"]),
+                "pack_name": str(pack["name"]), "pack_version": str(pack["version"]),
+                "pack_digest": str(pack["digest"]), "view": str(payload["view"]["label"]),
+                "decision": str(payload["decision"]),
+                "reason_codes": sorted({str(r["code"]) for r in payload["reasons"]}),
+            }  # fmt: skip
         except (KeyError, TypeError) as exc:
             raise InvalidVerdict(f"not a verdict payload: missing {exc}") from exc
 
