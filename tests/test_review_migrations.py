@@ -30,3 +30,18 @@ def test_empty_database_upgraded_to_head_matches_metadata(review_url: str) -> No
         assert db.current_revision(engine) == db.HEAD
     finally:
         engine.dispose()
+
+
+def test_audit_is_append_only(review_url: str) -> None:  # noqa: F811
+    engine = db.open_engine(review_url)
+    try:
+        with engine.begin() as c:
+            c.execute(sa.insert(db.audit).values(at=sa.func.now(), actor="a", action="x", outcome="done",
+                                                 detail={}, before=None))  # fmt: skip
+        for statement in (sa.update(db.audit).values(actor="b"), sa.delete(db.audit)):
+            with pytest.raises(sa.exc.DatabaseError), engine.begin() as c:
+                c.execute(statement)
+        with engine.connect() as c:
+            assert c.execute(sa.select(db.audit.c.actor)).scalars().all() == ["a"]
+    finally:
+        engine.dispose()

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from edge_worker.subscribers.review.errors import StoreUnavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0001"
+HEAD = "0002"
 
 metadata = sa.MetaData()
 
