@@ -129,15 +129,22 @@ def run_view_batch(
     return [view_from_logits(spec, row) for row in _run(session, spec, images, "logits")]
 
 
-def _roi_result(spec: StageSpec, prob: np.ndarray, shape: tuple[int, ...]) -> RoiResult:
-    threshold = spec.threshold("mask", 0.7)
-    box = mask_to_box(prob, threshold, spec.threshold("min_area_fraction", 0.002))
+def box_result(
+    prob: np.ndarray, threshold: float, min_area_fraction: float, shape: tuple[int, ...]
+) -> RoiResult:
+    """The box of ``prob`` (a map at the network's resolution) in the coordinates of an image of
+    ``shape``, and the share of the map above ``threshold``."""
+    box = mask_to_box(prob, threshold, min_area_fraction)
     area = float((prob > threshold).mean())
     if box is None:
         return RoiResult(box=None, area_fraction=area)
     h, w = shape[:2]
     # The mask is at the network's resolution; bring the box back to the working image.
     return RoiResult(box=box.scaled(w / prob.shape[1], h / prob.shape[0]), area_fraction=area)
+
+
+def _roi_result(spec: StageSpec, prob: np.ndarray, shape: tuple[int, ...]) -> RoiResult:
+    return box_result(prob, spec.threshold("mask", 0.7), spec.threshold("min_area_fraction", 0.002), shape)
 
 
 def run_roi_batch(
@@ -148,8 +155,9 @@ def run_roi_batch(
     return [_roi_result(spec, mask[0], image.shape) for mask, image in zip(masks, images)]
 
 
-def _grade(score: float) -> int:
-    return int(min(3, max(1, round(min(3.0, max(1.0, score))))))
+def grade(score: float, low: float = 1.0, high: float = 3.0) -> int:
+    """The grade of a score: rounded after clipping to [low, high] (the 1-3 scale by default)."""
+    return int(min(high, max(low, round(min(high, max(low, score))))))
 
 
 def run_quality_batch(
@@ -160,7 +168,7 @@ def run_quality_batch(
     h, w = spec.input.height, spec.input.width
     crops = [crop_box(image, box, h, w) for image, box in zip(images, boxes)]
     scores = _run(session, spec, crops, "score").reshape(len(crops), -1)[:, 0]
-    return [QualityResult(score=float(s), grade=_grade(float(s))) for s in scores]
+    return [QualityResult(score=float(s), grade=grade(float(s))) for s in scores]
 
 
 def run_orientation_batch(

@@ -19,17 +19,25 @@ def reason_texts(payload: dict) -> list[str]:  # type: ignore[type-arg]
     return texts
 
 
+def rules_tally(rules: object) -> tuple[int, list[str]] | None:
+    """``(how many rules, codes of those that did not pass)`` of a verdict's ``rules``, or
+    ``None`` when it has none (a pack without a rules stage)."""
+    if not isinstance(rules, list) or not rules:
+        return None
+    rows = [r for r in rules if isinstance(r, dict)]
+    return len(rows), [str(r.get("code")) for r in rows if r.get("status") != "pass"]
+
+
 def summary_line(kind: str, p: dict) -> str:  # type: ignore[type-arg]
     """One human-readable line for a verdict or error payload."""
     if kind == "error":
         return f"REJECTED {p['reason']}: {p['detail']}"
     quality = p.get("quality") or {}
     q = f"quality {quality['score']:.2f} (grade {quality['grade']})" if quality else "quality -"
-    rules = [r for r in p.get("rules") or [] if isinstance(r, dict)]
-    if rules and not quality:
-        passed = sum(1 for r in rules if r.get("status") == "pass")
-        failed = [str(r.get("code")) for r in rules if r.get("status") != "pass"]
-        q = f"rules {passed}/{len(rules)} passed" + (f" (not: {', '.join(failed)})" if failed else "")
+    tally = rules_tally(p.get("rules"))
+    if tally is not None and not quality:
+        total, failed = tally
+        q = f"rules {total - len(failed)}/{total} passed" + (f" (not: {', '.join(failed)})" if failed else "")
     o = p.get("orientation") or {}
     orient = f"rotated {o['angle_deg']:.0f} deg" if o else ""
     data = str((p.get("pack") or {}).get("training_data") or "unknown")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_worker.judging.decision import Reason, no_crop_source, quality_reasons
 from edge_worker.pipeline.preprocess import crop_box
-from edge_worker.pipeline.stages import QualityResult, image_batches
+from edge_worker.pipeline.stages import QualityResult, grade, image_batches
 from edge_worker.pipeline.tasks.base import Context, Item, earlier_stage, refuse
 
 if TYPE_CHECKING:
@@ -44,11 +44,6 @@ def parse(raw: Mapping[str, Any], where: str, earlier: Mapping[str, StageSpec]) 
 
 def role(options: Mapping[str, Any], is_view_stage: bool) -> str:
     return "quality"
-
-
-def grade(score: float, low: float, high: float) -> int:
-    """The grade of a score: rounded after clipping to [low, high]."""
-    return int(min(high, max(low, round(min(high, max(low, score))))))
 
 
 def run(session: Session | None, spec: StageSpec, items: Sequence[Item]) -> list[QualityResult]:

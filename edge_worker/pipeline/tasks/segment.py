@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_worker.judging.decision import Reason, roi_not_found
-from edge_worker.pipeline.preprocess import mask_to_box
-from edge_worker.pipeline.stages import RoiResult, image_batches
+from edge_worker.pipeline.stages import RoiResult, box_result, image_batches
 from edge_worker.pipeline.tasks.base import Context, Item, refuse, string_list
 
 if TYPE_CHECKING:
@@ -90,12 +89,10 @@ def _result(spec: StageSpec, scores: np.ndarray, shape: tuple[int, ...]) -> Segm
     box_class = spec.options.get("box")
     box, area = None, 0.0
     if box_class is not None:
-        prob = maps[box_class]
-        box_threshold = 0.5 if softmax else spec.threshold("mask", 0.7)
-        area = float((prob > box_threshold).mean())
-        found = mask_to_box(prob, box_threshold, spec.threshold("min_area_fraction", 0.002))
-        # The mask is at the network's resolution; bring the box back to the image it read.
-        box = found.scaled(sx, sy) if found is not None else None
+        threshold_box = 0.5 if softmax else spec.threshold("mask", 0.7)
+        found = box_result(maps[box_class], threshold_box,
+                           spec.threshold("min_area_fraction", 0.002), shape)  # fmt: skip
+        box, area = found.box, found.area_fraction
     return SegmentResult(box=box, area_fraction=area, masks=masks, scale=(sx, sy),
                          measures={c: _measures(m) for c, m in masks.items()})  # fmt: skip
 

@@ -31,6 +31,7 @@ from edge_worker.subscribers.dashboard.fleet import (
     site_rollup,
     status_from_document,
 )
+from edge_worker.subscribers.summary import rules_tally
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +161,12 @@ def entry_from_verdict(payload: dict[str, Any], received: float) -> dict[str, An
 
 def _rules(value: object) -> dict[str, Any] | None:
     """How many positioning rules passed, and the codes of those that did not."""
-    if not isinstance(value, list) or not value:
+    tally = rules_tally(value[: _MAX_REASONS * 4] if isinstance(value, list) else value)
+    if tally is None:
         return None
-    rows = [r for r in value if isinstance(r, dict)][:_MAX_REASONS * 4]
-    failed = [c for c in (_text(r.get("code"), 64) for r in rows if r.get("status") != "pass") if c]
-    return {"total": len(rows), "passed": len(rows) - len(failed), "failed": failed}
+    total, failed = tally
+    return {"total": total, "passed": total - len(failed),
+            "failed": [c for c in (_text(code, 64) for code in failed) if c]}  # fmt: skip
 
 
 def entry_from_error(payload: dict[str, Any], received: float) -> dict[str, Any]:
