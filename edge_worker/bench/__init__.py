@@ -8,9 +8,9 @@
   figures of each optimisation;
 * :mod:`~edge_worker.bench.broker` and :mod:`~edge_worker.bench.worker`: the real daemon in a
   subprocess on a real broker: file closed -> verdict received, backlog, peak memory;
-* :mod:`~edge_worker.bench.naive`: the straightforward pipeline (pydicom + numpy + OpenCV +
-  torch eager), run in its own process.  It is the only worker-side module that imports
-  torch, and nothing in the worker imports it;
+* :mod:`models.baseline.naive` (the ML side's, not this package's): the straightforward
+  pipeline (pydicom + numpy + OpenCV + torch eager), run in a process of its own; no module of
+  ``edge_worker`` imports torch;
 * :mod:`~edge_worker.bench.optimise` and :mod:`~edge_worker.bench.memprobe`: before/after
   figures of each optimisation (ORT settings and cache, reduced decode, batching, parallel
   stages, the shared memory arena);

@@ -7,7 +7,7 @@ Each round every station waits at one barrier and judges its next file; what it 
 round are the wall times of the file's parts in ms (path -> decision, decode included).
 
 Two kinds of station: ``onnxruntime`` (the worker's own pipeline on a backend, timed per stage
-by :mod:`edge_worker.bench.stages`) and ``torch`` (:mod:`edge_worker.bench.torch_ref`, the
+by :mod:`edge_worker.bench.stages`) and ``torch`` (:mod:`models.baseline.torch_ref`, the
 reference; torch is imported in that station's process only).
 """
 
@@ -84,7 +84,7 @@ def _judge(job: StationJob) -> tuple[Callable[[Path], dict[str, float]], Callabl
                                        job.backend)  # fmt: skip
         return (lambda path: time_image(pipeline, log, path).parts), dict
     if job.kind == "torch":
-        from edge_worker.bench.torch_ref import DeviceNaive
+        from models.baseline.torch_ref import DeviceNaive
 
         if job.checkpoints is None:
             raise BenchError("a torch station needs the pack's checkpoints")

@@ -9,7 +9,7 @@ and per encoding (uncompressed, JPEG 2000 lossless):
    a backlog dropped at once (with and without batching), peak memory
    (:mod:`edge_worker.bench.worker`);
 3. for packs with torch checkpoints, the straightforward pipeline in its own process
-   (:mod:`edge_worker.bench.naive`) on the same files, and the ratio of its time to ours;
+   (:mod:`models.baseline.naive`) on the same files, and the ratio of its time to ours;
 
 then the before/after figures of each optimisation (:mod:`edge_worker.bench.optimise`).
 """
@@ -122,7 +122,7 @@ def _cold_start(pack: BenchPack, root: Path, broker: BenchBroker, opts: BenchOpt
 def _naive(pack: BenchPack, paths: list[Path], repeat: int) -> dict[str, Any]:
     """The straightforward pipeline in its own process on ``paths``."""
     assert pack.checkpoints is not None
-    cmd = [sys.executable, "-m", "edge_worker.bench.naive", "--pack", str(pack.path),
+    cmd = [sys.executable, "-m", "models.baseline.naive", "--pack", str(pack.path),
            "--checkpoints", str(pack.checkpoints), "--repeat", str(repeat), *map(str, paths)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
     if done.returncode != 0:

@@ -1,6 +1,6 @@
 """The straightforward torch pipeline on a chosen device, for the GPU proof.  IMPORTS TORCH.
 
-:class:`DeviceNaive` is :class:`edge_worker.bench.naive.Naive` (pydicom decode, min-max,
+:class:`DeviceNaive` is :class:`models.baseline.naive.Naive` (pydicom decode, min-max,
 OpenCV resize, torch eager, the same decision rules) with its networks moved to ``device``:
 what the hardware allows with the obvious code, as the reference the worker's CUDA path is
 compared with.  Only the GPU proof's station processes import this module
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_worker.bench.naive import Naive
+from models.baseline.naive import Naive
 
 
 class DeviceNaive(Naive):

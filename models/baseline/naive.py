@@ -1,6 +1,6 @@
 """THE STRAIGHTFORWARD PIPELINE, for comparison only.  THIS MODULE IMPORTS TORCH.
 
-    python -m edge_worker.bench.naive --pack PACK --checkpoints DIR FILE... [--repeat N]
+    python -m models.baseline.naive --pack PACK --checkpoints DIR FILE... [--repeat N]
 
 What a user would write first, with the same networks and weights as the pack (the
 checkpoints the pack was exported from) and the same files: pydicom ``dcmread`` +
@@ -155,7 +155,7 @@ class Naive:
 def main(argv: list[str] | None = None) -> int:
     """Judge every file ``--repeat`` times after one warm-up; JSON on stdout."""
     parser = argparse.ArgumentParser(
-        prog="python -m edge_worker.bench.naive",
+        prog="python -m models.baseline.naive",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
