@@ -1,4 +1,4 @@
-"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, tail, bench, bridge-config.
+"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, review, tail, bench, bridge-config.
 
 Argument parsing only; each subcommand hands over to the module that does the work.
 Exit codes: 0 success; 1 a check failed, or ``analyze --fail-on-reject`` rejected a file; 2 a
@@ -162,6 +162,11 @@ def _watch_settings(args: argparse.Namespace) -> MqttSettings:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from edge_worker.subscribers.dashboard.server import parse_listen, run_dashboard
 
+    config = None
+    if args.config:
+        from edge_worker.subscribers.dashboard.config import load
+
+        config = load(Path(args.config))
     settings = _watch_settings(args)
     return run_dashboard(
         settings,
@@ -169,7 +174,41 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         prefix=settings.topic_prefix,
         client_id=args.client_id,
         silent_after=args.silent_after,
+        config=config,
     )
+
+
+def _cmd_review_adduser(args: argparse.Namespace) -> int:
+    """Add a review user to the dashboard's review database (the one its --config names)."""
+    import getpass
+
+    from edge_worker.subscribers.dashboard.config import DashboardConfig, load
+    from edge_worker.subscribers.review.auth import Accounts
+    from edge_worker.subscribers.review.store import ReviewStore
+
+    config = load(Path(args.config)) if args.config else DashboardConfig()
+    url = args.database or config.database_url
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("edge-worker review adduser: the passwords differ; nothing was changed", file=sys.stderr)
+            return 2
+    if len(password) < 8:
+        print("edge-worker review adduser: a password needs at least 8 characters", file=sys.stderr)
+        return 2
+    store = ReviewStore(url)
+    try:
+        actor = f"cli:{getpass.getuser()}"
+        user = Accounts(store).create_user(actor, args.name, args.role, password, operator=True)
+    except ValueError as exc:
+        print(f"edge-worker review adduser: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(f"review user {user.name} ({user.role}) added to {url.split('@')[-1]}")
+    return 0
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -281,7 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="flag a station not heard from for longer than this (unless it said it went offline) "
         "(default 300; stations refresh their status every 30 s)",
     )
+    dashboard.add_argument(
+        "--config", help="the dashboard's TOML file: the review pages and their database "
+        "(edge_worker/subscribers/dashboard/config.py, docs/review.md); without it, the board alone"
+    )  # fmt: skip
     dashboard.set_defaults(func=_cmd_dashboard)
+
+    review = sub.add_parser("review", help="manage the review pages' users")
+    review_sub = review.add_subparsers(dest="review_command", required=True)
+    adduser = review_sub.add_parser("adduser", help="add a reviewer (audited); the password from a prompt")
+    adduser.add_argument("name", help="user name (no spaces)")
+    adduser.add_argument("--role", required=True, choices=["tier1", "tier2", "admin"], help="what the user may do")
+    adduser.add_argument("--config", help="the dashboard's TOML file (its [review] database)")
+    adduser.add_argument("--database", help="database URL instead of the config's")
+    adduser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    adduser.set_defaults(func=_cmd_review_adduser)
 
     tail = sub.add_parser("tail", help="print every verdict, error and availability change as it arrives")
     _add_watch_flags(tail)

@@ -32,13 +32,23 @@ import threading
 import time
 from importlib import resources
 from types import FrameType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qs
 
 from edge_worker.errors import ConfigError
 from edge_worker.publish.settings import MqttSettings
 from edge_worker.subscribers.dashboard.feed import MqttFeed, station_filters
 from edge_worker.subscribers.dashboard.fleet import DEFAULT_SILENT_AFTER_S
 from edge_worker.subscribers.dashboard.state import KINDS, Event, StationBoard
+
+#: The board paths behind the review sign-in (unless public_board), and the copies' topic kind.
+BOARD_PATHS = frozenset({"/", "/index.html", "/events", "/api/stations"})
+COPY_KIND = "review-copy"
+
+if TYPE_CHECKING:
+    from edge_worker.subscribers.dashboard.config import DashboardConfig
+    from edge_worker.subscribers.dashboard.review_compose import ReviewParts
+    from edge_worker.subscribers.dashboard.review_site import Request
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +57,11 @@ STATIC = {
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/review.js": ("review.js", "text/javascript; charset=utf-8"),
+    "/review.css": ("review.css", "text/css; charset=utf-8"),
 }
+#: The largest form body a review page may POST.
+MAX_FORM_BYTES = 64 * 1024
 # The page loads nothing from elsewhere; thumbnails arrive as data: URLs.
 _CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'"
 #: How long the browser's EventSource waits before reconnecting (the SSE ``retry`` field).
@@ -188,8 +202,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s: %s", self.address_string(), format % args)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, headers: list[tuple[str, str]] | None = None) -> None:
         self.send_response(status)
+        for name, value in headers or ():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-cache")
@@ -202,7 +218,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def _request(self, form: dict[str, list[str]] | None = None) -> Request:
+        from edge_worker.subscribers.dashboard.review_site import Request
+
+        path, _, query = self.path.partition("?")
+        return Request(self.command if self.command != "HEAD" else "GET", path, parse_qs(query), form or {},
+                       {k: v for k, v in self.headers.items()})  # fmt: skip
+
+    def _review(self, form: dict[str, list[str]] | None = None) -> bool:
+        """Answer a review path (or refuse the board to a stranger); False: not handled."""
+        review = self.dashboard.review
+        if review is None:
+            return False
+        req = self._request(form)
+        answer = review.site.board_gate(req) if req.path in BOARD_PATHS else review.site.handle(req)
+        if answer is None:
+            return False
+        self._send(answer.status, answer.body, answer.content_type, answer.headers)
+        return True
+
+    def do_POST(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_FORM_BYTES:
+            self._send(413, b"form too large\n", "text/plain; charset=utf-8")
+            return
+        raw = self.rfile.read(length).decode("utf-8", errors="replace")
+        if not self._review(parse_qs(raw, keep_blank_values=True)):
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
     def do_GET(self) -> None:
+        if self._review():
+            return
         path = self.path.split("?", 1)[0]
         if path == "/events":
             self._events()
@@ -266,6 +315,7 @@ class Dashboard:
         heartbeat_s: float = 5.0,
         client_id: str | None = None,
         silent_after: float = DEFAULT_SILENT_AFTER_S,
+        review: ReviewParts | None = None,
     ) -> None:
         if not silent_after > 0:
             raise ConfigError(f"--silent-after must be more than 0 seconds, got {silent_after}")
@@ -273,14 +323,16 @@ class Dashboard:
         self.listen = listen
         self.heartbeat_s = heartbeat_s
         self.board = StationBoard(prefix, history, silent_after=silent_after)
+        self.review = review
         self._lock = threading.Lock()  # the board and the hub change together
         self._hub = _Hub()
         self.static = {
             name: (resources.files("edge_worker.subscribers.dashboard") / "static" / name).read_bytes()
             for name, _ in STATIC.values()
         }
+        kinds = KINDS if review is None else (*KINDS, COPY_KIND)
         self._feed = MqttFeed(
-            settings, station_filters(prefix, KINDS), self._on_message, self._on_broker, client_id=client_id
+            settings, station_filters(prefix, kinds), self._on_message, self._on_broker, client_id=client_id
         )
         self._http: _HttpServer | None = None
         self._serve: threading.Thread | None = None
@@ -323,12 +375,16 @@ class Dashboard:
         self._stop_sweep.clear()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="edge-worker/dashboard-sweep")
         self._sweeper.start()
+        if self.review is not None:
+            self.review.start()
         self._feed.start()
         log.info("dashboard: open %s in a browser (broker %s)", self.url, self.settings.url)
 
     def stop(self) -> None:
         """Stop the subscription, end every event stream, stop the server, join every thread."""
         self._feed.stop()
+        if self.review is not None:
+            self.review.stop()  # after the feed: nothing more arrives for it
         self._stop_sweep.set()
         if self._sweeper is not None:
             self._sweeper.join()
@@ -361,6 +417,13 @@ class Dashboard:
             self._hub.unsubscribe(q)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.review is not None:
+            kind = topic.rsplit("/", 1)[-1]
+            if kind == COPY_KIND:  # for the copy store only, never the board
+                self.review.offer(kind, payload)
+                return
+            if kind == "verdict":
+                self.review.offer(kind, payload)  # a queue: the board never waits on the database
         with self._lock:
             event = self.board.apply(topic, payload, time.time())
             if event is not None:
@@ -385,12 +448,22 @@ def run_dashboard(
     prefix: str = "xray",
     client_id: str | None = None,
     silent_after: float = DEFAULT_SILENT_AFTER_S,
+    config: DashboardConfig | None = None,
 ) -> int:
     """Serve the dashboard until SIGTERM or Ctrl-C; returns the exit code.
 
     ``silent_after``: seconds without news after which a station is flagged (ConfigError if not > 0).
+    ``config``: the dashboard's file (``--config``); with ``[review] enabled`` the review pages
+    are served and every verdict received is recorded (the ``review`` extra is needed).
     """
-    dashboard = Dashboard(settings, listen, prefix, client_id=client_id, silent_after=silent_after)
+    review = None
+    if config is not None and config.review.enabled:
+        try:
+            from edge_worker.subscribers.dashboard.review_compose import open_review
+        except ImportError as exc:
+            raise ConfigError(f"[review] enabled needs the review extra (pip install 'edge-worker[review]'): {exc}") from exc
+        review = open_review(config)
+    dashboard = Dashboard(settings, listen, prefix, client_id=client_id, silent_after=silent_after, review=review)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -405,4 +478,6 @@ def run_dashboard(
         log.info("dashboard: interrupted; stopping")
     finally:
         dashboard.stop()
+        if review is not None:
+            review.close()
     return 0

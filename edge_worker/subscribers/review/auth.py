@@ -74,22 +74,30 @@ class Accounts:
         self.proxy_header = proxy_header
         self.hasher = hasher or PasswordHasher()
 
-    def create_user(self, actor: str, name: str, role: str, password: str) -> User:
-        """Add a user (audited).  ``actor`` must be an admin, unless there is no user yet."""
+    def create_user(self, actor: str, name: str, role: str, password: str, *, operator: bool = False) -> User:
+        """Add a user (audited).  ``actor`` must be an admin, unless there is no user yet or
+        ``operator`` says the actor is the machine's operator (``edge-worker review adduser``,
+        who holds the database itself).  Raises ValueError for a bad role, NotAllowed, and
+        AuthError when the name is taken."""
         if role not in USER_ROLES:
             raise ValueError(f"role must be one of {USER_ROLES}, not {role!r}")
+        if not name or len(name) > 100 or any(c.isspace() for c in name):
+            raise ValueError(f"user name {name!r}: 1 to 100 characters, no spaces")
+        if self.user(name) is not None:
+            raise AuthError(f"user {name!r} exists already")
         hashed = self.hasher.hash(password)
 
         def run(conn: sa.Connection) -> None:
             first = conn.execute(sa.select(sa.func.count()).select_from(db.users)).scalar_one() == 0
-            if not first:
+            if not first and not operator:
                 row = conn.execute(sa.select(db.users.c.role).where(db.users.c.name == actor)).first()
                 if row is None or row.role != "admin":
                     self.store.audit(conn, actor, "create_user", None, "refused:not_allowed", {"name": name}, None)
                     return
             conn.execute(sa.insert(db.users).values(name=name, role=role, password_hash=hashed,
                                                     created_at=self.store.now(), disabled=False))  # fmt: skip
-            self.store.audit(conn, actor, "create_user", None, "done", {"name": name, "role": role}, None)
+            detail = {"name": name, "role": role, "via": "command line" if operator else "pages"}
+            self.store.audit(conn, actor, "create_user", None, "done", detail, None)
 
         self.store.transaction(run)
         user = self.user(name)
@@ -115,21 +123,29 @@ class Accounts:
             self.hasher.verify(row.password_hash, password)
         except (VerificationError, InvalidHashError) as exc:
             raise AuthError("wrong user name or password") from exc
+        rehash = self.hasher.check_needs_rehash(row.password_hash)
+        new_hash = self.hasher.hash(password) if rehash else None
+        return self._open(User(row.name, row.role), {"rehashed": rehash}, new_hash)
+
+    def login_from_proxy(self, headers: Mapping[str, str]) -> Session | None:
+        """A session for the user a trusted proxy names (see :meth:`from_proxy`), or ``None``."""
+        user = self.from_proxy(headers)
+        return None if user is None else self._open(user, {"via": "proxy", "header": self.proxy_header})
+
+    def _open(self, user: User, detail: dict[str, object], new_hash: str | None = None) -> Session:
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = self.store.now()
         expires = now + timedelta(seconds=self.session_s)
-        rehash = self.hasher.check_needs_rehash(row.password_hash)
 
         def run(conn: sa.Connection) -> None:
-            if rehash:
-                conn.execute(sa.update(db.users).where(db.users.c.name == name)
-                             .values(password_hash=self.hasher.hash(password)))  # fmt: skip
-            conn.execute(sa.insert(db.sessions).values(token_hash=_hash_token(token), user_name=name,
+            if new_hash is not None:
+                conn.execute(sa.update(db.users).where(db.users.c.name == user.name).values(password_hash=new_hash))
+            conn.execute(sa.insert(db.sessions).values(token_hash=_hash_token(token), user_name=user.name,
                                                        created_at=now, expires_at=expires, csrf_token=csrf))  # fmt: skip
-            self.store.audit(conn, name, "login", None, "done", {"rehashed": rehash}, None)
+            self.store.audit(conn, user.name, "login", None, "done", detail, None)
 
         self.store.transaction(run)
-        return Session(token, csrf, User(row.name, row.role), expires)
+        return Session(token, csrf, user, expires)
 
     def session(self, token: str) -> Session:
         """The live session of ``token``; raises :class:`AuthError` when unknown or expired."""
