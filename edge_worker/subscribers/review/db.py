@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from edge_worker.subscribers.review.errors import StoreUnavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0002"
+HEAD = "0003"
 
 metadata = sa.MetaData()
 
@@ -92,6 +92,23 @@ audit = sa.Table(
     sa.Column("outcome", sa.String(30), nullable=False),  # done | refused:<code>
     sa.Column("detail", sa.JSON, nullable=False),
     sa.Column("before", sa.JSON, nullable=True),
+)
+
+#: The reduced copy of the image each verdict was about (``copies.py``).  No foreign key to
+#: review_verdicts: a copy may arrive before its verdict (two topics, no order between them).
+copies = sa.Table(
+    "review_copies",
+    metadata,
+    sa.Column("verdict_id", sa.String(36), primary_key=True),
+    sa.Column("media_type", sa.String(30), nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("scale", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),  # len(data): pruning by size reads no images
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_review_copies_received_at", "received_at"),
 )
 
 UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
