@@ -255,3 +255,40 @@ def test_cli_adduser_reads_stdin_and_audits(tmp_path: Path, monkeypatch: pytest.
         assert rows[0]["detail"] == {"name": "ann", "role": "tier1", "via": "command line"}
     finally:
         store.close()
+
+
+def test_review_copy_from_mqtt_drawn_with_roi_rules_and_heatmap(running: Running, mosquitto: Any) -> None:
+    import base64
+
+    import cv2
+    import numpy as np
+
+    from edge_worker.publish.review_copy import build_review_copy
+
+    assert running.parts.copies is not None, "the copy store (review.copies) is part of this build"
+    image = np.full((400, 300), 90, np.uint8)
+    ok, png = cv2.imencode(".png", image)
+    assert ok
+    heat = base64.b64encode(cv2.imencode(".png", np.zeros((8, 6, 4), np.uint8))[1].tobytes()).decode()
+    payload = verdict(1) | {"heatmaps": {"lung_opacity": {"peak_x": 0.5, "overlay": f"data:image/png;base64,{heat}"}}}
+    _record(running, mosquitto, payload)
+    copy = build_review_copy(verdict_id=V1, site="ward-3", station="xr-01", media_type="image/png",
+                             width=300, height=400, scale=0.5, data=png.tobytes())  # fmt: skip
+    publish(mosquitto, "xray/ward-3/xr-01/review-copy", json.dumps(copy).encode())
+    until(lambda: running.parts.copies.get(V1) is not None, 10, "the copy kept")
+    c = _client(running)
+    c.sign_in("ann")
+    status, headers, _ = c.get(f"/review/copy/{V1}")
+    assert status == 200 and headers["content-type"] == "image/png"
+    status, _, text = c.get(f"/review/verdict/{V1}")
+    assert status == 200 and f'href="/review/copy/{V1}"' in text
+    # The ROI box [100, 120, 400, 600] in stored pixels, times the copy's scale 0.5.
+    assert '<rect id="roi-box" x="50.0" y="60.0" width="150.0" height="240.0"' in text
+    assert 'class="heatmap" data-label="lung_opacity"' in text and 'id="heatmap-toggle"' in text
+    assert "FAIL ap_spinous_centred = 0.31" in text
+    # A refused payload (bad sha256) is logged and kept out; the board never saw either topic's copy.
+    publish(mosquitto, "xray/ward-3/xr-01/review-copy", json.dumps(copy | {"verdict_id": verdict(9)["id"],
+                                                                           "sha256": "0" * 64}).encode())  # fmt: skip
+    assert running.parts.recorder.drain(10)
+    assert running.parts.copies.get(verdict(9)["id"]) is None
+    assert running.dashboard.board.messages["unusable"] == 0 and running.dashboard.board.messages["verdict"] == 1
