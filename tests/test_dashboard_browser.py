@@ -19,32 +19,30 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.publish as paho_publish
 import pytest
 
-from edge_worker.phantoms.ankle import write_phantom
 from edge_worker.publish.settings import MqttSettings
 from edge_worker.subscribers.dashboard.server import Dashboard
+from tests.browser import (  # noqa: F401
+    NEEDS_CHROMIUM,
+    Station,
+    browser,
+    drop,
+    screenshot,
+    start_stations,
+    stop_process,
+)
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
+pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason="needs chromium and chromedriver (apt)"),
-    pytest.mark.timeout(170),
-]
+pytestmark = [NEEDS_CHROMIUM, pytest.mark.timeout(170)]
 
 log = logging.getLogger(__name__)
 SITE = "st-ward"
@@ -60,93 +58,17 @@ PLAN = {
 TILES_JS = "return Array.from(document.querySelectorAll('.tile')).map((t) => Object.assign({}, t.dataset));"
 ROWS_JS = "return Array.from(document.querySelectorAll('#fleet tbody tr[data-key]')).map((r) => Object.assign({}, r.dataset));"
 SITES_JS = "return Array.from(document.querySelectorAll('.site-group')).map((g) => Object.assign({}, g.dataset));"
-CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1600,1000",
-)  # fmt: skip
-
-
-@dataclass
-class Station:
-    name: str
-    proc: subprocess.Popen[bytes]
-    watch: Path
-    log: Path
-    thumbnail: bool
-    dropped: int = 0
-
-
-def _config(root: Path, name: str, url: str, thumbnail: bool) -> Path:
-    path = root / "edge-worker.toml"
-    path.write_text(
-        f'site = "{SITE}"\nstation = "{name}"\n'
-        f'[watch]\nfolder = "{root / "incoming"}"\nsettle_seconds = 0.2\n'
-        f'[quarantine]\nfolder = "{root / "quarantine"}"\n'
-        f'[state]\nfolder = "{root / "state"}"\n'
-        f'[mqtt]\nurl = "{url}"\n'
-        '[service]\nmetrics_listen = ""\n'
-        f"[verdict]\nthumbnail = {'true' if thumbnail else 'false'}\n"
-    )
-    return path
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
 def stations(tmp_path: Path, mosquitto: Any) -> Iterator[dict[str, Station]]:
     """One daemon subprocess per station of PLAN, on the demo pack, started in parallel."""
-    made: dict[str, Station] = {}
+    made = start_stations(tmp_path, SITE, mosquitto.url, {name: thumb for name, (thumb, _) in PLAN.items()})
     try:
-        for name, (thumbnail, _) in PLAN.items():
-            root = tmp_path / name
-            (root / "incoming").mkdir(parents=True)
-            log = root / "daemon.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "edge_worker", "run", "--config", str(_config(root, name, mosquitto.url, thumbnail))],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            made[name] = Station(name, proc, root / "incoming", log, thumbnail)
         yield made
     finally:
         for station in made.values():
-            _stop(station.proc)
-
-
-@pytest.fixture
-def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """Headless Debian chromium through Debian's chromedriver; nothing is downloaded."""
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # never let selenium look for drivers online
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _drop(station: Station, view: str, grade: int, seed: int) -> None:
-    """A phantom written under a hidden name and renamed in: the modality's move-in."""
-    station.dropped += 1
-    name = f"IMG{station.dropped:04d}.dcm"
-    temp = station.watch / f".{name}.part"
-    write_phantom(temp, seed=seed, view=view, grade=grade, size=1024)
-    os.replace(temp, station.watch / name)
+            stop_process(station.proc)
 
 
 def _tiles(driver: Any) -> dict[str, dict[str, str]]:
@@ -183,12 +105,7 @@ def _shows(driver: Any, key: str, verdict: dict[str, Any]) -> bool:
 
 
 def _screenshot(driver: Any, tmp_path: Path, name: str = "dashboard.png") -> Path:
-    shot = tmp_path / name
-    assert driver.save_screenshot(str(shot)), "chromium took no screenshot"
-    target = os.environ.get("EDGE_WORKER_SCREENSHOT_DIR")
-    if target:
-        shutil.copyfile(shot, Path(target) / name)
-    return shot
+    return screenshot(driver, tmp_path, name)
 
 
 @pytest.fixture
@@ -216,7 +133,7 @@ def _verdicts(sub: Any, name: str) -> list[dict[str, Any]]:
 def test_dashboard_in_a_real_browser(
     mosquitto: Any,
     stations: dict[str, Station],
-    browser: Any,
+    browser: Any,  # noqa: F811
     dashboards: Callable[[int], Dashboard],
     subscriber: Callable[..., Any],
     tmp_path: Path,
@@ -238,7 +155,7 @@ def test_dashboard_in_a_real_browser(
     # Phantoms in, verdicts out: each tile shows exactly what the broker carried.
     for name, (_, plan) in PLAN.items():
         for view, grade, seed in plan:
-            _drop(stations[name], view, grade, seed)
+            drop(stations[name], view, grade, seed)
     for name, (_, plan) in PLAN.items():
         sub.wait_for(f"xray/{SITE}/{name}/verdict", len(plan), timeout=60)
     latest: dict[str, dict[str, Any]] = {}
@@ -307,7 +224,7 @@ def test_dashboard_in_a_real_browser(
     _wait("running stations online again", lambda: all(_tiles(driver)[k]["online"] == "true" for k in running),
           20, driver, stations)  # fmt: skip
     log.info("broker started: running stations online again after %.2f s", time.monotonic() - t0)
-    _drop(stations["xr-01"], "AP", 1, 4107)
+    drop(stations["xr-01"], "AP", 1, 4107)
     after = sub.wait_for(f"xray/{SITE}/xr-01/verdict", 3, timeout=30)
     fresh = json.loads(after[-1].payload)
     _wait("verdict after the broker restart", lambda: _shows(driver, f"{SITE}/xr-01", fresh), 10, driver, stations)
@@ -340,7 +257,7 @@ def _status(site: str, station: str, pack: str, version: str, digest: str, depth
 
 
 def test_fleet_view_groups_sites_and_flags_silent_stations(
-    mosquitto: Any, browser: Any, dashboards: Callable[..., Dashboard], tmp_path: Path
+    mosquitto: Any, browser: Any, dashboards: Callable[..., Dashboard], tmp_path: Path  # noqa: F811
 ) -> None:
     driver = browser
     fleet = {  # key -> (pack, version, digest, outbox depth, state)

@@ -16,7 +16,7 @@ import json
 import logging
 import queue
 import threading
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from edge_worker.subscribers.review.errors import StoreUnavailable
 from edge_worker.subscribers.review.store import InvalidVerdict, ReviewStore
@@ -96,9 +96,9 @@ class Recorder:
             item = self._queue.get()
             if item is _STOP:
                 return
-            kind, payload = item  # type: ignore[misc]
+            kind, payload = cast(tuple[str, Any], item)
             if kind == "sync":
-                payload.set()
+                cast(threading.Event, payload).set()
                 continue
             while not self._stop.is_set():
                 try:

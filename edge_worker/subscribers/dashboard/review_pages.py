@@ -9,15 +9,25 @@ test reads.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
-from edge_worker.subscribers.dashboard.review_svg import agreement_bars, heatmap_overlays, image_overlay
+from edge_worker.subscribers.dashboard.review_svg import (
+    agreement_bars,
+    heatmap_overlays,
+    image_overlay,
+)
 from edge_worker.subscribers.review.agreement import DIMENSIONS, Agreement, Recent
 from edge_worker.subscribers.review.auth import User, may
 from edge_worker.subscribers.review.flags import CID_7011, PACK, Flag, meaning, pack_codes_of
-from edge_worker.subscribers.review.store import TIER_ONE_OPEN, TIER_TWO_QUEUE, ReviewRecord, Status, VerdictRecord
+from edge_worker.subscribers.review.store import (
+    TIER_ONE_OPEN,
+    TIER_TWO_QUEUE,
+    ReviewRecord,
+    Status,
+    VerdictRecord,
+)
 
 NO_COPY = "no review copy (station has review copies off, or it expired)"
 STATUS_WORDS = {
@@ -31,8 +41,14 @@ def _e(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def _when(value: datetime) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+def _when(value: datetime | str) -> str:
+    """A time for people (UTC); an ISO text (from a Conflict's dict) is parsed first."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def page(title: str, body: str, user: User | None = None, csrf: str | None = None, alert: str | None = None) -> bytes:
@@ -130,11 +146,11 @@ def _facts(record: VerdictRecord) -> str:
     p = record.payload
     quality = p.get("quality") if isinstance(p.get("quality"), Mapping) else None
     grade = "none" if quality is None else f"{quality.get('grade')} (score {quality.get('score')})"
-    view = p.get("view") if isinstance(p.get("view"), Mapping) else {}
+    view: Mapping[str, Any] = p["view"] if isinstance(p.get("view"), Mapping) else {}
     rows = [
         ("Network decision", f'<span id="decision" class="d-{_e(record.decision)}">{_e(record.decision)}</span>'),
-        ("Review status", f'<span id="status" data-status="{_e(record.status.value)}" data-version="{record.version}">'
-                          f"{_e(STATUS_WORDS[record.status])}</span>"),
+        ("Review status", (f'<span id="status" data-status="{_e(record.status.value)}" '
+                           f'data-version="{record.version}">{_e(STATUS_WORDS[record.status])}</span>')),
         ("Station", f"{_e(record.site)}/{_e(record.station)}"),
         ("View", f"{_e(record.view)} (confidence {_e(view.get('confidence', '?'))})"),
         ("Grade", _e(grade)),
@@ -187,10 +203,12 @@ def verdict(record: VerdictRecord, reviews: Sequence[ReviewRecord], user: User, 
     """The verdict page: image, facts, reasons, rules, history, and the forms the user's role allows."""
     chosen = tuple(chosen)
     forms = []
-    if may(user, "tier_one") and record.status in TIER_ONE_OPEN:
+    # A tier-two reviewer on an image in its queue decides; the tier-one form would only confuse.
+    in_tier_two = may(user, "tier_two") and record.status in TIER_TWO_QUEUE
+    if may(user, "tier_one") and record.status in TIER_ONE_OPEN and not in_tier_two:
         forms.append("<h3>Tier one</h3>" + _form(record, csrf, "tier1", [("good", "Good"), ("questionable", "Questionable")],
                                                   True, chosen, comment))  # fmt: skip
-    if may(user, "tier_two") and record.status in TIER_TWO_QUEUE:
+    if in_tier_two:
         forms.append("<h3>Tier two: final decision</h3><p>Bad needs at least one flag.</p>"
                      + _form(record, csrf, "tier2", [("good", "Final: good"), ("bad", "Final: bad")], True, chosen, comment))  # fmt: skip
     if may(user, "reopen") and record.status != Status.REOPENED:
@@ -209,7 +227,7 @@ def conflict(verdict_id: str, action: str, earlier: Mapping[str, Any] | None, cu
     if earlier:
         told = (f'<p id="earlier" data-user="{_e(earlier.get("user", ""))}" data-outcome="{_e(earlier.get("outcome", ""))}">'
                 f'Someone changed this image first: <b>{_e(earlier.get("user", "?"))}</b> (tier {_e(earlier.get("tier", "?"))}) '
-                f'marked it <b>{_e(earlier.get("outcome", "?"))}</b> at {_e(earlier.get("created_at", "?"))}'
+                f'marked it <b>{_e(earlier.get("outcome", "?"))}</b> at {_e(_when(earlier.get("created_at", "?")))}'
                 f'{" with flags " + _e(", ".join(meaning((f[0], f[1])) for f in earlier.get("flags") or ())) if earlier.get("flags") else ""}'
                 f'{" - " + _e(earlier.get("comment")) if earlier.get("comment") else ""}.</p>')  # fmt: skip
     else:
@@ -239,9 +257,9 @@ def _recent_line(r: Recent) -> str:
 def agreement_page(rows: Sequence[Agreement], recents: Sequence[Recent]) -> str:
     """Recent windows, then per dimension a bar plot and a table of rates with counts."""
     parts = [f'<ul class="recent" id="recent">{"".join(_recent_line(r) for r in recents)}</ul>',
-             "<p>Agreement: tier one's good or tier two's good with the network's ok; tier one's questionable "
-             "or tier two's bad with its retake. Verdicts the network left to a person are not counted; the "
-             "latest review of each tier per image counts.</p>"]  # fmt: skip
+             ("<p>Agreement: tier one's good or tier two's good with the network's ok; tier one's questionable "
+              "or tier two's bad with its retake. Verdicts the network left to a person are not counted; the "
+              "latest review of each tier per image counts.</p>")]  # fmt: skip
     names = {"pack": "Pack version", "station": "Station", "view": "View", "reason": "Reason code"}
     for dimension in DIMENSIONS:
         mine = [r for r in rows if r.dimension == dimension]

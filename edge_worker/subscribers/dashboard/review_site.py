@@ -270,9 +270,10 @@ class ReviewSite:
         try:
             session = self.accounts.login(name, req.one("password"))
         except AuthError as exc:
+            why = str(exc)
             self.store.transaction(lambda c: self.store.audit(c, name[:100] or "?", "login", None, "refused:auth",
-                                                              {"why": str(exc)}, None))  # fmt: skip
-            return Response(401, pages.page("Sign in", pages.signin(target, str(exc))))
+                                                              {"why": why}, None))  # fmt: skip
+            return Response(401, pages.page("Sign in", pages.signin(target, why)))
         self._remember(session)
         return _redirect(target, self._cookie(session))
 
@@ -316,9 +317,8 @@ class ReviewSite:
             else:
                 self.store.reopen(verdict_id, user, version, comment)
         except Conflict as exc:
-            pairs = [(f[0], f[1]) for f in flags if len(f) == 2]
             body = pages.conflict(verdict_id, action, exc.earlier, exc.current_version, session.csrf,
-                                  outcome, pairs, comment)  # fmt: skip
+                                  outcome, [(f[0], f[1]) for f in flags if len(f) == 2], comment)  # fmt: skip
             return self._page("Changed by someone else", body, session, 409)
         except UnknownVerdict as exc:
             return Response(404, pages.page("Not found", pages.problem(f"{exc}: nothing to review"), session.user, session.csrf))

@@ -33,8 +33,8 @@ def agreement_bars(rows: Sequence[Agreement], title: str) -> str:
     group = 2 * bar + gap
     height = top + len(keys) * group + 48
     out = [
-        f'<svg class="bars" role="img" aria-label="{escape(title)}" width="{left + width + 130}" '
-        f'height="{height}" viewBox="0 0 {left + width + 130} {height}" xmlns="http://www.w3.org/2000/svg">',
+        (f'<svg class="bars" role="img" aria-label="{escape(title)}" width="{left + width + 130}" '
+         f'height="{height}" viewBox="0 0 {left + width + 130} {height}" xmlns="http://www.w3.org/2000/svg">'),
         f'<text x="0" y="16" fill="#f4f7fa" font-size="15" font-weight="bold">{escape(title)}</text>',
     ]
     axis_y = top + len(keys) * group
@@ -88,8 +88,8 @@ def image_overlay(src: str, width: int, height: int, scale: float, payload: Mapp
     copy, class ``heatmap``: the page's toggle hides them), the ROI box (source-image pixels
     times ``scale``) and the rule results listed in the corner, pass/fail in words and colour."""
     out = [
-        f'<svg id="review-image" class="review-image" role="img" aria-label="review copy with the ROI box" '
-        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
+        (f'<svg id="review-image" class="review-image" role="img" aria-label="review copy with the ROI box" '
+         f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">'),
         f'<image href="{escape(src)}" x="0" y="0" width="{width}" height="{height}"/>',
     ]
     for label, url in heatmap_overlays(payload):
