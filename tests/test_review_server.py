@@ -292,3 +292,32 @@ def test_review_copy_from_mqtt_drawn_with_roi_rules_and_heatmap(running: Running
     assert running.parts.recorder.drain(10)
     assert running.parts.copies.get(verdict(9)["id"]) is None
     assert running.dashboard.board.messages["unusable"] == 0 and running.dashboard.board.messages["verdict"] == 1
+
+
+def test_recorder_prunes_old_copies_on_its_own_thread(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from edge_worker.publish.review_copy import build_review_copy
+    from edge_worker.subscribers.dashboard.recorder import Recorder
+    from edge_worker.subscribers.review.copies import ReviewCopies
+    from tests.review_http import Clock
+
+    clock = Clock()
+    store = ReviewStore(f"sqlite:///{tmp_path / 'r.sqlite3'}", clock=clock)
+    copies = ReviewCopies(store, max_age_days=1, max_bytes=10_000_000)
+    recorder = Recorder(store, copies, prune_s=0.1)
+    recorder.start()
+    try:
+        png = cv2.imencode(".png", np.zeros((300, 300), np.uint8))[1].tobytes()
+        payload = build_review_copy(verdict_id=V1, site="ward-3", station="xr-01", media_type="image/png",
+                                    width=300, height=300, scale=1.0, data=png)  # fmt: skip
+        recorder.offer("review-copy", json.dumps(payload).encode())
+        recorder.offer("verdict", json.dumps(verdict(1)).encode())
+        assert recorder.drain(10) and copies.get(V1) is not None and store.get(V1).id == V1
+        clock.t += 2 * 86_400
+        until(lambda: copies.get(V1) is None, 5, "the old copy pruned")
+        assert recorder.pruned == 1 and recorder.copies_kept == 1 and recorder.recorded == 1
+    finally:
+        recorder.stop()
+        store.close()

@@ -6,8 +6,9 @@ them in order and writes them: a verdict with ``ReviewStore.record_verdict`` (id
 id, so a redelivery changes nothing), a review copy with ``ReviewCopies.accept``.  While the
 database is unavailable the thread keeps the message it holds and tries again every
 ``retry_s`` seconds, so a verdict received during an outage is recorded once the database is
-back; the queue meanwhile holds up to ``depth`` more (about 10 kB each), then the oldest
-waiting messages are not recorded and each is logged at ERROR with its id.
+back; the queue meanwhile holds up to ``depth`` more (a verdict is about 10 kB), beyond which
+new messages are not recorded, each logged at ERROR.  The same thread prunes the copy store
+every ``prune_s`` seconds (by age and total size, ``ReviewCopies.prune``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from typing import Any, Protocol, cast
 
 from edge_worker.subscribers.review.errors import StoreUnavailable
@@ -31,15 +33,20 @@ class CopyAcceptor(Protocol):
 
     def accept(self, payload: bytes) -> str | None: ...
 
+    def prune(self) -> int: ...
+
 
 class Recorder:
     """A thread that records verdicts (and review copies) in the store, retrying while it is down."""
 
     def __init__(self, store: ReviewStore, copies: CopyAcceptor | None = None, *,
-                 depth: int = 100_000, retry_s: float = 2.0) -> None:  # fmt: skip
+                 depth: int = 100_000, retry_s: float = 2.0, prune_s: float = 3600.0) -> None:  # fmt: skip
         self.store = store
         self.copies = copies
         self.retry_s = retry_s
+        self.prune_s = prune_s
+        self._next_prune = time.monotonic()  # once at start, then every prune_s
+        self.pruned = 0
         self._queue: queue.Queue[object] = queue.Queue(depth)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -93,7 +100,12 @@ class Recorder:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            item = self._queue.get()
+            self._prune_when_due()
+            try:
+                wait = None if self.copies is None else max(self._next_prune - time.monotonic(), 0.05)
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                continue
             if item is _STOP:
                 return
             kind, payload = cast(tuple[str, Any], item)
@@ -133,6 +145,19 @@ class Recorder:
             return
         self.recorded += int(new)
         self._back()
+
+    def _prune_when_due(self) -> None:
+        if self.copies is None or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.prune_s
+        try:
+            removed = self.copies.prune()
+        except StoreUnavailable as exc:
+            log.warning("review: copies not pruned: %s; next try in %.0f s", exc, self.prune_s)
+            return
+        self.pruned += removed
+        if removed:
+            log.info("review: pruned %d review copies (age or total size)", removed)
 
     def _back(self) -> None:
         if self.waiting_for_database:
