@@ -151,6 +151,7 @@ def test_dashboard_in_a_real_browser(
     _wait("three online tiles", lambda: all(_tiles(driver).get(k, {}).get("online") == "true" for k in keys),
           20, driver, stations)  # fmt: skip
     assert _body(driver) == {"server": "live", "broker": "connected", "view": "tiles"}
+    assert not driver.find_element("id", "review-link").is_displayed()  # no review pages configured
 
     # Phantoms in, verdicts out: each tile shows exactly what the broker carried.
     for name, (_, plan) in PLAN.items():

@@ -35,7 +35,15 @@ import pydicom
 from edge_worker.publish.review_copy import build_review_copy
 from edge_worker.subscribers.review import agreement
 from edge_worker.subscribers.review.store import Status
-from tests.browser import NEEDS_CHROMIUM, Station, browsers, drop, screenshot, start_stations, stop_process  # noqa: F401
+from tests.browser import (  # noqa: F401
+    NEEDS_CHROMIUM,
+    Station,
+    browsers,
+    drop,
+    screenshot,
+    start_stations,
+    stop_process,
+)
 from tests.review_db import postgres_server, review_url  # noqa: F401
 from tests.review_http import PASSWORD, Running, config_for, publish, start_dashboard, until
 
@@ -215,6 +223,7 @@ def test_review_loop_in_a_real_browser(
         # The board still works for a signed-in reviewer.
         ann.get(base)
         until(lambda: ann.execute_script("return document.body.dataset.server") == "live", 10, "the board live")
+        assert ann.find_element("id", "review-link").is_displayed()
         _ = d  # the fourth image stays in tier one's queue
         assert d in {r.id for r in store.tier_one_queue()}
     finally:

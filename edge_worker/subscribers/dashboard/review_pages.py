@@ -45,10 +45,12 @@ def _when(value: datetime | str) -> str:
     """A time for people (UTC); an ISO text (from a Conflict's dict) is parsed first."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            moment = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    else:
+        moment = value
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def page(title: str, body: str, user: User | None = None, csrf: str | None = None, alert: str | None = None) -> bytes:

@@ -13,8 +13,15 @@ station board (:mod:`edge_worker.subscribers.dashboard.state`) and a threading H
 The page has two views of one board: the ward's tiles (``/``), grouped under one header per
 site, and the central team's fleet table (``/?view=fleet``).
 
-Threads: paho's network thread, the HTTP accept loop, one thread per HTTP request, and a
-sweeper that flags silent stations once a second, all named ``edge-worker/...``;
+With review parts (``--config`` with ``[review] enabled``, :mod:`.review_compose`) the same
+server also answers ``/review/...`` (GET pages, POST forms, :mod:`.review_site`) and
+``/metrics``, puts the board behind the review sign-in unless ``public_board``, subscribes to
+``<prefix>/+/+/review-copy`` as well, and hands every verdict and review copy to the review
+recorder (a queue: the board never waits on the database).
+
+Threads: paho's network thread, the HTTP accept loop, one thread per HTTP request, a
+sweeper that flags silent stations once a second, and with review the recorder, all named
+``edge-worker/...``;
 :meth:`Dashboard.stop` ends every event stream and joins them all.
 """
 
@@ -404,12 +411,16 @@ class Dashboard:
     def snapshot(self) -> dict[str, Any]:
         """The whole board as JSON-ready data."""
         with self._lock:
-            return self.board.snapshot(time.time())
+            return self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
+        # ``review``: whether the page links to the review pages.
+        return {**self.board.snapshot(time.time()), "review": self.review is not None}
 
     def attach(self) -> tuple[dict[str, Any], queue.Queue[object]]:
         """A snapshot and a queue that receives every change after it, with none missed."""
         with self._lock:
-            return self.board.snapshot(time.time()), self._hub.subscribe()
+            return self._snapshot(), self._hub.subscribe()
 
     def detach(self, q: queue.Queue[object]) -> None:
         """Forget an event stream's queue."""

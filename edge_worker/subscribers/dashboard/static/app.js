@@ -67,6 +67,7 @@
       state.stations = new Map(snap.stations.map((s) => [s.key, s]));
       state.broker = snap.broker;
       if (typeof snap.silent_after === "number") state.silentAfter = snap.silent_after;
+      $("review-link").hidden = snap.review !== true;
       setServer("live");
       renderAll();
     });
