@@ -9,14 +9,16 @@ another; the agreement page's numbers equal the store's.  Each step's screenshot
 ``review-N-<step>.png`` in the test's tmp folder (and in ``$EDGE_WORKER_SCREENSHOT_DIR`` for
 the SQLite run: that is how ``docs/review/*.png`` are made).
 
-One part is played by the test: the stations of this branch do not publish review copies yet,
+Two parts are played by the test: the stations of this branch do not publish review copies yet,
 so the test publishes the copy of the first image itself, built from the very phantom the
 daemon judged, on the topic and in the format the stations will use
-(``edge_worker.publish.review_copy``).
+(``edge_worker.publish.review_copy``); and the demo pack makes no heatmaps, so the test
+publishes the first verdict once more, under a new id, with a heatmap overlay.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -220,6 +222,23 @@ def test_review_loop_in_a_real_browser(
         assert any(x["reviewed"] != "0" for x in shown) or not expected
         assert len(ann.find_elements("css selector", "svg.bars")) >= (1 if expected else 0)
         shots.take(ann, "agreement")
+
+        # A heatmap overlay (a chest pack's verdicts carry one; the demo pack's do not): the
+        # first verdict again under a new id with an overlay, and its copy; the switch hides it.
+        heat = np.zeros((64, 64, 4), np.uint8)
+        cv2.circle(heat, (40, 24), 14, (0, 0, 255, 200), -1)
+        overlay = "data:image/png;base64," + base64.b64encode(cv2.imencode(".png", heat)[1].tobytes()).decode()
+        hot = dict(first, id="00000000-0000-4000-8000-00000000beef", heatmaps={"opacity": {"overlay": overlay}})
+        publish(mosquitto, f"xray/{SITE}/{first['station']}/verdict", json.dumps(hot).encode())
+        publish(mosquitto, f"xray/{SITE}/{first['station']}/review-copy",
+                _copy_of(files[first["sop_instance_uid"]], hot["id"], first["station"]))  # fmt: skip
+        until(lambda: run.parts.copies.get(hot["id"]) is not None, 10, "the second copy")
+        _open(ann, base, hot["id"])
+        layer = 'return document.querySelector("#review-image .heatmap").getAttribute("visibility");'
+        assert ann.execute_script(layer) == "visible"
+        shots.take(ann, "heatmap")
+        ann.find_element("id", "heatmap-toggle").click()
+        assert ann.execute_script(layer) == "hidden"
         # The board still works for a signed-in reviewer.
         ann.get(base)
         until(lambda: ann.execute_script("return document.body.dataset.server") == "live", 10, "the board live")

@@ -238,6 +238,13 @@ def test_config_is_strict_and_documented_defaults(tmp_path: Path) -> None:
         parse("[review]\nagreement_alert_below = 80\n", "d.toml")
 
 
+def test_cli_dashboard_config_errors_name_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "dashboard.toml"
+    bad.write_text("[review]\nsession_minutes = 0\n")
+    assert main(["dashboard", "--mqtt", "mqtt://127.0.0.1:1", "--config", str(bad)]) == 2
+    assert f"{bad}:2: review.session_minutes must be between 1 and 10080" in capsys.readouterr().err
+
+
 def test_cli_adduser_reads_stdin_and_audits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     conf = tmp_path / "dashboard.toml"

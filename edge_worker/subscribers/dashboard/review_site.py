@@ -126,6 +126,9 @@ class ReviewSite:
         self.extra_metrics = extra_metrics
         self._seen: dict[str, tuple[Session, float]] = {}
         self._seen_lock = threading.Lock()
+        # The banner's text and when it was worked out: agreement reads every review, so the
+        # pages reuse it for ``banner_s`` seconds; any change made here forgets it.
+        self._banner: tuple[str | None, float] | None = None
 
     # -- sessions -----------------------------------------------------------------------------
 
@@ -250,14 +253,23 @@ class ReviewSite:
             return self._copy(parts[2])
         return Response(404, pages.page("Not found", pages.problem(f"no such page: {path}"), user, session.csrf))
 
-    def _page(self, title: str, body: str, session: Session, status: int = 200) -> Response:
+    #: Seconds the agreement banner is reused between pages.
+    banner_s = 10.0
+
+    def _alert(self) -> str | None:
+        """The banner's text when a tier's recent agreement is under the level, else None."""
+        cached = self._banner
+        if cached is not None and time.monotonic() - cached[1] < self.banner_s:
+            return cached[0]
         recents = [agreement.recent(self.store, t, self.window, self.level) for t in (1, 2)]
-        alerts = [r for r in recents if r.alert]
-        alert = None
-        if alerts:
-            alert = "; ".join(f"tier {r.tier} agreed with the network in {r.rate * 100:.0f}% of its last "  # type: ignore[operator]
-                              f"{r.reviewed} reviews, under {self.level * 100:.0f}%" for r in alerts)  # fmt: skip
-        return Response(status, pages.page(title, body, session.user, session.csrf, alert))
+        alerts = [r for r in recents if r.alert and r.rate is not None]
+        text = "; ".join(f"tier {r.tier} agreed with the network in {(r.rate or 0) * 100:.0f}% of its last "
+                         f"{r.reviewed} review{'s' if r.reviewed != 1 else ''}, under {self.level * 100:.0f}%" for r in alerts) or None  # fmt: skip
+        self._banner = (text, time.monotonic())
+        return text
+
+    def _page(self, title: str, body: str, session: Session, status: int = 200) -> Response:
+        return Response(status, pages.page(title, body, session.user, session.csrf, self._alert()))
 
     # -- pages --------------------------------------------------------------------------------
 
@@ -328,9 +340,11 @@ class ReviewSite:
             pairs = tuple((f[0], f[1]) for f in flags if len(f) == 2)
             return self._verdict(session, verdict_id, note=f"Refused, nothing was changed: {exc}", status=422,
                                  chosen=pairs, comment=comment)  # fmt: skip
+        self._banner = None  # the agreement changed
         return _redirect(f"/review/verdict/{quote(verdict_id)}?saved=1")
 
     def _agreement(self, session: Session) -> Response:
+        self._banner = None  # this page shows the figures as they are now; so does its banner
         rows = agreement.agreement(self.store)
         recents = [agreement.recent(self.store, t, self.window, self.level) for t in (1, 2)]
         return self._page("Agreement with the network", pages.agreement_page(rows, recents), session)
