@@ -192,3 +192,15 @@ def test_copy_survives_a_broker_outage_and_a_daemon_restart(tmp_path: Path) -> N
         sub.close()
         station.close()
         broker.stop()
+
+
+def test_payload_matches_its_json_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    from edge_worker.publish.review_copy import build_review_copy
+
+    schema = json.loads((Path(__file__).parents[1] / "edge_worker/schema/review-copy.schema.json").read_text())
+    doc = build_review_copy(verdict_id=VID.format(1), site="s", station="t", media_type="image/png",
+                            width=10, height=20, scale=0.5, data=b"png")  # fmt: skip
+    jsonschema.validate(doc, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dict(doc, extra=1), schema)

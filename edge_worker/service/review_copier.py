@@ -29,8 +29,8 @@ from typing import Any
 from edge_worker.errors import EdgeWorkerError, Rejection
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.sandbox import DecodeSandbox
-from edge_worker.ingest.types import IngestPolicy
-from edge_worker.judging.review_copy import make_review_copy
+from edge_worker.ingest.types import IngestPolicy, Radiograph
+from edge_worker.judging.review_copy import EncodedCopy, make_review_copy
 from edge_worker.names import printable
 from edge_worker.publish.mqtt import Publisher
 from edge_worker.publish.review_copy import build_review_copy
@@ -175,7 +175,7 @@ class ReviewCopier:
             self.kept.keep(vid, copy.extension, copy.data, source)
         self.made += 1
 
-    def _make(self, path: Path, verdict: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    def _make(self, path: Path, verdict: dict[str, Any]) -> tuple[EncodedCopy, dict[str, Any]] | None:
         """The copy and its payload, or None (logged) when none can or may be made."""
         if self.publisher.outbox_depth * 2 >= self.outbox_limit:
             log.warning("review copies: outbox more than half full; no copy of %s", verdict["id"])
@@ -185,13 +185,21 @@ class ReviewCopier:
         except Rejection as exc:
             log.warning("review copies: %s cannot be read again: %s", printable(path.name), exc)
             return None
-        pack_digest = str(verdict["pack"]["digest"])
-        if verdict_id(image.header.sop_instance_uid, image.pixel_digest, pack_digest) != verdict["id"]:
+        made = copy_for_verdict(image, verdict, self.size)
+        if made is None:
             log.warning("review copies: %s changed since its verdict %s; no copy", printable(path.name), verdict["id"])
-            return None
-        copy = make_review_copy(image, self.size)
-        payload = build_review_copy(
-            verdict_id=str(verdict["id"]), site=str(verdict["site"]), station=str(verdict["station"]),
-            media_type=copy.media_type, width=copy.width, height=copy.height, scale=copy.scale, data=copy.data,
-        )  # fmt: skip
-        return copy, payload
+        return made
+
+
+def copy_for_verdict(image: Radiograph, verdict: dict[str, Any], size: int) -> tuple[EncodedCopy, dict[str, Any]] | None:
+    """The copy of ``image`` and its ``xray-qc/review-copy@1`` payload for ``verdict``, or None
+    when ``image`` is not the one the verdict was about (its id is not the verdict's)."""
+    pack_digest = str(verdict["pack"]["digest"])
+    if verdict_id(image.header.sop_instance_uid, image.pixel_digest, pack_digest) != verdict["id"]:
+        return None
+    copy = make_review_copy(image, size)
+    payload = build_review_copy(
+        verdict_id=str(verdict["id"]), site=str(verdict["site"]), station=str(verdict["station"]),
+        media_type=copy.media_type, width=copy.width, height=copy.height, scale=copy.scale, data=copy.data,
+    )  # fmt: skip
+    return copy, payload
