@@ -88,6 +88,9 @@ def test_kept_copies_go_with_their_source_then_by_age_and_size(tmp_path: Path) -
     assert not (tmp_path / "copies" / f"{VID.format(4)}.png.source").exists()
     with pytest.raises(ValueError):
         kept.keep("../x", "png", b"", sources[0])
+    lone = tmp_path / "copies" / f"{VID.format(9)}.png.source"  # a write cut short after the sidecar
+    lone.write_bytes(b"/nowhere")
+    assert kept.prune(now) == 1 and not lone.exists()
 
 
 def test_config_defaults_and_ranges() -> None:

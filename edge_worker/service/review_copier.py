@@ -13,12 +13,14 @@ A full queue (the copies fall behind) or an outbox more than half full (the brok
 away long: its room is for verdicts) skips the copy, logged; the file is disposed of at once.
 A copy not yet made when the daemon stops or dies is not made (the file is disposed of by the
 next start's sweep).  Decoding runs in a decode process of its own when ``[ingest]
-decode_isolated`` is on, so it never waits for, or blocks, the judge's.
+decode_isolated`` is on, so it never waits for, or blocks, the judge's; the thread and that
+process run at nice 19, so they take the CPU only where the judge leaves it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -89,9 +91,7 @@ class ReviewCopier:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the decode process (if isolated) and the thread."""
-        if self.sandbox is not None:
-            self.sandbox.start()
+        """Start the thread (it starts the decode process, if isolated)."""
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -129,6 +129,12 @@ class ReviewCopier:
 
     # -- this thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        _lowest_priority()
+        if self.sandbox is not None:
+            try:  # started from this thread, so the child inherits its priority
+                self.sandbox.start()
+            except EdgeWorkerError as exc:
+                log.error("review copies: %s; each copy tries again", exc)
         while True:
             try:
                 job = self._queue.get(timeout=max(0.1, self._next_prune - time.monotonic()))
@@ -189,6 +195,16 @@ class ReviewCopier:
         if made is None:
             log.warning("review copies: %s changed since its verdict %s; no copy", printable(path.name), verdict["id"])
         return made
+
+
+def _lowest_priority() -> None:
+    """Nice 19 for the calling thread (Linux: a thread is a task of its own for setpriority),
+    and so for the decode process it starts: under load the judge's threads, at 0, get ~98 % of
+    a core they share with this one, so a copy never delays the next verdict by much."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: copies run at normal priority
+        log.info("review copies: cannot lower the thread's priority (%s)", exc)
 
 
 def copy_for_verdict(image: Radiograph, verdict: dict[str, Any], size: int) -> tuple[EncodedCopy, dict[str, Any]] | None:

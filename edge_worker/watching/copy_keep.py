@@ -57,14 +57,17 @@ class KeptCopies:
         return None
 
     def _items(self) -> tuple[list[Item], list[Item]]:
-        """``(orphans, items)``: copies whose source is gone, and the others."""
+        """``(orphans, items)``: copies whose source is gone (and lone sidecars), and the others."""
         orphans: list[Item] = []
         items: list[Item] = []
         try:
-            names = os.listdir(self.folder)
+            names = set(os.listdir(self.folder))
         except FileNotFoundError:
             return [], []
         for name in names:
+            owner = name.removesuffix(SOURCE_SUFFIX)
+            if owner != name and _NAME.match(owner) and owner not in names:  # its copy was never written
+                orphans.append(Item((self.folder / name,), 0, 0.0))
             if not _NAME.match(name):
                 continue
             path = self.folder / name
