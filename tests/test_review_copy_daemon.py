@@ -103,22 +103,32 @@ def test_config_defaults_and_ranges() -> None:
 # -- the real daemon -------------------------------------------------------------------------
 
 
-def _station(tmp_path: Path, url: str, name: str, **verdict: Any) -> Station:
+def _station(tmp_path: Path, url: str, name: str, archive_mib: float = 10_240.0, **verdict: Any) -> Station:
     return Station(tmp_path / name, url, site="rc", station=name, tables={
         "verdict": verdict,
         "retention": {"judged": "archive", "archive_folder": str(tmp_path / name / "archive"),
-                      "interval_seconds": 1.0},
+                      "max_total_mib": archive_mib, "interval_seconds": 1.0},
     })  # fmt: skip
 
 
 def test_copy_follows_its_verdict_is_kept_and_goes_with_the_source(tmp_path: Path, mosquitto: Mosquitto) -> None:
     stock = PhantomStock(tmp_path / "stock")
-    station = _station(tmp_path, mosquitto.url, "xr-c", review_copy=True, review_copy_size=256)
+    # Room in the archive for one and a half phantoms: the second archived file makes retention
+    # delete the first, and its copy must go with it.
+    bound = 1.5 * stock.path(1).stat().st_size / (1 << 20)
+    station = _station(tmp_path, mosquitto.url, "xr-c", bound, review_copy=True, review_copy_size=256)
+    folder = station.state / "review-copies"
     sub = OrderedSubscriber(mosquitto.host, mosquitto.port, (f"{station.base}/#",))
     try:
         station.start()
-        for seed in (1, 2):
-            stock.drop(seed, station.watch)
+        stock.drop(1, station.watch)
+        first = sub.wait_for(f"{station.base}/review-copy", 1, timeout=60)[0]
+        first_id = parse_review_copy(first.payload).verdict_id
+        wait_until("the first copy kept on the box", (folder / f"{first_id}.png").exists, 10, station)
+        source = Path(os.fsdecode((folder / f"{first_id}.png.source").read_bytes()))
+        assert source.parent.parent == tmp_path / "xr-c" / "archive" and source.exists()
+        assert (folder / f"{first_id}.png").read_bytes() == parse_review_copy(first.payload).data
+        stock.drop(2, station.watch)
         copies = sub.wait_for(f"{station.base}/review-copy", 2, timeout=60)
         verdicts = {json.loads(m.payload)["id"]: json.loads(m.payload) for m in sub.messages(f"{station.base}/verdict")}
         for m in copies:
@@ -131,18 +141,11 @@ def test_copy_follows_its_verdict_is_kept_and_goes_with_the_source(tmp_path: Pat
             x0, y0, x1, y1 = (v * copy.scale for v in verdict["roi"]["box"])
             assert 0 <= x0 < x1 <= copy.width + 1 and 0 <= y0 < y1 <= copy.height + 1
             assert json.loads(m.payload)["schema"] == REVIEW_COPY_SCHEMA and not m.retain
-            kept = station.state / "review-copies" / f"{copy.verdict_id}.png"
-            wait_until("the copy kept on the box", kept.exists, 10, station)
-            assert kept.read_bytes() == copy.data
-        # Retention deletes an archived source: its copy goes at the next pruning (every 1 s).
-        first = copies[0]
-        vid = parse_review_copy(first.payload).verdict_id
-        source = Path(os.fsdecode((station.state / "review-copies" / f"{vid}.png.source").read_bytes()))
-        assert source.parent.parent == tmp_path / "xr-c" / "archive" and source.exists()
-        source.unlink()
-        wait_until("the copy deleted with its source",
-                   lambda: not (station.state / "review-copies" / f"{vid}.png").exists(), 10, station)  # fmt: skip
-        assert len(list((station.state / "review-copies").glob("*.png"))) == 1
+        second_id = parse_review_copy(copies[1].payload).verdict_id
+        wait_until("retention deleting the first source, and the copy with it",
+                   lambda: not source.exists() and not (folder / f"{first_id}.png").exists(), 15, station)  # fmt: skip
+        wait_until("the second copy kept", (folder / f"{second_id}.png").exists, 10, station)
+        assert sorted(p.name for p in folder.iterdir()) == [f"{second_id}.png", f"{second_id}.png.source"]
         assert not list(station.watch.glob("*.dcm"))  # disposed of after the copy
     finally:
         sub.close()

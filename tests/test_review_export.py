@@ -26,8 +26,9 @@ from edge_worker import cli
 from edge_worker.ingest import read_radiograph
 from edge_worker.subscribers.review import db
 from edge_worker.subscribers.review.copies import ReviewCopies
-from edge_worker.subscribers.review.export import ExportError, export, grade_and_score
+from edge_worker.subscribers.review.export import COLUMNS, ExportError, export, grade_and_score
 from edge_worker.subscribers.review.store import ReviewStore, Status
+from tests.review_db import postgres_server, review_url  # noqa: F401
 
 POSITIONING = ("DCM", "111209")
 SIZE = 512
@@ -160,3 +161,24 @@ def test_grade_rule() -> None:
     assert grade_and_score("good", {"grade": 1, "score": 1.2}) == (1, 1.2)
     assert grade_and_score("good", {"grade": 3, "score": 2.8}) == (2, 2.499)
     assert grade_and_score("good", None) == (None, None)
+
+
+def test_export_of_a_store_with_nothing_final_lists_why_and_hides_the_password(
+    review_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    url = review_url.replace("postgres@", "postgres:hunter2@")  # trust auth ignores it
+    store = ReviewStore(url)
+    store.record_verdict({"id": "00000000-0000-0000-0000-000000000001", "site": "s", "station": "t",
+                          "decision": "ok", "pack": {"name": "p", "version": "1", "digest": "a" * 64},
+                          "view": {"label": "AP"}, "reasons": []})  # fmt: skip
+    store.close()
+    out = tmp_path / "out"
+    assert cli.main(["review", "export", "--database", url, "--out", str(out), "--since", "2000-01-01"]) == 1
+    text = (out / "manifest.json").read_text()
+    assert "hunter2" not in text
+    manifest = json.loads(text)
+    assert manifest["counts"] == {"exported": 0, "good": 0, "bad": 0, "skipped": 1}
+    assert manifest["skipped"][0]["reason"] == "no final label (status new, tier 2)"
+    assert (out / "labels.csv").read_text().splitlines() == [",".join(COLUMNS)]
+    assert cli.main(["review", "export", "--database", url, "--out", str(tmp_path / "o2"),
+                     "--since", "2026-02-01", "--until", "2026-01-01"]) == 2  # fmt: skip
