@@ -1,4 +1,5 @@
-"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, review, tail, bench, bridge-config.
+"""The ``edge-worker`` command line: run, analyze, demo, check, dashboard, tail, bench, bridge-config,
+review (adduser, export).
 
 Argument parsing only; each subcommand hands over to the module that does the work.
 Exit codes: 0 success; 1 a check failed, or ``analyze --fail-on-reject`` rejected a file; 2 a
@@ -235,6 +236,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+def _cmd_review_export(args: argparse.Namespace) -> int:
+    from edge_worker.subscribers.review.export import run_export
+
+    command = ["edge-worker", "review", "export", "--database", args.database, "--out", args.out, "--tier", args.tier]
+    for flag, value in (("--since", args.since), ("--until", args.until), ("--salt-file", args.salt_file)):
+        command += [flag, value] if value else []
+    return run_export(args.database, Path(args.out), args.since, args.until, args.tier,
+                      Path(args.salt_file) if args.salt_file else None, command)  # fmt: skip
+
+
+def _add_review_adduser(review: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    adduser = review.add_parser("adduser", help="add a reviewer (audited); the password from a prompt")
+    adduser.add_argument("name", help="user name (no spaces)")
+    adduser.add_argument("--role", required=True, choices=["tier1", "tier2", "admin"], help="what the user may do")
+    adduser.add_argument("--config", help="the dashboard's TOML file (its [review] database)")
+    adduser.add_argument("--database", help="database URL instead of the config's")
+    adduser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    adduser.set_defaults(func=_cmd_review_adduser)
+
+
+def _add_review_export(review: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    export = review.add_parser("export", help="reviewed images and final labels in the training recipes' format")
+    export.add_argument("--database", required=True, help="the review store, sqlite:///path or postgresql+psycopg://...")
+    export.add_argument("--out", required=True, help="an empty or new folder: images/, labels.csv, manifest.json")
+    export.add_argument("--since", help="verdicts received at or after this ISO date (UTC)")
+    export.add_argument("--until", help="verdicts received before this ISO date (UTC)")
+    export.add_argument("--tier", default="2", choices=["2", "any"],
+                        help="2: tier two's final decisions only (default); any: also tier one's undisputed good")
+    export.add_argument("--salt-file", help="secret salt for the patient key (default: random, this export only)")
+    export.set_defaults(func=_cmd_review_export)
+
+
 def _add_watch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt", required=True, help="broker URL, mqtt://[user@]host[:port] or mqtts://...")
     parser.add_argument("--prefix", default="xray", help="first topic level(s) (mqtt.topic_prefix)")
@@ -326,15 +359,6 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     dashboard.set_defaults(func=_cmd_dashboard)
 
-    review = sub.add_parser("review", help="manage the review pages' users")
-    review_sub = review.add_subparsers(dest="review_command", required=True)
-    adduser = review_sub.add_parser("adduser", help="add a reviewer (audited); the password from a prompt")
-    adduser.add_argument("name", help="user name (no spaces)")
-    adduser.add_argument("--role", required=True, choices=["tier1", "tier2", "admin"], help="what the user may do")
-    adduser.add_argument("--config", help="the dashboard's TOML file (its [review] database)")
-    adduser.add_argument("--database", help="database URL instead of the config's")
-    adduser.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
-    adduser.set_defaults(func=_cmd_review_adduser)
 
     tail = sub.add_parser("tail", help="print every verdict, error and availability change as it arrives")
     _add_watch_flags(tail)
@@ -357,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     bridge.add_argument("--certfile", help="the site broker's client certificate (with --keyfile)")
     bridge.add_argument("--keyfile", help="its private key")
     bridge.set_defaults(func=_cmd_bridge_config)
+
+    # The review store's commands (the review extra): each adds itself to this group.
+    review = sub.add_parser("review", help="the review store: add reviewers, export reviewed images and labels")
+    review_commands = review.add_subparsers(dest="review_command", required=True)
+    _add_review_adduser(review_commands)
+    _add_review_export(review_commands)
     return parser
 
 

@@ -35,6 +35,7 @@ class WorkerSettings:
     skip_settle_when_whole: bool = True
     threads: int = 2
     batch_files: int = 1
+    review_copy: bool = False  # [verdict] review_copy: a copy after each verdict
 
 
 def _toml(settings: WorkerSettings, root: Path, station: str, url: str) -> str:
@@ -51,6 +52,7 @@ def _toml(settings: WorkerSettings, root: Path, station: str, url: str) -> str:
         "[inference]", f"threads = {settings.threads}", f"batch_files = {settings.batch_files}",
         "[mqtt]", f'url = "{url}"', f'topic_prefix = "{_PREFIX}"',
         "[service]", 'metrics_listen = ""',
+        "[verdict]", f"review_copy = {str(settings.review_copy).lower()}",
     ]) + "\n"  # fmt: skip
 
 

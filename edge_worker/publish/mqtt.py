@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KINDS = frozenset({"verdict", "error"})
+KINDS = frozenset({"verdict", "error", "review-copy"})
 StatusSource = dict[str, Any] | Callable[[], dict[str, Any]]
 ONLINE = b"online"
 OFFLINE = b"offline"
@@ -206,18 +206,18 @@ class Publisher:
     def publish(self, kind: str, payload: dict[str, Any], key: str) -> bool:
         """Store one message durably and schedule it for sending; return at once.
 
-        ``kind`` is ``"verdict"`` or ``"error"``; ``payload`` is JSON-serialisable (no NaN) and
-        should carry ``key`` so consumers can deduplicate (once the broker acknowledges it, its
-        retained summary, :func:`~edge_worker.publish.latest.latest_summary`, follows on
-        :attr:`Topics.latest`); ``key`` is the message id, stable
-        across retries.  Returns False when a message with this key is already pending (nothing
+        ``kind`` is ``"verdict"``, ``"error"`` or ``"review-copy"``; ``payload`` is
+        JSON-serialisable (no NaN) and should carry ``key`` so consumers can deduplicate (once
+        the broker acknowledges a verdict or error, its retained summary,
+        :func:`~edge_worker.publish.latest.latest_summary`, follows on :attr:`Topics.latest`);
+        ``key`` is the message id, stable across retries.  Returns False when a message with this key is already pending (nothing
         new is stored).  Raises :class:`PayloadError` for a bad kind or payload, and
         :class:`~edge_worker.publish.outbox.OutboxFull` when the outbox is full (a health
         failure for the caller; nothing was stored).
         """
         if kind not in KINDS:
             raise PayloadError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
-        topic = self.topics.verdict if kind == "verdict" else self.topics.error
+        topic = {"verdict": self.topics.verdict, "error": self.topics.error}.get(kind, self.topics.review_copy)
         try:
             data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
         except (TypeError, ValueError) as exc:

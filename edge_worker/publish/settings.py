@@ -128,9 +128,9 @@ class MqttSettings:
 class Topics:
     """Topic names for one station: ``<prefix>/<site>/<station>/<kind>``.
 
-    verdict and error carry per-image messages (QoS 1, not retained); availability carries the
-    retained ``online``/``offline`` birth and death; status carries retained worker state;
-    latest carries the retained summary of the station's last verdict or error.
+    verdict, error and review-copy carry per-image messages (QoS 1, not retained);
+    availability carries the retained ``online``/``offline`` birth and death; status carries
+    retained worker state; latest carries the retained summary of the station's last verdict or error.
     """
 
     site: str
@@ -156,6 +156,11 @@ class Topics:
     def error(self) -> str:
         """Per-image rejections and failures."""
         return f"{self.base}/error"
+
+    @property
+    def review_copy(self) -> str:
+        """Per-verdict reduced copies of the image (``xray-qc/review-copy@1``), when switched on."""
+        return f"{self.base}/review-copy"
 
     @property
     def availability(self) -> str:

@@ -206,6 +206,17 @@ class VerdictConfig:
     default: a radiograph can carry burned-in patient details, which would then leave the box."""
     thumbnail_size: int = 192
     """Longest side of the thumbnail in pixels (32-512)."""
+    review_copy: bool = False
+    """After each verdict, publish a reduced copy of the image as stored (PNG) on
+    ``<prefix>/<site>/<station>/review-copy`` through the outbox, for the review dashboard, and
+    keep it in ``<state.folder>/review-copies``.  Off by default, for the thumbnail's reason."""
+    review_copy_size: int = 1024
+    """Longest side of the review copy in pixels (256-2048); never enlarged."""
+    review_copy_max_age_days: float = 30.0
+    """Copies kept on the box are deleted after this many days, and always with their source
+    file (retention); 0: only with the source (0-3650)."""
+    review_copy_max_total_mib: float = 2048.0
+    """The copies kept on the box stay under this size, oldest deleted first; 0: no bound."""
     deviation_index_limit: float = 3.0
     """Largest accepted |deviation index| (IEC 62494-1, DICOM (0018,1413), or computed from the
     exposure index and its target): outside it a verdict carries an under- or over-exposure
@@ -481,6 +492,9 @@ def validate(config: Config) -> Config:
     _in_range("service.stall_seconds", svc.stall_seconds, 0, MAX_SECONDS, above=True)
     _in_range("service.stop_timeout_seconds", svc.stop_timeout_seconds, 0, 3600, above=True)
     _in_range("verdict.thumbnail_size", config.verdict.thumbnail_size, 32, 512)
+    _in_range("verdict.review_copy_size", config.verdict.review_copy_size, 256, 2048)
+    _in_range("verdict.review_copy_max_age_days", config.verdict.review_copy_max_age_days, 0, 3650)
+    _in_range("verdict.review_copy_max_total_mib", config.verdict.review_copy_max_total_mib, 0, 1 << 20)
     _in_range("state.outbox_max_messages", st.outbox_max_messages, 10, 10_000_000)
     _in_range("state.min_free_mb", st.min_free_mb, 1, 1 << 20)
     # Rows and Columns are US (16-bit) in DICOM; below 64 pixels no network input makes sense.

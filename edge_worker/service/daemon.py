@@ -43,6 +43,7 @@ from edge_worker.service.config import SCAN_SETTLE_SECONDS, Config
 from edge_worker.service.fleet import FleetDesk, dumps
 from edge_worker.service.health import Health, declare_metrics, record_outcome, status_document
 from edge_worker.service.metrics import Registry
+from edge_worker.service.review_copier import ReviewCopier
 from edge_worker.subscribers.summary import summary_line
 from edge_worker.watching.quarantine import Quarantine, QuarantineError
 from edge_worker.watching.retention import Retention
@@ -184,6 +185,7 @@ class StationDaemon:
             settings, Topics(config.site, config.station, settings.topic_prefix), self.outbox,
             on_problem=self._broker_problem,
         )  # fmt: skip
+        self.copier = ReviewCopier.from_config(config, ingest_policy(config), self.publisher, self._dispose)
         self._stopped = False
         self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
@@ -253,6 +255,8 @@ class StationDaemon:
         self._replay_unqueued()
         self._recover_crashed()
         self.publish_status()
+        if self.copier is not None:
+            self.copier.start()
         self._worker.start()
         self.watcher.start()
         self._status_thread.start()
@@ -261,15 +265,9 @@ class StationDaemon:
             self.rollout.start()
         if self.listener is not None:
             self.listener.start()
-        log.info(
-            "station %s/%s watching %s with pack %s %s on %s",
-            self.config.site,
-            self.config.station,
-            self.config.watch.folder,
-            self.judge.pipeline.pack.name,
-            self.judge.pipeline.pack.version,
-            self.judge.pipeline.backend.name,
-        )
+        pipeline = self.judge.pipeline
+        log.info("station %s/%s watching %s with pack %s %s on %s", self.config.site, self.config.station,
+                 self.config.watch.folder, pipeline.pack.name, pipeline.pack.version, pipeline.backend.name)  # fmt: skip
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop watching, finish the files already queued, deliver what the broker takes, stop."""
@@ -282,6 +280,8 @@ class StationDaemon:
         self._stop.set()
         self._queue.put(_STOP)
         self._worker.join(max(0.1, deadline - time.monotonic()))
+        if self.copier is not None:  # after the judge (no more files), before the last sends
+            self.copier.stop(max(0.1, min(5.0, deadline - time.monotonic())))
         self._status_thread.join(1.0)
         self._retry_thread.join(1.0)
         self.publisher.wait_drained(max(0.1, min(3.0, deadline - time.monotonic())))
@@ -508,8 +508,8 @@ class StationDaemon:
                 record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
                 self.lineage.sent(outcome, name)  # after the metrics: it waits for a disk sync
                 results[i] = outcome
-                if outcome.kind == "verdict":  # a rejected file went to the quarantine instead
-                    self._dispose(path)
+                if outcome.kind == "verdict" and not self._copy_first(path, outcome):
+                    self._dispose(path)  # a rejected file went to the quarantine instead
         finally:
             # Judged (or failed with an exception, which is no death): not in progress any more.
             self._clear_in_progress(keys)
@@ -663,14 +663,20 @@ class StationDaemon:
             self._retry_quarantine[path] = (st.st_size, st.st_mtime_ns, rejection)
 
     # -- retention -------------------------------------------------------------------------
-    def _dispose(self, path: Path) -> None:
-        """Archive or delete a judged file; a failure is a health problem, retried by the sweep."""
+    def _copy_first(self, path: Path, outcome: Outcome) -> bool:
+        """Whether the review copier took the file (it disposes of it after the copy)."""
+        return self.copier is not None and self.copier.submit(path, outcome.payload)
+
+    def _dispose(self, path: Path) -> Path | None:
+        """Archive or delete a judged file (the archived path, or None); a failure is a health
+        problem, retried by the sweep."""
         try:
-            self.retention.dispose(path, time.time())
+            archived = self.retention.dispose(path, time.time())
         except OSError as exc:
             self.health.fail("retention", f"cannot archive or delete judged {path.name}: {exc}")
-        else:
-            self.health.clear("retention")
+            return None
+        self.health.clear("retention")
+        return archived
 
     def _retention_pass(self) -> None:
         """Dispose of judged files left in the watch folder, then prune archive and quarantine."""
@@ -680,7 +686,8 @@ class StationDaemon:
 
         def judged(path: Path) -> bool:
             key = self._journal_key(path)
-            return path not in waiting and key is not None and self.journal.seen(key) is not None
+            held = self.copier is not None and self.copier.holds(path)  # disposed after its copy
+            return not held and path not in waiting and key is not None and self.journal.seen(key) is not None
 
         c = self.config
         try:
