@@ -12,7 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,9 @@ class Station:
     dropped: int = 0
 
 
-def daemon_config(root: Path, site: str, name: str, url: str, thumbnail: bool) -> Path:
-    """A station's TOML config under ``root``: quick settle, no metrics, thumbnails on or off."""
+def daemon_config(root: Path, site: str, name: str, url: str, thumbnail: bool, review_copy: bool = False) -> Path:
+    """A station's TOML config under ``root``: quick settle, no metrics, thumbnails and review
+    copies on or off."""
     path = root / "edge-worker.toml"
     path.write_text(
         f'site = "{site}"\nstation = "{name}"\n'
@@ -56,6 +57,7 @@ def daemon_config(root: Path, site: str, name: str, url: str, thumbnail: bool) -
         f'[mqtt]\nurl = "{url}"\n'
         '[service]\nmetrics_listen = ""\n'
         f"[verdict]\nthumbnail = {'true' if thumbnail else 'false'}\n"
+        f"review_copy = {'true' if review_copy else 'false'}\n"
     )
     return path
 
@@ -71,15 +73,17 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def start_stations(tmp_path: Path, site: str, url: str, thumbnails: Mapping[str, bool]) -> dict[str, Station]:
-    """One daemon per station name (thumbnail on or off), started in parallel, not yet online."""
+def start_stations(tmp_path: Path, site: str, url: str, thumbnails: Mapping[str, bool],
+                   review_copies: Collection[str] = ()) -> dict[str, Station]:  # fmt: skip
+    """One daemon per station name (thumbnail on or off; review copies on for the names in
+    ``review_copies``), started in parallel, not yet online."""
     made: dict[str, Station] = {}
     try:
         for name, thumbnail in thumbnails.items():
             root = tmp_path / name
             (root / "incoming").mkdir(parents=True)
             log = root / "daemon.log"
-            config = daemon_config(root, site, name, url, thumbnail)
+            config = daemon_config(root, site, name, url, thumbnail, name in review_copies)
             with log.open("wb") as out:
                 proc = subprocess.Popen([sys.executable, "-m", "edge_worker", "run", "--config", str(config)],
                                         stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
@@ -149,15 +153,18 @@ DOC_PNG_BYTES = 300_000
 
 
 def _fit(source: Path, target: Path, limit: int) -> None:
-    """Copy a PNG; one over ``limit`` bytes is written with 64 levels a channel and the
-    strongest compression instead (a radiograph's noise is what makes them large)."""
+    """Copy a PNG; one over ``limit`` bytes is written with fewer levels a channel (64, 32,
+    16) and the strongest compression instead: a radiograph's noise is what makes them large."""
     if source.stat().st_size <= limit:
         shutil.copyfile(source, target)
         return
     import cv2
 
     image = cv2.imread(str(source))
-    cv2.imwrite(str(target), (image // 4) * 4, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    for step in (4, 8, 16):
+        cv2.imwrite(str(target), (image // step) * step, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        if target.stat().st_size <= limit:
+            return
 
 
 def screenshot(driver: Any, tmp_path: Path, name: str, publish: bool = True) -> Path:

@@ -9,11 +9,10 @@ another; the agreement page's numbers equal the store's.  Each step's screenshot
 ``review-N-<step>.png`` in the test's tmp folder (and in ``$EDGE_WORKER_SCREENSHOT_DIR`` for
 the SQLite run: that is how ``docs/review/*.png`` are made).
 
-Two parts are played by the test: the stations of this branch do not publish review copies yet,
-so the test publishes the copy of the first image itself, built from the very phantom the
-daemon judged, on the topic and in the format the stations will use
-(``edge_worker.publish.review_copy``); and the demo pack makes no heatmaps, so the test
-publishes the first verdict once more, under a new id, with a heatmap overlay.
+Station xr-01 has review copies on (``[verdict] review_copy``): its images are shown with the
+ROI box and rule results drawn over them; xr-02's are not, and their pages say so.  One part is
+played by the test: the demo pack makes no heatmaps, so the test publishes one of xr-01's
+verdicts once more, under a new id, with a heatmap overlay, and the daemon's copy with it.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ pytest.importorskip("sqlalchemy")
 
 import cv2
 import numpy as np
-import pydicom
 
 from edge_worker.publish.review_copy import build_review_copy
 from edge_worker.subscribers.review import agreement
@@ -59,27 +57,12 @@ USERS = (("ann", "tier1"), ("ben", "tier1"), ("tom", "tier2"))
 
 @pytest.fixture
 def stations(tmp_path: Path, mosquitto: Any) -> Iterator[dict[str, Station]]:
-    made = start_stations(tmp_path, SITE, mosquitto.url, {"xr-01": False, "xr-02": False})
+    made = start_stations(tmp_path, SITE, mosquitto.url, {"xr-01": False, "xr-02": False}, review_copies={"xr-01"})
     try:
         yield made
     finally:
         for station in made.values():
             stop_process(station.proc)
-
-
-def _copy_of(path: Path, verdict_id: str, station: str) -> bytes:
-    """A review copy of the phantom at ``path``: 8-bit, longest side 512, as a station makes one."""
-    pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
-    low, high = float(pixels.min()), float(pixels.max())
-    image = ((pixels - low) / max(high - low, 1.0) * 255).astype(np.uint8)
-    scale = 512 / max(image.shape)
-    small = cv2.resize(image, (round(image.shape[1] * scale), round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    ok, png = cv2.imencode(".png", small)
-    assert ok
-    payload = build_review_copy(verdict_id=verdict_id, site=SITE, station=station, media_type="image/png",
-                                width=small.shape[1], height=small.shape[0], scale=small.shape[1] / image.shape[1],
-                                data=png.tobytes())  # fmt: skip
-    return json.dumps(payload).encode()
 
 
 class Shots:
@@ -114,8 +97,11 @@ def _open(driver: Any, base: str, verdict_id: str) -> None:
 
 
 def _click(driver: Any, element_id: str) -> None:
+    """Click a submit button and wait for the page that answers (a new document, loaded)."""
+    driver.execute_script("window.__before = true;")
     driver.find_element("id", element_id).click()
-    until(lambda: driver.execute_script("return document.readyState") == "complete", 10, "the next page")
+    until(lambda: driver.execute_script("return window.__before !== true && document.readyState === 'complete';"),
+          10, f"the page after {element_id}")  # fmt: skip
 
 
 def test_review_loop_in_a_real_browser(
@@ -129,23 +115,18 @@ def test_review_loop_in_a_real_browser(
     try:
         store = run.parts.store
         base = run.dashboard.url
-        keep = tmp_path / "phantoms"
-        files: dict[str, Path] = {}
         for station, view, grade, seed in PLAN:
-            dropped = drop(stations[station], view, grade, seed, keep=keep)
-            kept = keep / f"{station}-{dropped.name}"
-            files[str(pydicom.dcmread(kept, stop_before_pixels=True).SOPInstanceUID)] = kept
-        sub.wait_for(f"xray/{SITE}/xr-01/verdict", 2, timeout=120)
-        sub.wait_for(f"xray/{SITE}/xr-02/verdict", 2, timeout=60)
-        verdicts = [json.loads(m.payload) for m in sub.all_messages()]
-        ids = [v["id"] for v in verdicts]
+            drop(stations[station], view, grade, seed)
+        one = [json.loads(m.payload) for m in sub.wait_for(f"xray/{SITE}/xr-01/verdict", 2, timeout=120)]
+        two = [json.loads(m.payload) for m in sub.wait_for(f"xray/{SITE}/xr-02/verdict", 2, timeout=60)]
+        ids = [v["id"] for v in (*one, *two)]
         # The test's subscriber may hear a verdict before the dashboard's does.
         until(lambda: {r.id for r in store.tier_one_queue()} == set(ids), 20, "every verdict recorded")
-        a, b, c, d = ids
-        first = verdicts[0]
-        publish(mosquitto, f"xray/{SITE}/{first['station']}/review-copy",
-                _copy_of(files[first["sop_instance_uid"]], a, first["station"]))  # fmt: skip
-        until(lambda: run.parts.copies.get(a) is not None, 10, "the review copy")
+        (a, c), (b, d) = [v["id"] for v in one], [v["id"] for v in two]
+        first = one[0]
+        # xr-01 sends its copies after each verdict, through its outbox; xr-02 sends none.
+        until(lambda: run.parts.copies.get(a) is not None and run.parts.copies.get(c) is not None, 30,
+              "xr-01's review copies")  # fmt: skip
 
         ann = browsers()
         ann.get(base)  # the board needs a sign-in
@@ -223,15 +204,18 @@ def test_review_loop_in_a_real_browser(
         assert len(ann.find_elements("css selector", "svg.bars")) >= (1 if expected else 0)
         shots.take(ann, "agreement")
 
-        # A heatmap overlay (a chest pack's verdicts carry one; the demo pack's do not): the
-        # first verdict again under a new id with an overlay, and its copy; the switch hides it.
+        # A heatmap overlay (a chest pack's verdicts carry one; the demo pack's do not): A's
+        # verdict again under a new id with an overlay, and A's copy; the switch hides it.
         heat = np.zeros((64, 64, 4), np.uint8)
         cv2.circle(heat, (40, 24), 14, (0, 0, 255, 200), -1)
         overlay = "data:image/png;base64," + base64.b64encode(cv2.imencode(".png", heat)[1].tobytes()).decode()
         hot = dict(first, id="00000000-0000-4000-8000-00000000beef", heatmaps={"opacity": {"overlay": overlay}})
         publish(mosquitto, f"xray/{SITE}/{first['station']}/verdict", json.dumps(hot).encode())
-        publish(mosquitto, f"xray/{SITE}/{first['station']}/review-copy",
-                _copy_of(files[first["sop_instance_uid"]], hot["id"], first["station"]))  # fmt: skip
+        theirs = run.parts.copies.get(a)
+        assert theirs is not None
+        copy = build_review_copy(verdict_id=hot["id"], site=SITE, station=first["station"], media_type=theirs.media_type,
+                                 width=theirs.width, height=theirs.height, scale=theirs.scale, data=theirs.data)  # fmt: skip
+        publish(mosquitto, f"xray/{SITE}/{first['station']}/review-copy", json.dumps(copy).encode())
         until(lambda: run.parts.copies.get(hot["id"]) is not None, 10, "the second copy")
         _open(ann, base, hot["id"])
         layer = 'return document.querySelector("#review-image .heatmap").getAttribute("visibility");'

@@ -328,3 +328,13 @@ def test_recorder_prunes_old_copies_on_its_own_thread(tmp_path: Path) -> None:
     finally:
         recorder.stop()
         store.close()
+
+
+def test_image_overlay_draws_in_copy_pixels_and_shows_at_most_640() -> None:
+    from edge_worker.subscribers.dashboard.review_svg import image_overlay
+
+    svg = image_overlay("/review/copy/x", 1440, 1080, 0.5, verdict(1))
+    assert 'width="640" height="480" viewBox="0 0 1440 1080"' in svg
+    # ROI [100, 120, 400, 600] * 0.5, drawn with a stroke of 3 screen pixels (6.75 copy pixels).
+    assert '<rect id="roi-box" x="50.0" y="60.0" width="150.0" height="240.0" fill="none" stroke="#ffe14d" stroke-width="6.8"' in svg
+    assert "<script" not in image_overlay("/c", 10, 10, 1.0, verdict(1) | {"rules": [{"code": "<script>", "status": "fail"}]})

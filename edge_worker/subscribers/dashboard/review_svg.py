@@ -14,6 +14,8 @@ from typing import Any
 from edge_worker.subscribers.review.agreement import Agreement
 
 TIER_FILL = {1: "#4aa3ff", 2: "#ffb020"}
+#: The longest side of the image on the verdict page, in CSS pixels.
+DISPLAY_SIDE = 640
 _RULE_FILL = {"pass": "#2ecc71", "fail": "#ff4136", "not_measurable": "#a9b6c4"}
 
 
@@ -87,9 +89,13 @@ def image_overlay(src: str, width: int, height: int, scale: float, payload: Mapp
     """The review copy at ``src`` with, over it, each heatmap overlay (stretched over the whole
     copy, class ``heatmap``: the page's toggle hides them), the ROI box (source-image pixels
     times ``scale``) and the rule results listed in the corner, pass/fail in words and colour."""
+    # Drawn in the copy's pixels (the viewBox); shown at most DISPLAY_SIDE pixels a side.
+    shown = min(1.0, DISPLAY_SIDE / max(width, height, 1))
+    u = 1 / shown  # one CSS pixel in the copy's pixels: marks and text keep their size on screen
     out = [
         (f'<svg id="review-image" class="review-image" role="img" aria-label="review copy with the ROI box" '
-         f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">'),
+         f'width="{width * shown:.0f}" height="{height * shown:.0f}" viewBox="0 0 {width} {height}" '
+         'xmlns="http://www.w3.org/2000/svg">'),
         f'<image href="{escape(src)}" x="0" y="0" width="{width}" height="{height}"/>',
     ]
     for label, url in heatmap_overlays(payload):
@@ -100,16 +106,19 @@ def image_overlay(src: str, width: int, height: int, scale: float, payload: Mapp
     if box is not None:
         x0, y0, x1, y1 = (v * scale for v in box)
         out.append(f'<rect id="roi-box" x="{x0:.1f}" y="{y0:.1f}" width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" '
-                   'fill="none" stroke="#ffe14d" stroke-width="3"/>')  # fmt: skip
-        out.append(f'<text x="{x0 + 4:.1f}" y="{max(y0 - 6, 14):.1f}" fill="#ffe14d" font-size="14">ROI</text>')
+                   f'fill="none" stroke="#ffe14d" stroke-width="{3 * u:.1f}"/>')  # fmt: skip
+        out.append(f'<text x="{x0 + 4 * u:.1f}" y="{max(y0 - 6 * u, 14 * u):.1f}" fill="#ffe14d" '
+                   f'font-size="{14 * u:.1f}">ROI</text>')  # fmt: skip
     rules = [r for r in payload.get("rules") or () if isinstance(r, Mapping)]
     for i, rule in enumerate(rules[:12]):
         status = str(rule.get("status", ""))
         value = rule.get("value")
-        shown = "n/a" if not isinstance(value, (int, float)) else f"{value:.3g}"
-        y = 22 + 20 * i
-        out.append(f'<rect x="6" y="{y - 15}" width="{min(width - 12, 330)}" height="19" fill="#0a0d12" opacity="0.7"/>')
-        out.append(f'<text class="rule-mark" x="10" y="{y}" font-size="13" fill="{_RULE_FILL.get(status, "#f4f7fa")}">'
-                   f"{escape(status.upper())} {escape(str(rule.get('code', '?')))} = {escape(shown)}</text>")  # fmt: skip
+        text = "n/a" if not isinstance(value, (int, float)) else f"{value:.3g}"
+        y = (22 + 20 * i) * u
+        out.append(f'<rect x="{6 * u:.1f}" y="{y - 15 * u:.1f}" width="{min(width - 12 * u, 330 * u):.1f}" '
+                   f'height="{19 * u:.1f}" fill="#0a0d12" opacity="0.7"/>')  # fmt: skip
+        out.append(f'<text class="rule-mark" x="{10 * u:.1f}" y="{y:.1f}" font-size="{13 * u:.1f}" '
+                   f'fill="{_RULE_FILL.get(status, "#f4f7fa")}">'
+                   f"{escape(status.upper())} {escape(str(rule.get('code', '?')))} = {escape(text)}</text>")  # fmt: skip
     out.append("</svg>")
     return "".join(out)
