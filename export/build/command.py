@@ -143,6 +143,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         "per_stage_torch": per_stage_torch,
         "parity_max_abs_error": parity,
         "test_set": {"labels": str(Path(args.labels).resolve()), "data": str(Path(args.data).resolve()),
+                     "recipe": str(Path(args.recipe).resolve()), "preset": recipe.preset,
                      "labels_sha256": labels.sha256, "lines": [r.line for r in split.test]},
         "report": ["evaluation.html", "evaluation.json"],
     }  # fmt: skip

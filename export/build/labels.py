@@ -193,7 +193,9 @@ def _record(row: dict[str, str], line: int, data: Path, recipe: Recipe,
     score = _float(row.get("score") or "", "score", line, problems)
     rotation = _float(row.get("rotation_deg") or "", "rotation_deg", line, problems)
     roi = _roi(row, data, line, problems)
-    for flag in _flags(row):
+    # Flags are checked against the recipe's vocabulary when it declares one; without one the
+    # column is bookkeeping (the review export writes reviewers' flags there).
+    for flag in _flags(row) if recipe.flags else ():
         if flag not in recipe.flags:
             problems.append(Problem("unknown_label", f"flag {flag!r} is not in the recipe's "
                                     f"labels.flags {list(recipe.flags)}", line, "flags"))  # fmt: skip
@@ -272,13 +274,28 @@ def read_labels(csv_path: str | Path, data: str | Path, recipe: Recipe) -> Label
         rows.append(Row(record, sample, patient, (raw.get("license") or "").strip() or None,
                         _flags(raw), split, line))  # fmt: skip
     problems += class_problems(rows, recipe)
+    if any(r.fixed_split for r in rows):
+        problems += check_disjoint([r for r in rows if r.fixed_split == "train"],
+                                   [r for r in rows if r.fixed_split == "test"])  # fmt: skip
     if problems:
         raise LabelsRefused(problems)
-    ignored = [c for c in columns if c not in (*CORE_COLUMNS, *BUILD_COLUMNS)
-               and c != recipe.patient_column]  # fmt: skip
+    used = {*CORE_COLUMNS, "license", "split", "roi_mask", *(("flags",) if recipe.flags else ()),
+            *((recipe.patient_column,) if by_patient_column else ())}
+    ignored = [c for c in columns if c not in used]
     source = (f"column {recipe.patient_column}" if by_patient_column
               else "DICOM PatientID, sha256-hashed")  # fmt: skip
     return LabelSet(csv_path, sha256_file(csv_path), rows, columns, source, ignored)
+
+
+def check_disjoint(train: list[Row], test: list[Row]) -> list[Problem]:
+    """One problem per patient found on both sides (none for a proper split)."""
+    both = sorted({r.patient for r in train} & {r.patient for r in test})
+    lines: dict[str, list[int]] = {}
+    for row in train + test:
+        if row.patient in both:
+            lines.setdefault(row.patient, []).append(row.line)
+    return [Problem("patient_on_both_sides", f"patient {p!r} has images in train and test "
+                    f"(lines {sorted(lines[p])})") for p in both]  # fmt: skip
 
 
 def classes_of(row: Row, recipe: Recipe) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from export.build.labels import LabelSet, LabelsRefused, Problem, Row, classes_of
+from export.build.labels import LabelSet, LabelsRefused, Problem, Row, check_disjoint, classes_of
 from export.build.recipe import Recipe
 
 
@@ -43,17 +43,6 @@ class Split:
 
         return {"by": "patient", "method": self.method, "seed": self.seed,
                 "train": side(self.train), "test": side(self.test)}  # fmt: skip
-
-
-def check_disjoint(train: list[Row], test: list[Row]) -> list[Problem]:
-    """One problem per patient found on both sides (none for a proper split)."""
-    both = sorted({r.patient for r in train} & {r.patient for r in test})
-    lines = defaultdict(list)
-    for row in train + test:
-        if row.patient in both:
-            lines[row.patient].append(row.line)
-    return [Problem("patient_on_both_sides", f"patient {p!r} has images in train and test "
-                    f"(lines {sorted(lines[p])})") for p in both]  # fmt: skip
 
 
 def _side_problems(train: list[Row], test: list[Row], recipe: Recipe) -> list[Problem]:
