@@ -26,7 +26,7 @@ pytest.importorskip("onnxruntime")
 
 from edge_worker.packs.pack import load_pack, seal_manifest
 from edge_worker.phantoms.ankle import write_dataset
-from export.build.labels import LabelsRefused, read_labels
+from export.build.labels import read_labels
 from export.build.recipe import RecipeError, load_recipe
 from export.build.split import split_by_patient
 from export.cli import main as export_main
@@ -80,7 +80,7 @@ def test_every_refusal_is_listed_at_once_before_any_training(
                         str(labels), "--out", str(out), "--preset", "short"])  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err
-    kinds = set(re.findall(r"^  ([a-z_]+): ", err, re.M))
+    kinds = set(re.findall(r"^  ([a-z_]+): ", err, re.MULTILINE))
     assert kinds == {"unknown_column", "missing_image", "unreadable_image", "unknown_label",
                      "class_too_small", "patient_on_both_sides"}  # fmt: skip
     assert "[comment]" in err and "gone.dcm" in err and "'OBLIQUE'" in err and "'SAME'" in err
@@ -193,7 +193,7 @@ def test_short_ankle_build_writes_an_evaluated_pack(built: Path, phantoms: Path)
     page = (built / "evaluation.html").read_text()
     assert page.count("<svg") >= 4 and "data:image/png;base64," in page
     checked = subprocess.run([sys.executable, "-m", "edge_worker.cli", "check", "--pack", str(built),
-                              "--skip-broker"], cwd=ROOT, capture_output=True, text=True,
+                              "--skip-broker"], check=False, cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
     assert "ankle-phantom-smoke 1.0.0-smoke" in checked.stdout and checked.returncode == 0, checked.stdout
 
@@ -242,3 +242,23 @@ def test_label_gate_refuses_a_less_accurate_copy_and_accepts_a_faithful_one(
     broken = label_gate(reference, _copy_with_roi_bias(built, tmp_path / "blind", -50.0), rows)
     assert broken["candidate"]["roi_found"] == 0.0 and broken["drop"]["roi_found"] == 1.0
     assert not broken["accepted"] and "roi_found" in broken["failed"]
+
+
+@pytest.mark.slow
+def test_quantize_applies_the_label_gate_of_the_packs_test_set(built: Path, tmp_path: Path) -> None:
+    from export.quantize import QuantizeError, quantize_pack
+
+    report = quantize_pack(built, tmp_path / "fp16", "fp16", phantoms=4, log=lambda _: None)
+    gate = report["label_gate"]
+    assert gate["images"] == load_pack(built).validation["pipeline"]["n"]
+    agreed = all(v == 1.0 for v in report["agreement"].values())
+    assert report["accepted"] == (agreed and gate["accepted"])
+    assert (tmp_path / "fp16" / "manifest.json").exists() == report["accepted"]
+    # A pack whose labelled test set has gone is refused, not gated on agreement alone.
+    moved = _copy_with_roi_bias(built, tmp_path / "moved", None)
+    manifest = json.loads((moved / "manifest.json").read_text())
+    manifest["validation"]["test_set"]["labels"] = str(tmp_path / "gone.csv")
+    (moved / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    seal_manifest(moved)
+    with pytest.raises(QuantizeError, match="is not here; pass --labels"):
+        quantize_pack(moved, tmp_path / "never", "fp16", phantoms=4, log=lambda _: None)

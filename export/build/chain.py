@@ -119,7 +119,7 @@ def per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dict[str, A
                 crop = crop_box(image, up.roi, i.height, i.width)
                 score = float(_run(pipeline, spec.name, crop)[0])
                 out[spec.name].append({"true": rec.grade, "score_true": rec.score, "score": score,
-                                       "pred": int(round(min(max(score, 1.0), 3.0)))})  # fmt: skip
+                                       "pred": round(min(max(score, 1.0), 3.0))})  # fmt: skip
             elif spec.role == "orientation" and rec.rotation_deg is not None:
                 c, s = _run(pipeline, spec.name, row.sample.working.astype(np.float32))[:2]
                 angle = float(np.degrees(np.arctan2(s, c)) % 360.0)
@@ -146,6 +146,7 @@ def label_figures(records: list[dict[str, Any]]) -> dict[str, float | None]:
         "view_accuracy": mean([r["view"] == r["view_true"] for r in records]),
         "grade_accuracy": mean([r["grade"] == r["grade_true"] for r in graded]),
         "roi_found": mean([bool(r["roi_found"]) for r in records if r["dice"] is not None]),
-        "grade3_decided_ok": float(sum(r["grade_true"] == 3 and r["decision"] == "ok"
-                                       for r in records)),  # fmt: skip
+        "grade3_decided_ok": float(
+            sum(r["grade_true"] == 3 and r["decision"] == "ok" for r in records)
+        ),
     }

@@ -125,8 +125,9 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
     description = (recipe.description or f"{recipe.body_part} pack built by edge-export build.")
     if recipe.preset != "full":
         description = f"SMOKE BUILD (preset {recipe.preset}): machinery check only. {description}"
-    common = dict(name=recipe.pack_name, version=recipe.pack_version, description=description,
-                  training_data=training, body_parts=(recipe.body_part,))  # fmt: skip
+    common: dict[str, Any] = {"name": recipe.pack_name, "version": recipe.pack_version,
+                              "description": description, "training_data": training,
+                              "body_parts": (recipe.body_part,)}  # fmt: skip
     write_pack(out, stage_files, validation={"per_stage_torch": per_stage_torch}, **common)
     log(f"judging the {len(split.test)} held-out images through the worker's pipeline")
     chain, per_stage = evaluate_pack(out, split.test)
@@ -134,7 +135,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
     data_text = (f"{len(split.test)} images of {len({r.patient for r in split.test})} held-out "
                  f"patients (never trained on; split seed {split.seed}), read by the worker's "
                  "ingest and judged by its pipeline on ONNX Runtime sessions of this pack")
-    validation = {
+    validation: dict[str, object] = {
         "data": data_text,
         "pipeline": {k: v for k, v in figs["chained"].items()
                      if not isinstance(v, list)},

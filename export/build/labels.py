@@ -113,11 +113,12 @@ def hashed_patient_id(path: Path) -> str | None:
     carry only the hash.  ``None`` when the file has no (or an empty) PatientID.
     """
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-    except Exception:  # pydicom raises many types on a broken file; the ingest reports it
-        return None
+    except (InvalidDicomError, OSError, ValueError, KeyError, EOFError):
+        return None  # the ingest has read the file already; a PatientID it cannot give is absent
     value = str(getattr(ds, "PatientID", "") or "").strip()
     return hashlib.sha256(value.encode()).hexdigest()[:16] if value else None
 

@@ -134,7 +134,7 @@ def _hyper(where: str, base: Hyper, table: dict[str, Any]) -> Hyper:
             value = table[key]
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise RecipeError(f"{where}.{key}: must be a positive number, got {value!r}")
-            out = replace(out, **{key: kind(value)})
+            out = replace(out, **{key: kind(value)})  # type: ignore[arg-type]
     return out
 
 

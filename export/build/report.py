@@ -43,7 +43,7 @@ def reliability(values: list[float], correct: list[bool], lo: float = 0.0, hi: f
     """Accuracy per bin of ``values`` in ``[lo, hi]``; ECE when the values are probabilities."""
     edges = np.linspace(lo, hi, bins + 1)
     v, c = np.asarray(values, float), np.asarray(correct, bool)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for i in range(bins):
         inside = (v >= edges[i]) & ((v < edges[i + 1]) | (i == bins - 1))
         n = int(inside.sum())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -100,8 +101,8 @@ def reusable(path: Path, key: str) -> bool:
         return False
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:  # a truncated or foreign file: torch raises many types; retrain
-        return False
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError):
+        return False  # a truncated or foreign file: retrain
     return isinstance(saved, dict) and saved.get("build_key") == key
 
 
