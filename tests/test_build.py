@@ -262,3 +262,36 @@ def test_quantize_applies_the_label_gate_of_the_packs_test_set(built: Path, tmp_
     seal_manifest(moved)
     with pytest.raises(QuantizeError, match="is not here; pass --labels"):
         quantize_pack(moved, tmp_path / "never", "fp16", phantoms=4, log=lambda _: None)
+
+
+def test_roi_as_a_mask_file_gives_the_same_box(phantoms: Path, tmp_path: Path) -> None:
+    """An ROI given as a mask file (non-zero pixels) is read as the box around it."""
+    import cv2
+
+    from edge_worker.pipeline.preprocess import RotatedBox, box_mask
+
+    columns, rows = _rows(phantoms)
+    data = phantoms.parent
+    truth = RotatedBox(*(float(rows[0][k]) for k in ("roi_cx", "roi_cy", "roi_w", "roi_h",
+                                                     "roi_angle")))  # fmt: skip
+    mask = box_mask((int(rows[0]["rows"]), int(rows[0]["columns"])), truth)
+    cv2.imwrite(str(data / "roi0.png"), (mask > 0).astype("uint8") * 255)
+    rows[0]["roi_mask"] = "roi0.png"
+    for key in ("roi_cx", "roi_cy", "roi_w", "roi_h", "roi_angle"):
+        rows[0][key] = ""
+    labels = _write(tmp_path / "labels.csv", [*columns, "roi_mask"], rows)
+    got = read_labels(labels, data, load_recipe(ANKLE, "short")).rows[0].record.roi
+    assert got is not None
+    assert abs(got.cx - truth.cx) < 2 and abs(got.cy - truth.cy) < 2
+    assert sorted([got.width, got.height]) == pytest.approx(sorted([truth.width, truth.height]),
+                                                            abs=3)  # fmt: skip
+
+
+def test_a_view_vocabulary_of_three_labels_trains_three_logits() -> None:
+    import torch
+
+    from models.networks import ArchConfig, build
+
+    net = build(ArchConfig("view", width=0.125, image_size=64, extra={"classes": 3.0})).eval()
+    with torch.inference_mode():
+        assert net(torch.zeros(1, 1, 64, 64)).shape == (1, 3)
