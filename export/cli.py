@@ -6,6 +6,8 @@
     edge-export quantize PACK --out DIR --precision int8|fp16  # gated on the FP32 verdicts
     edge-export keygen --out DIR                   # Ed25519 key pair for signing packs
     edge-export sign PACK --key DIR/pack-signing.key  # writes PACK/signature.json
+    edge-export build --recipe R.toml --data DIR --labels CSV --out PACK [--preset short|full]
+                      [--resume]                 # train, evaluate and package (docs/recipes.md)
 
 Both commands refuse (exit status 1, message on stderr) when the ONNX file does not match the
 torch model within the tolerance (``--atol``, ``--rtol``).
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     seal.add_argument("pack", type=Path, help="pack folder whose manifest.json you checked")
     upgrade = sub.add_parser("upgrade", help="rewrite a version-1 pack's manifest as version 2")
     upgrade.add_argument("pack", type=Path, help="pack folder with a version-1 manifest.json")
+    from export.build.command import add_parser as add_build
     from export.engines import add_parser
     from export.quantize import add_parser as add_quantize
     from export.sign import add_parser as add_sign
@@ -54,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     add_parser(sub)
     add_quantize(sub)
     add_sign(sub)
+    add_build(sub)
     return parser
 
 
@@ -150,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         from export.sign import run_keygen, run_sign
 
         return run_keygen(args) if args.command == "keygen" else run_sign(args)
+    if args.command == "build":
+        from export.build.command import run as build
+
+        return build(args)
     if args.command == "seal":
         return _seal(args.pack)
     if args.command == "upgrade":

@@ -165,6 +165,6 @@ def export_stage(
         architecture=loaded.arch.describe(),
         opset=OPSET,
         applies_to_view=loaded.view,
-        labels=list(VIEW_LABELS) if loaded.task == "view" else None,
+        labels=list(loaded.meta.get("labels") or VIEW_LABELS) if loaded.task == "view" else None,  # type: ignore[call-overload]
     )
     return stage, errors

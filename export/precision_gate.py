@@ -97,7 +97,12 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for change in report["changed"]:
         lines.append(f"  changed: {change}")
+    if "label_gate" in report:
+        from export.build.label_gate import format_gate
+
+        lines.append(format_gate(report["label_gate"]))
     lines.append(
-        "ACCEPTED" if report["accepted"] else "REFUSED: the decisions changed; nothing written"
+        "ACCEPTED" if report["accepted"] else "REFUSED: the decisions changed or the accuracy "
+        "against the labels fell; nothing written"
     )
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     edge-export quantize PACK --out DIR --precision int8|fp16 [--calibration DIR]
                          [--test DIR] [--stages NAME,...] [--phantoms N] [--report FILE]
+                         [--labels CSV --data DIR] [--max-accuracy-drop 0.02]
 
 * **int8**: static quantisation in QDQ format with ``onnxruntime.quantization`` (per-channel
   signed 8-bit weights, unsigned 8-bit activations, MinMax ranges).  Static INT8 runs
@@ -19,6 +20,12 @@ candidate is written to ``--out`` only if, on every file, the decision, the view
 ROI was found, the quality grade and the suggested rotation are the same.  Otherwise it is
 refused (exit status 1) and nothing is written.  Either way the agreement figures are
 printed, and the accepted pack carries them in ``validation.precision_gate``.
+
+**The label gate.**  When the pack carries its labelled held-out set (``validation.test_set``,
+written by ``edge-export build``) or ``--labels CSV --data FOLDER`` names one, the candidate
+must also be as right as the FP32 pack against those labels: view and grade accuracy and the
+share of ROIs found may not fall by more than ``--max-accuracy-drop`` (default 0.02), and no
+more grade-3 images may be decided ``ok`` (:mod:`export.build.label_gate`).
 
 ``--stages`` converts only the named stages (the rest stay FP32): the slow segmenters can be
 quantised while a classifier whose decision flips is left alone.  That choice is explicit and
@@ -231,7 +238,9 @@ def _opset(path: Path) -> int:
 
 def quantize_pack(pack_dir: Path, out: Path, precision: str, *, calibration: Path | None = None,
                   test: Path | None = None, stages: Sequence[str] = (), phantoms: int = PHANTOMS,
-                  keep_refused: Path | None = None, log: Any = print) -> dict[str, Any]:  # fmt: skip
+                  keep_refused: Path | None = None, log: Any = print,
+                  labels: Path | None = None, data: Path | None = None,
+                  max_accuracy_drop: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Convert, gate, and write ``out`` only when the gate passes; returns the gate report.
 
     ``keep_refused``: where to put a refused candidate anyway, named ``<name>-REFUSED``, so
@@ -249,6 +258,12 @@ def quantize_pack(pack_dir: Path, out: Path, precision: str, *, calibration: Pat
         raise QuantizeError(
             f"unknown stage(s) {sorted(unknown)}; the pack has {[s.name for s in pack.stages]}"
         )
+    from export.build.label_gate import MAX_ACCURACY_DROP, LabelGateError, label_gate, test_rows
+
+    try:
+        labelled = test_rows(pack, labels, data)
+    except LabelGateError as exc:
+        raise QuantizeError(str(exc)) from exc
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edge-quantize-") as tmp:
         work = Path(tmp)
@@ -280,7 +295,12 @@ def quantize_pack(pack_dir: Path, out: Path, precision: str, *, calibration: Pat
         report = compare(judge_facts(pack.root, images), judge_facts(candidate, images), names)
         report.update(precision=precision, stages=sorted(chosen), source=f"{pack.name} {pack.version}",
                       test_set={"phantoms": phantoms, "real": len(readable) - phantoms},
-                      calibration=described, seconds=round(time.monotonic() - started, 1))  # fmt: skip
+                      calibration=described)  # fmt: skip
+        if labelled is not None:
+            drop = MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
+            report["label_gate"] = label_gate(pack.root, candidate, labelled, drop)
+            report["accepted"] = report["accepted"] and report["label_gate"]["accepted"]
+        report["seconds"] = round(time.monotonic() - started, 1)
         manifest = json.loads((candidate / "manifest.json").read_text())
         manifest["validation"]["precision_gate"] = {
             k: v for k, v in report.items() if k != "changed"
@@ -321,6 +341,12 @@ def add_parser(sub: Any) -> None:
         help=f"phantoms for calibration and for the test set (default {PHANTOMS})",
     )
     cmd.add_argument("--report", type=Path, help="also write the gate report as JSON here")
+    cmd.add_argument("--labels", type=Path, help="labelled test set for the label gate (default: "
+                     "the pack's validation.test_set, when it has one)")
+    cmd.add_argument("--data", type=Path, help="folder of the --labels files")
+    cmd.add_argument("--max-accuracy-drop", type=float, default=None,
+                     help="largest accepted fall of view/grade accuracy or ROIs found against "
+                     "the labels (default 0.02)")
     cmd.add_argument(
         "--keep-refused",
         type=Path,
@@ -335,7 +361,8 @@ def run(args: argparse.Namespace) -> int:
         report = quantize_pack(
             args.pack, args.out, args.precision, calibration=args.calibration, test=args.test,
             stages=[s for s in args.stages.split(",") if s], phantoms=args.phantoms,
-            keep_refused=args.keep_refused,
+            keep_refused=args.keep_refused, labels=args.labels, data=args.data,
+            max_accuracy_drop=args.max_accuracy_drop,
         )  # fmt: skip
     except QuantizeError as exc:
         print(f"edge-export quantize: {exc}", file=sys.stderr)

@@ -3,7 +3,7 @@
 CSV layout (one row per image; :func:`edge_worker.phantoms.ankle.write_dataset` writes it):
 
 ==============  ==========================================================================
-``file``        path of a DICOM (``.dcm`` or no suffix) or PNG file, relative to the CSV
+``file``        path of a DICOM (``.dcm`` or no suffix), PNG or JPEG file, relative to the CSV
 ``view``        ``AP`` or ``LAT``
 ``grade``       quality class 1-3 (optional; empty when unknown)
 ``score``       continuous quality 1-3, the regression target (optional; defaults to grade)
@@ -39,6 +39,8 @@ from edge_worker.pipeline.preprocess import (
 
 MEAN, STD = 0.5, 0.25
 VIEW_LABELS = ("AP", "LAT")
+#: Files read with OpenCV (grey or colour, 8 or 16 bit); anything else goes through the ingest.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def read_image(path: Path) -> tuple[np.ndarray, float]:
     DICOM goes through the worker's own ingest, so training sees the worker's grayscale
     chain (Modality LUT, VOI, MONOCHROME1 inversion); it raises the ingest's ``Rejection``.
     """
-    if path.suffix.lower() == ".png":
+    if path.suffix.lower() in IMAGE_SUFFIXES:
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise ValueError(f"cannot read {path}")
@@ -214,9 +216,12 @@ def jitter_box(rng: np.random.Generator, box: RotatedBox, amount: float = 0.06) 
 
 
 def example(
-    task: str, sample: Sample, height: int, width: int, rng: np.random.Generator | None
+    task: str, sample: Sample, height: int, width: int, rng: np.random.Generator | None,
+    labels: tuple[str, ...] = VIEW_LABELS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One ``(1, H, W)`` input and its target for ``task``; ``rng=None`` means no augmentation.
+
+    ``labels``: the view classifier's vocabulary (its class order), AP and LAT by default.
 
     Targets: view -> class index; roi -> ``(1, H, W)`` binary mask; quality -> ``(1,)`` score;
     orientation -> ``(1,)`` angle in degrees.
@@ -244,7 +249,7 @@ def example(
         img = photometric(rng, img)
     x = to_tensor(img, height, width, 1, MEAN, STD)[0]
     if task == "view":
-        return x, np.array(VIEW_LABELS.index(record.view), dtype=np.int64)
+        return x, np.array(labels.index(record.view), dtype=np.int64)
     if task == "roi":
         target = resize(mask.astype(np.float32), height, width) > 0.5  # type: ignore[union-attr]
         return x, target.astype(np.float32)[None]

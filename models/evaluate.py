@@ -42,10 +42,13 @@ def angular_error(pred_deg: np.ndarray, true_deg: np.ndarray) -> np.ndarray:
 
 
 def evaluate(
-    task: str, net: nn.Module, samples: list[Sample], height: int, width: int
+    task: str, net: nn.Module, samples: list[Sample], height: int, width: int,
+    labels: tuple[str, ...] = VIEW_LABELS,
 ) -> dict[str, float]:
-    """Figures for ``task`` on ``samples`` (no augmentation); keys depend on the task."""
-    pairs = [example(task, s, height, width, None) for s in samples]
+    """Figures for ``task`` on ``samples`` (no augmentation); keys depend on the task.
+
+    ``labels``: the view classifier's vocabulary (AP, LAT by default)."""
+    pairs = [example(task, s, height, width, None, labels) for s in samples]
     inputs = np.stack([p[0] for p in pairs])
     targets = np.stack([p[1] for p in pairs])
     out = predict(net, inputs)

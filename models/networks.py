@@ -203,7 +203,8 @@ class OrientationResNet(nn.Module):
 def build(config: ArchConfig) -> nn.Module:
     """The network for ``config.task``; outputs are what the pack contract names."""
     if config.task == "view":
-        return efficientnet_b0(config, num_classes=2)
+        # ``extra["classes"]``: a view vocabulary other than AP/LAT (export.build recipes).
+        return efficientnet_b0(config, num_classes=int(config.extra.get("classes", 2)))
     if config.task == "quality":
         net = efficientnet_b0(config, num_classes=1)
         # Start every image at the middle of the 1-3 scale: with random weights, drop connect

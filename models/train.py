@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
-from models.data import MEAN, STD, Sample, example, load_samples, read_csv
+from models.data import MEAN, STD, VIEW_LABELS, Sample, example, load_samples, read_csv
 from models.evaluate import evaluate
 from models.networks import ArchConfig, build
 
@@ -45,6 +45,8 @@ class TrainConfig:
     #: Augment in a separate process (a DataLoader worker) while the network trains.
     loader_worker: bool = True
     arch: ArchConfig = field(default_factory=lambda: ArchConfig("view"))
+    #: The view classifier's vocabulary, in class order (``arch.extra["classes"]`` must match).
+    labels: tuple[str, ...] = VIEW_LABELS
 
 
 def optimizer(task: str, params: list[nn.Parameter], lr: float | None) -> torch.optim.Optimizer:
@@ -102,7 +104,8 @@ class BatchStream(IterableDataset):
         rng = np.random.default_rng([c.seed, info.id if info else 0])
         while True:
             picks = rng.integers(0, len(self.samples), size=c.batch)
-            pairs = [example(c.task, self.samples[i], c.height, c.width, rng) for i in picks]
+            pairs = [example(c.task, self.samples[i], c.height, c.width, rng, c.labels)
+                     for i in picks]  # fmt: skip
             yield (torch.from_numpy(np.stack([p[0] for p in pairs])),
                    torch.from_numpy(np.stack([p[1] for p in pairs])))  # fmt: skip
 
@@ -161,7 +164,7 @@ def train(
     fit(net, batches, lambda out, y: loss_fn(config.task, out, y), opt, schedule, config.steps,
         desc=checkpoint_name(config.task, config.view)[:-3])  # fmt: skip
     del batches, loader  # stops the worker process
-    metrics = evaluate(config.task, net, val, config.height, config.width)
+    metrics = evaluate(config.task, net, val, config.height, config.width, config.labels)
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
     out.mkdir(parents=True, exist_ok=True)
     path = out / checkpoint_name(config.task, config.view)
@@ -172,6 +175,7 @@ def train(
         "input": {"height": config.height, "width": config.width,
                   "channels": config.arch.in_channels, "mean": MEAN, "std": STD},
         "steps": config.steps,
+        "labels": list(config.labels),
         "n_train": len(data),
         "metrics": metrics,
         "state_dict": net.state_dict(),

@@ -1,0 +1,1 @@
+"""``edge-export build``: recipe + data folder + labels file -> trained, evaluated pack."""

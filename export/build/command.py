@@ -1,0 +1,172 @@
+"""``edge-export build``: a data folder and a labels file in, an evaluated pack out.
+
+    edge-export build --recipe RECIPE.toml --data FOLDER --labels CSV --out PACK
+                      [--preset short|full] [--resume] [--work DIR]
+
+1. The recipe is parsed (:mod:`export.build.recipe`) and the labels file checked whole, every
+   image read through the worker's ingest (:mod:`export.build.labels`): any problem refuses
+   the build before training, all of them listed.
+2. The images are split by patient (:mod:`export.build.split`), seed and counts recorded.
+3. Every stage of the recipe is trained, each checkpoint saved as it finishes
+   (:mod:`export.build.stages`); ``--resume`` skips the stages already trained from the same
+   recipe, labels and split.
+4. Each checkpoint is exported to ONNX through the parity gate (:func:`export.onnx.export_stage`)
+   and the pack written (:func:`export.pack.write_pack`).
+5. The pack is judged on the held-out patients as the worker runs it (:mod:`export.build.chain`)
+   and the figures go into the manifest and into ``evaluation.json`` / ``evaluation.html``
+   in the pack folder (:mod:`export.build.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from export.build.labels import LabelSet, LabelsRefused
+from export.build.recipe import PRESETS, Recipe, RecipeError, load_recipe
+from export.build.split import Split, split_by_patient
+
+#: Recipe decision keys -> (stage task, threshold name).
+_DECISION = {"view_min_confidence": ("view", "min_confidence"),
+             "quality_review_margin": ("quality", "review_margin"),
+             "orientation_min_norm": ("orientation", "min_norm")}  # fmt: skip
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``build`` subcommand to ``edge-export``'s subparsers."""
+    cmd = sub.add_parser("build", help="train, evaluate and package a pack from a recipe, a "
+                         "data folder and a labels file")  # fmt: skip
+    cmd.add_argument("--recipe", type=Path, required=True, help="recipe TOML (docs/recipes.md)")
+    cmd.add_argument("--data", type=Path, required=True, help="folder the labels' files are in")
+    cmd.add_argument("--labels", type=Path, required=True, help="labels CSV (docs/recipes.md)")
+    cmd.add_argument("--out", type=Path, required=True, help="pack folder to write")
+    cmd.add_argument("--preset", choices=PRESETS, default="full",
+                     help="full: the papers' recipes (default); short: a smoke run whose pack "
+                     "says so in its name and version")  # fmt: skip
+    cmd.add_argument("--resume", action="store_true",
+                     help="reuse the stages already trained from this recipe, labels and split")
+    cmd.add_argument("--work", type=Path,
+                     help="checkpoints and ONNX scratch (default: PACK's folder/.<name>.build)")
+    cmd.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+
+
+def _training_data(recipe: Recipe, labels: LabelSet, split: Split) -> dict[str, Any]:
+    rows = labels.rows
+    licences = Counter(r.license or recipe.license or "unstated" for r in rows)
+    return {
+        "kind": recipe.kind,
+        "description": f"{len(rows)} labelled images of {len({r.patient for r in rows})} "
+        f"patients from {labels.path.name}; views {dict(Counter(r.record.view for r in rows))}, "
+        f"grades {dict(Counter(str(r.record.grade) for r in rows))}, file types "
+        f"{dict(Counter(r.record.path.suffix.lower() or '(none)' for r in rows))}",
+        "n_train": len(split.train),
+        "n_test": len(split.test),
+        "preset": recipe.preset,
+        "recipe": {"file": recipe.path.name, "name": recipe.name, "version": recipe.version},
+        "labels": {"file": labels.path.name, "sha256": labels.sha256, "columns": labels.columns,
+                   "ignored_columns": labels.ignored_columns,
+                   "patient_key": labels.patient_source},
+        "split": split.describe(),
+        "licenses": dict(licences),
+        "stages": {s.name: {"task": s.task, "view": s.view, "input": [s.hyper.height, s.hyper.width],
+                            "batch": s.hyper.batch, "steps": s.hyper.steps,
+                            "lr": s.hyper.lr or "paper", "net_width": s.hyper.net_width}
+                   for s in recipe.stages},
+    }  # fmt: skip
+
+
+def _thresholds(recipe: Recipe, task: str) -> dict[str, float]:
+    return {key: recipe.decision[name] for name, (t, key) in _DECISION.items()
+            if t == task and name in recipe.decision}  # fmt: skip
+
+
+def build(args: argparse.Namespace, log: Any = print) -> Path:
+    """Run the whole build; returns the manifest path.  Raises RecipeError / LabelsRefused."""
+    import torch
+
+    from export.build.chain import evaluate_pack
+    from export.build.labels import read_labels
+    from export.build.report import figures, write_report
+    from export.build.stages import train_stages
+    from export.onnx import ATOL, RTOL, export_stage, load_checkpoint
+    from export.pack import write_pack
+    from export.seed_pack import SEED_ATOL
+
+    started = time.monotonic()
+    torch.set_num_threads(args.threads)
+    recipe = load_recipe(args.recipe, args.preset)
+    labels = read_labels(args.labels, args.data, recipe)
+    split = split_by_patient(labels, recipe)
+    log(f"labels accepted: {len(labels.rows)} images; split by patient (seed {split.seed}): "
+        f"{len(split.train)} train, {len(split.test)} held out ({time.monotonic() - started:.0f} s)")
+    out: Path = args.out
+    work: Path = args.work or out.parent / f".{out.name}.build"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "split.json").write_text(json.dumps({
+        **split.describe(), "train_lines": [r.line for r in split.train],
+        "test_lines": [r.line for r in split.test]}, indent=1) + "\n")  # fmt: skip
+    ckpts = train_stages(recipe, split, labels.sha256, work, args.resume, log)
+    stage_files, per_stage_torch, parity = [], {}, {}
+    for stage in recipe.stages:
+        atol = max(ATOL, SEED_ATOL) if stage.task == "roi" else ATOL
+        exported, errors = export_stage(ckpts[stage.name], work / "onnx", atol, RTOL)
+        exported = replace(exported, thresholds=_thresholds(recipe, stage.task))
+        parity[stage.name] = errors
+        per_stage_torch[stage.name] = load_checkpoint(ckpts[stage.name]).meta["metrics"]
+        log(f"{stage.name}: exported, parity max abs error {errors}")
+        stage_files.append(exported)
+    training = _training_data(recipe, labels, split)
+    description = (recipe.description or f"{recipe.body_part} pack built by edge-export build.")
+    if recipe.preset != "full":
+        description = f"SMOKE BUILD (preset {recipe.preset}): machinery check only. {description}"
+    common: dict[str, Any] = {"name": recipe.pack_name, "version": recipe.pack_version,
+                              "description": description, "training_data": training,
+                              "body_parts": (recipe.body_part,)}  # fmt: skip
+    write_pack(out, stage_files, validation={"per_stage_torch": per_stage_torch}, **common)
+    log(f"judging the {len(split.test)} held-out images through the worker's pipeline")
+    chain, per_stage = evaluate_pack(out, split.test)
+    figs = figures(chain, per_stage, list(recipe.views), list(recipe.grades))
+    data_text = (f"{len(split.test)} images of {len({r.patient for r in split.test})} held-out "
+                 f"patients (never trained on; split seed {split.seed}), read by the worker's "
+                 "ingest and judged by its pipeline on ONNX Runtime sessions of this pack")
+    validation: dict[str, object] = {
+        "data": data_text,
+        "pipeline": {k: v for k, v in figs["chained"].items()
+                     if not isinstance(v, list)},
+        "per_stage": {n: {k: v for k, v in s.items() if not isinstance(v, list)}
+                      for n, s in figs["per_stage"].items()},
+        "per_stage_torch": per_stage_torch,
+        "parity_max_abs_error": parity,
+        "test_set": {"labels": str(Path(args.labels).resolve()), "data": str(Path(args.data).resolve()),
+                     "recipe": str(Path(args.recipe).resolve()), "preset": recipe.preset,
+                     "labels_sha256": labels.sha256, "lines": [r.line for r in split.test]},
+        "report": ["evaluation.html", "evaluation.json"],
+    }  # fmt: skip
+    manifest = write_pack(out, stage_files, validation=validation, **common)
+    result = {"pack": {"name": recipe.pack_name, "version": recipe.pack_version},
+              "data": data_text, "preset": recipe.preset, "split": training["split"],
+              "labels_sha256": labels.sha256, "figures": figs,
+              "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+    write_report(out, result, chain)
+    log(f"wrote {manifest} and its report in {(time.monotonic() - started) / 60:.1f} min: view "
+        f"accuracy {figs['chained']['view_accuracy']}, grade accuracy "
+        f"{figs['chained']['grade_accuracy']}, grade-3 decided ok {figs['chained']['grade3_decided_ok']}")
+    return manifest
+
+
+def run(args: argparse.Namespace) -> int:
+    """``edge-export build``; 0 on success, 1 with the reasons on stderr otherwise."""
+    from export.onnx import ExportError
+
+    try:
+        build(args)
+    except (RecipeError, LabelsRefused, ExportError) as exc:
+        print(f"edge-export build: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,144 @@
+"""Train the recipe's stages one after another, each saved as soon as it is done.
+
+Each stage trains with :func:`models.train.train` (the papers' losses and optimisers,
+augmentations of the ankle paper section 5, progress bar with the running loss and the time
+left) on the training side of the split, and is measured alone on the held-out side.
+The checkpoint (``<work>/checkpoints/<stage>.pt``) is written to a temporary name and moved in
+place, so a killed run leaves either a whole checkpoint or none.  It carries a key of what it
+was trained from (recipe stage, preset, labels sha256, split); ``--resume`` reuses a checkpoint
+whose key matches and retrains any other.
+
+The view, ROI and quality stages read the image turned upright (the worker runs them after
+the orientation stage), so their training images are turned upright by their labelled
+rotation the way the worker turns them (:func:`edge_worker.pipeline.preprocess.turn_upright`).
+The orientation stage also sees each image turned by 90, 180 and 270 degrees with its label
+moved (paper 003's rotation augmentation) and learns with the circular loss.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge_worker.pipeline.preprocess import box_from_points, turn_upright
+from export.build.recipe import Recipe, Stage
+from export.build.split import Split
+from models.data import Sample
+from models.train import TrainConfig, default_arch, train
+
+Log = Callable[[str], None]
+
+
+def upright(sample: Sample) -> Sample:
+    """The sample turned upright by its labelled rotation (box turned with it)."""
+    angle = sample.record.rotation_deg
+    if not angle:
+        return sample
+    image, turn = turn_upright(sample.working.astype(np.float32), angle)
+    roi = sample.roi
+    if roi is not None:
+        pts = roi.corners() @ turn.to_upright[:, :2].T + turn.to_upright[:, 2]
+        roi = box_from_points(pts.astype(np.float32))
+    return Sample(replace(sample.record, rotation_deg=0.0), image.astype(np.float16), roi)
+
+
+def quarter_turns(sample: Sample) -> list[Sample]:
+    """The sample and its copies turned 90, 180 and 270 degrees counter-clockwise (labels moved).
+
+    ``np.rot90`` turns counter-clockwise as displayed, the phantoms' and the orientation
+    stage's sense of ``rotation_deg``, and loses no pixel (no corner cut off).
+    """
+    angle = sample.record.rotation_deg or 0.0
+    out = [sample]
+    for k in (1, 2, 3):
+        record = replace(sample.record, rotation_deg=(angle + 90.0 * k) % 360.0)
+        out.append(Sample(record, np.ascontiguousarray(np.rot90(sample.working, k)), None))
+    return out
+
+
+def samples_for(stage: Stage, rows: list[Sample]) -> list[Sample]:
+    """What ``stage`` trains or is measured on: upright images, or all turns for orientation."""
+    if stage.task == "orientation":
+        if not stage.rotate_quarters:
+            return rows
+        return [turned for s in rows for turned in quarter_turns(s)]
+    return [upright(s) for s in rows]
+
+
+def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split) -> str:
+    """sha256 of everything a stage's weights depend on."""
+    facts = {
+        "stage": asdict(stage), "preset": recipe.preset, "views": recipe.views,
+        "labels_sha256": labels_sha256, "seed": recipe.seed,
+        "train": sorted(r.record.path.name for r in split.train),
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _config(stage: Stage, recipe: Recipe, index: int) -> TrainConfig:
+    h = stage.hyper
+    arch = default_arch(stage.task, h.net_width, 1.0, h.height, h.width)
+    if stage.task == "view":
+        arch = replace(arch, extra={"classes": float(len(recipe.views))})
+    return TrainConfig(task=stage.task, view=stage.view, steps=h.steps, batch=h.batch,
+                       height=h.height, width=h.width, lr=h.lr, seed=recipe.seed + 100 + index,
+                       arch=arch, labels=recipe.views)  # fmt: skip
+
+
+def reusable(path: Path, key: str) -> bool:
+    """Whether the checkpoint at ``path`` exists, loads and was trained from ``key``."""
+    if not path.is_file():
+        return False
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError):
+        return False  # a truncated or foreign file: retrain
+    return isinstance(saved, dict) and saved.get("build_key") == key
+
+
+def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, resume: bool,
+                 log: Log = print) -> dict[str, Path]:  # fmt: skip
+    """Train (or, with ``resume``, reuse) every stage; returns checkpoint paths by stage name."""
+    ckpt_dir = work / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    train_rows = [r.sample for r in split.train]
+    test_rows = [r.sample for r in split.test]
+    done: dict[str, Path] = {}
+    started = time.monotonic()
+    for i, stage in enumerate(recipe.stages):
+        path = ckpt_dir / f"{stage.name}.pt"
+        key = stage_key(stage, recipe, labels_sha256, split)
+        head = f"[{i + 1}/{len(recipe.stages)}] {stage.name}"
+        if resume and reusable(path, key):
+            log(f"{head}: checkpoint of this recipe, labels and split found: skipped (--resume)")
+            done[stage.name] = path
+            continue
+        h = stage.hyper
+        log(f"{head}: {stage.task}{f' {stage.view}' if stage.view else ''}, input "
+            f"{h.height}x{h.width}, batch {h.batch}, {h.steps} steps, lr "
+            f"{h.lr or 'paper'}, width {h.net_width}")  # fmt: skip
+        scratch = ckpt_dir / f".{stage.name}.partial"
+        shutil.rmtree(scratch, ignore_errors=True)
+        written = train(_config(stage, recipe, i), samples_for(stage, train_rows),
+                        samples_for(stage, test_rows), scratch)  # fmt: skip
+        saved = torch.load(written, map_location="cpu", weights_only=False)
+        saved["build_key"] = key
+        tmp = ckpt_dir / f".{stage.name}.pt.tmp"
+        torch.save(saved, tmp)
+        os.replace(tmp, path)
+        shutil.rmtree(scratch, ignore_errors=True)
+        done[stage.name] = path
+        spent = time.monotonic() - started
+        left = spent / (i + 1) * (len(recipe.stages) - i - 1)
+        log(f"{head}: saved {path.name}; {spent:.0f} s so far, about {left:.0f} s of training left")
+    return done
