@@ -206,11 +206,26 @@ class VerdictConfig:
     default: a radiograph can carry burned-in patient details, which would then leave the box."""
     thumbnail_size: int = 192
     """Longest side of the thumbnail in pixels (32-512)."""
+    heatmap_overlay: bool = False
+    """Add each heatmap's map as a small grey PNG (``heatmaps.<label>.overlay``) covering the
+    whole image as stored, for the dashboard to lay over its copy.  Off by default, like the
+    thumbnail: it is a picture derived from the patient's image."""
+    heatmap_overlay_size: int = 128
+    """Longest side of a heatmap overlay in pixels (32-512)."""
     deviation_index_limit: float = 3.0
     """Largest accepted |deviation index| (IEC 62494-1, DICOM (0018,1413), or computed from the
     exposure index and its target): outside it a verdict carries an under- or over-exposure
     reason and goes to review.  0 switches the check off; files without the indices say nothing
     about exposure (0-20)."""
+
+
+@dataclass(frozen=True)
+class DerivedConfig:
+    folder: str = ""
+    """Where a pack's derived images (``derive`` stages, e.g. bone suppression) are written as
+    DICOM Secondary Captures, named by their new SOP Instance UID; the verdict names the file.
+    Empty: none are written.  Never the watch folder nor inside it (the worker would judge its
+    own output), nor the quarantine or state folder."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +270,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    derived: DerivedConfig = field(default_factory=DerivedConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def mqtt_password(self) -> str | None:
@@ -481,6 +497,8 @@ def validate(config: Config) -> Config:
     _in_range("service.stall_seconds", svc.stall_seconds, 0, MAX_SECONDS, above=True)
     _in_range("service.stop_timeout_seconds", svc.stop_timeout_seconds, 0, 3600, above=True)
     _in_range("verdict.thumbnail_size", config.verdict.thumbnail_size, 32, 512)
+    _in_range("verdict.heatmap_overlay_size", config.verdict.heatmap_overlay_size, 32, 512)
+    _validate_derived(config)
     _in_range("state.outbox_max_messages", st.outbox_max_messages, 10, 10_000_000)
     _in_range("state.min_free_mb", st.min_free_mb, 1, 1 << 20)
     # Rows and Columns are US (16-bit) in DICOM; below 64 pixels no network input makes sense.
@@ -510,6 +528,17 @@ def validate(config: Config) -> Config:
         raise InvalidValue("mqtt.url", "TLS settings given in [mqtt.tls] but mqtt.url is not mqtts://")
     _check_layout(config)
     return config
+
+
+def _validate_derived(config: Config) -> None:
+    if not config.derived.folder:
+        return
+    folder, watch = Path(config.derived.folder).absolute(), config.watch.folder.absolute()
+    if folder == watch or watch in folder.parents:
+        raise ConfigError("derived.folder: must not be the watch folder or inside it (the worker "
+                          "would judge its own derived images)")  # fmt: skip
+    if folder in (config.quarantine.folder.absolute(), config.state.folder.absolute()):
+        raise ConfigError("derived.folder: must not be the quarantine or state folder")
 
 
 def _validate_retention(config: Config) -> None:

@@ -38,8 +38,8 @@ PRESETS: dict[str, tuple[ClassifierConfig, BoneConfig]] = {
 #: The stage names the entries use.
 FINDING, FINDING_CAM, BONE = "finding", "finding_cam", "bone_suppression"
 RESEARCH_NOTICE = "research only: not a diagnosis"
-BONE_DESCRIPTION = ("bone suppression (soft-tissue estimate), synthetic-trained, not for "
-                    "diagnosis")  # fmt: skip
+#: The derived image's DICOM Series Description (an LO: at most 64 characters).
+BONE_DESCRIPTION = "bone-suppressed (synthetic-trained, not for diagnosis)"
 
 
 @dataclass
