@@ -32,8 +32,8 @@ PRESETS: dict[str, tuple[ClassifierConfig, BoneConfig]] = {
     "short": (ClassifierConfig(size=256, steps=30, batch=8, bootstrap=500),
               BoneConfig(size=128, train_phantoms=32, test_phantoms=12, steps=60, batch=6)),
     # Sized for two shared CPU cores (about 30 min each); more steps help both.
-    "full": (ClassifierConfig(size=512, steps=400, batch=8),
-             BoneConfig(size=256, train_phantoms=400, test_phantoms=100, steps=800, batch=8)),
+    "full": (ClassifierConfig(size=512, steps=200, batch=8),
+             BoneConfig(size=256, train_phantoms=300, test_phantoms=100, steps=300, batch=6)),
 }  # fmt: skip
 #: The stage names the entries use.
 FINDING, FINDING_CAM, BONE = "finding", "finding_cam", "bone_suppression"
