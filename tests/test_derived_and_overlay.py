@@ -241,3 +241,21 @@ def test_the_view_stage_cannot_be_research_only(tmp_path: Path) -> None:
         load_pack(write_tiny_pack(tmp_path / "p", [dict(VIEW, research_only=True)]))
     with pytest.raises(PackError, match="research_only: must be true or false"):
         load_pack(write_tiny_pack(tmp_path / "q", [VIEW, dict(FLAGS, research_only="yes")]))
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def test_overlay_and_derived_folder_settings(tmp_path: Path) -> None:
+    from edge_worker.service.config import ConfigError, parse
+
+    default = parse("")
+    assert default.verdict.heatmap_overlay is False and default.derived.folder == ""
+    on = parse(f'[verdict]\nheatmap_overlay = true\nheatmap_overlay_size = 96\n'
+               f'[derived]\nfolder = "{tmp_path / "derived"}"\n')  # fmt: skip
+    assert on.verdict.heatmap_overlay and on.verdict.heatmap_overlay_size == 96
+    assert on.derived.folder == str(tmp_path / "derived")
+    with pytest.raises(ConfigError, match="heatmap_overlay_size"):
+        parse("[verdict]\nheatmap_overlay_size = 8\n")
+    with pytest.raises(ConfigError, match="derived.folder: must not be the watch folder or inside it"):
+        parse(f'[watch]\nfolder = "{tmp_path}"\n[derived]\nfolder = "{tmp_path / "sc"}"\n')
