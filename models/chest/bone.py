@@ -29,7 +29,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from edge_worker.phantoms.chest import pairs
-from models.chest.resume import load_state, run_steps
+from models.chest.resume import load_state, run_steps, same_recipe
 
 #: Phantom seeds: training draws from the first range, the test from the second (disjoint).
 TRAIN_SEEDS = range(0, 100_000)
@@ -133,7 +133,7 @@ def train_bone(config: BoneConfig, workdir: Path) -> tuple[BoneSuppressor, dict[
     path = workdir / "bone_state.pt"
     saved = load_state(path)
     start = 0
-    if saved is not None and saved["config"] == asdict(config):
+    if saved is not None and same_recipe(saved["config"], asdict(config)):
         net.load_state_dict(saved["net"])
         disc.load_state_dict(saved["disc"])
         opt.load_state_dict(saved["opt"])

@@ -41,7 +41,7 @@ from torch import nn
 from edge_worker.pipeline.preprocess import to_tensor, working_image
 from export.cam import CamClassifier
 from models.chest.multisite import Record
-from models.chest.resume import load_state, run_steps
+from models.chest.resume import load_state, run_steps, same_recipe
 from models.data import read_image
 
 #: The stage's labels, in output order.
@@ -180,7 +180,7 @@ def train_classifier(
     path = workdir / "classifier_state.pt"
     saved = load_state(path)
     start = 0
-    if saved is not None and saved["config"] == asdict(config):
+    if saved is not None and same_recipe(saved["config"], asdict(config)):
         net.load_state_dict(saved["net"])
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])

@@ -26,6 +26,14 @@ def load_state(path: Path) -> dict[str, Any] | None:
     return state
 
 
+def same_recipe(saved: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a checkpoint of recipe ``saved`` may continue as ``config``: equal but for
+    ``steps`` (a run may be lengthened, or shortened to stop where it is; the learning-rate
+    schedule follows the new length from the step it resumes at)."""
+    return {k: v for k, v in saved.items() if k != "steps"} == {
+        k: v for k, v in config.items() if k != "steps"}
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,6 +58,7 @@ def run_steps(
     loss (``None`` when no step was left to run).
     """
     running: float | None = None
+    start = min(start, steps)
     bar = tqdm(range(start, steps), desc=desc, initial=start, total=steps, mininterval=2.0)
     for i in bar:
         loss = step(i)
