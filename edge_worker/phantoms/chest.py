@@ -88,10 +88,10 @@ def _tube(shape: tuple[int, int], pts: np.ndarray, width: float, density: float,
     A rib seen on a radiograph is a hollow tube: the path through its cortical shell is longest
     at the edges, so its borders are brighter than its middle.
     """
-    outer = np.zeros(shape, np.float32)
+    outer: np.ndarray = np.zeros(shape, np.float32)
     _curve(outer, pts, int(round(width)))
     outer = cv2.GaussianBlur(outer, (0, 0), 0.7)
-    inner = np.zeros(shape, np.float32)
+    inner: np.ndarray = np.zeros(shape, np.float32)
     _curve(inner, pts, max(1, int(round(width * 0.5))))
     inner = cv2.GaussianBlur(inner, (0, 0), 0.7)
     return (density * outer + cortex * (outer - inner).clip(0.0, None)).astype(np.float32)
@@ -114,7 +114,7 @@ def _soft_layer(rng: np.random.Generator, n: int) -> tuple[np.ndarray, dict[str,
     body = _ellipse(shape, cx, n * 0.58, g["width"], n * 0.62, g["tilt"])
     neck = _ellipse(shape, cx, g["top"] * 0.3, n * 0.09, n * 0.16)
     soft = _thickness(np.maximum(body, neck), float(rng.uniform(0.9, 1.2)))
-    lungs = np.zeros(shape, np.float32)
+    lungs: np.ndarray = np.zeros(shape, np.float32)
     for side in (-1.0, 1.0):
         lx = cx + side * (g["gap"] + g["lung_w"] * 0.95)
         lung = _ellipse(shape, lx, g["lung_cy"], g["lung_w"], g["lung_h"], side * 6.0 + g["tilt"])
@@ -178,9 +178,9 @@ def _bone_layers(rng: np.random.Generator, n: int, g: dict[str, float]) -> dict[
         for side in (-1.0, 1.0):
             t = np.linspace(0.0, 1.0, 24)
             # Posterior rib: out from the spine, arching up, then down along the chest wall.
-            x = cx + side * (vertebra_w * 0.5 + span * 1.15 * np.sin(t * math.pi * 0.62))
-            y = y0 - n * 0.03 * np.sin(t * math.pi) + n * 0.09 * t**2
-            ribs += _tube(shape, np.stack([x, y], 1), rib_w, density * 0.55, density * 0.5)
+            px = cx + side * (vertebra_w * 0.5 + span * 1.15 * np.sin(t * math.pi * 0.62))
+            py = y0 - n * 0.03 * np.sin(t * math.pi) + n * 0.09 * t**2
+            ribs += _tube(shape, np.stack([px, py], 1), rib_w, density * 0.55, density * 0.5)
             if i < 10:  # anterior rib: fainter, from the chest wall down towards the sternum
                 xa = cx + side * (span * 1.05 - span * 0.75 * t)
                 ya = y0 + n * 0.12 + n * 0.1 * t
@@ -188,9 +188,9 @@ def _bone_layers(rng: np.random.Generator, n: int, g: dict[str, float]) -> dict[
     clavicles = np.zeros(shape, np.float32)
     for side in (-1.0, 1.0):
         t = np.linspace(0.0, 1.0, 20)
-        x = cx + side * (g["gap"] * 0.6 + g["lung_w"] * 2.0 * t)
-        y = top + n * 0.05 + n * 0.04 * np.sin(t * math.pi * 1.2) - n * 0.03 * t
-        clavicles += _tube(shape, np.stack([x, y], 1), n * 0.028, density * 0.8, density * 0.5)
+        cx_ = cx + side * (g["gap"] * 0.6 + g["lung_w"] * 2.0 * t)
+        cy_ = top + n * 0.05 + n * 0.04 * np.sin(t * math.pi * 1.2) - n * 0.03 * t
+        clavicles += _tube(shape, np.stack([cx_, cy_], 1), n * 0.028, density * 0.8, density * 0.5)
     scapulae = np.zeros(shape, np.float32)
     for side in (-1.0, 1.0):  # the medial border of each scapula, over the upper lateral lung
         x0 = cx + side * (g["gap"] + g["lung_w"] * 1.6)

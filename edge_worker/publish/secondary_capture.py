@@ -67,8 +67,9 @@ def build(source: Dataset, image: np.ndarray, stage: str, description: str, pack
     now = _dt.datetime.now(_dt.UTC)
     ds = Dataset()
     for keyword in COPIED:
-        if keyword in source:
-            setattr(ds, keyword, source.data_element(keyword).value)
+        element = source.data_element(keyword) if keyword in source else None
+        if element is not None:
+            setattr(ds, keyword, element.value)
     sop_uid = uid("sop")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UID(SECONDARY_CAPTURE)

@@ -146,12 +146,13 @@ def build_verdict(
         "backend": backend,
         "worker_version": __version__,
     }
-    verdict.update(stage_findings(j, pack))
+    found = stage_findings(j, pack)
+    for label, url in (overlays or {}).items():
+        if label in found.get("heatmaps", {}):
+            found["heatmaps"][label]["overlay"] = url
+    verdict.update(found)
     if thumbnail is not None:
         verdict["thumbnail"] = thumbnail
-    for label, url in (overlays or {}).items():
-        if label in verdict.get("heatmaps", {}):
-            verdict["heatmaps"][label]["overlay"] = url
     if derived:
         verdict["derived"] = derived
     return verdict

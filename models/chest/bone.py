@@ -65,6 +65,7 @@ class BoneSuppressor(nn.Module):
         # U-Net ends in a residual unit, so zeroing its own last layer would not do it).
         self.bone = nn.Conv2d(8, 1, 1)
         nn.init.zeros_(self.bone.weight)
+        assert self.bone.bias is not None
         nn.init.zeros_(self.bone.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +96,7 @@ def metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     """Mean MAE, PSNR (dB, data range 1) and SSIM (Gaussian 11 px window) over ``(N, H, W)``."""
     err = pred.astype(np.float64) - target.astype(np.float64)
     mse = np.maximum((err**2).mean(axis=(1, 2)), 1e-12)
-    ssim = SSIMMetric(spatial_dims=2, data_range=1.0)(
+    ssim: Any = SSIMMetric(spatial_dims=2, data_range=1.0)(
         torch.from_numpy(pred[:, None].astype(np.float32)),
         torch.from_numpy(target[:, None].astype(np.float32)),
     )

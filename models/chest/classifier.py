@@ -112,8 +112,9 @@ def _image(record: Record) -> np.ndarray:
 def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A small zoom, shift and turn, and a contrast change (no flips: the heart has a side)."""
     h, w = image.shape
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-7, 7), rng.uniform(0.9, 1.1))
-    matrix[:, 2] += rng.uniform(-0.05, 0.05, 2) * (w, h)
+    matrix: np.ndarray = np.asarray(
+        cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-7, 7), rng.uniform(0.9, 1.1)), np.float64)
+    matrix[:, 2] += rng.uniform(-0.05, 0.05, 2) * np.array([w, h], np.float64)
     out = cv2.warpAffine(image, matrix, (w, h), borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     return np.clip(out ** np.float32(rng.uniform(0.8, 1.25)), 0.0, 1.0)
 
