@@ -177,9 +177,12 @@ def train_bone(config: BoneConfig, workdir: Path) -> tuple[BoneSuppressor, dict[
     run_steps(start, config.steps, step, state, path, "bone suppression", every=50)
     test_seeds = range(TEST_SEED_START, TEST_SEED_START + config.test_phantoms)
     test_x, test_y = pairs(test_seeds, config.size)
+    network, baseline = metrics(predict(net, test_x), test_y), metrics(test_x, test_y)
     figures = {
-        "network": metrics(predict(net, test_x), test_y),
-        "baseline_output_equals_input": metrics(test_x, test_y),
+        "network": network,
+        "baseline_output_equals_input": baseline,
+        "better_than_baseline": bool(network["mae"] < baseline["mae"] and network["psnr_db"] > baseline["psnr_db"]
+                                     and network["ssim"] > baseline["ssim"]),  # fmt: skip
         "test": f"{config.test_phantoms} chest phantoms of seeds {test_seeds.start}.."
                 f"{test_seeds.stop - 1} (training used seeds 0..{config.train_phantoms - 1})",
         "loss": "L1" + (f" + {config.adversarial} x least-squares conditional PatchGAN (pix2pix)"
