@@ -12,6 +12,8 @@ through real ONNX Runtime sessions and the worker's pack loader, with no trainin
   is bright, below 0.25 dark.
 * ``roi``: sigmoid(4 x), class ``roi`` with a box: pixels above about 0.55.
 * ``score``: ``1 + 0.5 * mean(x)`` of what it reads (the ROI crop: 2.0 for a white crop).
+* ``derive``: an image-to-image network, ``soft_tissue = 0.5 * pixel`` (a 1x1 convolution
+  undoing the input normalisation, halved).
 """
 
 from __future__ import annotations
@@ -105,7 +107,16 @@ def score_model() -> bytes:
     return _model(nodes, [_out("score", ["N", 1])], inits)
 
 
-MODELS = {"view": view_model, "flags": flags_model, "seg": seg_model, "roi": roi_model,
+def derive_model() -> bytes:
+    from onnx import helper
+
+    # (pixel - 0.5) / 0.25 in: 0.125 * x + 0.25 = 0.5 * pixel out.
+    node = helper.make_node("Conv", ["image", "dw", "db"], ["soft_tissue"])
+    inits = [_init("dw", np.full((1, 1, 1, 1), 0.125)), _init("db", np.array([0.25]))]
+    return _model([node], [_out("soft_tissue", ["N", 1, SIZE, SIZE])], inits)
+
+
+MODELS = {"derive": derive_model, "view": view_model, "flags": flags_model, "seg": seg_model, "roi": roi_model,
           "score": score_model}  # fmt: skip
 
 
@@ -124,6 +135,9 @@ ROI = network("roi", "segment", classes=["roi"], activation="sigmoid", box="roi"
               thresholds={"mask": 0.7, "min_area_fraction": 0.01}, outputs={"mask": "(N, 1, 32, 32)"})  # fmt: skip
 SCORE = network("score", "regress", reads={"image": "upright", "crop": "roi"},
                 outputs={"score": "(N, 1)"}, thresholds={"review_margin": 0.15})  # fmt: skip
+DERIVE = network("derive", "derive", reads={"image": "working"},
+                 description="half brightness (test)", outputs={"soft_tissue": "(N, 1, 32, 32)"},
+                 training_data={"kind": "synthetic-test"})  # fmt: skip
 CAM = {"name": "cam", "task": "heatmap", "reads": {"classifier": "flags"}, "file": "cam.npz"}
 
 

@@ -19,10 +19,14 @@ from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE
 from edge_worker.ingest.types import IngestPolicy, Radiograph
+from edge_worker.judging.overlay import overlay_data_url
 from edge_worker.judging.thumbnail import make_thumbnail
 from edge_worker.names import printable
 from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
 from edge_worker.pipeline.runner import Judgement, Pipeline
+from edge_worker.pipeline.tasks.derive import DerivedResult
+from edge_worker.pipeline.tasks.heatmap import HeatmapResult
+from edge_worker.publish import secondary_capture
 from edge_worker.publish.verdict import build_error, build_verdict
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,10 @@ class Judge:
     ``thumbnail_size``: when set, each verdict carries an ROI thumbnail of at most that many
     pixels a side (off by default: a radiograph may show burned-in patient details).
     ``read``: how files are read and decoded (default :func:`read_radiograph`, in process).
+    ``heatmap_overlay_size``: when set, each heatmap in a verdict carries its overlay, a PNG
+    of at most that many pixels a side (off by default, like the thumbnail).
+    ``derived_folder``: where a ``derive`` stage's image is written as a DICOM Secondary
+    Capture (``[derived] folder``); ``None`` writes nothing.
     """
 
     def __init__(
@@ -103,8 +111,13 @@ class Judge:
         policy: IngestPolicy,
         thumbnail_size: int | None = None,
         read: Reader | None = None,
+        *,
+        heatmap_overlay_size: int | None = None,
+        derived_folder: Path | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.heatmap_overlay_size = heatmap_overlay_size
+        self.derived_folder = derived_folder
         self.read = read or read_radiograph
         self.site = site
         self.station = station
@@ -119,6 +132,58 @@ class Judge:
         thumbnail = make_thumbnail(judgement.working_image, box, self.thumbnail_size)
         timings["thumbnail"] = (time.perf_counter() - t) * 1000.0
         return thumbnail
+
+    def _overlays(self, judgement: Judgement, timings: dict[str, float]) -> dict[str, str]:
+        """Per heatmap label, its overlay data URL (see :mod:`edge_worker.judging.overlay`)."""
+        if self.heatmap_overlay_size is None or judgement.working_image is None:
+            return {}
+        t = time.perf_counter()
+        pack = self.pipeline.pack
+        specs = {spec.name: spec for spec in pack.stages}
+        overlays = {}
+        for name, result in judgement.results.items():
+            if not isinstance(result, HeatmapResult):
+                continue
+            source = specs[specs[name].reads["classifier"]]
+            upright = source.reads.get("image", "upright") == "upright"
+            for label, cam_map in result.maps.items():
+                overlays[label] = overlay_data_url(cam_map, judgement.working_image.shape[:2],
+                                                   judgement.turn, upright, self.heatmap_overlay_size)  # fmt: skip
+        timings["heatmap_overlay"] = (time.perf_counter() - t) * 1000.0
+        return overlays
+
+    def _derived(self, path: Path, judgement: Judgement, timings: dict[str, float]) -> list[dict[str, Any]]:
+        """Write each derive stage's image as a Secondary Capture; one entry per stage.
+
+        A write that fails (disk full, folder gone) is an entry with ``file`` null and the
+        error, never a lost verdict.
+        """
+        if self.derived_folder is None:
+            return []
+        t = time.perf_counter()
+        pack = self.pipeline.pack
+        entries: list[dict[str, Any]] = []
+        for name, result in judgement.results.items():
+            if not isinstance(result, DerivedResult):
+                continue
+            entry: dict[str, Any] = {"stage": name, "description": result.description,
+                                     "training_data": result.training_data}  # fmt: skip
+            try:
+                written = secondary_capture.write(
+                    path, self.derived_folder, result.image, name, result.description,
+                    f"{pack.name} {pack.version}", pack.digest, result.training_data,
+                )
+                entry.update(file=printable(written.path.name),
+                             sop_instance_uid=written.sop_instance_uid,
+                             series_instance_uid=written.series_instance_uid, error=None)  # fmt: skip
+            except (OSError, ValueError) as exc:
+                log.warning("derived image of %s (stage %s) not written: %s",
+                            printable(path.name), name, exc)  # fmt: skip
+                entry.update(file=None, sop_instance_uid=None, series_instance_uid=None,
+                             error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            entries.append(entry)
+        timings["derived"] = (time.perf_counter() - t) * 1000.0
+        return entries
 
     def __call__(self, path: Path, seen_at: float | None = None) -> Outcome:
         """Judge the file at ``path``; ``seen_at`` is when the watcher saw it complete."""
@@ -185,6 +250,8 @@ class Judge:
         image = r.image
         timings = {"read_decode": r.read_ms, **image.timings_ms, **judgement.timings_ms}
         thumbnail = self._thumbnail(judgement, timings)
+        overlays = self._overlays(judgement, timings)
+        derived = self._derived(r.path, judgement, timings)
         timings["total"] = (time.perf_counter() - r.start) * 1000.0
         payload = build_verdict(
             site=self.site,
@@ -199,6 +266,8 @@ class Judge:
             stored_scale=image.scale * judgement.working_scale,
             timings_ms=timings,
             thumbnail=thumbnail,
+            overlays=overlays,
+            derived=derived,
         )
         payload["file_name"] = printable(r.path.name)
         return Outcome("verdict", payload)

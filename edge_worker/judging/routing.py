@@ -124,14 +124,20 @@ class RoutedJudge:
         policy: IngestPolicy,
         thumbnail_size: int | None = None,
         read: Reader | None = None,
+        *,
+        heatmap_overlay_size: int | None = None,
+        derived_folder: Path | None = None,
     ) -> None:
-        """``read``: how each Judge reads files (default :func:`read_radiograph`, in process)."""
+        """``read``: how each Judge reads files (default :func:`read_radiograph`, in process);
+        ``heatmap_overlay_size``, ``derived_folder``: as :class:`Judge` takes them."""
         from edge_worker.judging.process import Judge
 
         self.router = router
         self.policy = policy
         self._judges = {
-            id(p): Judge(p, site, station, policy, thumbnail_size, read) for p in router.pipelines
+            id(p): Judge(p, site, station, policy, thumbnail_size, read,
+                         heatmap_overlay_size=heatmap_overlay_size, derived_folder=derived_folder)
+            for p in router.pipelines
         }
         self.pipeline = router.pipelines[0]
 

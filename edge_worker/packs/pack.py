@@ -24,7 +24,8 @@ from edge_worker.packs.pack_v1 import SCHEMA_V1, upgrade_manifest
 SCHEMA = "edge-worker/model-pack@2"
 #: Keys every stage may have; each task adds its own (``KEYS`` of its module).
 COMMON_KEYS = frozenset({"name", "task", "when", "reads", "file", "sha256", "input", "outputs",
-                         "thresholds", "architecture", "opset", "applies_to_view"})
+                         "thresholds", "architecture", "opset", "applies_to_view",
+                         "research_only", "training_data"})
 NETWORK_KEYS = frozenset({"file", "sha256", "input", "outputs"})
 #: What ``reads`` may name, by key: an image, or an earlier stage's result.
 READS_IMAGE = ("working", "upright")
@@ -71,6 +72,11 @@ class StageSpec:
     when: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: The task's own, checked options (labels, classes, rules, ...).
     options: dict[str, Any] = field(default_factory=dict)
+    #: A research stage (manifest ``research_only: true``): its result is published marked
+    #: "research only, not a diagnosis" and its reasons never reach the decision.
+    research_only: bool = False
+    #: What this stage alone was trained on, when it differs from the pack's (``kind`` first).
+    training_data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.role:  # a hand-built spec in the version-1 vocabulary
@@ -313,6 +319,16 @@ def _stage_spec(
     when = _when(raw.get("when"), where, earlier)
     single = when.get(view_stage)
     outputs = _require(raw, "outputs", where) if network else raw.get("outputs", {})
+    research_only = raw.get("research_only", False)
+    if not isinstance(research_only, bool):
+        raise PackError(f"{where}: research_only: must be true or false")
+    if research_only and name == view_stage:
+        raise PackError(f"{where}: research_only: the view stage routes every image; it cannot "
+                        "be a research stage")  # fmt: skip
+    training_data = raw.get("training_data", {})
+    if not isinstance(training_data, dict) or (training_data and not isinstance(
+            training_data.get("kind"), str)):  # fmt: skip
+        raise PackError(f"{where}: training_data: must be an object with a 'kind' string")
     return StageSpec(
         name=name,
         task=task,
@@ -328,6 +344,8 @@ def _stage_spec(
         reads=reads,
         when=when,
         options=options,
+        research_only=research_only,
+        training_data=dict(training_data),
     )
 
 
@@ -354,6 +372,9 @@ def _judged_by(raw: dict[str, Any], stages: tuple[StageSpec, ...]) -> tuple[str,
         raise PackError("manifest: decision.judged_by: must be a list of stage names")
     judging = {s.name: s for s in stages if s.task in ("regress", "rules")}
     for name in names:
+        if name in judging and judging[name].research_only:
+            raise PackError(f"manifest: decision.judged_by: '{name}' is research-only; a "
+                            "research stage never makes an image ok")  # fmt: skip
         if name not in judging:
             raise PackError(
                 f"manifest: decision.judged_by: '{name}' is not a regress or rules stage of the "

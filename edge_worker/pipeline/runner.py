@@ -189,7 +189,8 @@ class Pipeline:
         context = Context(pack, header, item.labels.get(pack.view_stage))
         reasons: list[Reason] = []
         for spec in pack.stages:
-            if spec.name in item.due:
+            # A research stage is published, never decided on (see StageSpec.research_only).
+            if spec.name in item.due and not spec.research_only:
                 reasons += TASKS[spec.task].reasons(spec, item.results.get(spec.name), item, context)
         if not any(name in item.due for name in pack.judged_by):
             reasons += judged_reasons(pack.name, bool(pack.judged_by), context.view_label)

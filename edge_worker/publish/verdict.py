@@ -20,6 +20,7 @@ from edge_worker.errors import Rejection
 from edge_worker.ingest.types import Header
 from edge_worker.packs.pack import Pack
 from edge_worker.pipeline.runner import Judgement
+from edge_worker.pipeline.stages import ViewResult
 from edge_worker.pipeline.tasks.classify import FlagsResult
 from edge_worker.pipeline.tasks.heatmap import HeatmapResult
 from edge_worker.pipeline.tasks.rules import RulesResult
@@ -64,13 +65,17 @@ def build_verdict(
     stored_scale: float,
     timings_ms: dict[str, float],
     thumbnail: str | None = None,
+    overlays: dict[str, str] | None = None,
+    derived: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The verdict payload for one judged image.
 
     ``stored_scale`` is the factor from stored pixels to the working image, so the ROI box is
     reported in the coordinates of the image as stored in the DICOM file (the stages found it
     on the image turned upright; it is turned back first).  ``thumbnail``, a PNG data URL (see
-    :mod:`edge_worker.judging.thumbnail`), is added only when given.
+    :mod:`edge_worker.judging.thumbnail`), is added only when given; so are ``overlays``
+    (per heatmap label, a PNG data URL over the whole stored image: ``heatmaps.<label>.overlay``)
+    and ``derived`` (the derived images written, see :mod:`edge_worker.publish.secondary_capture`).
     """
     j = judgement
     roi: dict[str, Any] = {"found": False, "box": None, "rotated": None}
@@ -141,31 +146,56 @@ def build_verdict(
         "backend": backend,
         "worker_version": __version__,
     }
-    verdict.update(stage_findings(j))
+    found = stage_findings(j, pack)
+    for label, url in (overlays or {}).items():
+        if label in found.get("heatmaps", {}):
+            found["heatmaps"][label]["overlay"] = url
+    verdict.update(found)
     if thumbnail is not None:
         verdict["thumbnail"] = thumbnail
+    if derived:
+        verdict["derived"] = derived
     return verdict
 
 
-def stage_findings(j: Judgement) -> dict[str, Any]:
-    """What the rules, flag and heatmap stages found, for the verdict (only those that ran).
+#: What every research stage's entry in a verdict says (manifest ``research_only``).
+RESEARCH_NOTICE = "research only: not a diagnosis; never part of the decision"
+
+
+def stage_findings(j: Judgement, pack: Pack | None = None) -> dict[str, Any]:
+    """What the rules, flag, heatmap and research stages found, for the verdict (those that ran).
 
     ``rules``: every rule of the image's view with its value, threshold, outcome and sentence;
     ``flags``: per multi-label stage, the labels present and every probability; ``heatmaps``:
-    per mapped label, where its class activation map peaks and how much of the image it covers.
+    per mapped label, where its class activation map peaks, how much of the image it covers,
+    its stage and whether that is a research stage; ``research``: per research-only classify
+    stage (``pack`` says which), its answer with :data:`RESEARCH_NOTICE`.
     """
+    research_stages = {s.name for s in pack.stages if s.research_only} if pack is not None else set()
     rules: list[dict[str, Any]] = []
     flags: dict[str, Any] = {}
     heatmaps: dict[str, Any] = {}
+    research: dict[str, Any] = {}
     for name, result in j.results.items():
         if isinstance(result, RulesResult):
             rules += [dict(o.as_dict(), stage=name) for o in result.outcomes]
         elif isinstance(result, FlagsResult):
-            flags[name] = {"present": list(result.present),
-                           "probabilities": {k: _round(v) for k, v in result.probabilities.items()}}  # fmt: skip
+            entry = {"present": list(result.present),
+                     "probabilities": {k: _round(v) for k, v in result.probabilities.items()}}  # fmt: skip
+            if name in research_stages:
+                research[name] = {**entry, "research_only": True, "notice": RESEARCH_NOTICE}
+            else:
+                flags[name] = entry
         elif isinstance(result, HeatmapResult):
             for label, summary in result.summaries.items():
                 heatmaps[label] = {k: (None if v is None else _round(float(v))) for k, v in summary.items()}
+                heatmaps[label].update(stage=name, research_only=name in research_stages)
+        elif isinstance(result, ViewResult) and name in research_stages:
+            research[name] = {
+                "label": result.label, "confidence": _round(result.confidence),
+                "probabilities": {k: _round(v) for k, v in result.probabilities.items()},
+                "research_only": True, "notice": RESEARCH_NOTICE,
+            }  # fmt: skip
     found: dict[str, Any] = {}
     if rules:
         found["rules"] = rules
@@ -173,6 +203,8 @@ def stage_findings(j: Judgement) -> dict[str, Any]:
         found["flags"] = flags
     if heatmaps:
         found["heatmaps"] = heatmaps
+    if research:
+        found["research"] = research
     return found
 
 

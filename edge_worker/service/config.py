@@ -217,11 +217,26 @@ class VerdictConfig:
     file (retention); 0: only with the source (0-3650)."""
     review_copy_max_total_mib: float = 2048.0
     """The copies kept on the box stay under this size, oldest deleted first; 0: no bound."""
+    heatmap_overlay: bool = False
+    """Add each heatmap's map as a small grey PNG (``heatmaps.<label>.overlay``) covering the
+    whole image as stored, for the dashboard to lay over its copy.  Off by default, like the
+    thumbnail: it is a picture derived from the patient's image."""
+    heatmap_overlay_size: int = 128
+    """Longest side of a heatmap overlay in pixels (32-512)."""
     deviation_index_limit: float = 3.0
     """Largest accepted |deviation index| (IEC 62494-1, DICOM (0018,1413), or computed from the
     exposure index and its target): outside it a verdict carries an under- or over-exposure
     reason and goes to review.  0 switches the check off; files without the indices say nothing
     about exposure (0-20)."""
+
+
+@dataclass(frozen=True)
+class DerivedConfig:
+    folder: str = ""
+    """Where a pack's derived images (``derive`` stages, e.g. bone suppression) are written as
+    DICOM Secondary Captures, named by their new SOP Instance UID; the verdict names the file.
+    Empty: none are written.  Never the watch folder nor inside it (the worker would judge its
+    own output), nor the quarantine or state folder."""
 
 
 @dataclass(frozen=True)
@@ -266,6 +281,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
+    derived: DerivedConfig = field(default_factory=DerivedConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def mqtt_password(self) -> str | None:
@@ -495,6 +511,8 @@ def validate(config: Config) -> Config:
     _in_range("verdict.review_copy_size", config.verdict.review_copy_size, 256, 2048)
     _in_range("verdict.review_copy_max_age_days", config.verdict.review_copy_max_age_days, 0, 3650)
     _in_range("verdict.review_copy_max_total_mib", config.verdict.review_copy_max_total_mib, 0, 1 << 20)
+    _in_range("verdict.heatmap_overlay_size", config.verdict.heatmap_overlay_size, 32, 512)
+    _validate_derived(config)
     _in_range("state.outbox_max_messages", st.outbox_max_messages, 10, 10_000_000)
     _in_range("state.min_free_mb", st.min_free_mb, 1, 1 << 20)
     # Rows and Columns are US (16-bit) in DICOM; below 64 pixels no network input makes sense.
@@ -524,6 +542,17 @@ def validate(config: Config) -> Config:
         raise InvalidValue("mqtt.url", "TLS settings given in [mqtt.tls] but mqtt.url is not mqtts://")
     _check_layout(config)
     return config
+
+
+def _validate_derived(config: Config) -> None:
+    if not config.derived.folder:
+        return
+    folder, watch = Path(config.derived.folder).absolute(), config.watch.folder.absolute()
+    if folder == watch or watch in folder.parents:
+        raise ConfigError("derived.folder: must not be the watch folder or inside it (the worker "
+                          "would judge its own derived images)")  # fmt: skip
+    if folder in (config.quarantine.folder.absolute(), config.state.folder.absolute()):
+        raise ConfigError("derived.folder: must not be the quarantine or state folder")
 
 
 def _validate_retention(config: Config) -> None:

@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 from edge_worker.backends import LoadOptions, select
@@ -169,7 +170,12 @@ class StationDaemon:
         )
         self._judge_args = (config.site, config.station, ingest_policy(config), thumbnail,
                             self.sandbox.read if self.sandbox else None)  # fmt: skip
-        self.judge = RoutedJudge(router, *self._judge_args)
+        verdict = config.verdict
+        self._judge_kwargs: dict[str, Any] = {
+            "heatmap_overlay_size": verdict.heatmap_overlay_size if verdict.heatmap_overlay else None,
+            "derived_folder": Path(config.derived.folder) if config.derived.folder else None,
+        }
+        self.judge = RoutedJudge(router, *self._judge_args, **self._judge_kwargs)
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
         self.lineage = Lineage(self.journal)
@@ -379,7 +385,7 @@ class StationDaemon:
     def _prepare_pack(self, root: Path) -> _Prepared:
         """Load, verify and warm up a candidate primary pack (and the other packs beside it)."""
         pipeline = build_pipeline(self.config, root, "pack.rollout_folder")
-        judge = RoutedJudge(build_router(self.config, pipeline), *self._judge_args)
+        judge = RoutedJudge(build_router(self.config, pipeline), *self._judge_args, **self._judge_kwargs)
         return _Prepared(judge, pipeline.pack.digest, pipeline.pack.body_parts)
 
     def _install_judge(self, prepared: _Prepared) -> None:

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from edge_worker.pipeline.tasks import classify, heatmap, orientation, regress, rules, segment
+from edge_worker.pipeline.tasks import (
+    classify,
+    derive,
+    heatmap,
+    orientation,
+    regress,
+    rules,
+    segment,
+)
 
 TASKS: dict[str, ModuleType] = {
     "orientation": orientation,
@@ -18,6 +26,7 @@ TASKS: dict[str, ModuleType] = {
     "regress": regress,
     "rules": rules,
     "heatmap": heatmap,
+    "derive": derive,
 }
 
 #: The tasks that run an ONNX file through an inference backend.
