@@ -18,8 +18,8 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from edge_worker.backends import LoadOptions, select
 from edge_worker.errors import EdgeWorkerError, PackError, Rejection, RejectReason
@@ -170,11 +170,9 @@ class StationDaemon:
         )
         self._judge_args = (config.site, config.station, ingest_policy(config), thumbnail,
                             self.sandbox.read if self.sandbox else None)  # fmt: skip
-        verdict = config.verdict
-        self._judge_kwargs: dict[str, Any] = {
-            "heatmap_overlay_size": verdict.heatmap_overlay_size if verdict.heatmap_overlay else None,
-            "derived_folder": Path(config.derived.folder) if config.derived.folder else None,
-        }
+        overlay, derived = config.verdict.heatmap_overlay, config.derived.folder
+        self._judge_kwargs: dict[str, Any] = {"derived_folder": Path(derived) if derived else None,
+            "heatmap_overlay_size": config.verdict.heatmap_overlay_size if overlay else None}  # fmt: skip
         self.judge = RoutedJudge(router, *self._judge_args, **self._judge_kwargs)
         self.quarantine = Quarantine(config.quarantine.folder)
         self.journal = Journal(config.state.folder / "journal.sqlite3")
@@ -514,8 +512,9 @@ class StationDaemon:
                 record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
                 self.lineage.sent(outcome, name)  # after the metrics: it waits for a disk sync
                 results[i] = outcome
-                if outcome.kind == "verdict" and not self._copy_first(path, outcome):
-                    self._dispose(path)  # a rejected file went to the quarantine instead
+                # A rejected file went to the quarantine; the review copier disposes after its copy.
+                if outcome.kind == "verdict" and not (self.copier and self.copier.submit(path, outcome.payload)):
+                    self._dispose(path)
         finally:
             # Judged (or failed with an exception, which is no death): not in progress any more.
             self._clear_in_progress(keys)
@@ -669,10 +668,6 @@ class StationDaemon:
             self._retry_quarantine[path] = (st.st_size, st.st_mtime_ns, rejection)
 
     # -- retention -------------------------------------------------------------------------
-    def _copy_first(self, path: Path, outcome: Outcome) -> bool:
-        """Whether the review copier took the file (it disposes of it after the copy)."""
-        return self.copier is not None and self.copier.submit(path, outcome.payload)
-
     def _dispose(self, path: Path) -> Path | None:
         """Archive or delete a judged file (the archived path, or None); a failure is a health
         problem, retried by the sweep."""
