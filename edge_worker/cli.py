@@ -2,8 +2,9 @@
 review (adduser, export).
 
 Argument parsing only; each subcommand hands over to the module that does the work.
-Exit codes: 0 success; 1 a check failed, or ``analyze --fail-on-reject`` rejected a file; 2 a
-usage or configuration error, a folder ``run`` cannot use (state disk full or read-only), a pack
+Exit codes: 0 success; 1 a check failed, ``analyze --fail-on-reject`` rejected a file, or
+``review export`` found nothing to export; 2 a usage or configuration error, an export folder
+that is not empty, a folder ``run`` cannot use (state disk full or read-only), a pack
 that fails verification, or an ``analyze`` path that does not exist.
 """
 

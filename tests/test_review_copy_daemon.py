@@ -210,3 +210,18 @@ def test_payload_matches_its_json_schema() -> None:
     jsonschema.validate(doc, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(dict(doc, extra=1), schema)
+
+
+def test_no_copy_for_a_file_that_is_not_the_verdicts_image(tmp_path: Path) -> None:
+    from edge_worker.publish.verdict import verdict_id
+    from edge_worker.service.review_copier import copy_for_verdict
+
+    path = tmp_path / "p.dcm"
+    write_phantom(path, seed=4, size=600, view="LAT", grade=2)
+    image = read_radiograph(path, max_side=256)
+    verdict = {"id": verdict_id(image.header.sop_instance_uid, image.pixel_digest, "d" * 64),
+               "site": "s", "station": "t", "pack": {"digest": "d" * 64}}  # fmt: skip
+    made = copy_for_verdict(image, verdict, 256)
+    assert made is not None and parse_review_copy(json.dumps(made[1])).verdict_id == verdict["id"]
+    # The modality overwrote the file (or a rebuilt pack judged it): the id no longer matches.
+    assert copy_for_verdict(image, dict(verdict, pack={"digest": "e" * 64}), 256) is None
