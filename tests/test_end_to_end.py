@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from edge_worker.phantoms.ankle import write_phantom
+from tests.browser import stop_process
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -58,13 +59,7 @@ def daemon(tmp_path: Path, mosquitto: object) -> Iterator[tuple[subprocess.Popen
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     yield proc, watch, quarantine
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
     log.close()
 
 

@@ -15,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from edge_worker.watching.retention import DAY_S, MIB, Item, select_for_removal
+from edge_worker.watching.retention import DAY_S, MIB, Item, delete_items, select_for_removal
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,7 @@ class KeptCopies:
         """Delete orphans, then by age and total size; returns how many copies were deleted."""
         orphans, items = self._items()
         chosen = orphans + select_for_removal(items, now, self.max_age_days * DAY_S, int(self.max_total_mib * MIB))
-        removed = 0
-        for item in chosen:
-            try:
-                for path in item.paths:
-                    path.unlink(missing_ok=True)
-            except OSError as exc:
-                log.error("review copies: cannot delete %s: %s", item.paths[0], exc)
-                continue
-            removed += 1
+        removed = len(delete_items(chosen, "review copies"))
         if removed:
             log.info("review copies: deleted %d (%d whose source file is gone)", removed, len(orphans))
         return removed

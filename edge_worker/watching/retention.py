@@ -97,28 +97,35 @@ def scan(folder: Path) -> list[Item]:
     ]
 
 
+def delete_items(items: list[Item], what: str) -> list[Item]:
+    """Delete every file of each item; the items wholly deleted.  A failure is logged (``what``
+    names the caller) and the item counts as kept."""
+    deleted = []
+    for item in items:
+        try:
+            for path in item.paths:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.error("%s: cannot delete %s: %s", what, item.paths[0], exc)
+            continue
+        deleted.append(item)
+    return deleted
+
+
 def prune(folder: Path, now: float, max_age_s: float, max_bytes: int) -> tuple[int, int]:
     """Delete from ``folder`` what :func:`select_for_removal` picks; ``(items, bytes)`` removed.
 
     Empty subfolders left behind are removed too (never ``folder`` itself).  A file that
     cannot be deleted is logged and counted as kept.
     """
-    removed = freed = 0
-    for item in select_for_removal(scan(folder), now, max_age_s, max_bytes):
-        try:
-            for path in item.paths:
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            log.error("retention: cannot delete %s: %s", item.paths[0], exc)
-            continue
-        removed, freed = removed + 1, freed + item.size
+    deleted = delete_items(select_for_removal(scan(folder), now, max_age_s, max_bytes), "retention")
     for root, dirs, files in os.walk(folder, topdown=False):
         if Path(root) != Path(folder) and not dirs and not files:
             try:
                 Path(root).rmdir()
             except OSError:
                 pass  # something arrived meanwhile: it stays
-    return removed, freed
+    return len(deleted), sum(item.size for item in deleted)
 
 
 def _variant(path: Path, n: int) -> Path:
