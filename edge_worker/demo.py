@@ -28,8 +28,9 @@ import paho.mqtt.client as mqtt
 from edge_worker.phantoms.ankle import make_dataset
 from edge_worker.publish.broker import EmbeddedBroker
 from edge_worker.publish.mqtt import MqttSettings
+from edge_worker.service.assembly import build_pipeline, build_router
 from edge_worker.service.config import Config, with_overrides
-from edge_worker.service.daemon import StationDaemon, build_pipeline, build_router
+from edge_worker.service.daemon import StationDaemon
 from edge_worker.subscribers.summary import summary_line
 
 log = logging.getLogger(__name__)

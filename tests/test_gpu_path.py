@@ -173,7 +173,7 @@ def test_check_backend_exits_non_zero_naming_what_is_missing(backend: str) -> No
 @pytest.mark.skipif(_has_cuda(), reason="this machine has TensorRT and CUDA")
 def test_cpu_fallback_after_a_gpu_preference_is_a_health_failure(tmp_path: Path) -> None:
     from edge_worker.pipeline.runner import Pipeline
-    from edge_worker.service.daemon import backend_problem
+    from edge_worker.service.assembly import backend_problem
 
     config = with_overrides(Config(), inference={"backends": ("onnxruntime-cuda", "onnxruntime-cpu")})
     pipeline = Pipeline(load_pack(), select(list(config.inference.backends)))

@@ -164,8 +164,8 @@ def test_the_self_test_uses_the_packs_own_test_images(tmp_path: Path) -> None:
     from edge_worker.errors import PackError
     from edge_worker.judging.routing import RoutedJudge, Router
     from edge_worker.packs.rollout import self_test
+    from edge_worker.service.assembly import build_pipeline, ingest_policy
     from edge_worker.service.config import Config
-    from edge_worker.service.daemon import build_pipeline, ingest_policy
 
     config = Config()
     pack = tmp_path / "pack"

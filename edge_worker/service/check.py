@@ -26,7 +26,7 @@ def _broker(config: Config) -> str:
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from edge_worker.service.daemon import mqtt_settings
+    from edge_worker.service.assembly import mqtt_settings
 
     s = mqtt_settings(config)
     topic = f"{s.topic_prefix}/{config.site}/{config.station}/check"

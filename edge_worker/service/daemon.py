@@ -21,13 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_worker.backends import LoadOptions, select
 from edge_worker.errors import EdgeWorkerError, PackError, Rejection, RejectReason
 from edge_worker.ingest.sandbox import DecodeSandbox
-from edge_worker.ingest.types import IngestPolicy
 from edge_worker.ingest.whole import is_whole
 from edge_worker.judging.bodypart import parse_keywords
-from edge_worker.judging.decision import Rules
 from edge_worker.judging.process import Outcome, file_digest
 from edge_worker.judging.routing import RoutedJudge, Router, parse_synonyms
 from edge_worker.names import original_path, printable
@@ -36,10 +33,16 @@ from edge_worker.pipeline.runner import Pipeline
 from edge_worker.publish.journal import Journal
 from edge_worker.publish.lineage import Lineage
 from edge_worker.publish.listener import Listener
-from edge_worker.publish.mqtt import MqttSettings, Publisher, Topics
+from edge_worker.publish.mqtt import Publisher, Topics
 from edge_worker.publish.outbox import Outbox, OutboxFull
 from edge_worker.publish.verdict import build_error
-from edge_worker.service import preflight
+from edge_worker.service.assembly import (
+    backend_problem,
+    build_pipeline,
+    build_router,
+    ingest_policy,
+    mqtt_settings,
+)
 from edge_worker.service.config import SCAN_SETTLE_SECONDS, Config
 from edge_worker.service.fleet import FleetDesk, dumps
 from edge_worker.service.health import Health, declare_metrics, record_outcome, status_document
@@ -70,75 +73,6 @@ class _Prepared:
     judge: RoutedJudge
     digest: str
     body_parts: tuple[str, ...]
-
-
-def build_router(config: Config, primary: Pipeline) -> Router:
-    """The primary pipeline plus one per extra (and bundled) pack, routed by body part."""
-    others = preflight.pack_sources(config, primary.pack.root)[1:]
-    pipelines = [primary] + [build_pipeline(config, d, key) for key, d in others]
-    return Router(pipelines, parse_synonyms(config.pack.synonyms), config.pack.default,
-                  parse_keywords(config.pack.body_part_keywords))  # fmt: skip
-
-
-def build_pipeline(config: Config, pack_dir: Path | None = None, key: str = "pack.path") -> Pipeline:
-    """Load and verify a pack (default: the configured primary; ``key`` names it in errors),
-    select the backend, create and warm every session."""
-    root = pack_dir or preflight.pack_sources(config)[0][1]
-    pack = preflight.load_named(key, root, config.pack.trusted_keys)
-    backend = select(list(config.inference.backends))
-    options = LoadOptions(
-        threads=config.inference.threads,
-        cache_dir=config.state.folder / "engines",
-        precision=config.inference.precision,
-        max_batch=config.inference.max_batch,
-    )
-    rules = Rules(deviation_index_limit=config.verdict.deviation_index_limit)
-    pipeline = Pipeline(pack, backend, options, rules)
-    pipeline.warm_up()
-    return pipeline
-
-
-def backend_problem(config: Config, pipeline: Pipeline) -> str | None:
-    """Why the running backend is not what was asked for, or ``None``.
-
-    Running on the CPU when a GPU backend was preferred is a health failure: the box still
-    judges images, but too slowly, and IT must know.
-    """
-    wanted = config.inference.backends[0]
-    chosen = pipeline.backend
-    if chosen.name == wanted:
-        return None
-    failures = "; ".join(f"{k}: {v}" for k, v in chosen.failures.items())
-    where = "on the CPU " if chosen.on_cpu else ""
-    return f"running {where}with {chosen.name} although {wanted} was preferred ({failures})"
-
-
-def ingest_policy(config: Config) -> IngestPolicy:
-    """The ingest limits from the config."""
-    return IngestPolicy(
-        modalities=tuple(m.upper() for m in config.ingest.modalities),
-        accept_for_processing=config.ingest.accept_for_processing,
-        max_side=config.ingest.max_side,
-        decode_memory_mib=config.ingest.decode_memory_mib,
-    )
-
-
-def mqtt_settings(config: Config) -> MqttSettings:
-    """Broker settings from the config, with the password from the credential store."""
-    m = config.mqtt
-    return MqttSettings.from_url(
-        m.url,
-        username=m.username or None,
-        password=config.mqtt_password(),
-        client_id=m.client_id or f"edge-worker-{config.site}-{config.station}",
-        topic_prefix=m.topic_prefix,
-        keepalive=m.keepalive,
-        protocol=m.protocol,
-        ca_file=m.tls.ca_file or None,
-        cert_file=m.tls.cert_file or None,
-        key_file=m.tls.key_file or None,
-        tls_insecure=m.tls.insecure,
-    )
 
 
 class StationDaemon:

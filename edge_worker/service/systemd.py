@@ -12,8 +12,9 @@ import threading
 from types import FrameType
 
 from edge_worker.service import preflight, sdnotify
+from edge_worker.service.assembly import build_pipeline, build_router
 from edge_worker.service.config import Config
-from edge_worker.service.daemon import StationDaemon, build_pipeline, build_router
+from edge_worker.service.daemon import StationDaemon
 from edge_worker.service.health import Watchdog
 from edge_worker.service.metrics import MetricsServer, Registry
 
