@@ -52,6 +52,23 @@ class RejectReason(str, enum.Enum):
     DECODE_BUDGET = "decode_budget_exceeded"
     #: The worker died twice while judging this file (a crash loop broken by quarantine).
     CRASHED_WORKER = "crashed_worker"
+    #: An MR series (edge_worker.watching.series): the count headers say more images than came.
+    SERIES_INCOMPLETE = "series_incomplete"
+    #: A gap in the slice positions along the normal: a slice inside the volume never came.
+    SLICE_MISSING = "slice_missing"
+    #: Two slices of one series at the same position along the normal.
+    POSITIONS_DUPLICATED = "positions_duplicated"
+    #: The slices of one series differ in Image Orientation (Patient).
+    ORIENTATION_INCONSISTENT = "orientation_inconsistent"
+    #: The distances between neighbouring slices differ (no regular grid to tile).
+    SPACING_IRREGULAR = "spacing_irregular"
+    #: A series still incomplete ``[series] max_wait_seconds`` after its first file.
+    SERIES_TIMEOUT = "series_timeout"
+    #: The volume (or its resampled copy) exceeds ``[series] max_voxels`` / the stage's memory.
+    VOLUME_TOO_LARGE = "volume_too_large"
+    #: Files under one Series Instance UID that cannot be one volume (sizes, frames of
+    #: reference, single- and multi-frame files mixed).
+    SERIES_MIXED = "series_mixed"
 
 
 class Rejection(EdgeWorkerError):
