@@ -58,6 +58,11 @@ REASONS: dict[str, tuple[str, str]] = {
     "rules_passed": (INFO, "every positioning rule for the view passed"),
     "label_flagged": (REVIEW, "a multi-label stage found a flagged label (an artifact or finding)"),
     "classify_uncertain": (REVIEW, "a classifier other than the view is under its confidence threshold"),
+    "mri_flagged": (REVIEW, "an MR series artifact or finding flag is above the pack's threshold"),
+    "mri_quality_low": (REVIEW, "the MR series' quality score is below the pack's review threshold"),
+    "mri_quality_not_diagnostic": (RETAKE, "the MR series' quality score is below the pack's retake threshold"),
+    "mri_quality_ok": (INFO, "the MR series' quality score is at or above the review threshold"),
+    "mri_synthetic_pack": (REVIEW, "the volume pack was trained on synthetic phantoms only: a person decides"),
 }
 
 #: What each view's quality criterion is (ankle paper, section 4.2 and figure 2), and what to

@@ -267,6 +267,26 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True)
+class SeriesConfig:
+    enabled: bool = False
+    """Collect cross-sectional series (edge_worker.watching.series) instead of judging their files
+    one by one; false: such files go the radiograph way (and are refused by ingest.modalities)."""
+    modalities: tuple[str, ...] = ("MR",)
+    """Modalities whose files are collected by Series Instance UID (never also in ingest.modalities)."""
+    quiet_seconds: float = 5.0
+    """A series is looked at once no file of it came for this long (0.1-3600 s)."""
+    max_wait_seconds: float = 300.0
+    """A series still short of images this long after its first file is refused (slice_missing
+    or series_timeout) and quarantined: never held forever (above quiet_seconds, at most a day)."""
+    max_voxels: int = 512 * 512 * 256
+    """Largest volume assembled, in voxels (4 bytes each as float32), checked before any pixel
+    is read; above it: volume_too_large."""
+    pack: str = ""
+    """The volume pack (a tiled_volume stage); empty: complete series are refused with
+    no_pack_for_body_part (the refusals above still work)."""
+
+
+@dataclass(frozen=True)
 class Config:
     site: str = "site"
     """Hospital or site name, second topic level."""
@@ -283,6 +303,7 @@ class Config:
     verdict: VerdictConfig = field(default_factory=VerdictConfig)
     derived: DerivedConfig = field(default_factory=DerivedConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    series: SeriesConfig = field(default_factory=SeriesConfig)
 
     def mqtt_password(self) -> str | None:
         """The MQTT password from the systemd credential or the password file, if any."""
@@ -525,6 +546,7 @@ def validate(config: Config) -> Config:
     _validate_rollout(config)
     _validate_commands(config)
     _validate_retention(config)
+    _validate_series(config)
     m = config.mqtt
     if m.protocol not in ("5", "3.1.1"):
         raise InvalidValue("mqtt.protocol", f"{m.protocol!r} is not \"5\" or \"3.1.1\"")
@@ -553,6 +575,17 @@ def _validate_derived(config: Config) -> None:
                           "would judge its own derived images)")  # fmt: skip
     if folder in (config.quarantine.folder.absolute(), config.state.folder.absolute()):
         raise ConfigError("derived.folder: must not be the quarantine or state folder")
+
+
+def _validate_series(config: Config) -> None:
+    s = config.series
+    _in_range("series.quiet_seconds", s.quiet_seconds, 0.1, 3600)
+    _in_range("series.max_wait_seconds", s.max_wait_seconds, s.quiet_seconds, MAX_SECONDS, above=True)
+    _in_range("series.max_voxels", s.max_voxels, 64**3, 1 << 31)
+    both = {m.upper() for m in s.modalities} & {m.upper() for m in config.ingest.modalities}
+    if s.enabled and both:
+        raise InvalidValue("series.modalities", f"{', '.join(sorted(both))} also in ingest.modalities: "
+                           "a file is either a radiograph or part of a series")  # fmt: skip
 
 
 def _validate_retention(config: Config) -> None:

@@ -48,6 +48,7 @@ from edge_worker.service.fleet import FleetDesk, dumps
 from edge_worker.service.health import Health, declare_metrics, record_outcome, status_document
 from edge_worker.service.metrics import Registry
 from edge_worker.service.review_copier import ReviewCopier
+from edge_worker.service.series_desk import SeriesDesk
 from edge_worker.subscribers.summary import summary_line
 from edge_worker.watching.quarantine import Quarantine, QuarantineError
 from edge_worker.watching.retention import Retention
@@ -141,6 +142,12 @@ class StationDaemon:
             use_polling=config.watch.use_polling,
         )
         self.processed = 0
+        # MR series are collected and judged on their own thread (edge_worker.service.series_desk).
+        self.series = SeriesDesk(
+            config, build_pipeline(config, Path(config.series.pack), "series.pack") if config.series.pack else None,
+            self.journal, send=self._send, quarantine=self._quarantine, dispose=self._dispose,
+            journal_key=self._journal_key, retry=self._retry_later, on_outcome=self._series_sent,
+        ) if config.series.enabled else None  # fmt: skip
         self.retention = Retention(
             config.retention, config.watch.folder, config.archive_folder, config.quarantine.folder
         )
@@ -196,6 +203,8 @@ class StationDaemon:
         if self.copier is not None:
             self.copier.start()
         self._worker.start()
+        if self.series is not None:
+            self.series.start()
         self.watcher.start()
         self._status_thread.start()
         self._retry_thread.start()
@@ -218,6 +227,8 @@ class StationDaemon:
         self._stop.set()
         self._queue.put(_STOP)
         self._worker.join(max(0.1, deadline - time.monotonic()))
+        if self.series is not None:  # a series being judged finishes; waiting ones stay in the folder
+            self.series.stop(max(0.1, deadline - time.monotonic()))
         if self.copier is not None:  # after the judge (no more files), before the last sends
             self.copier.stop(max(0.1, min(5.0, deadline - time.monotonic())))
         self._status_thread.join(1.0)
@@ -272,7 +283,13 @@ class StationDaemon:
         return time.monotonic() - self._last_progress < self.config.service.stall_seconds
 
     # -- the work --------------------------------------------------------------------------
+    def _series_sent(self, outcome: Outcome, seen_at: float) -> None:
+        self.processed += 1
+        record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
+
     def _enqueue(self, path: Path) -> None:
+        if self.series is not None and self.series.offer(path):
+            return  # a series file: collected, judged with its series
         # Blocking put: a backlog waits in the folder (the watcher's own queue), not in memory.
         while not self._stop.is_set():
             try:
