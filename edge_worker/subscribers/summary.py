@@ -32,6 +32,11 @@ def summary_line(kind: str, p: dict) -> str:  # type: ignore[type-arg]
     """One human-readable line for a verdict or error payload."""
     if kind == "error":
         return f"REJECTED {p['reason']}: {p['detail']}"
+    series = p.get("series")
+    if isinstance(series, dict):  # an MR series verdict (edge_worker.publish.series_verdict)
+        flagged = ", ".join(series.get("flagged") or []) or "none"
+        return (f"{str(p['decision']).upper()} series of {series.get('slices')} slices, quality "
+                f"{float(series.get('score', 0.0)):.1f}, flagged: {flagged} - {' '.join(reason_texts(p))}")
     quality = p.get("quality") or {}
     q = f"quality {quality['score']:.2f} (grade {quality['grade']})" if quality else "quality -"
     tally = rules_tally(p.get("rules"))

@@ -156,7 +156,23 @@ def entry_from_verdict(payload: dict[str, Any], received: float) -> dict[str, An
         "not_for_clinical_use": payload.get("not_for_clinical_use") is True,
         "thumbnail": thumbnail,
         "rules": _rules(payload.get("rules")),
+        "series": _series(payload.get("series")),
     }
+
+
+def _series(value: object) -> dict[str, Any] | None:
+    """An MR series verdict's slices, score (0-10, higher better) and the flags above threshold."""
+    series = _table(value)
+    if not series:
+        return None
+    flagged = series.get("flagged")
+    probabilities = _table(series.get("flags"))
+    return {
+        "slices": series.get("slices") if isinstance(series.get("slices"), int) else None,
+        "score": _number(series.get("score")),
+        "flagged": [{"flag": f, "probability": _number(probabilities.get(f))}
+                    for f in (_text(x, 64) for x in (flagged if isinstance(flagged, list) else [])[:_MAX_REASONS]) if f],
+    }  # fmt: skip
 
 
 def _rules(value: object) -> dict[str, Any] | None:

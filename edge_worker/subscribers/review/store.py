@@ -263,7 +263,7 @@ class ReviewStore:
             values: dict[str, Any] = {
                 "id": str(payload["id"]), "site": str(payload["site"]), "station": str(payload["station"]),
                 "pack_name": str(pack["name"]), "pack_version": str(pack["version"]),
-                "pack_digest": str(pack["digest"]), "view": str(payload["view"]["label"]),
+                "pack_digest": str(pack["digest"]), "view": "SERIES" if "series" in payload else str(payload["view"]["label"]),
                 "decision": str(payload["decision"]),
                 "reason_codes": sorted({str(r["code"]) for r in payload["reasons"]}),
             }  # fmt: skip

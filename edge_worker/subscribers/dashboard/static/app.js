@@ -299,7 +299,12 @@
 
     put(tile, ".decision", v ? LABELS[decision] || decision : "No image yet");
     let quality = "\u2014";
-    if (v && v.score != null) {
+    if (v && v.series) {
+      // An MR series verdict: its 0-10 score (higher better), slices, and the flags above threshold.
+      const flags = v.series.flagged.map((f) => `${f.flag.replace(/_/g, " ")} ${f.probability != null ? f.probability.toFixed(2) : ""}`);
+      quality = `series ${v.series.score != null ? v.series.score.toFixed(1) : "\u2014"}/10 \u00b7 ${v.series.slices ?? "?"} slices` +
+        (flags.length ? ` \u00b7 flagged: ${flags.join(", ")}` : "");
+    } else if (v && v.score != null) {
       quality = `${v.score.toFixed(2)} \u00b7 grade ${v.grade ?? "\u2014"}`;
     } else if (v && v.rules) {
       // A rules pack: how many positioning rules passed; the failed ones' sentences are reasons.

@@ -1,0 +1,155 @@
+"""One series, one verdict: the payload, its schema, the decision rule and the desk's bookkeeping.
+
+The volume network is mri-model's and has not landed here, so ``judge_volume`` is a stand-in
+returning a fixed :class:`Judgement` of the interface's shape (mri_iface.md section 2): the only
+mocked part.  Everything else is real: phantom DICOM files, the assembly, a real journal on
+disk, the bundled ankle pack for identity (digest, describe), the schema validator.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_worker.judging.process import Outcome
+from edge_worker.packs.pack import load_pack
+from edge_worker.phantoms.mri_dicom import write_series
+from edge_worker.publish.journal import Journal
+from edge_worker.publish.series_verdict import series_reasons
+from edge_worker.service.config import parse
+from edge_worker.service.series_desk import SeriesDesk
+from edge_worker.subscribers.dashboard.state import entry_from_verdict
+from edge_worker.subscribers.summary import summary_line
+from tests.stations import ROOT
+
+jsonschema = pytest.importorskip("jsonschema")
+SCHEMA = json.loads((ROOT / "edge_worker" / "schema" / "verdict.schema.json").read_text())
+
+
+@dataclass(frozen=True)
+class Box:
+    z0: int
+    y0: int
+    x0: int
+    z1: int
+    y1: int
+    x1: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Judgement:
+    score: float = 7.5
+    flags: dict[str, float] = field(default_factory=lambda: {"ghosting": 0.8, "wraparound": 0.1})
+    flag_tiles: dict[str, list[Box]] = field(default_factory=lambda: {"ghosting": [Box(0, 0, 0, 12, 40, 48, 0.8)]})
+    tiles: int = 1
+    thresholds: dict[str, float] = field(default_factory=lambda: {"score_review_below": 6.0,
+                                         "score_retake_below": 3.0, "flag_review_above": 0.5})  # fmt: skip
+    synthetic: bool = True
+    timings_ms: dict[str, float] = field(default_factory=lambda: {"infer": 1.0})
+
+
+class _Backend:
+    name = "onnxruntime-cpu"
+
+
+class StandIn:
+    """A pipeline whose judge_volume returns ``judgement`` and records what it was given."""
+
+    def __init__(self, judgement: Judgement) -> None:
+        self.pack = load_pack()
+        self.backend = _Backend()
+        self.judgement = judgement
+        self.seen: list[tuple[tuple[int, ...], tuple[float, float, float]]] = []
+
+    def judge_volume(self, volume: np.ndarray, spacing_mm: tuple[float, float, float]) -> Judgement:
+        self.seen.append((volume.shape, spacing_mm))
+        return self.judgement
+
+
+def _desk(tmp_path: Path, pipeline: StandIn) -> tuple[SeriesDesk, list[Outcome], list[Path], Journal]:
+    config = parse(f'[watch]\nfolder = "{tmp_path / "in"}"\n[series]\nenabled = true\n')
+    journal = Journal(tmp_path / "journal.sqlite3")
+    sent: list[Outcome] = []
+    disposed: list[Path] = []
+
+    def send(outcome: Outcome, key: str | None) -> None:
+        payload = journal.remember(outcome.id, outcome.kind, outcome.payload)
+        sent.append(Outcome(outcome.kind, payload, outcome.rejection))
+        journal.mark_queued(key, outcome.id, outcome.kind)
+
+    def key(path: Path) -> str | None:
+        return Journal.key(path, path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else None
+
+    desk = SeriesDesk(config, pipeline, journal, send=send, quarantine=lambda p, r: None,
+                      dispose=disposed.append, journal_key=key, retry=lambda k: None)  # fmt: skip
+    return desk, sent, disposed, journal
+
+
+def _volume() -> np.ndarray:
+    return (np.random.default_rng(0).random((12, 40, 48)) * 100).astype(np.float32)
+
+
+def test_one_verdict_per_series_with_the_schema_and_a_stable_id(tmp_path: Path) -> None:
+    paths = write_series(_volume(), tmp_path / "in")
+    pipeline = StandIn(Judgement())
+    desk, sent, disposed, journal = _desk(tmp_path, pipeline)
+    for p in paths:
+        assert desk.offer(p)
+    (due,) = desk.watch.tick(now=10**10)
+    (outcome,) = sent
+    assert outcome.kind == "verdict"
+    payload: dict[str, Any] = outcome.payload
+    jsonschema.validate(payload, SCHEMA)
+    s = payload["series"]
+    assert s["slices"] == 12 and s["shape"] == [12, 40, 48] and s["spacing_mm"] == [1.0, 1.0, 1.0]
+    assert s["flagged"] == ["ghosting"] and s["flag_tiles"]["ghosting"][0]["z1"] == 12
+    assert pipeline.seen == [((12, 40, 48), (1.0, 1.0, 1.0))]
+    # Synthetic pack: review, whatever the score; the flag is still a reason of its own.
+    assert payload["decision"] == "review" and payload["diagnostic"] is None
+    assert [r["code"] for r in payload["reasons"]] == ["mri_flagged", "mri_quality_ok", "mri_synthetic_pack"]
+    assert sorted(disposed) == sorted(paths)
+    assert all(journal.seen(Journal.key(p, p.stat().st_size, p.stat().st_mtime_ns)) == outcome.id for p in paths)
+    # Judged files offered again (a restart's reconcile) are not collected a second time.
+    assert all(desk.offer(p) for p in paths) and desk.watch.waiting() == {}
+    # The same content judged again (a fresh journal) gets the same id.
+    desk2, sent2, _, _ = _desk(tmp_path / "again", pipeline)
+    for p in paths:
+        desk2.offer(p)
+    desk2.watch.tick(now=10**10)
+    assert sent2[0].id == outcome.id
+    assert "series of 12 slices" in summary_line("verdict", payload)
+    entry = entry_from_verdict(payload, 0.0)
+    assert entry["series"] == {"slices": 12, "score": 7.5, "flagged": [{"flag": "ghosting", "probability": 0.8}]}
+
+
+@pytest.mark.parametrize(
+    ("judgement", "decision", "codes"),
+    [
+        (Judgement(score=8.0, flags={"ghosting": 0.1}, synthetic=False), "ok", ["mri_quality_ok"]),
+        (Judgement(score=5.0, flags={"ghosting": 0.1}, synthetic=False), "review", ["mri_quality_low"]),
+        (Judgement(score=2.0, flags={"ghosting": 0.1}, synthetic=False), "retake", ["mri_quality_not_diagnostic"]),
+        (Judgement(score=2.0, flags={"ghosting": 0.1}, synthetic=True), "review",
+         ["mri_quality_not_diagnostic", "mri_synthetic_pack"]),
+        (Judgement(score=8.0, flags={"flow": 0.9}, synthetic=False), "review", ["mri_flagged", "mri_quality_ok"]),
+    ],
+)
+def test_decision_rule(judgement: Judgement, decision: str, codes: list[str]) -> None:
+    from edge_worker.judging.decision import decision_of
+
+    reasons = series_reasons(judgement)
+    assert [r.code for r in reasons] == codes
+    assert decision_of(r.severity for r in reasons) == decision
+
+
+def test_radiograph_verdicts_still_need_their_fields() -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"schema": "xray-qc/verdict@2", "id": "00000000-0000-0000-0000-000000000000",
+                             "site": "s", "station": "t", "times": {"file_seen": "x", "verdict_made": "y"},
+                             "decision": "ok", "reasons": [], "timings_ms": {}, "pack": {},
+                             "not_for_clinical_use": True, "backend": "b", "worker_version": "1"}, SCHEMA)  # fmt: skip
