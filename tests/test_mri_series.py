@@ -164,7 +164,9 @@ def test_mixed_folder_gives_two_series_and_a_mixed_uid_is_refused(tmp_path: Path
     assert sorted(len(d.files) for d in due) == [SHAPE[0], SHAPE[0]]
     assert all(d.short is None for d in due)
     # One UID, two sizes: no volume.
-    other = write_series(_volume(2)[:, :32, :32], tmp_path / "small", SeriesSpec(series_uid=_facts(a)[0].series_uid))
+    other = write_series(
+        _volume(2)[:, :32, :32], tmp_path / "small", SeriesSpec(series_uid=_facts(a)[0].series_uid)
+    )
     with pytest.raises(Rejection) as err:
         geometry(_facts(a + other[:2]), BIG)
     assert err.value.reason is RejectReason.SERIES_MIXED

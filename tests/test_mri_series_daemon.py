@@ -32,7 +32,9 @@ def _volume(shape: tuple[int, int, int] = (12, 40, 48), seed: int = 0) -> np.nda
     return (rng.random(shape) * 100.0 + 20.0).astype(np.float32)
 
 
-def _series_station(stations: Callable[..., Station], tmp_path: Path, url: str, **series: object) -> Station:
+def _series_station(
+    stations: Callable[..., Station], tmp_path: Path, url: str, **series: object
+) -> Station:
     tables = {"series": {"enabled": True, "quiet_seconds": 1.0, "max_wait_seconds": 20.0,
                          "max_voxels": 64**3, **series}}  # fmt: skip
     return stations(tmp_path, url, site="mri", station="mr-01", tables=tables)
@@ -43,7 +45,10 @@ def _messages(sub: object, base: str, kind: str) -> list[dict]:
 
 
 def test_every_refusal_is_one_typed_error_and_radiographs_do_not_wait(
-    stations: Callable[..., Station], mosquitto: object, subscriber: Callable[..., object], tmp_path: Path
+    stations: Callable[..., Station],
+    mosquitto: object,
+    subscriber: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
     station = _series_station(stations, tmp_path, mosquitto.url)  # type: ignore[attr-defined]
     sub = subscriber(mosquitto, f"{station.base}/#")
@@ -63,22 +68,35 @@ def test_every_refusal_is_one_typed_error_and_radiographs_do_not_wait(
     cases["series_timeout"] = [w / "d" / p.name for p in short]
     uid = SeriesSpec().series_uid
     mixed = write_series(_volume(), w / "g", SeriesSpec(series_uid=uid))
-    for p in write_series(_volume((12, 32, 32)), tmp_path / "small", SeriesSpec(series_uid=uid), prefix="small")[:3]:
+    for p in write_series(
+        _volume((12, 32, 32)), tmp_path / "small", SeriesSpec(series_uid=uid), prefix="small"
+    )[:3]:
         mixed.append(p.replace(w / "g" / p.name))
     cases["series_mixed"] = mixed
     # A radiograph while the series wait: its verdict comes before any series times out.
     dropped = time.monotonic()
     write_phantom(w / ".ankle.tmp", seed=3, view="AP", grade=1, size=512)
     (w / ".ankle.tmp").replace(w / "ankle.dcm")
-    wait_until("the radiograph's verdict", lambda: _messages(sub, station.base, "verdict"), 30, station)
+    wait_until(
+        "the radiograph's verdict", lambda: _messages(sub, station.base, "verdict"), 30, station
+    )
     radiograph_s = time.monotonic() - dropped
     errors_then = _messages(sub, station.base, "error")
-    assert not [e for e in errors_then if e["reason"] in ("series_timeout", "slice_missing")], errors_then
-    wait_until("one error per series", lambda: len(_messages(sub, station.base, "error")) >= len(cases), 60, station)
+    assert not [e for e in errors_then if e["reason"] in ("series_timeout", "slice_missing")], (
+        errors_then
+    )
+    wait_until(
+        "one error per series",
+        lambda: len(_messages(sub, station.base, "error")) >= len(cases),
+        60,
+        station,
+    )
     time.sleep(2.0)  # a second message for any series would show up now
     errors = _messages(sub, station.base, "error")
     assert sorted(e["reason"] for e in errors) == sorted(cases), errors
-    validator = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "error.schema.json").read_text()))
+    validator = jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "error.schema.json").read_text())
+    )
     for e in errors:
         validator.validate(e)
         files = cases[e["reason"]]
@@ -93,9 +111,14 @@ def test_every_refusal_is_one_typed_error_and_radiographs_do_not_wait(
 
 
 def test_a_series_left_by_a_stopped_daemon_is_collected_again(
-    stations: Callable[..., Station], mosquitto: object, subscriber: Callable[..., object], tmp_path: Path
+    stations: Callable[..., Station],
+    mosquitto: object,
+    subscriber: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
-    station = _series_station(stations, tmp_path, mosquitto.url, quiet_seconds=3.0, max_wait_seconds=60.0)  # type: ignore[attr-defined]
+    station = _series_station(
+        stations, tmp_path, mosquitto.url, quiet_seconds=3.0, max_wait_seconds=60.0
+    )  # type: ignore[attr-defined]
     sub = subscriber(mosquitto, f"{station.base}/#")
     station.start()
     paths = write_series(_volume(), tmp_path / "src")
@@ -107,7 +130,9 @@ def test_a_series_left_by_a_stopped_daemon_is_collected_again(
     for p in paths[6:]:
         p.replace(station.watch / "s" / p.name)
     station.start()
-    wait_until("the series' one message", lambda: _messages(sub, station.base, "error"), 40, station)
+    wait_until(
+        "the series' one message", lambda: _messages(sub, station.base, "error"), 40, station
+    )
     time.sleep(4.0)
     (error,) = _messages(sub, station.base, "error")
     # Complete across the restart (no [series] pack here, so the typed refusal of a whole series).
@@ -118,11 +143,16 @@ def test_a_series_left_by_a_stopped_daemon_is_collected_again(
                     reason="mri-model's models/packs/mri-demo (tiled_volume stage, Pipeline.judge_volume) "
                            "has not landed on this branch")  # fmt: skip
 def test_a_phantom_series_dropped_file_by_file_gives_one_verdict(
-    stations: Callable[..., Station], mosquitto: object, subscriber: Callable[..., object], tmp_path: Path
+    stations: Callable[..., Station],
+    mosquitto: object,
+    subscriber: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
     from edge_worker.phantoms import mri  # mri-model's phantom (numpy only)
 
-    station = _series_station(stations, tmp_path, mosquitto.url, pack=str(MRI_PACK), max_voxels=512 * 512 * 256)  # type: ignore[attr-defined]
+    station = _series_station(
+        stations, tmp_path, mosquitto.url, pack=str(MRI_PACK), max_voxels=512 * 512 * 256
+    )  # type: ignore[attr-defined]
     sub = subscriber(mosquitto, f"{station.base}/#")
     station.start()
     volume = mri.make_head(7, shape=(48, 96, 96), spacing_mm=(2.0, 2.0, 2.0))
@@ -134,7 +164,9 @@ def test_a_phantom_series_dropped_file_by_file_gives_one_verdict(
     wait_until("the series verdict", lambda: _messages(sub, station.base, "verdict"), 120, station)
     time.sleep(3.0)
     (verdict,) = _messages(sub, station.base, "verdict")
-    jsonschema.Draft202012Validator(json.loads((SCHEMAS / "verdict.schema.json").read_text())).validate(verdict)
+    jsonschema.Draft202012Validator(
+        json.loads((SCHEMAS / "verdict.schema.json").read_text())
+    ).validate(verdict)
     s = verdict["series"]
     assert s["slices"] == 48 and s["shape"] == [48, 96, 96] and s["spacing_mm"] == [2.0, 2.0, 2.0]
     assert 0.0 <= s["score"] <= 10.0 and set(s["flags"]) and s["synthetic"] is True

@@ -46,7 +46,9 @@ class Box:
 class Judgement:
     score: float = 7.5
     flags: dict[str, float] = field(default_factory=lambda: {"ghosting": 0.8, "wraparound": 0.1})
-    flag_tiles: dict[str, list[Box]] = field(default_factory=lambda: {"ghosting": [Box(0, 0, 0, 12, 40, 48, 0.8)]})
+    flag_tiles: dict[str, list[Box]] = field(
+        default_factory=lambda: {"ghosting": [Box(0, 0, 0, 12, 40, 48, 0.8)]}
+    )
     tiles: int = 1
     thresholds: dict[str, float] = field(default_factory=lambda: {"score_review_below": 6.0,
                                          "score_retake_below": 3.0, "flag_review_above": 0.5})  # fmt: skip
@@ -72,7 +74,9 @@ class StandIn:
         return self.judgement
 
 
-def _desk(tmp_path: Path, pipeline: StandIn) -> tuple[SeriesDesk, list[Outcome], list[Path], Journal]:
+def _desk(
+    tmp_path: Path, pipeline: StandIn
+) -> tuple[SeriesDesk, list[Outcome], list[Path], Journal]:
     config = parse(f'[watch]\nfolder = "{tmp_path / "in"}"\n[series]\nenabled = true\n')
     journal = Journal(tmp_path / "journal.sqlite3")
     sent: list[Outcome] = []
@@ -84,7 +88,11 @@ def _desk(tmp_path: Path, pipeline: StandIn) -> tuple[SeriesDesk, list[Outcome],
         journal.mark_queued(key, outcome.id, outcome.kind)
 
     def key(path: Path) -> str | None:
-        return Journal.key(path, path.stat().st_size, path.stat().st_mtime_ns) if path.exists() else None
+        return (
+            Journal.key(path, path.stat().st_size, path.stat().st_mtime_ns)
+            if path.exists()
+            else None
+        )
 
     desk = SeriesDesk(config, pipeline, journal, send=send, quarantine=lambda p, r: None,
                       dispose=disposed.append, journal_key=key, retry=lambda k: None)  # fmt: skip
@@ -101,7 +109,7 @@ def test_one_verdict_per_series_with_the_schema_and_a_stable_id(tmp_path: Path) 
     desk, sent, disposed, journal = _desk(tmp_path, pipeline)
     for p in paths:
         assert desk.offer(p)
-    (due,) = desk.watch.tick(now=10**10)
+    assert len(desk.watch.tick(now=10**10)) == 1
     (outcome,) = sent
     assert outcome.kind == "verdict"
     payload: dict[str, Any] = outcome.payload
@@ -112,9 +120,16 @@ def test_one_verdict_per_series_with_the_schema_and_a_stable_id(tmp_path: Path) 
     assert pipeline.seen == [((12, 40, 48), (1.0, 1.0, 1.0))]
     # Synthetic pack: review, whatever the score; the flag is still a reason of its own.
     assert payload["decision"] == "review" and payload["diagnostic"] is None
-    assert [r["code"] for r in payload["reasons"]] == ["mri_flagged", "mri_quality_ok", "mri_synthetic_pack"]
+    assert [r["code"] for r in payload["reasons"]] == [
+        "mri_flagged",
+        "mri_quality_ok",
+        "mri_synthetic_pack",
+    ]
     assert sorted(disposed) == sorted(paths)
-    assert all(journal.seen(Journal.key(p, p.stat().st_size, p.stat().st_mtime_ns)) == outcome.id for p in paths)
+    assert all(
+        journal.seen(Journal.key(p, p.stat().st_size, p.stat().st_mtime_ns)) == outcome.id
+        for p in paths
+    )
     # Judged files offered again (a restart's reconcile) are not collected a second time.
     assert all(desk.offer(p) for p in paths) and desk.watch.waiting() == {}
     # The same content judged again (a fresh journal) gets the same id.
@@ -125,18 +140,37 @@ def test_one_verdict_per_series_with_the_schema_and_a_stable_id(tmp_path: Path) 
     assert sent2[0].id == outcome.id
     assert "series of 12 slices" in summary_line("verdict", payload)
     entry = entry_from_verdict(payload, 0.0)
-    assert entry["series"] == {"slices": 12, "score": 7.5, "flagged": [{"flag": "ghosting", "probability": 0.8}]}
+    assert entry["series"] == {
+        "slices": 12,
+        "score": 7.5,
+        "flagged": [{"flag": "ghosting", "probability": 0.8}],
+    }
 
 
 @pytest.mark.parametrize(
     ("judgement", "decision", "codes"),
     [
         (Judgement(score=8.0, flags={"ghosting": 0.1}, synthetic=False), "ok", ["mri_quality_ok"]),
-        (Judgement(score=5.0, flags={"ghosting": 0.1}, synthetic=False), "review", ["mri_quality_low"]),
-        (Judgement(score=2.0, flags={"ghosting": 0.1}, synthetic=False), "retake", ["mri_quality_not_diagnostic"]),
-        (Judgement(score=2.0, flags={"ghosting": 0.1}, synthetic=True), "review",
-         ["mri_quality_not_diagnostic", "mri_synthetic_pack"]),
-        (Judgement(score=8.0, flags={"flow": 0.9}, synthetic=False), "review", ["mri_flagged", "mri_quality_ok"]),
+        (
+            Judgement(score=5.0, flags={"ghosting": 0.1}, synthetic=False),
+            "review",
+            ["mri_quality_low"],
+        ),
+        (
+            Judgement(score=2.0, flags={"ghosting": 0.1}, synthetic=False),
+            "retake",
+            ["mri_quality_not_diagnostic"],
+        ),
+        (
+            Judgement(score=2.0, flags={"ghosting": 0.1}, synthetic=True),
+            "review",
+            ["mri_quality_not_diagnostic", "mri_synthetic_pack"],
+        ),
+        (
+            Judgement(score=8.0, flags={"flow": 0.9}, synthetic=False),
+            "review",
+            ["mri_flagged", "mri_quality_ok"],
+        ),
     ],
 )
 def test_decision_rule(judgement: Judgement, decision: str, codes: list[str]) -> None:
@@ -153,3 +187,41 @@ def test_radiograph_verdicts_still_need_their_fields() -> None:
                              "site": "s", "station": "t", "times": {"file_seen": "x", "verdict_made": "y"},
                              "decision": "ok", "reasons": [], "timings_ms": {}, "pack": {},
                              "not_for_clinical_use": True, "backend": "b", "worker_version": "1"}, SCHEMA)  # fmt: skip
+
+
+class _Recorder:
+    """Records what the desk publishes (the outbox-to-broker path is tested in test_review_copy_daemon)."""
+
+    outbox_depth = 0
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any], str]] = []
+
+    def publish(self, kind: str, payload: dict[str, Any], key: str) -> None:
+        self.sent.append((kind, payload, key))
+
+
+def test_a_series_review_copy_is_a_montage_of_a_few_slices(tmp_path: Path) -> None:
+    import cv2
+
+    from edge_worker.judging.series_montage import montage_slices, series_montage
+    from edge_worker.publish.review_copy import parse_review_copy
+
+    assert montage_slices(12) == [2, 4, 7, 9] and montage_slices(3) == [0, 1, 2]
+    volume = _volume()
+    copy, picked = series_montage(volume, 256)
+    grey = cv2.imdecode(np.frombuffer(copy.data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert grey.shape == (80, 96) and (copy.width, copy.height) == (96, 80)  # 2 x 2 slices, never enlarged
+    assert picked == [2, 4, 7, 9]
+    # Through the desk: after the verdict, one review-copy message for its id.
+    paths = write_series(volume, tmp_path / "in")
+    desk, sent, _, _ = _desk(tmp_path, StandIn(Judgement()))
+    recorder = _Recorder()
+    desk.publisher = recorder
+    for p in paths:
+        desk.offer(p)
+    desk.watch.tick(now=10**10)
+    ((kind, payload, key),) = recorder.sent
+    assert kind == "review-copy" and key == f"review-copy:{sent[0].id}"
+    parsed = parse_review_copy(json.dumps(payload))
+    assert parsed.verdict_id == sent[0].id

@@ -89,7 +89,9 @@ def _group(item: Dataset | None, sequence: str) -> Dataset | None:
 
 def _frames_of(ds: Dataset) -> tuple[list[Frame], tuple[float, float] | None, float | None]:
     """Per-frame geometry of an enhanced file (per-frame group, else the shared one)."""
-    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    shared = (
+        ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    )
     per_frame: Sequence[Dataset] = ds.get("PerFrameFunctionalGroupsSequence") or []
     frames = []
     spacing: tuple[float, float] | None = None
@@ -97,7 +99,9 @@ def _frames_of(ds: Dataset) -> tuple[list[Frame], tuple[float, float] | None, fl
     for i in range(_int(ds.get("NumberOfFrames")) or 0):
         item = per_frame[i] if i < len(per_frame) else None
         position = _group(item, "PlanePositionSequence") or _group(shared, "PlanePositionSequence")
-        orient = _group(item, "PlaneOrientationSequence") or _group(shared, "PlaneOrientationSequence")
+        orient = _group(item, "PlaneOrientationSequence") or _group(
+            shared, "PlaneOrientationSequence"
+        )
         measures = _group(item, "PixelMeasuresSequence") or _group(shared, "PixelMeasuresSequence")
         if measures is not None and spacing is None:
             pair = _floats(measures.get("PixelSpacing"), 2)

@@ -70,7 +70,7 @@ def expected_count(files: Sequence[SliceFile]) -> int | None:
     return max(counts) if counts else None
 
 
-def _normal(orientation: Sequence[float]) -> np.ndarray:
+def _normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
     row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
     return np.cross(row, col)
 
@@ -93,7 +93,9 @@ def _gaps(sorted_d: np.ndarray) -> list[tuple[float, float, int]]:
     out = []
     for i, d in enumerate(diffs):
         k = round(float(d) / step)
-        if k >= 2 and abs(float(d) - k * step) <= max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * step):
+        if k >= 2 and abs(float(d) - k * step) <= max(
+            POSITION_TOLERANCE_MM, SPACING_TOLERANCE * step
+        ):
             out.append((float(sorted_d[i]), float(sorted_d[i + 1]), k - 1))
     return out
 
@@ -179,14 +181,18 @@ def geometry(files: Sequence[SliceFile], max_voxels: int) -> Geometry:
     if gap is not None and gap.reason is RejectReason.SLICE_MISSING:
         raise gap
     step = float(np.median(diffs)) if diffs.size else (first.slice_thickness or 1.0)
-    if diffs.size and float(np.max(np.abs(diffs - step))) > max(POSITION_TOLERANCE_MM, SPACING_TOLERANCE * step):
+    if diffs.size and float(np.max(np.abs(diffs - step))) > max(
+        POSITION_TOLERANCE_MM, SPACING_TOLERANCE * step
+    ):
         raise Rejection(RejectReason.SPACING_IRREGULAR,
                         f"slice distances from {float(np.min(diffs)):.3f} to {float(np.max(diffs)):.3f} mm (median {step:.3f})")  # fmt: skip
     if gap is not None:
         raise gap
     expected = expected_count(files)
     if expected is not None and len(frames) > expected:
-        raise Rejection(RejectReason.SERIES_MIXED, f"{len(frames)} images, the headers say {expected}")
+        raise Rejection(
+            RejectReason.SERIES_MIXED, f"{len(frames)} images, the headers say {expected}"
+        )
     row_mm, col_mm = first.pixel_spacing or (1.0, 1.0)
     normal = _normal(reference)
     return Geometry(tuple(frames[int(i)] for i in order), (step, row_mm, col_mm),
@@ -198,12 +204,18 @@ def _rescale(item: Dataset | None) -> tuple[float, float]:
     if item is None:
         return 1.0, 0.0
     slope, intercept = item.get("RescaleSlope"), item.get("RescaleIntercept")
-    return (float(slope) if slope not in (None, "") else 1.0, float(intercept) if intercept not in (None, "") else 0.0)
+    return (
+        float(slope) if slope not in (None, "") else 1.0,
+        float(intercept) if intercept not in (None, "") else 0.0,
+    )
 
 
 def _frame_rescale(ds: Dataset, index: int) -> tuple[float, float]:
     """An enhanced file's per-frame (else shared) Pixel Value Transformation."""
-    for groups in (ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")):
+    for groups in (
+        ds.get("PerFrameFunctionalGroupsSequence"),
+        ds.get("SharedFunctionalGroupsSequence"),
+    ):
         if not groups:
             continue
         item = groups[index] if len(groups) > 1 else groups[0]
@@ -223,6 +235,7 @@ def build_volume(geometry: Geometry) -> Volume:
     voxels = np.empty((z, rows, cols), dtype=np.float32)
     digest = hashlib.sha256()
     cache: dict[str, tuple[Dataset, np.ndarray]] = {}
+    ds: Dataset
     digested: set[str] = set()
     for k, (f, fr) in enumerate(geometry.order):
         key = str(f.path)
@@ -232,11 +245,16 @@ def build_volume(geometry: Geometry) -> Volume:
                 cache.clear() if not f.multi_frame else None  # only a multi-frame file is reused
                 cache[key] = (ds, ds.pixel_array)
             ds, arr = cache[key]
-        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's rejection
-            raise Rejection(RejectReason.DECODE_FAILED, f"{f.path.name}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            raise Rejection(
+                RejectReason.DECODE_FAILED, f"{f.path.name}: {type(exc).__name__}: {exc}"
+            ) from exc
         plane = arr[fr.index] if f.multi_frame else arr
         if plane.shape != (rows, cols):
-            raise Rejection(RejectReason.DECODE_FAILED, f"{f.path.name}: pixels {plane.shape}, header {rows}x{cols}")
+            raise Rejection(
+                RejectReason.DECODE_FAILED,
+                f"{f.path.name}: pixels {plane.shape}, header {rows}x{cols}",
+            )
         slope, intercept = _frame_rescale(ds, fr.index) if f.multi_frame else _rescale(ds)
         voxels[k] = plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)
         if key not in digested:

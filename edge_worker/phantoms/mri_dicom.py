@@ -71,7 +71,7 @@ def slice_dataset(
     index: int,
     count: int,
     *,
-    position: Sequence[float],
+    position: Sequence[float] | np.ndarray,
     orientation: Sequence[float],
     slope: float,
     intercept: float,
@@ -190,7 +190,9 @@ def write_series(
     """
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, ds in enumerate(series_datasets(volume, spec, drop=drop, duplicate=duplicate, tilt=tilt)):
+    for i, ds in enumerate(
+        series_datasets(volume, spec, drop=drop, duplicate=duplicate, tilt=tilt)
+    ):
         path = folder / f"{prefix}-{i + 1:04d}.dcm"
         tmp = folder / f".{path.name}.tmp"
         ds.save_as(tmp, enforce_file_format=True)
@@ -199,7 +201,9 @@ def write_series(
     return paths
 
 
-def write_mixed(volume_a: np.ndarray, volume_b: np.ndarray, folder: Path) -> tuple[list[Path], list[Path]]:
+def write_mixed(
+    volume_a: np.ndarray, volume_b: np.ndarray, folder: Path
+) -> tuple[list[Path], list[Path]]:
     """Two series written into one folder, their files interleaved by name; both path lists."""
     a = write_series(volume_a, folder, SeriesSpec(description="phantom A"), prefix="mix-a")
     b = write_series(volume_b, folder, SeriesSpec(description="phantom B"), prefix="mix-b")

@@ -29,7 +29,11 @@ from edge_worker.publish.verdict import VERDICT_SCHEMA, utc_iso
 
 _NAMESPACE = uuid.UUID("6f1c2a3e-1d57-4c1b-9a8e-5b0e4f7a2c11")  # the one of publish.verdict
 #: The stage's thresholds when the pack names none (the interface's defaults).
-DEFAULT_THRESHOLDS = {"score_review_below": 6.0, "score_retake_below": 3.0, "flag_review_above": 0.5}
+DEFAULT_THRESHOLDS = {
+    "score_review_below": 6.0,
+    "score_retake_below": 3.0,
+    "flag_review_above": 0.5,
+}
 
 
 class TileBoxLike(Protocol):
@@ -63,12 +67,21 @@ def _r(value: float, digits: int = 4) -> float:
     return float(round(float(value), digits))
 
 
+def _flag_text(name: str, probability: float, threshold: float) -> str:
+    label = name.replace("_", " ")
+    return f"{label}: probability {probability:.2f} above {threshold:.2f}; see the tiles that drove it."
+
+
+def _tile(b: TileBoxLike) -> dict[str, Any]:
+    return {"z0": int(b.z0), "y0": int(b.y0), "x0": int(b.x0), "z1": int(b.z1), "y1": int(b.y1),
+            "x1": int(b.x1), "probability": _r(b.probability)}  # fmt: skip
+
+
 def series_reasons(j: VolumeJudgementLike) -> list[Reason]:
     """The findings on a judged volume, in order: flags, score, then the pack's provenance."""
     t = {**DEFAULT_THRESHOLDS, **(j.thresholds or {})}
     reasons = [
-        Reason("mri_flagged", f"{name.replace('_', ' ')}: probability {p:.2f} above {t['flag_review_above']:.2f}; "
-                              "see the tiles that drove it.", rule=name)  # fmt: skip
+        Reason("mri_flagged", _flag_text(name, p, t["flag_review_above"]), rule=name)
         for name, p in sorted(j.flags.items(), key=lambda kv: -kv[1])
         if p > t["flag_review_above"]
     ]
@@ -80,7 +93,12 @@ def series_reasons(j: VolumeJudgementLike) -> list[Reason]:
         reasons.append(Reason("mri_quality_low",
                               f"Quality {score:.1f} below {t['score_review_below']:.1f}: a person looks at the series."))  # fmt: skip
     else:
-        reasons.append(Reason("mri_quality_ok", f"Quality {score:.1f} (review below {t['score_review_below']:.1f})."))
+        reasons.append(
+            Reason(
+                "mri_quality_ok",
+                f"Quality {score:.1f} (review below {t['score_review_below']:.1f}).",
+            )
+        )
     if j.synthetic:
         reasons.append(Reason("mri_synthetic_pack", (
             "The volume pack was trained on synthetic phantoms only: its score and flags are shown, "
@@ -121,11 +139,7 @@ def build_series_verdict(
         "score_range": [float(score_range[0]), float(score_range[1])],
         "flags": {k: _r(v) for k, v in j.flags.items()},
         "flagged": flagged,
-        "flag_tiles": {
-            name: [{"z0": int(b.z0), "y0": int(b.y0), "x0": int(b.x0), "z1": int(b.z1), "y1": int(b.y1),
-                    "x1": int(b.x1), "probability": _r(b.probability)} for b in boxes]  # fmt: skip
-            for name, boxes in j.flag_tiles.items()
-        },
+        "flag_tiles": {name: [_tile(b) for b in boxes] for name, boxes in j.flag_tiles.items()},
         "thresholds": {k: float(v) for k, v in thresholds.items()},
         "tiles": int(j.tiles),
         "synthetic": bool(j.synthetic),

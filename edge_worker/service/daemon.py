@@ -147,6 +147,7 @@ class StationDaemon:
             config, build_pipeline(config, Path(config.series.pack), "series.pack") if config.series.pack else None,
             self.journal, send=self._send, quarantine=self._quarantine, dispose=self._dispose,
             journal_key=self._journal_key, retry=self._retry_later, on_outcome=self._series_sent,
+            publisher=self.publisher,
         ) if config.series.enabled else None  # fmt: skip
         self.retention = Retention(
             config.retention, config.watch.folder, config.archive_folder, config.quarantine.folder

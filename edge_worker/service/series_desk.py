@@ -29,8 +29,10 @@ from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
 from edge_worker.ingest.slices import SliceFile, slice_file
 from edge_worker.ingest.volume import build_volume, expected_count, geometry
 from edge_worker.judging.process import Outcome
+from edge_worker.judging.series_montage import series_montage
 from edge_worker.names import printable
 from edge_worker.publish.journal import Journal
+from edge_worker.publish.review_copy import build_review_copy
 from edge_worker.publish.series_verdict import build_series_verdict
 from edge_worker.publish.verdict import build_error
 from edge_worker.service.config import Config
@@ -60,12 +62,15 @@ class SeriesDesk:
         journal_key: Callable[[Path], str | None],
         retry: Callable[[str | None], None],
         on_outcome: Callable[[Outcome, float], None] | None = None,
+        publisher: Any | None = None,
     ) -> None:
         self.config = config
         self.pipeline = pipeline
         self.journal = journal
         self._send, self._quarantine, self._dispose = send, quarantine, dispose
         self._key, self._retry, self._on_outcome = journal_key, retry, on_outcome
+        #: Review copies (a montage of a few slices) go through this publisher's outbox.
+        self.publisher = publisher if config.verdict.review_copy else None
         modalities = tuple(m.upper() for m in config.series.modalities)
         s = config.series
         self.watch = SeriesWatch(lambda p: slice_file(p, modalities), self.judge, s.quiet_seconds,
@@ -88,7 +93,11 @@ class SeriesDesk:
     def judge(self, due: DueSeries) -> Outcome | None:
         """Judge (or refuse) one due series and send its one message; the outcome, None if
         every file vanished or was judged before."""
-        files = [f for f in due.files if (k := self._key(f.path)) is not None and not self.journal.seen(k)]
+        files = [
+            f
+            for f in due.files
+            if (k := self._key(f.path)) is not None and not self.journal.seen(k)
+        ]
         if not files:
             return None
         keys = [self._key(f.path) for f in files]
@@ -98,7 +107,10 @@ class SeriesDesk:
                 raise due.short
             g = geometry(files, self.config.series.max_voxels)
             if self.pipeline is None:
-                raise Rejection(RejectReason.NO_PACK_FOR_BODY_PART, "[series] pack is not set: no volume pack to judge MR series")
+                raise Rejection(
+                    RejectReason.NO_PACK_FOR_BODY_PART,
+                    "[series] pack is not set: no volume pack to judge MR series",
+                )
             t = time.perf_counter()
             volume = build_volume(g)
             assemble_ms = (time.perf_counter() - t) * 1000.0
@@ -108,13 +120,19 @@ class SeriesDesk:
                 raise
             except Exception as exc:
                 log.exception("volume inference failed on series %s", due.series_uid)
-                raise Rejection(RejectReason.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}") from exc
+                raise Rejection(
+                    RejectReason.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}"
+                ) from exc
         except Rejection as rejection:
             return self._refuse(due, files, keys, rejection)
         timings = {"assemble": assemble_ms, "total": (time.perf_counter() - start) * 1000.0,
                    "last_file_to_verdict": (time.time() - due.last_seen) * 1000.0}  # fmt: skip
         stage = next((s for s in self.pipeline.pack.stages if s.task == "tiled_volume"), None)
-        score_range = tuple(getattr(stage, "raw", {}).get("score_range", (0.0, 10.0))) if stage else (0.0, 10.0)
+        score_range = (
+            tuple(getattr(stage, "raw", {}).get("score_range", (0.0, 10.0)))
+            if stage
+            else (0.0, 10.0)
+        )
         payload = build_series_verdict(
             site=self.config.site, station=self.config.station, files=files, volume=volume,
             judgement=judgement, pack=self.pipeline.pack, backend=self.pipeline.backend.name,
@@ -122,11 +140,35 @@ class SeriesDesk:
         )  # fmt: skip
         outcome = Outcome("verdict", payload)
         if self._deliver(outcome, keys, due.last_seen):
+            self._review_copy(outcome, volume.voxels)
             for f in files:
                 self._dispose(f.path)
         return outcome
 
-    def _refuse(self, due: DueSeries, files: list[SliceFile], keys: list[str | None], rejection: Rejection) -> Outcome:
+    def _review_copy(self, outcome: Outcome, voxels: Any) -> None:
+        """The series' montage as its review copy, after the verdict (skipped, logged, when the
+        outbox is more than half full: its room is for verdicts)."""
+        p = self.publisher
+        if p is None:
+            return
+        if p.outbox_depth * 2 >= self.config.state.outbox_max_messages:
+            log.warning(
+                "review copies: outbox more than half full; no montage of series %s", outcome.id
+            )
+            return
+        try:
+            copy, _ = series_montage(voxels, self.config.verdict.review_copy_size)
+            payload = build_review_copy(
+                verdict_id=outcome.id, site=self.config.site, station=self.config.station,
+                media_type=copy.media_type, width=copy.width, height=copy.height, scale=copy.scale, data=copy.data,
+            )  # fmt: skip
+            p.publish("review-copy", payload, key=f"review-copy:{outcome.id}")
+        except (EdgeWorkerError, ValueError) as exc:
+            log.warning("review copies: no montage of series %s: %s", outcome.id, exc)
+
+    def _refuse(
+        self, due: DueSeries, files: list[SliceFile], keys: list[str | None], rejection: Rejection
+    ) -> Outcome:
         """Quarantine every file of the series with ``rejection``; one error message for all."""
         log.warning("series %s (%d files) refused: %s", due.series_uid, len(files), rejection)
         names = [self._quarantine(f.path, rejection) for f in files]
@@ -152,7 +194,9 @@ class SeriesDesk:
                     self.journal.mark_queued(key, outcome.id, outcome.kind)
         except (EdgeWorkerError, sqlite3.Error) as exc:
             # Not stored (outbox full, disk failing): the files stay and are collected again.
-            log.warning("series message %s not stored (%s); the files are collected again", outcome.id, exc)
+            log.warning(
+                "series message %s not stored (%s); the files are collected again", outcome.id, exc
+            )
             for key in keys:
                 self._retry(key)
             return False

@@ -117,7 +117,7 @@ class SeriesWatch:
     def __init__(
         self,
         read: Callable[[Path], SliceFile | None],
-        on_due: Callable[[DueSeries], None],
+        on_due: Callable[[DueSeries], object],
         quiet_seconds: float,
         max_wait_seconds: float,
         name: str = "edge-worker/series",
