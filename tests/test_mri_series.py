@@ -189,3 +189,11 @@ def test_first_seen_is_the_mtime_after_a_restart(tmp_path: Path) -> None:
         c.add(f, now=1000.0, mtime=900.0)  # files older than the restart
     (due,) = c.due(now=1003.0)  # quiet passed and first seen 103 s ago: timed out at once
     assert due.short is not None and due.short.reason is RejectReason.SERIES_TIMEOUT
+
+
+def test_the_series_bench_times_last_file_to_message(tmp_path: Path) -> None:
+    from edge_worker.bench.series import time_series
+
+    report = time_series(tmp_path, (8, 32, 32), quiet_s=0.2, runs=1, pack=None)
+    assert report["message"] == "error (no_pack_for_body_part)"  # no volume pack given
+    assert report["last_file_to_message_ms"]["median"] >= 200.0  # never before the quiet period
