@@ -35,10 +35,10 @@ from edge_worker.service.series_desk import SeriesDesk
 def _phantom(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    head = ((z - shape[0] / 2) / (shape[0] / 2.2)) ** 2 + (
+    r2 = ((z - shape[0] / 2) / (shape[0] / 2.2)) ** 2 + (
         (y - shape[1] / 2) / (shape[1] / 2.4)
     ) ** 2
-    head = head + ((x - shape[2] / 2) / (shape[2] / 2.6)) ** 2 < 1.0
+    head = r2 + ((x - shape[2] / 2) / (shape[2] / 2.6)) ** 2 < 1.0
     return (head * 600.0 + rng.normal(0.0, 8.0, shape) + 40.0).astype(np.float32)
 
 
