@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edge_worker.phantoms.ankle import write_phantom
-from edge_worker.phantoms.mri_dicom import SeriesSpec, write_series
+from edge_worker.phantoms.mri_dicom import SeriesSpec, write_enhanced, write_series
 from tests.stations import ROOT, Station, wait_until
 
 jsonschema = pytest.importorskip("jsonschema")
@@ -110,7 +110,7 @@ def test_every_refusal_is_one_typed_error_and_radiographs_do_not_wait(
     assert radiograph_s < 20.0  # within the series' max wait: it did not queue behind them
 
 
-def test_a_series_left_by_a_stopped_daemon_is_collected_again(
+def test_a_series_left_by_a_stopped_daemon_is_collected_again_and_enhanced_files_work(
     stations: Callable[..., Station],
     mosquitto: object,
     subscriber: Callable[..., object],
@@ -130,13 +130,22 @@ def test_a_series_left_by_a_stopped_daemon_is_collected_again(
     for p in paths[6:]:
         p.replace(station.watch / "s" / p.name)
     station.start()
+    # And one enhanced multi-frame file: a series of its own, complete as it arrives.
+    write_enhanced(_volume(seed=5), station.watch / "enhanced.dcm")
     wait_until(
-        "the series' one message", lambda: _messages(sub, station.base, "error"), 40, station
+        "both series' messages",
+        lambda: len(_messages(sub, station.base, "error")) >= 2,
+        40,
+        station,
     )
     time.sleep(4.0)
-    (error,) = _messages(sub, station.base, "error")
-    # Complete across the restart (no [series] pack here, so the typed refusal of a whole series).
-    assert error["reason"] == "no_pack_for_body_part" and error["series"]["files"] == len(paths)
+    errors = sorted(_messages(sub, station.base, "error"), key=lambda e: e["series"]["files"])
+    # Complete across the restart (no [series] pack here: the typed refusal of a whole series).
+    assert [e["reason"] for e in errors] == ["no_pack_for_body_part"] * 2
+    assert [(e["series"]["files"], e["series"]["expected"]) for e in errors] == [
+        (1, 12),
+        (len(paths), 12),
+    ]
 
 
 @pytest.mark.skipif(not (MRI_PACK / "manifest.json").is_file(),

@@ -278,6 +278,8 @@ class StationDaemon:
         """False when a thread died, or files wait and nothing was judged for too long."""
         if not (self._worker.is_alive() and self.watcher.is_alive()):
             return False
+        if self.series is not None and not self.series.watch.is_alive():
+            return False
         if self._queue.empty():
             self._last_progress = time.monotonic()
             return True
