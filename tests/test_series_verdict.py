@@ -63,6 +63,8 @@ class _Backend:
 class StandIn:
     """A pipeline whose judge_volume returns ``judgement`` and records what it was given."""
 
+    judges_volumes = True
+
     def __init__(self, judgement: Judgement) -> None:
         self.pack = load_pack()
         self.backend = _Backend()
@@ -211,7 +213,10 @@ def test_a_series_review_copy_is_a_montage_of_a_few_slices(tmp_path: Path) -> No
     volume = _volume()
     copy, picked = series_montage(volume, 256)
     grey = cv2.imdecode(np.frombuffer(copy.data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert grey.shape == (80, 96) and (copy.width, copy.height) == (96, 80)  # 2 x 2 slices, never enlarged
+    assert grey.shape == (80, 96) and (copy.width, copy.height) == (
+        96,
+        80,
+    )  # 2 x 2 slices, never enlarged
     assert picked == [2, 4, 7, 9]
     # Through the desk: after the verdict, one review-copy message for its id.
     paths = write_series(volume, tmp_path / "in")
@@ -225,3 +230,12 @@ def test_a_series_review_copy_is_a_montage_of_a_few_slices(tmp_path: Path) -> No
     assert kind == "review-copy" and key == f"review-copy:{sent[0].id}"
     parsed = parse_review_copy(json.dumps(payload))
     assert parsed.verdict_id == sent[0].id
+
+
+def test_a_pack_without_a_volume_stage_is_refused_at_start(tmp_path: Path) -> None:
+    from edge_worker.errors import ConfigError
+
+    radiograph_pack = StandIn(Judgement())
+    radiograph_pack.judges_volumes = False  # type: ignore[misc]
+    with pytest.raises(ConfigError, match="series.pack"):
+        _desk(tmp_path, radiograph_pack)

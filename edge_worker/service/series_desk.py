@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_worker.errors import EdgeWorkerError, Rejection, RejectReason
+from edge_worker.errors import ConfigError, EdgeWorkerError, Rejection, RejectReason
 from edge_worker.ingest.slices import SliceFile, slice_file
 from edge_worker.ingest.volume import build_volume, expected_count, geometry
 from edge_worker.judging.process import Outcome
@@ -64,6 +64,10 @@ class SeriesDesk:
         on_outcome: Callable[[Outcome, float], None] | None = None,
         publisher: Any | None = None,
     ) -> None:
+        if pipeline is not None and not getattr(pipeline, "judges_volumes", False):
+            raise ConfigError(
+                f"series.pack: pack {pipeline.pack.name} has no tiled_volume stage: it judges no volume"
+            )
         self.config = config
         self.pipeline = pipeline
         self.journal = journal
@@ -128,15 +132,12 @@ class SeriesDesk:
         timings = {"assemble": assemble_ms, "total": (time.perf_counter() - start) * 1000.0,
                    "last_file_to_verdict": (time.time() - due.last_seen) * 1000.0}  # fmt: skip
         stage = next((s for s in self.pipeline.pack.stages if s.task == "tiled_volume"), None)
-        score_range = (
-            tuple(getattr(stage, "raw", {}).get("score_range", (0.0, 10.0)))
-            if stage
-            else (0.0, 10.0)
-        )
+        # The stage's checked options carry its score_range (mri_iface.md section 1); 0-10 else.
+        low, high = (stage.options.get("score_range") if stage is not None else None) or (0.0, 10.0)
         payload = build_series_verdict(
             site=self.config.site, station=self.config.station, files=files, volume=volume,
             judgement=judgement, pack=self.pipeline.pack, backend=self.pipeline.backend.name,
-            seen_at=due.last_seen, timings_ms=timings, score_range=(float(score_range[0]), float(score_range[1])),
+            seen_at=due.last_seen, timings_ms=timings, score_range=(float(low), float(high)),
         )  # fmt: skip
         outcome = Outcome("verdict", payload)
         if self._deliver(outcome, keys, due.last_seen):
