@@ -134,6 +134,13 @@ def run_checks(
             signed = signature_note(cfg, pack)
             lines.append(f"{pack.name} {pack.version} ({key}): {len(pack.stages)} stages, "
                          f"sha256 verified, {signed}{flag}")
+        if cfg.series.enabled and cfg.series.pack:  # the volume pack of [series] (docs/mri-series.md)
+            from edge_worker.service.preflight import load_named
+
+            volume = load_named("series.pack", Path(cfg.series.pack), cfg.pack.trusted_keys)
+            if not any(s.task == "tiled_volume" for s in volume.stages):
+                raise EdgeWorkerError(f"series.pack: {volume.name} has no tiled_volume stage: it judges no volume")
+            lines.append(f"{volume.name} {volume.version} (series.pack): tiled_volume, sha256 verified")
         return "; ".join(lines)
 
     step("pack", check_pack)
