@@ -140,6 +140,22 @@ class PacsOutbox:
             row = self._db.execute("SELECT state, sop_uid FROM objects WHERE key = ?", (key,)).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
+    def latest_for(self, verdict_id: str, kinds: tuple[str, ...]) -> tuple[str, str, str, str] | None:
+        """``(key, kind, state, SOP UID)`` of the newest object of ``kinds`` for a verdict, or None."""
+        marks = ",".join("?" * len(kinds))
+        with self._lock:
+            row = self._db.execute(f"SELECT key, kind, state, sop_uid FROM objects WHERE verdict_id = ?"
+                                   f" AND kind IN ({marks}) ORDER BY id DESC LIMIT 1", (verdict_id, *kinds)).fetchone()  # fmt: skip
+        return None if row is None else (str(row[0]), str(row[1]), str(row[2]), str(row[3]))
+
+    def cancel(self, key: str) -> bool:
+        """Never send a pending object (its rejection was withdrawn first); False unless it is
+        pending and was never tried (a try that timed out may have reached the PACS)."""
+        with self._lock:
+            cur = self._db.execute("UPDATE objects SET state = 'cancelled', data = NULL WHERE key = ?"
+                                   " AND state = 'pending' AND attempts = 0", (key,))  # fmt: skip
+        return cur.rowcount > 0
+
     def depth(self) -> int:
         """Objects not yet stored by the PACS."""
         with self._lock:

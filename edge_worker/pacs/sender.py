@@ -144,7 +144,9 @@ class Sender:
         classes = [str(d.SOPClassUID) for d in datasets if isinstance(d, Dataset)]
         if not classes:
             return [d for d in datasets if isinstance(d, SendResult)]
-        assoc = self._associate(classes)
+        # Verification too: with no context accepted pynetdicom aborts, and a refused SOP class
+        # would read as a dropped association.
+        assoc = self._associate([*classes, Verification])
         if isinstance(assoc, SendResult):
             return [d if isinstance(d, SendResult) else assoc for d in datasets]
         accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}

@@ -287,6 +287,48 @@ class SeriesConfig:
 
 
 @dataclass(frozen=True)
+class PacsTlsConfig:
+    """DICOM TLS (PS3.15 B.1): on when ``[pacs] tls`` is true."""
+
+    ca_file: str = ""
+    """CA bundle that signed the PACS's certificate; empty uses the system store."""
+    cert_file: str = ""
+    """Our client certificate, for a PACS that requires one."""
+    key_file: str = ""
+    """Private key of the client certificate."""
+
+
+@dataclass(frozen=True)
+class PacsConfig:
+    """Results in the PACS (docs/pacs.md): an SR per verdict, a KOS per confirmed rejection."""
+
+    enabled: bool = False
+    """Send DICOM objects to the PACS below (off: nothing leaves the box by DICOM)."""
+    ae_title: str = "EDGEWORKER"
+    """Our AE title (1-16 characters); the PACS must list it among its modalities."""
+    host: str = ""
+    """The PACS's host name or address."""
+    port: int = 104
+    """The PACS's DICOM port (1-65535)."""
+    called_ae: str = ""
+    """The PACS's AE title."""
+    tls: bool = False
+    """Use DICOM TLS ([pacs.tls] holds the files)."""
+    tls_files: PacsTlsConfig = field(default_factory=PacsTlsConfig)
+    timeout_seconds: float = 10.0
+    """Connection, association and answer timeout (0.5-600 s)."""
+    send_reports: bool = True
+    """Send a Structured Report per verdict; false: only confirmed rejections are sent."""
+    retry_max_seconds: float = 300.0
+    """Longest wait between two tries of an object the PACS did not take (back-off doubles from
+    2 s up to this; 2-86400 s)."""
+    revoke_code: str = ""
+    """The PACS's own code to revoke a rejection, as CODE^SCHEME^Meaning (dcm4chee:
+    REVOKE_REJECTION^99DCM4CHEE^Restore rejected Instances); empty: DICOM has no standard one,
+    so a withdrawal sends nothing and asks for the image to be restored in the PACS by hand."""
+
+
+@dataclass(frozen=True)
 class Config:
     site: str = "site"
     """Hospital or site name, second topic level."""
@@ -304,6 +346,7 @@ class Config:
     derived: DerivedConfig = field(default_factory=DerivedConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     series: SeriesConfig = field(default_factory=SeriesConfig)
+    pacs: PacsConfig = field(default_factory=PacsConfig)
 
     def mqtt_password(self) -> str | None:
         """The MQTT password from the systemd credential or the password file, if any."""
@@ -547,6 +590,7 @@ def validate(config: Config) -> Config:
     _validate_commands(config)
     _validate_retention(config)
     _validate_series(config)
+    _validate_pacs(config)
     m = config.mqtt
     if m.protocol not in ("5", "3.1.1"):
         raise InvalidValue("mqtt.protocol", f"{m.protocol!r} is not \"5\" or \"3.1.1\"")
@@ -586,6 +630,29 @@ def _validate_series(config: Config) -> None:
     if s.enabled and both:
         raise InvalidValue("series.modalities", f"{', '.join(sorted(both))} also in ingest.modalities: "
                            "a file is either a radiograph or part of a series")  # fmt: skip
+
+
+def _validate_pacs(config: Config) -> None:
+    p = config.pacs
+    _in_range("pacs.timeout_seconds", p.timeout_seconds, 0.5, 600)
+    _in_range("pacs.retry_max_seconds", p.retry_max_seconds, 2, 86_400)
+    _in_range("pacs.port", p.port, 1, 65535)
+    for key in ("ae_title", "called_ae"):
+        value = getattr(p, key)
+        # PS3.5 6.2 AE: 16 characters of the default repertoire, no backslash, not all spaces.
+        if (value or p.enabled) and not re.match(r"^[ -\[\]-~]{1,16}$", value) or (value and not value.strip()):
+            raise InvalidValue(f"pacs.{key}", f"{value!r} is not an AE title (1-16 printable ASCII characters)")
+    if p.enabled and not p.host:
+        raise InvalidValue("pacs.host", "give the PACS's host when [pacs] is enabled")
+    f = p.tls_files
+    if bool(f.cert_file) != bool(f.key_file):
+        raise InvalidValue("pacs.tls_files.cert_file", "cert_file and key_file go together")
+    if not p.tls and (f.ca_file or f.cert_file):
+        raise InvalidValue("pacs.tls", "TLS files given in [pacs.tls_files] but pacs.tls is false")
+    if p.revoke_code:
+        parts = p.revoke_code.split("^")
+        if len(parts) != 3 or not all(x.strip() for x in parts):
+            raise InvalidValue("pacs.revoke_code", f"{p.revoke_code!r} is not CODE^SCHEME^Meaning")
 
 
 def _validate_retention(config: Config) -> None:

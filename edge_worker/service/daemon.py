@@ -47,6 +47,7 @@ from edge_worker.service.config import SCAN_SETTLE_SECONDS, Config
 from edge_worker.service.fleet import FleetDesk, dumps
 from edge_worker.service.health import Health, declare_metrics, record_outcome, status_document
 from edge_worker.service.metrics import Registry
+from edge_worker.service.pacs_desk import PacsDesk
 from edge_worker.service.review_copier import ReviewCopier
 from edge_worker.service.series_desk import SeriesDesk
 from edge_worker.subscribers.summary import summary_line
@@ -190,6 +191,8 @@ class StationDaemon:
                 restore=self._restore_pack,
             )  # fmt: skip
             self.listener = Listener(settings, f"{settings.client_id}-cmd", self.fleet.topics(), self.fleet.handle)
+        # Results in the PACS (edge_worker.service.pacs_desk): SRs after verdicts, KOSs after confirmations.
+        self.pacs = PacsDesk(config, self.health, self.metrics, self._send_control, settings) if config.pacs.enabled else None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -203,6 +206,8 @@ class StationDaemon:
         self.publish_status()
         if self.copier is not None:
             self.copier.start()
+        if self.pacs is not None:
+            self.pacs.start()
         self._worker.start()
         if self.series is not None:
             self.series.start()
@@ -232,6 +237,8 @@ class StationDaemon:
             self.series.stop(max(0.1, deadline - time.monotonic()))
         if self.copier is not None:  # after the judge (no more files), before the last sends
             self.copier.stop(max(0.1, min(5.0, deadline - time.monotonic())))
+        if self.pacs is not None:  # its answers go through the MQTT outbox below
+            self.pacs.stop(max(0.1, min(5.0, deadline - time.monotonic())))
         self._status_thread.join(1.0)
         self._retry_thread.join(1.0)
         self.publisher.wait_drained(max(0.1, min(3.0, deadline - time.monotonic())))
@@ -279,6 +286,8 @@ class StationDaemon:
         if not (self._worker.is_alive() and self.watcher.is_alive()):
             return False
         if self.series is not None and not self.series.watch.is_alive():
+            return False
+        if self.pacs is not None and not self.pacs.is_alive():
             return False
         if self._queue.empty():
             self._last_progress = time.monotonic()
@@ -466,6 +475,8 @@ class StationDaemon:
                 record_outcome(self.metrics, self.config.station, outcome.kind, outcome.payload, seen_at)
                 self.lineage.sent(outcome, name)  # after the metrics: it waits for a disk sync
                 results[i] = outcome
+                if outcome.kind == "verdict" and self.pacs is not None:  # reads the header, never waits for the PACS
+                    self.pacs.submit(path, outcome.payload)
                 # A rejected file went to the quarantine; the review copier disposes after its copy.
                 if outcome.kind == "verdict" and not (self.copier and self.copier.submit(path, outcome.payload)):
                     self._dispose(path)
