@@ -7,7 +7,8 @@ check failed.  The config and pack checks are the ones ``run`` makes before it s
 (:mod:`edge_worker.service.preflight`), in the same words: the folders (layout, writable by whoever runs
 the check, so run it as the service user; free space for the state), and every configured pack.
 It is the only place that opens a broker connection on purpose outside the daemon: a test
-message goes to ``<prefix>/<site>/<station>/check``.
+message goes to ``<prefix>/<site>/<station>/check``; with ``[pacs]`` enabled it also sends the
+PACS a C-ECHO as our AE title.
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ def _broker(config: Config) -> str:
     return f"published a test message to {topic} over {s.url} (MQTT {s.protocol}) and got its PUBACK"
 
 
+def _pacs(config: Config) -> str:
+    """C-ECHO the configured PACS with our AE title (TLS where ``[pacs] tls`` asks for it)."""
+    from edge_worker.service.pacs_desk import echo
+
+    answered, sentence = echo(config)
+    if not answered:
+        raise EdgeWorkerError(f"PACS: {sentence}")
+    return sentence
+
+
 def run_checks(
     config_path: Path | None,
     backend: str | None = None,
@@ -166,4 +177,6 @@ def run_checks(
     step("backend", check_backend)
     if not skip_broker and config is not None:
         step("broker", lambda: _broker(cfg))
+    if config is not None and cfg.pacs.enabled:
+        step("pacs", lambda: _pacs(cfg))
     return 1 if failures else 0
