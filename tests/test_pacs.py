@@ -23,13 +23,14 @@ import pytest
 
 from edge_worker.pacs.sender import PacsTarget, Sender
 from edge_worker.pacs.sr import SCHEME, build_report, encode
-from edge_worker.service.config import Config, with_overrides
+from edge_worker.service.config import Config, PacsTlsConfig, with_overrides
 from edge_worker.service.health import Health
 from edge_worker.service.metrics import Registry
 from edge_worker.service.pacs_desk import PacsDesk
 from tests.conftest import free_port
 from tests.orthanc import STATION_AE, Orthanc, orthanc  # noqa: F401  (fixture)
 from tests.stations import wait_until
+from tests.test_security import pki  # noqa: F401  (fixture: a throw-away CA and certificates)
 
 pytest.importorskip("onnxruntime")
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,12 @@ def judged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, di
     return out
 
 
+def schema(name: str) -> Any:
+    """A validator for ``edge_worker/schema/<name>.schema.json``."""
+    jsonschema = pytest.importorskip("jsonschema")
+    return jsonschema.Draft202012Validator(json.loads((ROOT / "edge_worker" / "schema" / f"{name}.schema.json").read_text()))
+
+
 def pacs_config(tmp_path: Path, port: int, **pacs: Any) -> Config:
     return with_overrides(
         Config(site="site", station="xr-01"),
@@ -76,8 +83,13 @@ class Desk:
         self.health = Health()
         self.metrics = Registry()
         self.results: list[dict[str, Any]] = []
-        self.desk = PacsDesk(config, self.health, self.metrics, lambda t, d, r: self.results.append(dict(d)))
+        self.desk = PacsDesk(config, self.health, self.metrics, self._answer)
         self.desk.start()
+
+    def _answer(self, topic: str, doc: dict[str, Any], retain: bool) -> None:
+        assert topic == "xray/site/xr-01/reject/result" and not retain
+        schema("reject-result").validate(doc)
+        self.results.append(dict(doc))
 
     def command(self, verdict: dict[str, Any], action: str = "reject", **extra: Any) -> dict[str, Any]:
         doc = {"schema": "xray-qc/reject@1", "id": str(uuid.uuid4()), "action": action, "verdict_id": verdict["id"],
@@ -87,6 +99,8 @@ class Desk:
         if action == "reject":
             doc["reason"] = {"code": "111209", "scheme": "DCM", "meaning": "Positioning"}
         doc.update(extra)
+        if doc["id"] and doc["verdict_id"] != "no-such-verdict" and doc.get("reason", {}).get("code") != "999":
+            schema("reject").validate(doc)
         self.desk.handle("xray/site/xr-01/reject", json.dumps(doc).encode())
         return doc
 
@@ -308,3 +322,25 @@ def test_image_without_study_uid_is_a_typed_outcome(tmp_path: Path, judged: Any,
     assert d.desk.outbox.depth() == 0 and d.desk.outbox.source(verdict["id"]) is None
     cmd = d.command(verdict)
     assert d.answers(cmd["id"])[-1]["reason"] == "source_gone"
+
+
+def test_dicom_tls_to_orthanc(tmp_path: Path, judged: Any, desks: Any, pki: Any) -> None:
+    """Orthanc with DICOM TLS and client certificates required: our certificate gets in, the SR
+    is stored; without a client certificate (or with a foreign CA) the outcome is typed."""
+    server = Orthanc(tmp_path / "orthanc", tls={"cert": pki["server.crt"], "key": pki["server.key"], "ca": pki["ca.crt"]})
+    server.start()
+    try:
+        tls = {"ca_file": pki["ca.crt"], "cert_file": pki["xr-01.crt"], "key_file": pki["xr-01.key"]}
+        d = desks(pacs_config(tmp_path, server.dicom_port, tls=True, tls_files=PacsTlsConfig(**tls)))
+        assert d.desk.sender.echo().ok
+        d.desk.submit(*judged["ok"])
+        wait_until("the SR over TLS", lambda: len(server.instances()) == 1)
+        target = d.desk.sender.target
+        bare = Sender(PacsTarget(target.host, target.port, "ORTHANC", STATION_AE, 5.0, tls_ca=pki["ca.crt"], tls=True))
+        assert bare.echo().reason in ("association_aborted", "tls_failed", "unreachable")
+        foreign = Sender(PacsTarget(target.host, target.port, "ORTHANC", STATION_AE, 5.0, tls_ca=pki["other-ca.crt"], tls=True))
+        assert foreign.echo().reason == "tls_failed"
+        plain = Sender(PacsTarget(target.host, target.port, "ORTHANC", STATION_AE, 3.0))
+        assert not plain.echo().ok
+    finally:
+        server.stop()

@@ -92,19 +92,25 @@ class Sender:
 
     def _associate(self, sop_classes: Sequence[str]) -> Association | SendResult:
         t = self.target
-        try:  # tells "nothing listens" apart from a refusal (pynetdicom reports both as aborted)
-            with socket.create_connection((t.host, t.port), timeout=t.timeout_s):
-                pass
+        context: ssl.SSLContext | None = None
+        if t.tls:
+            try:
+                context = tls_context(t)
+            except OSError as exc:  # ssl.SSLError is an OSError
+                return SendResult("tls_failed", f"TLS files for {t.address}: {exc}")
+        # A probe first: pynetdicom reports "nothing listens" and a failed TLS handshake alike,
+        # as an aborted association.
+        try:
+            with socket.create_connection((t.host, t.port), timeout=t.timeout_s) as sock:
+                if context is not None:
+                    context.wrap_socket(sock, server_hostname=t.host).close()
+        except ssl.SSLError as exc:
+            return SendResult("tls_failed", f"{t.address}: TLS handshake failed: {exc.reason or exc}")
         except TimeoutError:
             return SendResult("timeout", f"{t.address}: no TCP connection within {t.timeout_s:g} s")
         except OSError as exc:
             return SendResult("unreachable", f"{t.address}: {exc.strerror or exc}")
-        kwargs = {}
-        if t.tls:
-            try:
-                kwargs["tls_args"] = (tls_context(t), t.host)
-            except (OSError, ssl.SSLError) as exc:
-                return SendResult("tls_failed", f"TLS files for {t.address}: {exc}")
+        kwargs = {} if context is None else {"tls_args": (context, t.host)}
         try:
             assoc = self._ae(sop_classes).associate(t.host, t.port, ae_title=t.called_ae, **kwargs)
         except (OSError, ssl.SSLError) as exc:
