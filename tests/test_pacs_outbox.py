@@ -1,0 +1,104 @@
+"""The PACS outbox (edge_worker/pacs/outbox.py) and the [pacs] config, without a PACS.
+
+Keys are never sent twice (a sent row stays, without its bytes), back-off is stored, a damaged
+file is healed like the other state files (the damage helper of tests/test_state_heal.py), and
+the config refuses what a PACS would refuse.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import FileMetaDataset
+
+from edge_worker.errors import ConfigError
+from edge_worker.pacs.outbox import PacsOutbox
+from edge_worker.service.config import parse
+from tests.test_state_heal import _damage, _damaged_copies
+
+
+def part10(i: int) -> bytes:
+    """A small valid DICOM Part 10 object with some padding (so the file spans many pages)."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.34", f"2.25.{i}"
+    ds.PatientComments = "x" * 2000
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_a_key_is_stored_once_sent_once_and_backed_off(tmp_path: Path) -> None:
+    with_path = tmp_path / "pacs.sqlite3"
+    box = PacsOutbox(with_path)
+    try:
+        assert box.put("sr:v1", "sr", "v1", "2.25.1", part10(1))
+        assert not box.put("sr:v1", "sr", "v1", "2.25.1", part10(99))  # the first bytes win
+        [entry] = box.due(time.time())
+        assert entry.data == part10(1) and entry.attempts == 0
+        box.mark_failed(entry.row_id, "unreachable: refused", time.time() + 60)
+        assert box.due(time.time()) == [] and box.depth() == 1
+        assert box.oldest_error() == "unreachable: refused"
+        assert box.next_due() is not None and box.next_due() > time.time() + 50  # type: ignore[operator]
+        box.mark_sent(entry.row_id)
+        assert box.depth() == 0 and box.state("sr:v1") == ("sent", "2.25.1")
+        assert not box.put("sr:v1", "sr", "v1", "2.25.1", part10(1))  # sent: never again
+        box.keep_source("v1", json.dumps({"a": 1}))
+        box.keep_source("v1", json.dumps({"a": 2}))
+        assert json.loads(box.source("v1") or "") == {"a": 1} and box.source("v2") is None
+        box.put("kos:c1", "kos", "v1", "2.25.2", part10(2))
+        assert box.latest_for("v1", ("kos", "revoke")) == ("kos:c1", "kos", "pending", "2.25.2")
+        assert box.cancel("kos:c1") and box.state("kos:c1") == ("cancelled", "2.25.2")
+    finally:
+        box.close()
+    again = PacsOutbox(with_path)  # a restart keeps all of it
+    try:
+        assert again.damage is None and again.state("sr:v1") == ("sent", "2.25.1")
+    finally:
+        again.close()
+
+
+def test_damaged_pacs_outbox_is_healed_and_keeps_whole_objects(tmp_path: Path) -> None:
+    path = tmp_path / "pacs.sqlite3"
+    box = PacsOutbox(path)
+    for i in range(200):
+        box.put(f"sr:v{i}", "sr", f"v{i}", f"2.25.{i}", part10(i))
+    box.close()
+    _damage(path, "garbage")
+    healed = PacsOutbox(path)
+    try:
+        assert healed.damage is not None and len(_damaged_copies(tmp_path, "pacs.sqlite3")) == 1
+        due = healed.due(time.time(), limit=1000)
+        assert len(due) >= 150 and healed.damage.recovered.get("objects") == len(due)
+        for entry in due:  # every object kept is whole: it parses, and is the one put
+            assert pydicom.dcmread(io.BytesIO(entry.data)).SOPInstanceUID == entry.sop_uid
+    finally:
+        healed.close()
+
+
+def test_pacs_config_is_strict() -> None:
+    ok = parse('[pacs]\nenabled = true\nhost = "pacs"\ncalled_ae = "PACS"\n'
+               'revoke_code = "REVOKE_REJECTION^99DCM4CHEE^Restore rejected Instances"\n')  # fmt: skip
+    assert ok.pacs.enabled and ok.pacs.port == 104 and ok.pacs.ae_title == "EDGEWORKER"
+    assert not parse("").pacs.enabled  # off by default
+    for text, key in (
+        ('[pacs]\nenabled = true\ncalled_ae = "PACS"\n', "pacs.host"),
+        ('[pacs]\nenabled = true\nhost = "h"\n', "pacs.called_ae"),
+        ('[pacs]\nenabled = true\nhost = "h"\ncalled_ae = "SEVENTEEN-CHARS-X"\n', "pacs.called_ae"),
+        ('[pacs]\nae_title = "BACK\\\\SLASH"\n', "pacs.ae_title"),
+        ('[pacs]\nport = 0\n', "pacs.port"),
+        ('[pacs]\ntimeout_seconds = 0.1\n', "pacs.timeout_seconds"),
+        ('[pacs]\nrevoke_code = "CODE^SCHEME"\n', "pacs.revoke_code"),
+        ('[pacs.tls_files]\nca_file = "/ca"\n', "pacs.tls"),
+        ('[pacs]\ntls = true\n[pacs.tls_files]\ncert_file = "/c"\n', "pacs.tls_files.cert_file"),
+        ('[pacs]\nsend_reprots = true\n', "pacs.send_reprots"),
+    ):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            parse(text)
