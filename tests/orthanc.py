@@ -2,7 +2,7 @@
 
 :class:`Orthanc` writes a config (temporary storage, HTTP and DICOM on 127.0.0.1, the station's
 AE title in ``DicomModalities``), starts the server, waits for ``/system`` and stops it.  The
-``orthanc`` fixture skips cleanly when the binary is absent.  Read back through the REST API:
+``orthanc`` fixture (import ``orthanc_fixture``) skips cleanly when the binary is absent.  Read back through the REST API:
 :meth:`Orthanc.instances`, :meth:`Orthanc.file` (the stored DICOM bytes).
 """
 
@@ -133,8 +133,8 @@ class Orthanc:
         return "\n".join(text.splitlines()[-lines:])
 
 
-@pytest.fixture
-def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+@pytest.fixture(name="orthanc")
+def orthanc_fixture(tmp_path: Path) -> Iterator[Orthanc]:
     """A started Orthanc accepting AE ``EDGEWORKER``; stopped at teardown (skips when absent)."""
     server = Orthanc(tmp_path / "orthanc")
     server.start()

@@ -28,9 +28,9 @@ from edge_worker.service.health import Health
 from edge_worker.service.metrics import Registry
 from edge_worker.service.pacs_desk import PacsDesk
 from tests.conftest import free_port
-from tests.orthanc import STATION_AE, Orthanc, orthanc  # noqa: F401  (fixture)
+from tests.orthanc import STATION_AE, Orthanc, orthanc_fixture  # noqa: F401  (fixture)
 from tests.stations import wait_until
-from tests.test_security import pki  # noqa: F401  (fixture: a throw-away CA and certificates)
+from tests.test_security import pki as pki_fixture  # noqa: F401  (a throw-away CA and certificates)
 
 pytest.importorskip("onnxruntime")
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ class RefusingScp:
 
     def __init__(self, status: int | None = None) -> None:
         from pynetdicom import AE, evt
-        from pynetdicom.sop_class import CTImageStorage, ComprehensiveSRStorage, Verification  # type: ignore[attr-defined]
+        from pynetdicom.sop_class import ComprehensiveSRStorage, CTImageStorage, Verification  # type: ignore[attr-defined]
 
         self.port = free_port()
         ae = AE(ae_title="SCP")
@@ -324,21 +324,27 @@ def test_image_without_study_uid_is_a_typed_outcome(tmp_path: Path, judged: Any,
     assert d.answers(cmd["id"])[-1]["reason"] == "source_gone"
 
 
-def test_dicom_tls_to_orthanc(tmp_path: Path, judged: Any, desks: Any, pki: Any) -> None:
+@pytest.fixture
+def certs(request: pytest.FixtureRequest) -> Any:
+    """tests/test_security.py's throw-away CA, server and client certificates."""
+    return request.getfixturevalue("pki_fixture")
+
+
+def test_dicom_tls_to_orthanc(tmp_path: Path, judged: Any, desks: Any, certs: Any) -> None:
     """Orthanc with DICOM TLS and client certificates required: our certificate gets in, the SR
     is stored; without a client certificate (or with a foreign CA) the outcome is typed."""
-    server = Orthanc(tmp_path / "orthanc", tls={"cert": pki["server.crt"], "key": pki["server.key"], "ca": pki["ca.crt"]})
+    server = Orthanc(tmp_path / "orthanc", tls={"cert": certs["server.crt"], "key": certs["server.key"], "ca": certs["ca.crt"]})
     server.start()
     try:
-        tls = {"ca_file": pki["ca.crt"], "cert_file": pki["xr-01.crt"], "key_file": pki["xr-01.key"]}
+        tls = {"ca_file": certs["ca.crt"], "cert_file": certs["xr-01.crt"], "key_file": certs["xr-01.key"]}
         d = desks(pacs_config(tmp_path, server.dicom_port, tls=True, tls_files=PacsTlsConfig(**tls)))
         assert d.desk.sender.echo().ok
         d.desk.submit(*judged["ok"])
         wait_until("the SR over TLS", lambda: len(server.instances()) == 1)
         target = d.desk.sender.target
-        bare = Sender(PacsTarget(target.host, target.port, "ORTHANC", STATION_AE, 5.0, tls_ca=pki["ca.crt"], tls=True))
+        bare = Sender(PacsTarget(target.host, target.port, "ORTHANC", STATION_AE, 5.0, tls_ca=certs["ca.crt"], tls=True))
         assert bare.echo().reason in ("association_aborted", "tls_failed", "unreachable")
-        foreign = Sender(PacsTarget(target.host, target.port, "ORTHANC", STATION_AE, 5.0, tls_ca=pki["other-ca.crt"], tls=True))
+        foreign = Sender(PacsTarget(target.host, target.port, "ORTHANC", STATION_AE, 5.0, tls_ca=certs["other-ca.crt"], tls=True))
         assert foreign.echo().reason == "tls_failed"
         plain = Sender(PacsTarget(target.host, target.port, "ORTHANC", STATION_AE, 3.0))
         assert not plain.echo().ok

@@ -22,7 +22,7 @@ import pytest
 from conftest import Mosquitto
 
 from edge_worker.phantoms.ankle import write_phantom
-from tests.orthanc import STATION_AE, Orthanc, orthanc  # noqa: F401  (fixture)
+from tests.orthanc import STATION_AE, Orthanc, orthanc_fixture  # noqa: F401  (fixture)
 from tests.stations import ROOT, render_toml, wait_until
 
 pytest.importorskip("onnxruntime")

@@ -22,7 +22,12 @@ from datetime import datetime
 from typing import Any
 
 from highdicom.ko import KeyObjectSelection, KeyObjectSelectionDocument
-from highdicom.sr import CodeContentItem, CodedConcept, ObserverContext, PersonObserverIdentifyingAttributes
+from highdicom.sr import (
+    CodeContentItem,
+    CodedConcept,
+    ObserverContext,
+    PersonObserverIdentifyingAttributes,
+)
 from highdicom.sr.enum import RelationshipTypeValues
 from pydicom import Dataset
 from pydicom.sr.codedict import codes

@@ -110,16 +110,19 @@ class Sender:
             return SendResult("timeout", f"{t.address}: no TCP connection within {t.timeout_s:g} s")
         except OSError as exc:
             return SendResult("unreachable", f"{t.address}: {exc.strerror or exc}")
-        kwargs = {} if context is None else {"tls_args": (context, t.host)}
-        try:
-            assoc = self._ae(sop_classes).associate(t.host, t.port, ae_title=t.called_ae, **kwargs)
-        except (OSError, ssl.SSLError) as exc:
-            return SendResult("tls_failed" if isinstance(exc, ssl.SSLError) else "unreachable", f"{t.address}: {exc}")
-        if assoc.is_established:
-            return assoc
-        if assoc.is_rejected:
-            return SendResult("association_rejected", f"{t.address} rejected the association of AE "
-                              f"{t.ae_title} (is it in the PACS's list of modalities?)")  # fmt: skip
+        # Twice at most: a PACS that rejects and closes at once (DCMTK) can reset the connection
+        # before its A-ASSOCIATE-RJ is read, which looks like an abort; the second try tells.
+        for _ in range(2):
+            try:
+                assoc = self._ae(sop_classes).associate(t.host, t.port, ae_title=t.called_ae,
+                                                        tls_args=None if context is None else (context, t.host))  # fmt: skip
+            except OSError as exc:  # ssl.SSLError is an OSError
+                return SendResult("tls_failed" if isinstance(exc, ssl.SSLError) else "unreachable", f"{t.address}: {exc}")
+            if assoc.is_established:
+                return assoc
+            if assoc.is_rejected:
+                return SendResult("association_rejected", f"{t.address} rejected the association of AE "
+                                  f"{t.ae_title} (is it in the PACS's list of modalities?)")  # fmt: skip
         why = "TLS handshake failed or " if t.tls else ""
         return SendResult("association_aborted", f"{t.address}: {why}the association was aborted or timed out")
 
@@ -145,7 +148,7 @@ class Sender:
         for data in objects:
             try:
                 datasets.append(pydicom.dcmread(io.BytesIO(data)))
-            except Exception as exc:  # pydicom raises several types for a torn file
+            except Exception as exc:  # noqa: BLE001  (pydicom raises many types for a torn file; it was ours)
                 datasets.append(SendResult("invalid_object", f"not a DICOM file: {exc}"))
         classes = [str(d.SOPClassUID) for d in datasets if isinstance(d, Dataset)]
         if not classes:
