@@ -253,6 +253,9 @@ def test_reject_command_makes_a_kos_in_orthanc(orthanc: Orthanc, judged: Any, de
     uid = answers[0]["document_sop_instance_uid"]
     assert answers[1]["document_sop_instance_uid"] == uid and answers[1]["verdict_id"] == verdict["id"]
     kos = next(ds for ds in stored(orthanc) if ds.Modality == "KO")
+    parsed = hd.ko.KeyObjectSelectionDocument.from_dataset(kos)  # highdicom's own reading of TID 2010
+    assert parsed.resolve_reference(verdict["sop_instance_uid"]) == (
+        verdict["study_instance_uid"], verdict["series_instance_uid"], verdict["sop_instance_uid"])
     assert kos.SOPInstanceUID == uid and kos.StudyInstanceUID == verdict["study_instance_uid"]
     title = kos.ConceptNameCodeSequence[0]
     assert (title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning) == ("113001", "DCM", "Rejected for Quality Reasons")
