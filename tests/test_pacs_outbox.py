@@ -102,3 +102,34 @@ def test_pacs_config_is_strict() -> None:
     ):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             parse(text)
+
+
+def test_withdrawing_a_rejection_not_yet_sent_cancels_it(tmp_path: Path) -> None:
+    """The rejection never reached the PACS: it is cancelled, never sent, and nothing else is
+    made (no revocation needed); a second withdrawal finds nothing to withdraw."""
+    from edge_worker.pacs import commands
+    from edge_worker.pacs.sr import source_header
+    from edge_worker.phantoms.ankle import write_phantom
+
+    write_phantom(tmp_path / "a.dcm", seed=4, size=256, grade=3)
+    header = source_header(pydicom.dcmread(tmp_path / "a.dcm", stop_before_pixels=True))
+    box = PacsOutbox(tmp_path / "pacs.sqlite3")
+    try:
+        box.keep_source("v1", header.to_json())
+        base = {"schema": "xray-qc/reject@1", "verdict_id": "v1", "sop_instance_uid": str(header.SOPInstanceUID),
+                "study_instance_uid": str(header.StudyInstanceUID), "series_instance_uid": str(header.SeriesInstanceUID),
+                "confirmed_by": "anna", "tier": 2, "confirmed_at": "2026-12-03T17:00:00+00:00", "review_version": 1}  # fmt: skip
+        reject = {**base, "id": "r1", "action": "reject", "reason": {"code": "111211", "scheme": "DCM", "meaning": "Under exposed"}}
+        queued = commands.act(box, reject, None)
+        assert queued["outcome"] == "queued" and box.depth() == 1
+        withdraw = {**base, "id": "w1", "action": "withdraw"}
+        done = commands.act(box, withdraw, None)
+        assert (done["outcome"], done["reason"]) == ("sent", "cancelled")
+        assert box.depth() == 0 and box.due(time.time()) == []  # never sent
+        assert commands.act(box, withdraw, None) == done  # the same id: the same answer
+        again = commands.act(box, {**withdraw, "id": "w2"}, None)
+        assert (again["outcome"], again["reason"]) == ("refused", "nothing_to_withdraw")
+        repeated = commands.act(box, reject, None)  # r1 again: its KOS was withdrawn, never sent
+        assert (repeated["outcome"], repeated["reason"]) == ("refused", "withdrawn")
+    finally:
+        box.close()

@@ -73,9 +73,12 @@ def current(outbox: PacsOutbox, command: dict[str, Any], stored: dict[str, Any])
     state = outbox.state(str(key))
     if state is None:
         return result(command, "refused", "source_gone", "the object of this command is no longer known")
-    outcome = {"pending": "queued", "sent": "sent", "cancelled": "sent"}.get(state[0], "queued")
-    reason = "cancelled" if state[0] == "cancelled" else ""
-    return result(command, outcome, reason, str(stored.get("detail", "")), state[1])
+    if state[0] == "cancelled":  # a rejection withdrawn before it was sent
+        if command.get("action") == "reject":
+            return result(command, "refused", "withdrawn", "withdrawn before it reached the PACS; never sent", state[1])
+        return result(command, "sent", "cancelled", str(stored.get("detail", "")), state[1])
+    outcome = "sent" if state[0] == "sent" else "queued"
+    return result(command, outcome, "", str(stored.get("detail", "")), state[1])
 
 
 def act(outbox: PacsOutbox, command: dict[str, Any], revoke_code: CodedConcept | None) -> dict[str, Any]:
