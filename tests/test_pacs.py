@@ -358,3 +358,32 @@ def test_dicom_tls_to_orthanc(tmp_path: Path, judged: Any, desks: Any, certs: An
         assert not plain.echo().ok
     finally:
         server.stop()
+
+
+def test_sr_carries_every_rule_of_a_rules_pack(tmp_path: Path) -> None:
+    """The lumbar demo pack (segmentation + rules): each rule's result and measured value is in
+    the SR's measurement group, read back by highdicom."""
+    import csv
+
+    from edge_worker.backends import select
+    from edge_worker.ingest.types import IngestPolicy
+    from edge_worker.judging.process import Judge
+    from edge_worker.packs.pack import load_pack
+    from edge_worker.phantoms.lumbar import write_lumbar_dataset
+    from edge_worker.pipeline.runner import Pipeline
+
+    labels = write_lumbar_dataset(tmp_path, 4, 555)
+    path = tmp_path / next(csv.DictReader(labels.open()))["file"]
+    judge = Judge(Pipeline(load_pack(ROOT / "models" / "packs" / "lumbar-demo"), select(["onnxruntime-cpu"])),
+                  "site", "xr-01", IngestPolicy())  # fmt: skip
+    verdict = judge(path).payload
+    assert verdict["rules"], "the lumbar pack lists its rules"
+    sr = hd.sr.srread(io.BytesIO(encode(build_report(verdict, pydicom.dcmread(path, stop_before_pixels=True),
+                                                      station="xr-01"))))  # fmt: skip
+    group = sr.content.get_image_measurement_groups()[0]
+    results = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+    measures = {m.name.value: m.value for m in group.get_measurements()}
+    for rule in verdict["rules"]:
+        assert results[f"RULE-{rule['code']}"] == f"RULE-{rule['status']}"
+        if rule["value"] is not None:
+            assert measures[f"MEASURE-{rule['code']}"] == pytest.approx(rule["value"])
