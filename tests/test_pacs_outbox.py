@@ -56,11 +56,15 @@ def test_a_key_is_stored_once_sent_once_and_backed_off(tmp_path: Path) -> None:
         box.put("kos:c1", "kos", "v1", "2.25.2", part10(2))
         assert box.latest_for("v1", ("kos", "revoke")) == ("kos:c1", "kos", "pending", "2.25.2")
         assert box.cancel("kos:c1") and box.state("kos:c1") == ("cancelled", "2.25.2")
+        box.put("sr:v9", "sr", "v9", "2.25.9", part10(9))
+        assert box.prune(time.time() + 1) == 3  # the header, the sent SR, the cancelled KOS
+        assert box.source("v1") is None and box.state("sr:v1") is None and box.state("sr:v9") == ("pending", "2.25.9")
+        assert box.put("sr:v1", "sr", "v1", "2.25.1", part10(1))  # forgotten: it may be sent again (same UIDs)
     finally:
         box.close()
     again = PacsOutbox(with_path)  # a restart keeps all of it
     try:
-        assert again.damage is None and again.state("sr:v1") == ("sent", "2.25.1")
+        assert again.damage is None and again.state("sr:v9") == ("pending", "2.25.9")
     finally:
         again.close()
 

@@ -194,6 +194,15 @@ class PacsOutbox:
             self._db.execute("INSERT OR IGNORE INTO commands (id, result, at) VALUES (?, ?, ?)",
                              (command_id, json.dumps(result, sort_keys=True), time.time()))  # fmt: skip
 
+    def prune(self, before: float) -> int:
+        """Forget kept headers and sent or cancelled objects older than ``before`` (a POSIX time);
+        pending objects stay whatever their age.  Returns the rows deleted."""
+        with self._lock:
+            a = self._db.execute("DELETE FROM sources WHERE kept < ?", (before,)).rowcount
+            b = self._db.execute("DELETE FROM objects WHERE state != 'pending' AND created < ?", (before,)).rowcount
+            c = self._db.execute("DELETE FROM commands WHERE at < ?", (before,)).rowcount
+        return int(a + b + c)
+
     def close(self) -> None:
         """Close the database.  Idempotent."""
         with self._lock:

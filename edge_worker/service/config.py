@@ -322,6 +322,10 @@ class PacsConfig:
     retry_max_seconds: float = 300.0
     """Longest wait between two tries of an object the PACS did not take (back-off doubles from
     2 s up to this; 2-86400 s)."""
+    keep_days: float = 365.0
+    """How long the station remembers a judged image's header (for a later confirmation) and
+    what it sent (so it never sends it twice); older: a confirmation is refused source_gone
+    (1-3650 days)."""
     revoke_code: str = ""
     """The PACS's own code to revoke a rejection, as CODE^SCHEME^Meaning (dcm4chee:
     REVOKE_REJECTION^99DCM4CHEE^Restore rejected Instances); empty: DICOM has no standard one,
@@ -636,6 +640,7 @@ def _validate_pacs(config: Config) -> None:
     p = config.pacs
     _in_range("pacs.timeout_seconds", p.timeout_seconds, 0.5, 600)
     _in_range("pacs.retry_max_seconds", p.retry_max_seconds, 2, 86_400)
+    _in_range("pacs.keep_days", p.keep_days, 1, 3650)
     _in_range("pacs.port", p.port, 1, 65535)
     for key in ("ae_title", "called_ae"):
         value = getattr(p, key)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _STOP = object()
 QUEUE_SIZE = 256
 RETRY_MIN_S = 2.0
+PRUNE_EVERY_S = 3600.0
 _KIND_ACTION = {"kos": "reject", "revoke": "withdraw"}
 
 
@@ -84,6 +86,7 @@ class PacsDesk:
         # Held while objects are sent and while a command acts: a withdrawal never cancels an
         # object that is on its way to the PACS.
         self._sending = threading.Lock()
+        self._next_prune = 0.0
         self._thread = threading.Thread(target=self._run, name="edge-worker/pacs", daemon=True)
         metrics.describe("edge_worker_pacs_outbox_depth", "gauge", "DICOM objects stored and not yet taken by the PACS")
         metrics.describe("edge_worker_pacs_sent_total", "counter", "DICOM objects the PACS stored, by kind")
@@ -177,10 +180,23 @@ class PacsDesk:
             except Exception:  # a failing disk or library: reported, tried again
                 log.exception("PACS: sending failed")
             self._health()
+            if time.monotonic() >= self._next_prune:
+                self._prune()
             due = self.outbox.next_due()
             wait = 5.0 if due is None else min(5.0, max(0.05, due - time.time()))
             self._wake.wait(wait)
             self._wake.clear()
+
+    def _prune(self) -> None:
+        """Once an hour: forget what is older than ``[pacs] keep_days``."""
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        try:
+            gone = self.outbox.prune(time.time() - self.config.pacs.keep_days * 86_400)
+        except sqlite3.Error as exc:
+            log.error("PACS: pruning %s failed: %s", self.outbox.path, exc)
+            return
+        if gone:
+            log.info("PACS: forgot %d row(s) older than %g days", gone, self.config.pacs.keep_days)
 
     def _file(self, verdict: dict[str, Any], header: pydicom.Dataset) -> None:
         """Keep the image's header for a later KOS, and store the SR (when reports are on)."""
