@@ -95,6 +95,31 @@ def _config(stage: Stage, recipe: Recipe, index: int) -> TrainConfig:
                        arch=arch, labels=recipe.views)  # fmt: skip
 
 
+def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: str,
+                  index: int) -> None:  # fmt: skip
+    """Train ``stage``'s U-Net on its view's training images and masks, measure it on the
+    held-out ones, and save the checkpoint (with ``key``) at ``path``."""
+    from export.build.labels import read_mask
+    from models.segment import SegmentSpec, dice_per_class, inputs, save, targets, train_segmenter
+
+    h = stage.hyper
+    spec = SegmentSpec(stage.classes, h.height, h.width, h.net_width)
+    train_rows = [r for r in split.train if r.record.view == stage.view and r.mask is not None]
+    net, facts = train_segmenter(
+        spec, [r.sample.working for r in train_rows], [read_mask(r.mask) for r in train_rows],
+        h.steps, h.batch, h.lr or 3e-3, recipe.seed + 100 + index, stage.name)  # type: ignore[arg-type]
+    held = [r for r in split.test if r.record.view == stage.view and r.mask is not None]
+    if held:
+        with torch.inference_mode():
+            probs = net(torch.from_numpy(inputs([r.sample.working for r in held], spec))).numpy()
+        truth = targets([read_mask(r.mask) for r in held], spec)  # type: ignore[arg-type]
+        per_image = [dice_per_class(p.argmax(0), t, spec.classes) for p, t in zip(probs, truth)]
+        facts["dice_mean"] = round(float(np.mean([np.mean(list(d.values())) for d in per_image
+                                                  if d])), 4)  # fmt: skip
+    facts["n_val"] = len(held)
+    save(path, net, spec, stage.view, facts, {"build_key": key})
+
+
 def reusable(path: Path, key: str) -> bool:
     """Whether the checkpoint at ``path`` exists, loads and was trained from ``key``."""
     if not path.is_file():
@@ -116,6 +141,8 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
     done: dict[str, Path] = {}
     started = time.monotonic()
     for i, stage in enumerate(recipe.stages):
+        if not stage.network:
+            continue  # a rules stage is data in the manifest: nothing to train
         path = ckpt_dir / f"{stage.name}.pt"
         key = stage_key(stage, recipe, labels_sha256, split)
         head = f"[{i + 1}/{len(recipe.stages)}] {stage.name}"
@@ -127,6 +154,11 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
         log(f"{head}: {stage.task}{f' {stage.view}' if stage.view else ''}, input "
             f"{h.height}x{h.width}, batch {h.batch}, {h.steps} steps, lr "
             f"{h.lr or 'paper'}, width {h.net_width}")  # fmt: skip
+        if stage.task == "segment":
+            train_segment(stage, recipe, split, path, key, i)
+            done[stage.name] = path
+            log(f"{head}: saved {path.name}")
+            continue
         scratch = ckpt_dir / f".{stage.name}.partial"
         shutil.rmtree(scratch, ignore_errors=True)
         written = train(_config(stage, recipe, i), samples_for(stage, train_rows),

@@ -1,0 +1,132 @@
+"""CI smoke runs of the shipped recipes: the one ``edge-export build`` command, ``--preset short``.
+
+Each test runs the command as a person would (a subprocess of ``python -m export.cli build``)
+on (a) ankle phantoms, (b) lumbar phantoms with class-index mask files and rules, (c) a small
+patient-disjoint subset of the real chest images of ``../shared/data/training`` (skipped
+where it is absent), then checks what a site would rely on: the pack loads in the worker
+(sha256 and seal verified), it judges a held-out image through ONNX Runtime (``edge-worker
+analyze`` for DICOM; the worker's ``Pipeline`` for the chest PNGs, which ``analyze`` does not
+read), and the manifest carries the split by patient, the labels' sha256, the licences and the
+figures.  ``tests/test_build.py`` covers refusals, the split, resume after a kill and the
+label gate; nothing of that is repeated here.  The figures of a short build mean nothing
+(tiny networks, a few steps): only the machinery is checked, never an accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from edge_worker.packs.pack import Pack, load_pack
+from export.build.labels import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "models" / "recipes"
+TRAINING = ROOT.parent.parent / "shared" / "data" / "training"
+if not TRAINING.is_dir():  # a worktree sits two levels below the shared folder's parent
+    TRAINING = Path("/work/shared/data/training")
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+#: A short build's wall-clock limit: far above its 1-3 minutes, below a hung run's forever.
+LIMIT_S = 600
+
+
+def _build(recipe: Path, data: Path, labels: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "export.cli", "build", "--recipe", str(recipe),
+                           "--data", str(data), "--labels", str(labels), "--out", str(out),
+                           "--preset", "short"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=LIMIT_S, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _held_out(pack: Pack, labels: Path) -> list[dict[str, str]]:
+    """The labels rows of the pack's held-out images (``validation.test_set.lines``)."""
+    lines = set(pack.validation["test_set"]["lines"])
+    with labels.open(newline="") as handle:
+        return [row for i, row in enumerate(csv.DictReader(handle)) if i + 2 in lines]
+
+
+def _check_manifest(pack: Pack, labels: Path, n_images: int, licences: dict[str, int]) -> None:
+    training = pack.training_data
+    assert training["preset"] == "short" and pack.name.endswith("-smoke")
+    manifest = json.loads((pack.root / "manifest.json").read_text())
+    assert manifest["description"].startswith("SMOKE BUILD") and manifest["version"].endswith("-smoke")
+    assert training["labels"]["sha256"] == sha256_file(labels)
+    assert training["licenses"] == licences
+    split = training["split"]
+    assert split["by"] == "patient" and split["seed"] == 20261203
+    assert split["train"]["images"] + split["test"]["images"] == n_images
+    assert split["test"]["patients"] >= 1 and split["train"]["patients"] >= 1
+    chained = pack.validation["pipeline"]
+    assert chained["n"] == split["test"]["images"] == len(pack.validation["test_set"]["lines"])
+    assert 0.0 <= chained["view_accuracy"] <= 1.0
+    assert sum(map(sum, chained["view_confusion"]["matrix"])) == chained["n"]
+    assert set(pack.validation["per_stage"]) <= {s.name for s in pack.networks}
+    assert (pack.root / "evaluation.html").is_file() and (pack.root / "evaluation.json").is_file()
+
+
+def _analyze(pack_dir: Path, files: list[Path]) -> list[dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "edge_worker.cli", "analyze", "--json", "--pack",
+                          str(pack_dir), *map(str, files)], cwd=ROOT, env=ENV, check=True,
+                         capture_output=True, text=True, timeout=LIMIT_S).stdout  # fmt: skip
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_short_lumbar_build_segments_with_named_classes_and_judges_by_its_rules(tmp_path: Path) -> None:
+    from models.lumbar.rules import RULES
+    from models.recipes.make_lumbar_data import write_lumbar_build_data
+
+    data = tmp_path / "data"
+    labels = write_lumbar_build_data(data, 24, seed=7)
+    out = tmp_path / "pack"
+    proc = _build(RECIPES / "lumbar.toml", data, labels, out)
+    assert "rule agreement" in proc.stdout
+
+    pack = load_pack(out)
+    _check_manifest(pack, labels, 24, {"CC0-1.0": 24})
+    assert [(s.name, s.task) for s in pack.stages] == [
+        ("view", "classify"), ("seg_ap", "segment"), ("seg_lat", "segment"), ("seg_obl", "segment"),
+        ("rules_ap", "rules"), ("rules_lat", "rules"), ("rules_obl", "rules")]
+    seg_ap = next(s for s in pack.stages if s.name == "seg_ap")
+    assert seg_ap.options["classes"][:2] == ("background", "body") and seg_ap.options["activation"] == "softmax"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["decision"] == {"judged_by": ["rules_ap", "rules_lat", "rules_obl"]}
+    declared = {s["name"]: s["rules"] for s in manifest["stages"] if s["task"] == "rules"}
+    assert declared == {f"rules_{v.lower()}": RULES[v] for v in RULES}  # the lumbar pack's rules
+    v = pack.validation
+    rules = v["pipeline"]["rules"]
+    # Every held-out image's true-view rules are compared: AP has 4 rules, LAT and OBL 3.
+    per_view = {"AP": 4, "LAT": 3, "OBL": 3}
+    assert rules["all"]["n"] == sum(per_view[r["view"]] for r in _held_out(pack, labels))
+    assert 0.0 <= rules["all"]["agreement"] <= 1.0 and set(rules["per_rule"]) <= {
+        r["code"] for rs in RULES.values() for r in rs}
+    for name in ("seg_ap", "seg_lat", "seg_obl"):
+        stage = v["per_stage"][name]
+        assert stage["n"] >= 1 and 0.0 <= stage["dice_mean"] <= 1.0
+        assert set(stage["dice_per_class"]) <= set(next(s for s in pack.stages if s.name == name)
+                                                   .options["classes"][1:])
+    report = json.loads((out / "evaluation.json").read_text())
+    assert len(report["figures"]["per_stage"]["seg_ap"]["dice"]) == v["per_stage"]["seg_ap"]["n"]
+    page = (out / "evaluation.html").read_text()
+    assert "Dice histogram" in page and "agreement" in page
+
+    held = _held_out(pack, labels)[0]
+    (verdict,) = _analyze(out, [data / held["file"]])
+    assert verdict["kind"] == "verdict" and verdict["pack"]["name"] == "lumbar-phantom-smoke"
+    assert verdict["decision"] in ("ok", "review", "retake")
+    # Every view has a segmenter: the rules of the view the pack saw were measured (or the
+    # verdict says why one could not be), each with its textbook criterion.
+    outcomes = verdict["rules"]
+    assert len(outcomes) == per_view[verdict["view"]["label"]]
+    assert all(r["status"] in ("pass", "fail", "not_measurable") for r in outcomes)
+    assert all(r["criterion"].startswith("Bontrager") for r in outcomes)
