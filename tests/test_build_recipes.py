@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,26 @@ def _analyze(pack_dir: Path, files: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def test_short_ankle_build_from_the_one_command_is_judged_by_the_worker(tmp_path: Path) -> None:
+    from edge_worker.phantoms.ankle import write_dataset
+
+    data = tmp_path / "data"
+    labels = write_dataset(data, 24, seed=4242, rotation_range=(0.0, 360.0), size=512)
+    out = tmp_path / "pack"
+    _build(RECIPES / "ankle.toml", data, labels, out)
+
+    pack = load_pack(out)
+    _check_manifest(pack, labels, 24, {"CC0-1.0": 24})
+    chained = pack.validation["pipeline"]
+    assert chained["grade3_decided_ok"] >= 0 and "grade_confusion" in chained
+    held = _held_out(pack, labels)
+    verdicts = _analyze(out, [data / r["file"] for r in held[:2]])
+    for row, verdict in zip(held, verdicts):
+        assert verdict["kind"] == "verdict" and verdict["pack"]["name"] == "ankle-phantom-smoke"
+        assert verdict["view"]["label"] in ("AP", "LAT") and verdict["orientation"] is not None
+        assert verdict["decision"] in ("ok", "review", "retake"), row
+
+
 def test_short_lumbar_build_segments_with_named_classes_and_judges_by_its_rules(tmp_path: Path) -> None:
     from models.lumbar.rules import RULES
     from models.recipes.make_lumbar_data import write_lumbar_build_data
@@ -130,3 +151,67 @@ def test_short_lumbar_build_segments_with_named_classes_and_judges_by_its_rules(
     assert len(outcomes) == per_view[verdict["view"]["label"]]
     assert all(r["status"] in ("pass", "fail", "not_measurable") for r in outcomes)
     assert all(r["criterion"].startswith("Bontrager") for r in outcomes)
+
+
+needs_chest = pytest.mark.skipif(not (TRAINING / "chest-multisite" / "labels.csv").is_file()
+                                 or not (TRAINING / "chest-views" / "labels.csv").is_file(),
+                                 reason="../shared/data/training (real chest images) is absent")  # fmt: skip
+
+
+@pytest.mark.shared
+@needs_chest
+def test_chest_labels_script_keeps_patients_licences_and_sites(tmp_path: Path) -> None:
+    from models.chest.multisite import read_records
+    from models.recipes.chest_labels import write_labels
+
+    out = tmp_path / "labels.csv"
+    facts = write_labels(TRAINING, out)
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    records = read_records(TRAINING)
+    dev = {r.path.relative_to(TRAINING).as_posix() for r in records if r.dev}
+    assert len(rows) == facts["images"] == len(records) - len(dev)
+    assert not {r["file"] for r in rows} & dev  # DEV-set patients never train
+    assert {r["view"] for r in rows} == {"AP", "PA", "LATERAL"}
+    supine = [r for r in rows if r["raw_view"] == "AP_SUPINE"]
+    assert supine and all(r["view"] == "AP" for r in supine)
+    assert all(r["patient_key"].startswith(("hannover:", "cohen:")) for r in rows)
+    assert {"CC BY 3.0", "unknown"} <= {r["license"] for r in rows}
+    assert all((TRAINING / r["file"]).is_file() and r["rotation_deg"] == "0" for r in rows)
+    assert any(r["site"] == "Hannover Medical School, Hannover, Germany" for r in rows)
+
+
+@pytest.mark.shared
+@needs_chest
+def test_short_chest_build_on_a_real_subset_judges_a_held_out_image(tmp_path: Path) -> None:
+    import cv2
+
+    from edge_worker.backends import LoadOptions, select
+    from edge_worker.pipeline.runner import Pipeline
+    from models.recipes.chest_labels import write_labels
+
+    labels = tmp_path / "labels.csv"
+    facts = write_labels(TRAINING, labels, patients_per_view=5, images_per_patient=2)
+    with labels.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    out = tmp_path / "pack"
+    _build(RECIPES / "chest.toml", TRAINING, labels, out)
+
+    pack = load_pack(out)
+    _check_manifest(pack, labels, len(rows), dict(Counter(r["license"] for r in rows)))
+    assert facts["licenses"] == pack.training_data["licenses"]
+    assert [(s.name, s.task) for s in pack.stages] == [("orientation", "orientation"), ("view", "classify")]
+    view = next(s for s in pack.stages if s.name == "view")
+    assert view.labels == ("AP", "PA", "LATERAL")
+    assert pack.training_data["labels"]["ignored_columns"] == ["site", "source", "raw_view"]
+    assert "grade_accuracy" not in pack.validation["pipeline"]
+    held = _held_out(pack, labels)
+    train_patients = {r["patient_key"] for r in rows} - {r["patient_key"] for r in held}
+    assert not {r["patient_key"] for r in held} & train_patients
+
+    image = cv2.imread(str(TRAINING / held[0]["file"]), cv2.IMREAD_GRAYSCALE)
+    assert image is not None
+    pipeline = Pipeline(pack, select(["onnxruntime-cpu"]), LoadOptions())
+    judged = pipeline.judge(image.astype("float32") / 255.0)
+    assert judged.view.label in view.labels and 0.0 <= judged.view.confidence <= 1.0
+    assert judged.orientation is not None and judged.decision in ("ok", "review", "retake")

@@ -89,6 +89,15 @@ def _stage_facts(s: Stage) -> dict[str, Any]:
     return facts
 
 
+def _summary(chained: dict[str, Any]) -> str:
+    if "rules" in chained:
+        return f", rule agreement {chained['rules']['all']['agreement']}"
+    if "grade_accuracy" in chained:
+        return (f", grade accuracy {chained['grade_accuracy']}, grade-3 decided ok "
+                f"{chained['grade3_decided_ok']}")
+    return f", decisions {chained['decisions']}"
+
+
 def _thresholds(recipe: Recipe, task: str) -> dict[str, float]:
     return {key: recipe.decision[name] for name, (t, key) in _DECISION.items()
             if t == task and name in recipe.decision}  # fmt: skip
@@ -99,6 +108,8 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
     import torch
 
     from export.build.chain import evaluate_pack
+    from export.build.labels import read_labels
+    from export.build.report import GRADE_KEYS, figures, write_report
     from export.build.segmented import (
         decisions_by_rule_truth,
         evaluate_segmented,
@@ -107,8 +118,6 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         rule_figures,
         write_segmented_pack,
     )
-    from export.build.labels import read_labels
-    from export.build.report import GRADE_KEYS, figures, write_report
     from export.build.stages import train_stages
     from export.onnx import ATOL, RTOL, export_stage, load_checkpoint
     from export.pack import write_pack
@@ -128,7 +137,9 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         **split.describe(), "train_lines": [r.line for r in split.train],
         "test_lines": [r.line for r in split.test]}, indent=1) + "\n")  # fmt: skip
     ckpts = train_stages(recipe, split, labels.sha256, work, args.resume, log)
-    stage_files, per_stage_torch, parity = [], {}, {}
+    stage_files: list[Any] = []
+    per_stage_torch: dict[str, Any] = {}
+    parity: dict[str, Any] = {}
     segments: dict[str, tuple[Path, dict[str, Any]]] = {}
     for stage in recipe.stages:
         if not stage.network:
@@ -166,8 +177,10 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
     log(f"judging the {len(split.test)} held-out images through the worker's pipeline")
     chain, per_stage = (evaluate_segmented if segmented else evaluate_pack)(out, split.test)
     figs = figures(chain, per_stage, list(recipe.views), list(recipe.grades))
-    if segmented:  # judged by rules: no grade figures, the rules' instead
+    if not any(s.task == "quality" for s in recipe.stages):  # no grade: no grade figures
         figs["chained"] = {k: v for k, v in figs["chained"].items() if k not in GRADE_KEYS}
+        figs["chained"]["decisions"] = dict(Counter(r["decision"] for r in chain))
+    if segmented:  # judged by rules: the rules' figures
         figs["chained"]["rules"] = rule_figures(chain)
         figs["chained"]["decisions_by_rule_truth"] = decisions_by_rule_truth(chain)
     data_text = (f"{len(split.test)} images of {len({r.patient for r in split.test})} held-out "
@@ -193,10 +206,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
               "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
     write_report(out, result, chain)
     log(f"wrote {manifest} and its report in {(time.monotonic() - started) / 60:.1f} min: view "
-        f"accuracy {figs['chained']['view_accuracy']}, " + (
-            f"rule agreement {figs['chained']['rules']['all']['agreement']}" if segmented else
-            f"grade accuracy {figs['chained']['grade_accuracy']}, grade-3 decided ok "
-            f"{figs['chained']['grade3_decided_ok']}"))
+        f"accuracy {figs['chained']['view_accuracy']}" + _summary(figs["chained"]))
     return manifest
 
 

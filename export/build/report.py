@@ -247,7 +247,7 @@ def thumbnail(record: dict[str, Any], side: int = 160) -> str:
 
 #: Chained figures of the quality grade: a segmented pack (judged by rules) has none.
 GRADE_KEYS = ("grade_accuracy", "grade_confusion", "decisions_by_true_grade", "grade3_decided_ok",
-              "quality_margin_vs_accuracy", "score_vs_truth", "orientation_errors_deg")
+              "quality_margin_vs_accuracy", "score_vs_truth")
 
 
 def _graded_html(c: dict[str, Any]) -> list[str]:
@@ -262,14 +262,20 @@ def _graded_html(c: dict[str, Any]) -> list[str]:
             svg_histogram(c["dice"], "Dice of the found box"), "</div>"]  # fmt: skip
 
 
-def _segmented_html(c: dict[str, Any]) -> list[str]:
-    return [f"<p>view accuracy {c['view_accuracy']}, rule agreement "
-            f"{c['rules']['all']['agreement']}; decisions by the rules on the labelled masks "
-            f"{html.escape(json.dumps(c.get('decisions_by_rule_truth', {})))}</p>",
-            html_confusion(c["view_confusion"], "view"),
-            "<div>", svg_bins(c["view_reliability"], "view confidence: reliability", True),
-            svg_histogram(c["dice"], "Dice of the segmentation (chained)"), "</div>",
-            *_rules_html(c.get("rules"))]  # fmt: skip
+def _ungraded_html(c: dict[str, Any]) -> list[str]:
+    """A pack without a quality stage: judged by its rules, or a view (and orientation) pack."""
+    rules = c.get("rules")
+    summary = (f", rule agreement {rules['all']['agreement']}; decisions by the rules on the "
+               f"labelled masks {html.escape(json.dumps(c.get('decisions_by_rule_truth', {})))}"
+               if rules else f"; decisions {html.escape(json.dumps(c.get('decisions', {})))}")
+    plots = [svg_bins(c["view_reliability"], "view confidence: reliability", True)]
+    if c.get("dice"):
+        plots.append(svg_histogram(c["dice"], "Dice of the segmentation (chained)"))
+    if c.get("orientation_errors_deg"):
+        plots.append(svg_histogram(c["orientation_errors_deg"], "orientation error, deg", 0.0, 180.0))
+    return [f"<p>view accuracy {c['view_accuracy']}{summary}</p>",
+            html_confusion(c["view_confusion"], "view"), "<div>", *plots, "</div>",
+            *_rules_html(rules)]  # fmt: skip
 
 
 def _rules_html(rules: dict[str, Any] | None) -> list[str]:
@@ -282,8 +288,8 @@ def _rules_html(rules: dict[str, Any] | None) -> list[str]:
                     f"<td>{r['fail_detected']}</td><td>{r['pass_kept']}</td><td>"
                     f"{html.escape(json.dumps(r['confusion']))}</td></tr>")  # fmt: skip
     return ["<h3>Rules: the pack's outcome against the same rule on the labelled mask</h3>",
-            "<table class=cm><tr><th>rule</th><th>n</th><th>agreement</th><th>fail detected</th>"
-            "<th>pass kept</th><th>truth -> predicted</th></tr>", *rows, "</table>"]
+            ("<table class=cm><tr><th>rule</th><th>n</th><th>agreement</th><th>fail detected</th>"
+             "<th>pass kept</th><th>truth -> predicted</th></tr>"), *rows, "</table>"]
 
 
 def write_report(folder: Path, result: dict[str, Any], chain: list[dict[str, Any]]) -> tuple[Path, Path]:
@@ -296,7 +302,7 @@ def write_report(folder: Path, result: dict[str, Any], chain: list[dict[str, Any
     parts = [f"<h1>{html.escape(head['name'])} {html.escape(head['version'])}</h1>",
              f"<p>{html.escape(result['data'])}</p>",
              "<h2>Chained, as the worker runs the pack</h2>",
-             *(_graded_html(c) if "grade_accuracy" in c else _segmented_html(c)),
+             *(_graded_html(c) if "grade_accuracy" in c else _ungraded_html(c)),
              "<h2>Per stage (each network alone, truth upstream)</h2>"]  # fmt: skip
     for name, s in figs["per_stage"].items():
         parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(json.dumps({k: v for k, v in s.items() if not isinstance(v, (list, dict))}))}</p>")

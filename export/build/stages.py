@@ -104,15 +104,15 @@ def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: s
 
     h = stage.hyper
     spec = SegmentSpec(stage.classes, h.height, h.width, h.net_width)
-    train_rows = [r for r in split.train if r.record.view == stage.view and r.mask is not None]
+    train_rows = [(r, r.mask) for r in split.train if r.record.view == stage.view and r.mask]
     net, facts = train_segmenter(
-        spec, [r.sample.working for r in train_rows], [read_mask(r.mask) for r in train_rows],
-        h.steps, h.batch, h.lr or 3e-3, recipe.seed + 100 + index, stage.name)  # type: ignore[arg-type]
+        spec, [r.sample.working for r, _ in train_rows], [read_mask(m) for _, m in train_rows],
+        h.steps, h.batch, h.lr or 3e-3, recipe.seed + 100 + index, stage.name)  # fmt: skip
     held = [r for r in split.test if r.record.view == stage.view and r.mask is not None]
     if held:
         with torch.inference_mode():
             probs = net(torch.from_numpy(inputs([r.sample.working for r in held], spec))).numpy()
-        truth = targets([read_mask(r.mask) for r in held], spec)  # type: ignore[arg-type]
+        truth = targets([read_mask(r.mask) for r in held if r.mask is not None], spec)
         per_image = [dice_per_class(p.argmax(0), t, spec.classes) for p, t in zip(probs, truth)]
         facts["dice_mean"] = round(float(np.mean([np.mean(list(d.values())) for d in per_image
                                                   if d])), 4)  # fmt: skip
