@@ -215,3 +215,73 @@ def test_short_chest_build_on_a_real_subset_judges_a_held_out_image(tmp_path: Pa
     judged = pipeline.judge(image.astype("float32") / 255.0)
     assert judged.view.label in view.labels and 0.0 <= judged.view.confidence <= 1.0
     assert judged.orientation is not None and judged.decision in ("ok", "review", "retake")
+
+
+def _lumbar_labels(tmp_path: Path) -> tuple[Path, list[str], list[dict[str, str]]]:
+    from models.recipes.make_lumbar_data import write_lumbar_build_data
+
+    labels = write_lumbar_build_data(tmp_path / "data", 12, seed=11)
+    with labels.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return labels, list(reader.fieldnames or []), list(reader)
+
+
+def test_bad_mask_files_are_all_listed_before_any_training(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from export.build.labels import LabelsRefused, read_labels
+    from export.build.recipe import load_recipe
+
+    labels, columns, rows = _lumbar_labels(tmp_path)
+    data = labels.parent
+    assert [r["view"] for r in rows[:4]] == ["AP", "LAT", "OBL", "AP"]
+    rows[0]["mask"] = ""  # an AP image without its mask
+    rows[1]["mask"] = "gone.png"  # a mask file that is not there
+    ap = cv2.imread(str(data / rows[3]["mask"]), cv2.IMREAD_UNCHANGED)
+    ap[0, 0] = 9  # AP has 7 classes (values 0-6)
+    cv2.imwrite(str(data / "nine.png"), ap)
+    rows[3]["mask"] = "nine.png"
+    cv2.imwrite(str(data / "square.png"), np.zeros((100, 100), np.uint8))
+    rows[4]["mask"] = "square.png"  # not the image's shape
+    cv2.imwrite(str(data / "colour.png"), np.zeros((50, 40, 3), np.uint8))
+    rows[5]["mask"] = "colour.png"
+    with labels.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(LabelsRefused) as refused:
+        read_labels(labels, data, load_recipe(RECIPES / "lumbar.toml", "short"))
+    found = {(p.row, p.kind, p.column) for p in refused.value.problems}
+    assert {(2, "missing_image", "mask"), (3, "missing_image", "mask"),
+            (5, "unknown_label", "mask"), (6, "bad_value", "mask"),
+            (7, "unreadable_image", "mask")} <= found, found
+
+
+def test_a_recipe_with_rules_the_segmentation_cannot_measure_is_refused(tmp_path: Path) -> None:
+    from export.build.recipe import RecipeError, load_recipe
+
+    text = (RECIPES / "lumbar.toml").read_text()
+    cases = {
+        "no such class": text.replace('segments = ["spinous", "pedicle_left", "pedicle_right"]',
+                                      'segments = ["spinous", "pedicle_left", "kidney"]'),
+        "no such segment stage": text.replace('segments = "seg_lat"', 'segments = "seg_knee"'),
+        "input not a multiple of 8": text.replace('classes = ["background", "body", "disc", "t12", '
+                                                  '"sacrum"]', 'classes = ["background", "body", '
+                                                  '"disc", "t12", "sacrum"]\ninput = [100, 64]'),
+        "orientation before segmentation": text.replace(
+            '[[stages]]\nname = "view"', '[[stages]]\nname = "orientation"\ntask = "orientation"'
+            '\n\n[[stages]]\nname = "view"'),
+    }  # fmt: skip
+    messages = {}
+    for name, changed in cases.items():
+        assert changed != text, name
+        path = tmp_path / "lumbar.toml"
+        path.write_text(changed)
+        with pytest.raises(RecipeError) as refused:
+            load_recipe(path, "short")
+        messages[name] = str(refused.value)
+    assert "kidney" in messages["no such class"]
+    assert "seg_knee" in messages["no such segment stage"]
+    assert "multiples of 8" in messages["input not a multiple of 8"]
+    assert "no orientation" in messages["orientation before segmentation"]
