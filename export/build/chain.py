@@ -36,7 +36,7 @@ from models.data import IMAGE_SUFFIXES, read_image
 from models.evaluate import angular_error, dice
 
 
-def _read(path: Path) -> tuple[np.ndarray, Any, float]:
+def read_as_worker(path: Path) -> tuple[np.ndarray, Any, float]:
     """Pixels, header and stored->pixels scale, exactly as the worker's judge reads a file."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         pixels, scale = read_image(path)
@@ -54,7 +54,7 @@ def chained(pipeline: Pipeline, rows: list[Row]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         rec = row.record
-        pixels, header, scale = _read(rec.path)
+        pixels, header, scale = read_as_worker(rec.path)
         j = pipeline.judge(pixels, header)
         ws = j.working_scale
         shape = (round(pixels.shape[0] * ws), round(pixels.shape[1] * ws))

@@ -3,7 +3,9 @@
 The file is strict: an unknown table or key is refused with its dotted path named, so a typo
 never silently falls back to a default.  Every stage gets the papers' hyper-parameters
 (:data:`PAPER`) unless the recipe overrides them, first for every preset, then per preset
-(``[stages.presets.short]``); the chosen preset's values win.
+(``[stages.presets.short]``); the chosen preset's values win.  A ``segment`` stage names its
+classes (the mask files' pixel values); a ``rules`` stage carries its rules as tables, checked
+here by the worker's own :func:`edge_worker.pipeline.measures.parse_rules`.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ ONNX Runtime sessions of the written pack:
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from edge_worker.packs.pack import SCHEMA, load_pack, seal_manifest
 from edge_worker.packs.pack_v1 import upgrade_manifest
 from edge_worker.pipeline import measures
 from edge_worker.pipeline.runner import Pipeline
-from export.build.chain import _read, per_stage, run_network
+from export.build.chain import per_stage, read_as_worker, run_network
 from export.build.labels import Row, read_mask
 from export.build.recipe import Recipe, Stage
 from export.pack import StageFile, sha256_of, stage_entry
@@ -45,8 +46,9 @@ def is_segmented(recipe: Recipe) -> bool:
     return any(s.task == "segment" for s in recipe.stages)
 
 
-def export_segment(checkpoint: Path, out_dir: Path, rows: list[Row]) -> tuple[Path, dict[str, Any],
-                                                                           dict[str, float]]:  # fmt: skip
+def export_segment(
+    checkpoint: Path, out_dir: Path, rows: list[Row]
+) -> tuple[Path, dict[str, Any], dict[str, float]]:
     """Checkpoint -> ONNX (output ``mask``) through the parity gate on real working images.
 
     Returns the ONNX path, the checkpoint's facts and the parity errors.  Raises
@@ -92,14 +94,14 @@ def write_segmented_pack(folder: Path, view: StageFile, segments: dict[str, tupl
         if old.name not in keep:
             old.unlink()
     target = folder / f"{view.name}.onnx"
-    target.write_bytes(view.onnx_path.read_bytes())
+    shutil.copyfile(view.onnx_path, target)
     # The view stage's entry is the ankle chain's, converted by the worker's own adapter.
     entries = upgrade_manifest({"stages": [stage_entry(view, sha256_of(target))]})["stages"]
     for stage in recipe.stages:
         if stage.task == "segment":
             onnx_path, facts = segments[stage.name]
             copy = folder / f"{stage.name}.onnx"
-            copy.write_bytes(onnx_path.read_bytes())
+            shutil.copyfile(onnx_path, copy)
             entries.append(_segment_entry(stage, facts, sha256_of(copy)))
     judged = []
     for stage in recipe.stages:
@@ -137,7 +139,7 @@ def _dice(pred: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> float | 
 def _record(pipeline: Pipeline, row: Row) -> dict[str, Any]:
     """One held-out image judged by the pack, its rules compared with those on its mask."""
     rec = row.record
-    pixels, header, _ = _read(rec.path)
+    pixels, header, _ = read_as_worker(rec.path)
     j = pipeline.judge(pixels, header)
     pack = pipeline.pack
     seg = next((s for s in pack.stages if s.task == "segment"
