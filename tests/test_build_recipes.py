@@ -285,3 +285,34 @@ def test_a_recipe_with_rules_the_segmentation_cannot_measure_is_refused(tmp_path
     assert "seg_knee" in messages["no such segment stage"]
     assert "multiples of 8" in messages["input not a multiple of 8"]
     assert "no orientation" in messages["orientation before segmentation"]
+
+
+def test_the_segmented_evaluation_reproduces_the_bundled_lumbar_packs_figures(tmp_path: Path) -> None:
+    """The evaluator checked against known answers: no training, the bundled lumbar-demo pack.
+
+    On new phantoms (DICOM + PNG masks, as a site brings them) the rules measured on the
+    labelled masks must fail exactly where the phantom drew its error, and the bundled pack
+    (Dice 0.96-0.98 and rule accuracy 0.998 on its own test phantoms) must score about the same
+    here; a scale or class-order slip in the evaluator would show as a collapse.
+    """
+    from edge_worker.phantoms.lumbar import RULE_OF_ERROR
+    from export.build.labels import read_labels
+    from export.build.recipe import load_recipe
+    from export.build.report import figures
+    from export.build.segmented import decisions_by_rule_truth, evaluate_segmented, rule_figures
+
+    labels, _, rows = _lumbar_labels(tmp_path)
+    accepted = read_labels(labels, labels.parent, load_recipe(RECIPES / "lumbar.toml", "short")).rows
+    chain, stages = evaluate_segmented(ROOT / "models" / "packs" / "lumbar-demo", accepted)
+    for row, record in zip(rows, chain):
+        failing = {r["code"] for r in record["rules"] if r["truth"] != "pass"}
+        assert failing == ({RULE_OF_ERROR[(row["view"], row["error"])]} if row["error"] else set())
+    rules = rule_figures(chain)["all"]
+    assert rules["n"] == sum({"AP": 4, "LAT": 3, "OBL": 3}[r["view"]] for r in rows)
+    assert rules["agreement"] >= 0.95 and rules["fail_detected"] == 1.0
+    decided = decisions_by_rule_truth(chain)
+    assert "ok" not in decided["a_rule_fails"]  # no image with a broken rule passed
+    figs = figures(chain, stages, ["AP", "LAT", "OBL"], [1, 2, 3])
+    assert figs["chained"]["view_accuracy"] >= 0.9
+    for name in ("seg_ap", "seg_lat", "seg_obl"):
+        assert figs["per_stage"][name]["dice_mean"] >= 0.9, figs["per_stage"][name]
