@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,9 +97,9 @@ def _config(stage: Stage, recipe: Recipe, index: int) -> TrainConfig:
 
 
 def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: str,
-                  index: int) -> None:  # fmt: skip
+                  index: int) -> dict[str, Any]:  # fmt: skip
     """Train ``stage``'s U-Net on its view's training images and masks, measure it on the
-    held-out ones, and save the checkpoint (with ``key``) at ``path``."""
+    held-out ones, and save the checkpoint (with ``key``) at ``path``; returns its facts."""
     from export.build.labels import read_mask
     from models.segment import SegmentSpec, dice_per_class, inputs, save, targets, train_segmenter
 
@@ -118,6 +119,7 @@ def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: s
                                                   if d])), 4)  # fmt: skip
     facts["n_val"] = len(held)
     save(path, net, spec, stage.view, facts, {"build_key": key})
+    return facts
 
 
 def reusable(path: Path, key: str) -> bool:
@@ -140,12 +142,12 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
     test_rows = [r.sample for r in split.test]
     done: dict[str, Path] = {}
     started = time.monotonic()
-    for i, stage in enumerate(recipe.stages):
-        if not stage.network:
-            continue  # a rules stage is data in the manifest: nothing to train
+    # A rules stage is data in the manifest: nothing to train, not counted in the time left.
+    networks = [s for s in recipe.stages if s.network]
+    for i, stage in enumerate(networks):
         path = ckpt_dir / f"{stage.name}.pt"
         key = stage_key(stage, recipe, labels_sha256, split)
-        head = f"[{i + 1}/{len(recipe.stages)}] {stage.name}"
+        head = f"[{i + 1}/{len(networks)}] {stage.name}"
         if resume and reusable(path, key):
             log(f"{head}: checkpoint of this recipe, labels and split found: skipped (--resume)")
             done[stage.name] = path
@@ -155,22 +157,21 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
             f"{h.height}x{h.width}, batch {h.batch}, {h.steps} steps, lr "
             f"{h.lr or 'paper'}, width {h.net_width}")  # fmt: skip
         if stage.task == "segment":
-            train_segment(stage, recipe, split, path, key, i)
-            done[stage.name] = path
-            log(f"{head}: saved {path.name}")
-            continue
-        scratch = ckpt_dir / f".{stage.name}.partial"
-        shutil.rmtree(scratch, ignore_errors=True)
-        written = train(_config(stage, recipe, i), samples_for(stage, train_rows),
-                        samples_for(stage, test_rows), scratch)  # fmt: skip
-        saved = torch.load(written, map_location="cpu", weights_only=False)
-        saved["build_key"] = key
-        tmp = ckpt_dir / f".{stage.name}.pt.tmp"
-        torch.save(saved, tmp)
-        os.replace(tmp, path)
-        shutil.rmtree(scratch, ignore_errors=True)
+            facts = train_segment(stage, recipe, split, path, key, i)
+            log(f"{head}: held-out Dice (torch) {facts.get('dice_mean')} on {facts['n_val']} images")
+        else:
+            scratch = ckpt_dir / f".{stage.name}.partial"
+            shutil.rmtree(scratch, ignore_errors=True)
+            written = train(_config(stage, recipe, i), samples_for(stage, train_rows),
+                            samples_for(stage, test_rows), scratch)  # fmt: skip
+            saved = torch.load(written, map_location="cpu", weights_only=False)
+            saved["build_key"] = key
+            tmp = ckpt_dir / f".{stage.name}.pt.tmp"
+            torch.save(saved, tmp)
+            os.replace(tmp, path)
+            shutil.rmtree(scratch, ignore_errors=True)
         done[stage.name] = path
         spent = time.monotonic() - started
-        left = spent / (i + 1) * (len(recipe.stages) - i - 1)
+        left = spent / (i + 1) * (len(networks) - i - 1)
         log(f"{head}: saved {path.name}; {spent:.0f} s so far, about {left:.0f} s of training left")
     return done
