@@ -314,6 +314,9 @@ def write_report(folder: Path, result: dict[str, Any], chain: list[dict[str, Any
             parts.append(svg_scatter(s["score_vs_truth"], f"{name}: score vs truth"))
         if "dice" in s:
             parts.append(svg_histogram(s["dice"], f"{name}: Dice histogram"))
+        if "dice_per_class" in s:
+            parts.append(f"<p>{html.escape(name)}: mean Dice per class "
+                         f"{html.escape(json.dumps(s['dice_per_class']))}</p>")
         if "norm_vs_within_10_deg" in s:
             parts.append(svg_bins(s["norm_vs_within_10_deg"], f"{name}: norm vs within 10 deg", False))
     parts.append("<h2>The images the pack got most wrong</h2><div class=worst>")
