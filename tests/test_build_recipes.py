@@ -141,6 +141,19 @@ def test_short_lumbar_build_segments_with_named_classes_and_judges_by_its_rules(
     page = (out / "evaluation.html").read_text()
     assert "Dice histogram" in page and "agreement" in page
 
+    # The label gate of a rules pack: the bundled lumbar-demo pack against itself passes; this
+    # smoke pack (same stages and classes, 30 training steps) as its "copy" agrees far less with
+    # the rules on the labelled masks and is refused.
+    from export.build.label_gate import label_gate
+    from export.build.labels import read_labels
+    from export.build.recipe import load_recipe
+
+    accepted = read_labels(labels, data, load_recipe(RECIPES / "lumbar.toml", "short")).rows
+    demo = ROOT / "models" / "packs" / "lumbar-demo"
+    assert label_gate(demo, demo, accepted)["accepted"]
+    gate = label_gate(demo, out, accepted)
+    assert not gate["accepted"] and "rule_agreement" in gate["failed"], gate
+
     held = _held_out(pack, labels)[0]
     (verdict,) = _analyze(out, [data / held["file"]])
     assert verdict["kind"] == "verdict" and verdict["pack"]["name"] == "lumbar-phantom-smoke"
@@ -316,3 +329,4 @@ def test_the_segmented_evaluation_reproduces_the_bundled_lumbar_packs_figures(tm
     assert figs["chained"]["view_accuracy"] >= 0.9
     for name in ("seg_ap", "seg_lat", "seg_obl"):
         assert figs["per_stage"][name]["dice_mean"] >= 0.9, figs["per_stage"][name]
+
