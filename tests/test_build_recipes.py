@@ -252,6 +252,7 @@ def test_bad_mask_files_are_all_listed_before_any_training(tmp_path: Path) -> No
     rows[0]["mask"] = ""  # an AP image without its mask
     rows[1]["mask"] = "gone.png"  # a mask file that is not there
     ap = cv2.imread(str(data / rows[3]["mask"]), cv2.IMREAD_UNCHANGED)
+    assert ap is not None
     ap[0, 0] = 9  # AP has 7 classes (values 0-6)
     cv2.imwrite(str(data / "nine.png"), ap)
     rows[3]["mask"] = "nine.png"
