@@ -84,7 +84,7 @@ def label_gate(reference: Path, candidate: Path, rows: list[Row],
     before = pack_figures(reference, rows)
     after = pack_figures(candidate, rows)
     drops = {k: round(b - a, 4) for k in ACCURACIES
-             if (b := before[k]) is not None and (a := after[k]) is not None}  # fmt: skip
+             if (b := before.get(k)) is not None and (a := after.get(k)) is not None}  # fmt: skip
     worse_g3 = float(after["grade3_decided_ok"] or 0) > float(before["grade3_decided_ok"] or 0)
     failed = [k for k, d in drops.items() if d > max_drop] + (["grade3_decided_ok"] * worse_g3)
     return {"images": len(rows), "max_accuracy_drop": max_drop, "reference": before,
