@@ -36,7 +36,7 @@ from models.data import IMAGE_SUFFIXES, read_image
 from models.evaluate import angular_error, dice
 
 
-def _read(path: Path) -> tuple[np.ndarray, Any, float]:
+def read_as_worker(path: Path) -> tuple[np.ndarray, Any, float]:
     """Pixels, header and stored->pixels scale, exactly as the worker's judge reads a file."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         pixels, scale = read_image(path)
@@ -54,7 +54,7 @@ def chained(pipeline: Pipeline, rows: list[Row]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         rec = row.record
-        pixels, header, scale = _read(rec.path)
+        pixels, header, scale = read_as_worker(rec.path)
         j = pipeline.judge(pixels, header)
         ws = j.working_scale
         shape = (round(pixels.shape[0] * ws), round(pixels.shape[1] * ws))
@@ -79,7 +79,8 @@ def chained(pipeline: Pipeline, rows: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def _run(pipeline: Pipeline, name: str, image: np.ndarray) -> np.ndarray:
+def run_network(pipeline: Pipeline, name: str, image: np.ndarray) -> np.ndarray:
+    """The first output of stage ``name``'s network on ``image``, made as the worker makes it."""
     spec = next(s for s in pipeline.pack.stages if s.name == name)
     i = spec.input
     assert i is not None
@@ -100,13 +101,13 @@ def per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dict[str, A
             if spec.applies_to_view is not None and spec.applies_to_view != rec.view:
                 continue
             if spec.role == "view" and view_spec is not None:
-                logits = _run(pipeline, spec.name, image)
+                logits = run_network(pipeline, spec.name, image)
                 p = np.exp(logits - logits.max())
                 p /= p.sum()
                 out[spec.name].append({"true": rec.view, "pred": spec.labels[int(p.argmax())],
                                        "confidence": float(p.max())})  # fmt: skip
             elif spec.role == "roi" and up.roi is not None:
-                prob = _run(pipeline, spec.name, image)[0]
+                prob = run_network(pipeline, spec.name, image)[0]
                 truth = box_mask(prob.shape, up.roi.scaled(prob.shape[1] / image.shape[1],
                                                            prob.shape[0] / image.shape[0])) > 0
                 found = mask_to_box(prob, spec.thresholds["mask"],
@@ -117,11 +118,11 @@ def per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dict[str, A
                 i = spec.input
                 assert i is not None
                 crop = crop_box(image, up.roi, i.height, i.width)
-                score = float(_run(pipeline, spec.name, crop)[0])
+                score = float(run_network(pipeline, spec.name, crop)[0])
                 out[spec.name].append({"true": rec.grade, "score_true": rec.score, "score": score,
                                        "pred": round(min(max(score, 1.0), 3.0))})  # fmt: skip
             elif spec.role == "orientation" and rec.rotation_deg is not None:
-                c, s = _run(pipeline, spec.name, row.sample.working.astype(np.float32))[:2]
+                c, s = run_network(pipeline, spec.name, row.sample.working.astype(np.float32))[:2]
                 angle = float(np.degrees(np.arctan2(s, c)) % 360.0)
                 err = float(angular_error(np.array([angle]), np.array([rec.rotation_deg]))[0])
                 out[spec.name].append({"error_deg": err, "norm": float(np.hypot(c, s))})

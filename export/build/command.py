@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from export.build.labels import LabelSet, LabelsRefused
-from export.build.recipe import PRESETS, Recipe, RecipeError, load_recipe
+from export.build.recipe import PRESETS, Recipe, RecipeError, Stage, load_recipe
 from export.build.split import Split, split_by_patient
 
 #: Recipe decision keys -> (stage task, threshold name).
@@ -74,11 +74,28 @@ def _training_data(recipe: Recipe, labels: LabelSet, split: Split) -> dict[str, 
                    "patient_key": labels.patient_source},
         "split": split.describe(),
         "licenses": dict(licences),
-        "stages": {s.name: {"task": s.task, "view": s.view, "input": [s.hyper.height, s.hyper.width],
-                            "batch": s.hyper.batch, "steps": s.hyper.steps,
-                            "lr": s.hyper.lr or "paper", "net_width": s.hyper.net_width}
-                   for s in recipe.stages},
+        "stages": {s.name: _stage_facts(s) for s in recipe.stages},
     }  # fmt: skip
+
+
+def _stage_facts(s: Stage) -> dict[str, Any]:
+    if not s.network:
+        return {"task": s.task, "view": s.view, "segments": s.segments, "rules": len(s.rules)}
+    facts: dict[str, Any] = {"task": s.task, "view": s.view, "input": [s.hyper.height, s.hyper.width],
+                             "batch": s.hyper.batch, "steps": s.hyper.steps,
+                             "lr": s.hyper.lr or "paper", "net_width": s.hyper.net_width}
+    if s.classes:
+        facts["classes"] = list(s.classes)
+    return facts
+
+
+def _summary(chained: dict[str, Any]) -> str:
+    if "rules" in chained:
+        return f", rule agreement {chained['rules']['all']['agreement']}"
+    if "grade_accuracy" in chained:
+        return (f", grade accuracy {chained['grade_accuracy']}, grade-3 decided ok "
+                f"{chained['grade3_decided_ok']}")
+    return f", decisions {chained['decisions']}"
 
 
 def _thresholds(recipe: Recipe, task: str) -> dict[str, float]:
@@ -92,7 +109,15 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
 
     from export.build.chain import evaluate_pack
     from export.build.labels import read_labels
-    from export.build.report import figures, write_report
+    from export.build.report import GRADE_KEYS, figures, write_report
+    from export.build.segmented import (
+        decisions_by_rule_truth,
+        evaluate_segmented,
+        export_segment,
+        is_segmented,
+        rule_figures,
+        write_segmented_pack,
+    )
     from export.build.stages import train_stages
     from export.onnx import ATOL, RTOL, export_stage, load_checkpoint
     from export.pack import write_pack
@@ -112,8 +137,20 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         **split.describe(), "train_lines": [r.line for r in split.train],
         "test_lines": [r.line for r in split.test]}, indent=1) + "\n")  # fmt: skip
     ckpts = train_stages(recipe, split, labels.sha256, work, args.resume, log)
-    stage_files, per_stage_torch, parity = [], {}, {}
+    stage_files: list[Any] = []
+    per_stage_torch: dict[str, Any] = {}
+    parity: dict[str, Any] = {}
+    segments: dict[str, tuple[Path, dict[str, Any]]] = {}
     for stage in recipe.stages:
+        if not stage.network:
+            continue
+        if stage.task == "segment":
+            mine = [r for r in split.test + split.train if r.record.view == stage.view]
+            onnx_path, facts, errors = export_segment(ckpts[stage.name], work / "onnx", mine)
+            segments[stage.name] = (onnx_path, facts)
+            parity[stage.name], per_stage_torch[stage.name] = errors, facts
+            log(f"{stage.name}: exported, parity max abs error {errors}")
+            continue
         atol = max(ATOL, SEED_ATOL) if stage.task == "roi" else ATOL
         exported, errors = export_stage(ckpts[stage.name], work / "onnx", atol, RTOL)
         exported = replace(exported, thresholds=_thresholds(recipe, stage.task))
@@ -128,10 +165,24 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
     common: dict[str, Any] = {"name": recipe.pack_name, "version": recipe.pack_version,
                               "description": description, "training_data": training,
                               "body_parts": (recipe.body_part,)}  # fmt: skip
-    write_pack(out, stage_files, validation={"per_stage_torch": per_stage_torch}, **common)
+    segmented = is_segmented(recipe)
+
+    def write(validation: dict[str, Any]) -> Path:
+        if segmented:
+            view = next(f for f in stage_files if f.task == "view")
+            return write_segmented_pack(out, view, segments, recipe, validation=validation, **common)
+        return write_pack(out, stage_files, validation=validation, **common)
+
+    write({"per_stage_torch": per_stage_torch})
     log(f"judging the {len(split.test)} held-out images through the worker's pipeline")
-    chain, per_stage = evaluate_pack(out, split.test)
+    chain, per_stage = (evaluate_segmented if segmented else evaluate_pack)(out, split.test)
     figs = figures(chain, per_stage, list(recipe.views), list(recipe.grades))
+    if not any(s.task == "quality" for s in recipe.stages):  # no grade: no grade figures
+        figs["chained"] = {k: v for k, v in figs["chained"].items() if k not in GRADE_KEYS}
+        figs["chained"]["decisions"] = dict(Counter(r["decision"] for r in chain))
+    if segmented:  # judged by rules: the rules' figures
+        figs["chained"]["rules"] = rule_figures(chain)
+        figs["chained"]["decisions_by_rule_truth"] = decisions_by_rule_truth(chain)
     data_text = (f"{len(split.test)} images of {len({r.patient for r in split.test})} held-out "
                  f"patients (never trained on; split seed {split.seed}), read by the worker's "
                  "ingest and judged by its pipeline on ONNX Runtime sessions of this pack")
@@ -148,15 +199,14 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
                      "labels_sha256": labels.sha256, "lines": [r.line for r in split.test]},
         "report": ["evaluation.html", "evaluation.json"],
     }  # fmt: skip
-    manifest = write_pack(out, stage_files, validation=validation, **common)
+    manifest = write(validation)
     result = {"pack": {"name": recipe.pack_name, "version": recipe.pack_version},
               "data": data_text, "preset": recipe.preset, "split": training["split"],
               "labels_sha256": labels.sha256, "figures": figs,
               "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
     write_report(out, result, chain)
     log(f"wrote {manifest} and its report in {(time.monotonic() - started) / 60:.1f} min: view "
-        f"accuracy {figs['chained']['view_accuracy']}, grade accuracy "
-        f"{figs['chained']['grade_accuracy']}, grade-3 decided ok {figs['chained']['grade3_decided_ok']}")
+        f"accuracy {figs['chained']['view_accuracy']}" + _summary(figs["chained"]))
     return manifest
 
 

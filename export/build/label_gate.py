@@ -6,7 +6,10 @@ patients of their build (``validation.test_set`` in the manifest, written by
 ``edge-export build``) or another labelled set (``--labels CSV --data FOLDER``) through the
 worker's ingest and pipeline (:func:`export.build.chain.evaluate_pack`); the copy is refused
 when its view or grade accuracy, or the share of ROIs found, falls by more than
-``max_drop``, or when more grade-3 images are decided ``ok``.
+``max_drop``, or when more grade-3 images are decided ``ok``.  A pack judged by rules (a
+segmented build) is also refused when its rule agreement with the rules on the labelled masks,
+or the share of those masks' failed rules it catches, falls by more than ``max_drop``
+(:mod:`export.build.segmented`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from export.build.recipe import RecipeError, load_recipe
 #: The default largest accepted fall of an accuracy (absolute, 0-1).
 MAX_ACCURACY_DROP = 0.02
 #: Figures where lower is worse (a drop is measured) and the count that may not grow.
-ACCURACIES = ("view_accuracy", "grade_accuracy", "roi_found")
+ACCURACIES = ("view_accuracy", "grade_accuracy", "roi_found", "rule_agreement",
+              "rule_fail_detected")
 
 
 class LabelGateError(ValueError):
@@ -59,15 +63,28 @@ def test_rows(pack: Pack, labels: Path | None = None, data: Path | None = None) 
     return rows
 
 
+def pack_figures(pack_dir: Path, rows: list[Row]) -> dict[str, float | None]:
+    """The figures against the labels a precision change may not lower, for the pack at
+    ``pack_dir``: the rules' too when its rules stages judge it."""
+    from edge_worker.packs.pack import load_pack
+    from export.build.chain import evaluate_pack, label_figures
+    from export.build.segmented import evaluate_segmented, rule_figures
+
+    if not any(s.task == "rules" for s in load_pack(pack_dir).stages):
+        return label_figures(evaluate_pack(pack_dir, rows)[0])
+    chain = evaluate_segmented(pack_dir, rows)[0]
+    rules = rule_figures(chain)["all"]
+    return {**label_figures(chain), "rule_agreement": rules["agreement"],
+            "rule_fail_detected": rules["fail_detected"]}
+
+
 def label_gate(reference: Path, candidate: Path, rows: list[Row],
                max_drop: float = MAX_ACCURACY_DROP) -> dict[str, Any]:  # fmt: skip
     """Both packs' figures against the labels on ``rows``, and whether the candidate passes."""
-    from export.build.chain import evaluate_pack, label_figures
-
-    before = label_figures(evaluate_pack(reference, rows)[0])
-    after = label_figures(evaluate_pack(candidate, rows)[0])
+    before = pack_figures(reference, rows)
+    after = pack_figures(candidate, rows)
     drops = {k: round(b - a, 4) for k in ACCURACIES
-             if (b := before[k]) is not None and (a := after[k]) is not None}  # fmt: skip
+             if (b := before.get(k)) is not None and (a := after.get(k)) is not None}  # fmt: skip
     worse_g3 = float(after["grade3_decided_ok"] or 0) > float(before["grade3_decided_ok"] or 0)
     failed = [k for k, d in drops.items() if d > max_drop] + (["grade3_decided_ok"] * worse_g3)
     return {"images": len(rows), "max_accuracy_drop": max_drop, "reference": before,

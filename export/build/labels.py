@@ -34,8 +34,9 @@ CORE_COLUMNS = ("file", "view", "grade", "score", "rotation_deg",
                 "roi_cx", "roi_cy", "roi_w", "roi_h", "roi_angle")  # fmt: skip
 ROI_COLUMNS = CORE_COLUMNS[5:]
 #: Columns the build reads besides the core: licence per image, a fixed split, an ROI given as
-#: a mask file (non-zero pixels), flags (``;``-separated names from ``labels.flags``).
-BUILD_COLUMNS = ("license", "split", "roi_mask", "flags")
+#: a mask file (non-zero pixels), flags (``;``-separated names from ``labels.flags``), and the
+#: segmentation: a PNG whose pixel values are the class indices of the view's segment stage.
+BUILD_COLUMNS = ("license", "split", "roi_mask", "flags", "mask")
 #: The review export's bookkeeping (branch review-copies) and the phantom writer's description
 #: columns: accepted, not used for training.
 REVIEW_COLUMNS = ("patient_key", "final", "reviewer_tier", "reviewed_at", "review_id",
@@ -83,6 +84,8 @@ class Row:
     flags: tuple[str, ...]
     fixed_split: str | None
     line: int
+    #: The class-index mask file (``mask`` column) when the row's view has a segment stage.
+    mask: Path | None = None
 
 
 @dataclass
@@ -132,6 +135,55 @@ def _mask_box(path: Path) -> RotatedBox | None:
     if len(xs) < 3:
         return None
     return box_from_points(np.stack([xs, ys], axis=1).astype(np.float32))
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A class-index mask file as a 2-D ``uint8``/``uint16`` array; ``ValueError`` if unusable."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ValueError(f"cannot read mask {path.name}")
+    if mask.ndim != 2:
+        raise ValueError(f"mask {path.name} has {mask.shape[2]} channels; a class-index mask is "
+                         "one grayscale channel whose values are class numbers")  # fmt: skip
+    return mask
+
+
+def _segment_mask(raw: dict[str, str], sample: Sample, data: Path, recipe: Recipe, line: int,
+                  problems: list[Problem]) -> Path | None:  # fmt: skip
+    """The row's mask file, checked against its image and its view's classes."""
+    stage = next((s for s in recipe.stages if s.task == "segment" and s.view == sample.record.view),
+                 None)  # fmt: skip
+    if stage is None:
+        return None
+    name = (raw.get("mask") or "").strip()
+    if not name:
+        problems.append(Problem("missing_image", f"view {sample.record.view} is segmented by "
+                                f"stage {stage.name!r}: a mask file is required", line, "mask"))
+        return None
+    path = data / name
+    if not path.is_file():
+        problems.append(Problem("missing_image", f"no mask file {name} in the data folder", line,
+                                "mask"))  # fmt: skip
+        return None
+    try:
+        mask = read_mask(path)
+    except ValueError as exc:
+        problems.append(Problem("unreadable_image", str(exc), line, "mask"))
+        return None
+    h, w = sample.working.shape
+    if abs(mask.shape[0] / mask.shape[1] - h / w) > 0.02 * h / w:
+        problems.append(Problem("bad_value", f"mask {name} is {mask.shape[1]}x{mask.shape[0]}, "
+                                "not the shape of its image (it must cover the stored image)",
+                                line, "mask"))  # fmt: skip
+        return None
+    top = int(mask.max())
+    if top >= len(stage.classes):
+        problems.append(Problem("unknown_label", f"mask {name} has class value {top}; stage "
+                                f"{stage.name!r} has {len(stage.classes)} classes "
+                                f"{list(stage.classes)} (values 0-{len(stage.classes) - 1})",
+                                line, "mask"))  # fmt: skip
+        return None
+    return path
 
 
 def _float(value: str, column: str, line: int, problems: list[Problem]) -> float | None:
@@ -260,6 +312,10 @@ def read_labels(csv_path: str | Path, data: str | Path, recipe: Recipe) -> Label
         sample = _read_image(record, line, problems) if record is not None else None
         if record is None or sample is None:
             continue
+        before = len(problems)
+        mask = _segment_mask(raw, sample, data, recipe, line, problems)
+        if len(problems) > before:
+            continue
         patient = _patient(raw, record, recipe)
         if patient is None:
             source = (f"column {recipe.patient_column!r} is empty" if by_patient_column else
@@ -273,7 +329,7 @@ def read_labels(csv_path: str | Path, data: str | Path, recipe: Recipe) -> Label
                                     line, "split"))  # fmt: skip
             continue
         rows.append(Row(record, sample, patient, (raw.get("license") or "").strip() or None,
-                        _flags(raw), split, line))  # fmt: skip
+                        _flags(raw), split, line, mask))  # fmt: skip
     problems += class_problems(rows, recipe)
     if any(r.fixed_split for r in rows):
         problems += check_disjoint([r for r in rows if r.fixed_split == "train"],
@@ -281,6 +337,7 @@ def read_labels(csv_path: str | Path, data: str | Path, recipe: Recipe) -> Label
     if problems:
         raise LabelsRefused(problems)
     used = {*CORE_COLUMNS, "license", "split", "roi_mask", *(("flags",) if recipe.flags else ()),
+            *(("mask",) if any(s.task == "segment" for s in recipe.stages) else ()),
             *((recipe.patient_column,) if by_patient_column else ())}
     ignored = [c for c in columns if c not in used]
     source = (f"column {recipe.patient_column}" if by_patient_column

@@ -3,7 +3,9 @@
 The file is strict: an unknown table or key is refused with its dotted path named, so a typo
 never silently falls back to a default.  Every stage gets the papers' hyper-parameters
 (:data:`PAPER`) unless the recipe overrides them, first for every preset, then per preset
-(``[stages.presets.short]``); the chosen preset's values win.
+(``[stages.presets.short]``); the chosen preset's values win.  A ``segment`` stage names its
+classes (the mask files' pixel values); a ``rules`` stage carries its rules as tables, checked
+here by the worker's own :func:`edge_worker.pipeline.measures.parse_rules`.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-#: Tasks a build stage may train (the ankle-style chain; ``docs/recipes.md``).
-TASKS = ("view", "roi", "quality", "orientation")
+#: Tasks a build stage may train (``docs/recipes.md``): the ankle-style chain, segmentation
+#: with named classes from mask files, and rules measured on a segmentation (paper 001).
+TASKS = ("view", "roi", "quality", "orientation", "segment", "rules")
+#: Tasks with no network of their own.
+NO_NETWORK = ("rules",)
 PRESETS = ("short", "full")
 
 
@@ -42,6 +47,10 @@ PAPER: dict[str, Hyper] = {
     "roi": Hyper(400, 400, 4, 3000),
     "quality": Hyper(224, 224, 16, 3000),
     "orientation": Hyper(224, 224, 8, 4000),
+    # Paper 001 (lumbar): a U-Net per view.  Its input size and schedule are the lumbar demo
+    # pack's (models/lumbar/train.py: 160 x 128, batch 8, Adam 3e-3), the paper gives none
+    # that fit a CPU.
+    "segment": Hyper(160, 128, 8, 1000, 3e-3),
 }
 #: The short preset (a smoke run of the machinery, minutes on 2 cores): tiny inputs, narrow
 #: networks, a few steps.  Its pack says so in name, version and ``training_data.preset``.
@@ -50,6 +59,7 @@ SHORT: dict[str, Hyper] = {
     "roi": Hyper(64, 64, 4, 12, None, 0.125),
     "quality": Hyper(48, 80, 4, 12, None, 0.125),
     "orientation": Hyper(64, 64, 4, 12, None, 0.125),
+    "segment": Hyper(80, 64, 4, 30, 3e-3, 0.5),
 }
 _HYPER_KEYS = {"input", "batch", "steps", "lr", "net_width"}
 
@@ -69,6 +79,17 @@ class Stage:
     hyper: Hyper
     #: orientation: also train on copies turned by 90, 180 and 270 degrees (paper 003).
     rotate_quarters: bool = True
+    #: segment: the class names, index = pixel value of the mask files (``background`` first).
+    classes: tuple[str, ...] = ()
+    #: rules: the segment stage the rules measure, and the rules (the manifest's dicts,
+    #: checked by :func:`edge_worker.pipeline.measures.parse_rules`).
+    segments: str | None = None
+    rules: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def network(self) -> bool:
+        """Whether the stage trains a network (a rules stage does not)."""
+        return self.task not in NO_NETWORK
 
 
 @dataclass(frozen=True)
@@ -138,14 +159,52 @@ def _hyper(where: str, base: Hyper, table: dict[str, Any]) -> Hyper:
     return out
 
 
-def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...]) -> Stage:
-    _check_keys(where, raw, {"name", "task", "view", "rotate_quarters", "presets", *_HYPER_KEYS},
-                {"name", "task"})  # fmt: skip
-    task = raw["task"]
+def _classes(where: str, raw: Any) -> tuple[str, ...]:
+    if not (isinstance(raw, list) and len(raw) >= 2 and all(isinstance(c, str) and c for c in raw)):
+        raise RecipeError(f"{where}.classes: a list of at least two class names, the mask files' "
+                          "pixel values in order (0 first, normally 'background')")  # fmt: skip
+    if len(set(raw)) != len(raw):
+        raise RecipeError(f"{where}.classes: class names must be unique, got {raw}")
+    return tuple(raw)
+
+
+def _rules_stage(where: str, raw: dict[str, Any], views: tuple[str, ...],
+                 earlier: dict[str, Stage]) -> Stage:  # fmt: skip
+    """A rules stage: its view, the segment stage it reads and rules valid for its classes."""
+    from edge_worker.errors import PackError
+    from edge_worker.pipeline.measures import parse_rules
+
+    _check_keys(where, raw, {"name", "task", "view", "segments", "rules"},
+                {"name", "task", "view", "segments", "rules"})  # fmt: skip
+    source = earlier.get(str(raw["segments"]))
+    if source is None or source.task != "segment":
+        raise RecipeError(f"{where}.segments: must name an earlier segment stage, got "
+                          f"{raw['segments']!r}")  # fmt: skip
+    if raw["view"] != source.view:
+        raise RecipeError(f"{where}.view: must be its segment stage's view {source.view!r}")
+    rules = raw["rules"]
+    if not isinstance(rules, list) or not rules or not all(isinstance(r, dict) for r in rules):
+        raise RecipeError(f"{where}.rules: must be a non-empty array of tables ([[stages.rules]])")
+    try:
+        parse_rules(rules, source.classes, where)
+    except PackError as exc:
+        raise RecipeError(str(exc)) from exc
+    return Stage(str(raw["name"]), "rules", source.view, Hyper(1, 1, 1, 0), False,
+                 segments=source.name, rules=tuple(dict(r) for r in rules))  # fmt: skip
+
+
+def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
+           earlier: dict[str, Stage]) -> Stage:  # fmt: skip
+    task = raw.get("task")
     if task not in TASKS:
         raise RecipeError(f"{where}.task: must be one of {TASKS}, got {task!r}")
+    if task == "rules":
+        return _rules_stage(where, raw, views, earlier)
+    allowed = {"name", "task", "view", "rotate_quarters", "presets", *_HYPER_KEYS}
+    _check_keys(where, raw, allowed | ({"classes"} if task == "segment" else set()),
+                {"name", "task", *({"view", "classes"} if task == "segment" else set())})
     view = raw.get("view")
-    if task in ("roi", "quality") and view not in views:
+    if task in ("roi", "quality", "segment") and view not in views:
         raise RecipeError(f"{where}.view: {task} trains one network per view; must be one of "
                           f"{list(views)}, got {view!r}")  # fmt: skip
     if task in ("view", "orientation") and view is not None:
@@ -155,7 +214,27 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...])
     presets = _table(where, raw, "presets")
     _check_keys(f"{where}.presets", presets, set(PRESETS), set())
     hyper = _hyper(f"{where}.presets.{preset}", hyper, _table(f"{where}.presets", presets, preset))
-    return Stage(str(raw["name"]), task, view, hyper, bool(raw.get("rotate_quarters", True)))
+    classes: tuple[str, ...] = ()
+    if task == "segment":
+        classes = _classes(where, raw["classes"])
+        if hyper.height % 8 or hyper.width % 8:
+            raise RecipeError(f"{where}.input: a U-Net halves the image three times; height and "
+                              f"width must be multiples of 8, got {hyper.height}x{hyper.width}")
+    return Stage(str(raw["name"]), task, view, hyper, bool(raw.get("rotate_quarters", True)),
+                 classes=classes)  # fmt: skip
+
+
+def _check_chain(where: str, stages: tuple[Stage, ...]) -> None:
+    """Combinations the build cannot make yet, refused rather than built wrong."""
+    tasks = {s.task for s in stages}
+    if "segment" in tasks and tasks & {"orientation", "roi", "quality"}:
+        # The worker would segment the image turned upright by the orientation stage; the
+        # masks would have to be turned with it, which the build does not do yet.
+        raise RecipeError(f"{where}.stages: a recipe with segment stages may have a view stage "
+                          "and rules stages only (no orientation, roi or quality) for now")
+    segmented = [s.view for s in stages if s.task == "segment"]
+    if len(set(segmented)) != len(segmented):
+        raise RecipeError(f"{where}.stages: one segment stage per view, got {segmented}")
 
 
 def load_recipe(path: str | Path, preset: str = "full") -> Recipe:
@@ -189,9 +268,18 @@ def load_recipe(path: str | Path, preset: str = "full") -> Recipe:
     if len(views) < 2 or len(set(views)) != len(views):
         raise RecipeError(f"{where}.labels.views: at least two distinct labels, got {views}")
     stages_raw = raw["stages"]
+    stages_list: list[Stage] = []
     if not isinstance(stages_raw, list) or not stages_raw:
         raise RecipeError(f"{where}.stages: must be a non-empty array of tables ([[stages]])")
-    stages = tuple(_stage(f"{where}.stages[{i}]", s, preset, views) for i, s in enumerate(stages_raw))
+    built: dict[str, Stage] = {}
+    for i, raw_stage in enumerate(stages_raw):
+        if not isinstance(raw_stage, dict):
+            raise RecipeError(f"{where}.stages[{i}]: must be a table")
+        stage = _stage(f"{where}.stages[{i}]", raw_stage, preset, views, built)
+        built.setdefault(stage.name, stage)
+        stages_list.append(stage)
+    stages = tuple(stages_list)
+    _check_chain(where, stages)
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise RecipeError(f"{where}.stages: stage names must be unique, got {names}")

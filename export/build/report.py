@@ -71,6 +71,10 @@ def _severity(r: dict[str, Any]) -> float:
         s += abs(r["score"] - r["score_true"])
     if r["dice"] is not None:
         s += 2.0 * (1.0 - r["dice"])
+    # A rule the pack passed that fails on the labelled mask lets a retake through.
+    for rule in r.get("rules", ()):
+        if rule["truth"] != rule["pred"]:
+            s += 50.0 if rule["pred"] == "pass" else 10.0
     return s
 
 
@@ -118,6 +122,11 @@ def figures(chain: list[dict[str, Any]], stages: dict[str, list[dict[str, Any]]]
             per_stage[name] = {"n": len(items), "dice_mean": round(float(np.mean(d)), 4),
                                "dice": [round(x, 4) for x in d],
                                "box_found": round(float(np.mean([i["box_found"] for i in items])), 4)}
+            if "per_class" in items[0]:  # a segmenter with named classes: Dice per structure
+                names = sorted({c for i in items for c in i["per_class"]})
+                per_stage[name]["dice_per_class"] = {
+                    c: round(float(np.mean([i["per_class"][c] for i in items if c in i["per_class"]])), 4)
+                    for c in names}  # fmt: skip
         elif "score" in items[0]:
             per_stage[name] = {
                 "n": len(items),
@@ -236,6 +245,53 @@ def thumbnail(record: dict[str, Any], side: int = 160) -> str:
     return "data:image/png;base64," + base64.b64encode(png.tobytes()).decode() if ok else ""
 
 
+#: Chained figures of the quality grade: a segmented pack (judged by rules) has none.
+GRADE_KEYS = ("grade_accuracy", "grade_confusion", "decisions_by_true_grade", "grade3_decided_ok",
+              "quality_margin_vs_accuracy", "score_vs_truth")
+
+
+def _graded_html(c: dict[str, Any]) -> list[str]:
+    return [f"<p>view accuracy {c['view_accuracy']}, grade accuracy {c['grade_accuracy']}, "
+            f"grade-3 images decided ok: <b>{c['grade3_decided_ok']}</b>; decisions by true grade "
+            f"{html.escape(json.dumps(c['decisions_by_true_grade']))}</p>",
+            html_confusion(c["view_confusion"], "view"), html_confusion(c["grade_confusion"], "grade"),
+            "<div>", svg_bins(c["view_reliability"], "view confidence: reliability", True),
+            svg_bins(c["quality_margin_vs_accuracy"], "quality score distance to a grade "
+                     "boundary vs grade accuracy", False),
+            svg_scatter(c["score_vs_truth"], "quality score vs truth"),
+            svg_histogram(c["dice"], "Dice of the found box"), "</div>"]  # fmt: skip
+
+
+def _ungraded_html(c: dict[str, Any]) -> list[str]:
+    """A pack without a quality stage: judged by its rules, or a view (and orientation) pack."""
+    rules = c.get("rules")
+    summary = (f", rule agreement {rules['all']['agreement']}; decisions by the rules on the "
+               f"labelled masks {html.escape(json.dumps(c.get('decisions_by_rule_truth', {})))}"
+               if rules else f"; decisions {html.escape(json.dumps(c.get('decisions', {})))}")
+    plots = [svg_bins(c["view_reliability"], "view confidence: reliability", True)]
+    if c.get("dice"):
+        plots.append(svg_histogram(c["dice"], "Dice of the segmentation (chained)"))
+    if c.get("orientation_errors_deg"):
+        plots.append(svg_histogram(c["orientation_errors_deg"], "orientation error, deg", 0.0, 180.0))
+    return [f"<p>view accuracy {c['view_accuracy']}{summary}</p>",
+            html_confusion(c["view_confusion"], "view"), "<div>", *plots, "</div>",
+            *_rules_html(rules)]  # fmt: skip
+
+
+def _rules_html(rules: dict[str, Any] | None) -> list[str]:
+    """The rule agreement table: per rule, outcomes on the labelled mask against the pack's."""
+    if not rules:
+        return []
+    rows = []
+    for code, r in [("all", rules["all"]), *rules["per_rule"].items()]:
+        rows.append(f"<tr><th>{html.escape(code)}</th><td>{r['n']}</td><td>{r['agreement']}</td>"
+                    f"<td>{r['fail_detected']}</td><td>{r['pass_kept']}</td><td>"
+                    f"{html.escape(json.dumps(r['confusion']))}</td></tr>")  # fmt: skip
+    return ["<h3>Rules: the pack's outcome against the same rule on the labelled mask</h3>",
+            ("<table class=cm><tr><th>rule</th><th>n</th><th>agreement</th><th>fail detected</th>"
+             "<th>pass kept</th><th>truth -> predicted</th></tr>"), *rows, "</table>"]
+
+
 def write_report(folder: Path, result: dict[str, Any], chain: list[dict[str, Any]]) -> tuple[Path, Path]:
     """Write ``evaluation.json`` and ``evaluation.html`` into ``folder``; returns both paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,15 +302,7 @@ def write_report(folder: Path, result: dict[str, Any], chain: list[dict[str, Any
     parts = [f"<h1>{html.escape(head['name'])} {html.escape(head['version'])}</h1>",
              f"<p>{html.escape(result['data'])}</p>",
              "<h2>Chained, as the worker runs the pack</h2>",
-             f"<p>view accuracy {c['view_accuracy']}, grade accuracy {c['grade_accuracy']}, "
-             f"grade-3 images decided ok: <b>{c['grade3_decided_ok']}</b>; decisions by true grade "
-             f"{html.escape(json.dumps(c['decisions_by_true_grade']))}</p>",
-             html_confusion(c["view_confusion"], "view"), html_confusion(c["grade_confusion"], "grade"),
-             "<div>", svg_bins(c["view_reliability"], "view confidence: reliability", True),
-             svg_bins(c["quality_margin_vs_accuracy"], "quality score distance to a grade "
-                      "boundary vs grade accuracy", False),
-             svg_scatter(c["score_vs_truth"], "quality score vs truth"),
-             svg_histogram(c["dice"], "Dice of the found box"), "</div>",
+             *(_graded_html(c) if "grade_accuracy" in c else _ungraded_html(c)),
              "<h2>Per stage (each network alone, truth upstream)</h2>"]  # fmt: skip
     for name, s in figs["per_stage"].items():
         parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(json.dumps({k: v for k, v in s.items() if not isinstance(v, (list, dict))}))}</p>")
@@ -266,6 +314,9 @@ def write_report(folder: Path, result: dict[str, Any], chain: list[dict[str, Any
             parts.append(svg_scatter(s["score_vs_truth"], f"{name}: score vs truth"))
         if "dice" in s:
             parts.append(svg_histogram(s["dice"], f"{name}: Dice histogram"))
+        if "dice_per_class" in s:
+            parts.append(f"<p>{html.escape(name)}: mean Dice per class "
+                         f"{html.escape(json.dumps(s['dice_per_class']))}</p>")
         if "norm_vs_within_10_deg" in s:
             parts.append(svg_bins(s["norm_vs_within_10_deg"], f"{name}: norm vs within 10 deg", False))
     parts.append("<h2>The images the pack got most wrong</h2><div class=worst>")

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,6 +96,32 @@ def _config(stage: Stage, recipe: Recipe, index: int) -> TrainConfig:
                        arch=arch, labels=recipe.views)  # fmt: skip
 
 
+def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: str,
+                  index: int) -> dict[str, Any]:  # fmt: skip
+    """Train ``stage``'s U-Net on its view's training images and masks, measure it on the
+    held-out ones, and save the checkpoint (with ``key``) at ``path``; returns its facts."""
+    from export.build.labels import read_mask
+    from models.segment import SegmentSpec, dice_per_class, inputs, save, targets, train_segmenter
+
+    h = stage.hyper
+    spec = SegmentSpec(stage.classes, h.height, h.width, h.net_width)
+    train_rows = [(r, r.mask) for r in split.train if r.record.view == stage.view and r.mask]
+    net, facts = train_segmenter(
+        spec, [r.sample.working for r, _ in train_rows], [read_mask(m) for _, m in train_rows],
+        h.steps, h.batch, h.lr or 3e-3, recipe.seed + 100 + index, stage.name)  # fmt: skip
+    held = [r for r in split.test if r.record.view == stage.view and r.mask is not None]
+    if held:
+        with torch.inference_mode():
+            probs = net(torch.from_numpy(inputs([r.sample.working for r in held], spec))).numpy()
+        truth = targets([read_mask(r.mask) for r in held if r.mask is not None], spec)
+        per_image = [dice_per_class(p.argmax(0), t, spec.classes) for p, t in zip(probs, truth)]
+        facts["dice_mean"] = round(float(np.mean([np.mean(list(d.values())) for d in per_image
+                                                  if d])), 4)  # fmt: skip
+    facts["n_val"] = len(held)
+    save(path, net, spec, stage.view, facts, {"build_key": key})
+    return facts
+
+
 def reusable(path: Path, key: str) -> bool:
     """Whether the checkpoint at ``path`` exists, loads and was trained from ``key``."""
     if not path.is_file():
@@ -115,10 +142,12 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
     test_rows = [r.sample for r in split.test]
     done: dict[str, Path] = {}
     started = time.monotonic()
-    for i, stage in enumerate(recipe.stages):
+    # A rules stage is data in the manifest: nothing to train, not counted in the time left.
+    networks = [s for s in recipe.stages if s.network]
+    for i, stage in enumerate(networks):
         path = ckpt_dir / f"{stage.name}.pt"
         key = stage_key(stage, recipe, labels_sha256, split)
-        head = f"[{i + 1}/{len(recipe.stages)}] {stage.name}"
+        head = f"[{i + 1}/{len(networks)}] {stage.name}"
         if resume and reusable(path, key):
             log(f"{head}: checkpoint of this recipe, labels and split found: skipped (--resume)")
             done[stage.name] = path
@@ -127,18 +156,22 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
         log(f"{head}: {stage.task}{f' {stage.view}' if stage.view else ''}, input "
             f"{h.height}x{h.width}, batch {h.batch}, {h.steps} steps, lr "
             f"{h.lr or 'paper'}, width {h.net_width}")  # fmt: skip
-        scratch = ckpt_dir / f".{stage.name}.partial"
-        shutil.rmtree(scratch, ignore_errors=True)
-        written = train(_config(stage, recipe, i), samples_for(stage, train_rows),
-                        samples_for(stage, test_rows), scratch)  # fmt: skip
-        saved = torch.load(written, map_location="cpu", weights_only=False)
-        saved["build_key"] = key
-        tmp = ckpt_dir / f".{stage.name}.pt.tmp"
-        torch.save(saved, tmp)
-        os.replace(tmp, path)
-        shutil.rmtree(scratch, ignore_errors=True)
+        if stage.task == "segment":
+            facts = train_segment(stage, recipe, split, path, key, i)
+            log(f"{head}: held-out Dice (torch) {facts.get('dice_mean')} on {facts['n_val']} images")
+        else:
+            scratch = ckpt_dir / f".{stage.name}.partial"
+            shutil.rmtree(scratch, ignore_errors=True)
+            written = train(_config(stage, recipe, i), samples_for(stage, train_rows),
+                            samples_for(stage, test_rows), scratch)  # fmt: skip
+            saved = torch.load(written, map_location="cpu", weights_only=False)
+            saved["build_key"] = key
+            tmp = ckpt_dir / f".{stage.name}.pt.tmp"
+            torch.save(saved, tmp)
+            os.replace(tmp, path)
+            shutil.rmtree(scratch, ignore_errors=True)
         done[stage.name] = path
         spent = time.monotonic() - started
-        left = spent / (i + 1) * (len(recipe.stages) - i - 1)
+        left = spent / (i + 1) * (len(networks) - i - 1)
         log(f"{head}: saved {path.name}; {spent:.0f} s so far, about {left:.0f} s of training left")
     return done

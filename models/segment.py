@@ -1,0 +1,150 @@
+"""A softmax U-Net per view trained on class-index masks (paper 001), for ``edge-export build``.
+
+The network is MONAI's 2-D ``UNet`` (four levels, one residual unit each) with one output
+channel per class, ``background`` included, learnt with Dice + cross-entropy
+(``monai.losses.DiceCELoss``) and Adam with cosine decay, as the lumbar demo pack's segmenters
+(:mod:`models.lumbar.train`) but for any named classes.  The exported network ends in a
+softmax (:class:`models.lumbar.train.Softmaxed`), so the pack's ``mask`` output holds
+probabilities and a pixel belongs to its highest class.
+
+Inputs are made exactly as the worker makes them (:func:`edge_worker.pipeline.preprocess.to_tensor`
+on the working image: a plain resize); masks are resized to the network's input with nearest
+neighbour.  Augmentation is intensity only (gamma, contrast, noise): a mirror would swap
+classes named for a side (``pedicle_left``), a crop would cut structures the rules look for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from torch import nn
+
+from edge_worker.pipeline.preprocess import to_tensor
+from models.lumbar.train import Softmaxed
+from models.train import fit
+
+MEAN, STD = 0.5, 0.25
+#: Channels per level at ``net_width`` 1.0 (the lumbar demo pack's U-Net).
+CHANNELS = (16, 32, 64, 128)
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """What one segmenter is: its classes, input size and width."""
+
+    classes: tuple[str, ...]
+    height: int
+    width: int
+    net_width: float = 1.0
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(max(4, round(c * self.net_width)) for c in CHANNELS)
+
+    def describe(self) -> str:
+        """The manifest's architecture line."""
+        return (f"MONAI UNet 2-D, channels {list(self.channels)}, strides 2, 1 residual unit per "
+                f"level, softmax over {len(self.classes)} classes (incl. background)")  # fmt: skip
+
+
+def network(spec: SegmentSpec) -> nn.Module:
+    """The bare U-Net (logits) for ``spec``."""
+    return UNet(spatial_dims=2, in_channels=1, out_channels=len(spec.classes),
+                channels=spec.channels, strides=(2, 2, 2), num_res_units=1)  # fmt: skip
+
+
+def inputs(images: list[np.ndarray], spec: SegmentSpec) -> np.ndarray:
+    """``(N, 1, H, W)`` float32 network inputs of working images, as the worker makes them."""
+    return np.stack([to_tensor(np.asarray(i, np.float32), spec.height, spec.width, 1, MEAN,
+                               STD)[0] for i in images])  # fmt: skip
+
+
+def targets(masks: list[np.ndarray], spec: SegmentSpec) -> np.ndarray:
+    """``(N, H, W)`` int64 class indices at the network's resolution (nearest neighbour)."""
+    return np.stack([cv2.resize(m, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
+                     for m in masks]).astype(np.int64)  # fmt: skip
+
+
+def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    image = (x * STD + MEAN).clamp(0.0, 1.0)
+    gamma = torch.from_numpy(rng.uniform(0.7, 1.4, (n, 1, 1, 1)).astype(np.float32))
+    gain = torch.from_numpy(rng.uniform(0.85, 1.15, (n, 1, 1, 1)).astype(np.float32))
+    image = image**gamma * gain + torch.randn_like(image) * 0.01
+    return (image - MEAN) / STD
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
+    """Dice of every non-background class present in ``pred`` or ``truth`` (index maps)."""
+    out = {}
+    for k, name in enumerate(classes):
+        if name == "background":
+            continue
+        p, t = pred == k, truth == k
+        total = int(p.sum() + t.sum())
+        if total:
+            out[name] = round(2.0 * float((p & t).sum()) / total, 4)
+    return out
+
+
+def train_segmenter(spec: SegmentSpec, images: list[np.ndarray], masks: list[np.ndarray],
+                    steps: int, batch: int, lr: float, seed: int, desc: str
+                    ) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """Train on working ``images`` and their class-index ``masks`` (any resolution, same shape).
+
+    Returns the network wrapped in a softmax (eval mode) and its training facts.
+    """
+    if not images:
+        raise ValueError(f"{desc}: no images with masks to train on")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(inputs(images, spec))
+    y = torch.from_numpy(targets(masks, spec)[:, None])
+    net = network(spec)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def batches():  # type: ignore[no-untyped-def]
+        while True:
+            pick = torch.from_numpy(rng.integers(0, x.shape[0], batch))
+            yield _augment(x[pick], rng), y[pick]
+
+    started = time.monotonic()
+    net.train()
+    running = fit(net, batches(), loss, opt, schedule, steps, desc)
+    wrapped = Softmaxed(net)
+    wrapped.eval()
+    return wrapped, {"n_train": len(images), "final_loss": running,
+                     "train_seconds": round(time.monotonic() - started, 1)}  # fmt: skip
+
+
+def save(path: Path, net: nn.Module, spec: SegmentSpec, view: str | None, facts: dict[str, Any],
+         extra: dict[str, Any]) -> None:  # fmt: skip
+    """Write the checkpoint atomically (a killed run leaves a whole file or none)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"task": "segment", "view": view, "classes": list(spec.classes),
+                "input": {"height": spec.height, "width": spec.width, "channels": 1,
+                          "mean": MEAN, "std": STD},
+                "net_width": spec.net_width, "metrics": facts, **extra,
+                "state_dict": net.state_dict()}, tmp)  # fmt: skip
+    tmp.replace(path)
+
+
+def load(path: Path) -> tuple[nn.Module, SegmentSpec, dict[str, Any]]:
+    """The softmax segmenter saved by :func:`save`, its spec and the checkpoint's facts."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    spec = SegmentSpec(tuple(saved["classes"]), int(saved["input"]["height"]),
+                       int(saved["input"]["width"]), float(saved["net_width"]))  # fmt: skip
+    net = Softmaxed(network(spec))
+    net.load_state_dict(saved["state_dict"])
+    net.eval()
+    return net, spec, {k: v for k, v in saved.items() if k != "state_dict"}
