@@ -34,6 +34,7 @@ STATUS_WORDS = {
     Status.NEW: "not reviewed", Status.GOOD: "tier one: good", Status.QUESTIONABLE: "tier one: questionable",
     Status.DISPUTED: "tier one: good, the network said retake (for tier two)", Status.REOPENED: "reopened (for tier two)",
     Status.FINAL_GOOD: "final: good", Status.FINAL_BAD: "final: bad",
+    Status.CONFIRMED_BAD: "tier one: retake confirmed",
 }  # fmt: skip
 
 
