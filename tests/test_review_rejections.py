@@ -215,3 +215,22 @@ def test_results_back_off_and_late_answers(store: ReviewStore, clock: Clock) -> 
     assert (row.state, row.document_uid, row.attempts) == ("sent", "2.25.9", 5)
     assert rej.due() == []
     assert [a["action"] for a in store.audit_log(v.id)][-1] == "reject_result"
+
+
+def test_config_rejections_need_a_broker_user_and_a_known_tier(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_worker.errors import ConfigError
+    from edge_worker.subscribers.dashboard.config import parse
+
+    with pytest.raises(ConfigError, match=r":2: review.rejections needs mqtt_username"):
+        parse("[review]\nrejections = true\n")
+    with pytest.raises(ConfigError, match="reject_after"):
+        parse('[review]\nreject_after = "tier_three"\n')
+    (tmp_path / "pw").write_text("s3cret\n")
+    config = parse(f'[review]\nrejections = true\nmqtt_username = "review"\nmqtt_password_file = "{tmp_path / "pw"}"\n')
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    assert (config.review.reject_after, config.mqtt_password()) == ("tier_two", "s3cret")
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "review-mqtt-password").write_text("from-systemd")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert config.mqtt_password() == "from-systemd"

@@ -42,6 +42,7 @@ from edge_worker.subscribers.review.errors import (
     UnknownVerdict,
 )
 from edge_worker.subscribers.review.flags import Flag
+from edge_worker.subscribers.review.rejections import Rejections
 from edge_worker.subscribers.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,10 @@ class ReviewSite:
         self.level = level
         self.copies = copies
         self.extra_metrics = extra_metrics
+        #: The rejection commands (``[review] rejections``): shown on each verdict page.
+        self.rejections: Rejections | None = None
+        #: Called after every change this site made (the rejection sender looks at once).
+        self.on_change: Callable[[], None] | None = None
         self._seen: dict[str, tuple[Session, float]] = {}
         self._seen_lock = threading.Lock()
         # The banner's text and when it was worked out: agreement reads every review, so the
@@ -309,8 +314,10 @@ class ReviewSite:
         except UnknownVerdict as exc:
             return Response(404, pages.page("Not found", pages.problem(str(exc)), session.user, session.csrf))
         copy = self.copies.get(verdict_id) if self.copies is not None else None
+        commands = self.rejections.of_verdict(verdict_id) if self.rejections is not None else None
+        retake = self.rejections is not None and self.rejections.policy.after == "tier_one"
         body = pages.verdict(record, self.store.reviews_of(verdict_id), session.user, session.csrf, copy,
-                             str(note or ""), chosen, comment)  # fmt: skip
+                             str(note or ""), chosen, comment, commands, retake)  # fmt: skip
         return self._page(f"Image {verdict_id[:8]}", body, session, status)
 
     def _change(self, req: Request, session: Session, verdict_id: str, action: str) -> Response:
@@ -341,6 +348,8 @@ class ReviewSite:
             return self._verdict(session, verdict_id, note=f"Refused, nothing was changed: {exc}", status=422,
                                  chosen=pairs, comment=comment)  # fmt: skip
         self._banner = None  # the agreement changed
+        if self.on_change is not None:
+            self.on_change()
         return _redirect(f"/review/verdict/{quote(verdict_id)}?saved=1")
 
     def _agreement(self, session: Session) -> Response:
