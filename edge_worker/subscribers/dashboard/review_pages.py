@@ -64,6 +64,7 @@ def page(title: str, body: str, user: User | None = None, csrf: str | None = Non
         if may(user, "tier_two"):
             links.append(("/review/tier2", "Tier two"))
         links.append(("/review/agreement", "Agreement"))
+        links.append(("/review/rejects", "Rejects"))
         nav = "".join(f'<a href="{h}">{t}</a>' for h, t in links)
         nav += (f'<span class="who" id="who" data-user="{_e(user.name)}" data-role="{_e(user.role)}">'
                 f"{_e(user.name)} ({_e(user.role)})</span>"
