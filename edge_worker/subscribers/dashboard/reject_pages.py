@@ -49,7 +49,7 @@ def rejects_page(report: Report, stations: Sequence[str]) -> str:
               f'data-retakes="{t.network_retakes}" data-reviewed="{t.reviewed}">{t.images} images; '
               f"{t.confirmed_rejects} confirmed rejects ({_pct(t.reject_rate)}); {t.network_retakes} network "
               f"retakes ({_pct(t.network_retake_rate)}); {t.reviewed} reviewed ({_pct(t.review_rate)}); "
-              f"{t.rejects_in_pacs} rejects in PACS, {t.rejects_queued} queued, {t.rejects_refused} refused.</p>")  # fmt: skip
+              f"rejects in PACS {t.rejects_in_pacs}, queued at the station {t.rejects_queued}, refused {t.rejects_refused}.</p>")  # fmt: skip
     form = (f'<form method="get" action="/review/rejects" class="filters" id="reject-filters">'
             f'<label>Period <select name="period" id="period">{periods}</select></label> '
             f'<label>Station <select name="station" id="station">{options}</select></label> '
@@ -58,7 +58,7 @@ def rejects_page(report: Report, stations: Sequence[str]) -> str:
     note = ("<p><small>Confirmed reject: a person confirmed the retake (tier two's final bad, or tier one's "
             "confirmed retake). Rates are of every image received; see docs/reject-analysis.md.</small></p>")
     sections = "".join(
-        f'<section class="dimension" id="dim-{d}"><h3>{escape(TITLES[d])}</h3>'
+        f'<section class="dimension" id="dim-{d}">'
         f"{rate_bars(report.groups[d], TITLES[d], REASON_SERIES if d == 'reason' else RATE_SERIES)}"
         f"{_table(d, report.groups[d])}</section>"
         for d in ("period", "station", "body_part", "view", "pack", "reason")
