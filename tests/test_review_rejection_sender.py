@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.publish as paho_publish
 import pytest
 
 pytest.importorskip("sqlalchemy")
@@ -29,12 +30,15 @@ from tests.review_db import postgres_server, review_url  # noqa: F401
 from tests.test_review_rejections import POSITIONING, UNDER, verdict
 from tests.test_review_store import add_user
 
-ACL = """user review
+ACL = """user dashboard
+topic read xray/#
+user review
 topic write xray/+/+/reject
 topic read xray/+/+/reject/result
 user dr-1
 topic read xray/+/dr-1/reject
 topic write xray/+/dr-1/reject/result
+topic write xray/+/dr-1/verdict
 """
 TOPIC = "xray/ward-3/dr-1/reject"
 
@@ -46,7 +50,7 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     if binary is None:
         pytest.skip("mosquitto binary not found")
     passwd = tmp_path / "passwd"
-    for i, (user, password) in enumerate((("review", "rv-secret"), ("dr-1", "st-secret"))):
+    for i, (user, password) in enumerate((("review", "rv-secret"), ("dr-1", "st-secret"), ("dashboard", "db-secret"))):
         subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(passwd), user, password],
                        check=True, capture_output=True, timeout=30)  # fmt: skip
     (tmp_path / "acl").write_text(ACL)
@@ -181,3 +185,46 @@ def test_wrong_broker_password_sends_nothing_and_keeps_the_row(broker: Mosquitto
         sender.stop()
         worker.close()
         store.close()
+
+
+def test_dashboard_page_confirmation_reaches_the_station(broker: Mosquitto, tmp_path: Path) -> None:
+    """The whole wiring: [review] rejections in the dashboard's file, a tier-two final bad
+    clicked through the HTTP pages, the command on the station's topic, the answer on the page."""
+    from edge_worker.subscribers.dashboard.review_compose import open_review
+    from edge_worker.subscribers.dashboard.server import Dashboard
+    from tests.review_http import FAST, PASSWORD, Client, config_for
+
+    (tmp_path / "review-pw").write_text("rv-secret\n")
+    config = config_for(tmp_path, rejections=True, mqtt_username="review", mqtt_password_file=str(tmp_path / "review-pw"))
+    board = MqttSettings(host=broker.host, port=broker.port, username="dashboard", password="db-secret")
+    parts = open_review(config, hasher=FAST, retry_s=0.2, settings=board, prefix="xray")
+    for name, role in (("ann", "tier1"), ("tom", "tier2")):
+        parts.accounts.create_user("setup", name, role, PASSWORD, operator=True)
+    dashboard = Dashboard(board, ("127.0.0.1", 0), review=parts)
+    worker = Worker(broker)
+    try:
+        dashboard.start()
+        wait_until(lambda: parts.sender is not None and parts.sender.connected)
+        payload = verdict("00000000-0000-0000-0000-00000000f201")
+        paho_publish.single("xray/ward-3/dr-1/verdict", json.dumps(payload), qos=1, hostname=broker.host,
+                            port=broker.port, auth={"username": "dr-1", "password": "st-secret"})  # fmt: skip
+        wait_until(lambda: any(r.id == payload["id"] for r in parts.store.tier_one_queue()))
+        vid = payload["id"]
+        parts.store.review_tier_one(vid, "ann", 1, "questionable")
+        host, port = dashboard.address
+        c = Client(host, port)
+        csrf = c.sign_in("tom")
+        status, _, _ = c.post(f"/review/verdict/{vid}/tier2", {"csrf": csrf, "version": 2, "outcome": "bad",
+                                                              "flag": "DCM:111210", "comment": "blurred"})  # fmt: skip
+        assert status == 303
+        [cmd] = worker.wait(1)
+        assert (cmd["verdict_id"], cmd["reason"]["code"], cmd["confirmed_by"]) == (vid, "111210", "tom")
+        worker.answer(cmd, "sent", document_sop_instance_uid="2.25.5")
+        wait_until(lambda: parts.rejections is not None and parts.rejections.of_verdict(vid)[0].state == "sent")
+        text = c.get(f"/review/verdict/{vid}")[2]
+        assert 'data-state="sent"' in text and "in PACS" in text and "Motion blur" in text
+        assert "review_rejections_answers_total 1" in c.get("/metrics")[2]
+    finally:
+        dashboard.stop()
+        worker.close()
+        parts.close()
