@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from edge_worker.subscribers.review.rejections import RejectPolicy, Rejections
+from edge_worker.subscribers.review.rejections import Rejections, RejectPolicy
 from edge_worker.subscribers.review.store import ReviewStore
 from tests.review_http import verdict
 
@@ -28,7 +28,7 @@ def seed(url: str) -> dict[str, str]:
     """Write the six verdicts and their reviews into the database at ``url``; returns ids by name."""
     clock_t = [0.0]
     store = ReviewStore(url, clock=lambda: clock_t[0], rejections=RejectPolicy())
-    at = lambda *d: datetime(*d, tzinfo=UTC).timestamp()  # noqa: E731
+    at = lambda *d: datetime(*d, tzinfo=UTC).timestamp()
     try:
         plan = [  # (n, received, decision, station, view, body part, pack version)
             (901, at(2026, 11, 2, 9), "ok", "xr-01", "AP", "LSPINE", "1.0"),

@@ -60,7 +60,7 @@ def test_csv_numbers_against_the_seeded_store(running: Running) -> None:
     # filtered to one station, by month
     rows = _rows(c.get("/review/rejects.csv?period=month&station=ward-3/xr-02")[2])
     assert rows[("all", "all")]["images"] == "3" and rows[("period", "2026-11-01")]["confirmed_rejects"] == "1"
-    assert set(k for d, k in rows if d == "reason") == {"111211"}
+    assert {k for d, k in rows if d == "reason"} == {"111211"}
     assert c.get("/review/rejects.csv?period=year")[0] == 400
 
 

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
 pytest.importorskip("sqlalchemy")
 
-from edge_worker.subscribers.review.rejections import RejectPolicy, Rejections
+from edge_worker.subscribers.review.rejections import Rejections, RejectPolicy
 from tests.browser import NEEDS_CHROMIUM, browser, screenshot  # noqa: F401
 from tests.reject_seed import seed
 from tests.review_http import PASSWORD, Running, config_for, start_dashboard, until

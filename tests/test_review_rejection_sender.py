@@ -23,7 +23,7 @@ pytest.importorskip("sqlalchemy")
 
 from edge_worker.publish.settings import MqttSettings
 from edge_worker.subscribers.dashboard.rejection_sender import RejectionSender
-from edge_worker.subscribers.review.rejections import RejectPolicy, Rejections, command_id
+from edge_worker.subscribers.review.rejections import Rejections, RejectPolicy, command_id
 from edge_worker.subscribers.review.store import ReviewStore
 from tests.conftest import Mosquitto, Subscriber, find_mosquitto, free_port
 from tests.review_db import postgres_server, review_url  # noqa: F401

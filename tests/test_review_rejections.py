@@ -16,8 +16,8 @@ from edge_worker.subscribers.review import db, rejections
 from edge_worker.subscribers.review.errors import RuleViolation, StoreUnavailable
 from edge_worker.subscribers.review.flags import CID_7011
 from edge_worker.subscribers.review.rejections import (
-    RejectPolicy,
     Rejections,
+    RejectPolicy,
     choose_reason,
     command_id,
 )

@@ -21,11 +21,11 @@ from argon2 import PasswordHasher
 from edge_worker.errors import ConfigError
 from edge_worker.publish.settings import MqttSettings
 from edge_worker.subscribers.dashboard.config import DashboardConfig
-from edge_worker.subscribers.dashboard.rejection_sender import RejectionSender
 from edge_worker.subscribers.dashboard.recorder import Recorder
+from edge_worker.subscribers.dashboard.rejection_sender import RejectionSender
 from edge_worker.subscribers.dashboard.review_site import ReviewSite
 from edge_worker.subscribers.review.auth import Accounts
-from edge_worker.subscribers.review.rejections import RejectPolicy, Rejections
+from edge_worker.subscribers.review.rejections import Rejections, RejectPolicy
 from edge_worker.subscribers.review.store import ReviewStore
 
 log = logging.getLogger(__name__)

@@ -182,7 +182,7 @@ def images(store: Any, station: str | None = None, since: datetime | None = None
     if until is not None:
         query = query.where(v.c.received_at < until)
 
-    def work(conn: sa.Connection) -> tuple[list[Any], list[Any], list[Any]]:
+    def work(conn: sa.Connection) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
         rows = conn.execute(query.order_by(v.c.received_at, v.c.id)).all()
         reviews = conn.execute(sa.select(r.c.verdict_id, r.c.outcome, r.c.flags).where(r.c.outcome.in_(("bad", "retake")))
                                .order_by(r.c.id)).all()  # fmt: skip
