@@ -228,3 +228,36 @@ def test_dashboard_page_confirmation_reaches_the_station(broker: Mosquitto, tmp_
         dashboard.stop()
         worker.close()
         parts.close()
+
+
+def test_database_outage_delays_a_command_and_loses_none(broker: Mosquitto, postgres_server: Any) -> None:  # noqa: F811
+    """PostgreSQL stopped under a running sender: nothing is published, nothing is lost; back up,
+    the command confirmed before the outage goes out and its answer is recorded."""
+    url = postgres_server.create_database()
+    policy = RejectPolicy(retry_s=1.0, retry_max_s=1.0)
+    store = ReviewStore(url, rejections=policy)
+    add_user(store, "ann", "tier1")
+    add_user(store, "tom", "tier2")
+    rejections = Rejections(store, policy)
+    settings = MqttSettings(host=broker.host, port=broker.port, username="review", password="rv-secret")
+    sender = RejectionSender(rejections, settings, "xray", tick_s=0.1, client_id="test-review-sender-pg")
+    worker = Worker(broker)
+    vid = "00000000-0000-0000-0000-00000000f301"
+    try:
+        confirm_bad(store, vid, [POSITIONING])
+        postgres_server.halt()
+        try:
+            sender.start()
+            wait_until(lambda: sender.connected)
+            time.sleep(1.0)
+            assert worker.commands() == []  # the rows cannot be read: nothing goes out, nothing is lost
+        finally:
+            postgres_server.resume()
+        [cmd] = worker.wait(1, timeout=15)
+        assert cmd["verdict_id"] == vid and cmd["reason"]["code"] == "111209"
+        worker.answer(cmd, "queued")
+        wait_until(lambda: rejections.of_verdict(vid)[0].state == "queued")
+    finally:
+        sender.stop()
+        worker.close()
+        store.close()
