@@ -261,3 +261,44 @@ def test_database_outage_delays_a_command_and_loses_none(broker: Mosquitto, post
         sender.stop()
         worker.close()
         store.close()
+
+
+def test_tier_one_confirm_retake_button_with_reject_after_tier_one(broker: Mosquitto, tmp_path: Path) -> None:
+    """reject_after = "tier_one": the tier-one form offers "Confirm retake" on a network retake
+    only; clicking it with a CID 7011 flag publishes the reject, confirmed by tier one."""
+    from edge_worker.subscribers.dashboard.review_compose import open_review
+    from edge_worker.subscribers.dashboard.server import Dashboard
+    from tests.review_http import FAST, PASSWORD, Client, config_for
+
+    (tmp_path / "review-pw").write_text("rv-secret\n")
+    config = config_for(tmp_path, rejections=True, reject_after="tier_one", mqtt_username="review",
+                        mqtt_password_file=str(tmp_path / "review-pw"))  # fmt: skip
+    board = MqttSettings(host=broker.host, port=broker.port, username="dashboard", password="db-secret")
+    parts = open_review(config, hasher=FAST, retry_s=0.2, settings=board, prefix="xray")
+    parts.accounts.create_user("setup", "ann", "tier1", PASSWORD, operator=True)
+    dashboard = Dashboard(board, ("127.0.0.1", 0), review=parts)
+    worker = Worker(broker)
+    try:
+        dashboard.start()
+        retake, _ = parts.store.record_verdict(verdict("00000000-0000-0000-0000-00000000f401"))
+        ok, _ = parts.store.record_verdict(verdict("00000000-0000-0000-0000-00000000f402", decision="ok"))
+        host, port = dashboard.address
+        c = Client(host, port)
+        csrf = c.sign_in("ann")
+        assert 'id="tier1-retake"' not in c.get(f"/review/verdict/{ok.id}")[2]
+        page = c.get(f"/review/verdict/{retake.id}")[2]
+        assert 'id="tier1-retake"' in page and 'id="rejection-none"' in page
+        status, _, text = c.post(f"/review/verdict/{retake.id}/tier1", {"csrf": csrf, "version": 1, "outcome": "retake",
+                                                                       "flag": "PACK:rule_failed"})  # fmt: skip
+        assert status == 422 and "CID 7011" in text
+        status, _, _ = c.post(f"/review/verdict/{retake.id}/tier1", {"csrf": csrf, "version": 1, "outcome": "retake",
+                                                                    "flag": ["DCM:111212", "DCM:111207"]})  # fmt: skip
+        assert status == 303
+        [cmd] = worker.wait(1)
+        assert (cmd["tier"], cmd["confirmed_by"], cmd["reason"]["meaning"]) == (1, "ann", "Over exposed")
+        page = c.get(f"/review/verdict/{retake.id}")[2]
+        assert "tier one: retake confirmed" in page and 'data-state="pending"' in page
+    finally:
+        dashboard.stop()
+        worker.close()
+        parts.close()
