@@ -205,6 +205,7 @@ def test_dashboard_page_confirmation_reaches_the_station(broker: Mosquitto, tmp_
     try:
         dashboard.start()
         wait_until(lambda: parts.sender is not None and parts.sender.connected)
+        wait_until(lambda: dashboard.snapshot()["broker"]["connected"])  # subscribed: the verdict is not missed
         payload = verdict("00000000-0000-0000-0000-00000000f201")
         paho_publish.single("xray/ward-3/dr-1/verdict", json.dumps(payload), qos=1, hostname=broker.host,
                             port=broker.port, auth={"username": "dr-1", "password": "st-secret"})  # fmt: skip
