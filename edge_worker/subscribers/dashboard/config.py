@@ -20,9 +20,17 @@ unknown keys are refused with their line number::
     agreement_alert_below = 0.8   # alert when the window's agreement is under this
     copies_max_age_days = 30.0    # review copies (images) older than this are pruned
     copies_max_mb = 2048.0        # and the oldest beyond this total
+    rejections = false            # true: confirmed retakes become reject commands to the worker
+                                  # (<prefix>/<site>/<station>/reject; docs/review.md)
+    reject_after = "tier_two"     # or "tier_one": tier one's "Confirm retake" also sends one
+    mqtt_username = ""            # the broker user the commands are published as ("review")
+    mqtt_password_file = ""       # its password (or $CREDENTIALS_DIRECTORY/review-mqtt-password)
+    reject_retry_s = 30.0         # an unanswered command is published again after this,
+    reject_retry_max_s = 3600.0   # doubling up to this
 
 A database password goes in the URL read from ``$CREDENTIALS_DIRECTORY/review-database-url``
-(systemd ``LoadCredential=``) when that file exists, never in this file.
+(systemd ``LoadCredential=``) when that file exists, never in this file; so does the broker
+password of ``mqtt_username`` (``review-mqtt-password``).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from edge_worker.service.config import _build, _FieldError, _line_of
 
 DEFAULT_STATE = Path("/var/lib/edge-worker-dashboard")
 CREDENTIAL = "review-database-url"
+MQTT_CREDENTIAL = "review-mqtt-password"
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,12 @@ class ReviewSection:
     agreement_alert_below: float = 0.8
     copies_max_age_days: float = 30.0
     copies_max_mb: float = 2048.0
+    rejections: bool = False
+    reject_after: str = "tier_two"
+    mqtt_username: str = ""
+    mqtt_password_file: str = ""
+    reject_retry_s: float = 30.0
+    reject_retry_max_s: float = 3600.0
 
     @property
     def copies_max_bytes(self) -> int:
@@ -88,6 +103,21 @@ class DashboardConfig:
             return (Path(credentials) / CREDENTIAL).read_text(encoding="utf-8").strip()
         return self.review.database or f"sqlite:///{self.state.folder / 'review.sqlite3'}"
 
+    def mqtt_password(self) -> str | None:
+        """The review broker user's password: the credential, else ``mqtt_password_file``, else None.
+
+        Raises ConfigError when the named file cannot be read."""
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        path = Path(credentials) / MQTT_CREDENTIAL if credentials else None
+        if path is None or not path.is_file():
+            if not self.review.mqtt_password_file:
+                return None
+            path = Path(self.review.mqtt_password_file)
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the review broker password {path}: {exc}") from exc
+
 
 def _validate(config: DashboardConfig) -> list[tuple[str, str]]:
     r = config.review
@@ -102,6 +132,12 @@ def _validate(config: DashboardConfig) -> list[tuple[str, str]]:
         problems.append(("review.copies_max_age_days", "must be more than 0"))
     if not r.copies_max_mb > 0:
         problems.append(("review.copies_max_mb", "must be more than 0"))
+    if r.reject_after not in ("tier_two", "tier_one"):
+        problems.append(("review.reject_after", 'must be "tier_two" or "tier_one"'))
+    if r.rejections and not r.mqtt_username:
+        problems.append(("review.rejections", "needs mqtt_username (the broker user the commands are published as)"))
+    if not 0 < r.reject_retry_s <= r.reject_retry_max_s:
+        problems.append(("review.reject_retry_s", "must be more than 0 and at most reject_retry_max_s"))
     if r.proxy_user_header and not r.proxy_user_header.replace("-", "").isalnum():
         problems.append(("review.proxy_user_header", "must be a header name (letters, digits, -)"))
     return problems

@@ -153,6 +153,22 @@ class MqttFeed:
         client.loop_stop()
         self._set_state(False, "stopped")
 
+    def publish(self, topic: str, payload: bytes, timeout: float = 5.0) -> bool:
+        """Publish ``payload`` (QoS 1, not retained) on this feed's connection; True once the
+        broker acknowledged it within ``timeout`` s, False when not connected or not acknowledged
+        (the caller keeps the message and tries again: paho keeps it only in memory)."""
+        client = self._client
+        if client is None or not self.connected:
+            return False
+        info = client.publish(topic, payload, qos=1, retain=False)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            return False
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):  # the connection went away under us
+            return False
+        return info.is_published()
+
     # -- paho callbacks (network thread) -----------------------------------------------------
 
     def _set_state(self, connected: bool, detail: str) -> None:

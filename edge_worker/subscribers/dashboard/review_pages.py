@@ -34,6 +34,7 @@ STATUS_WORDS = {
     Status.NEW: "not reviewed", Status.GOOD: "tier one: good", Status.QUESTIONABLE: "tier one: questionable",
     Status.DISPUTED: "tier one: good, the network said retake (for tier two)", Status.REOPENED: "reopened (for tier two)",
     Status.FINAL_GOOD: "final: good", Status.FINAL_BAD: "final: bad",
+    Status.CONFIRMED_BAD: "tier one: retake confirmed",
 }  # fmt: skip
 
 
@@ -63,6 +64,7 @@ def page(title: str, body: str, user: User | None = None, csrf: str | None = Non
         if may(user, "tier_two"):
             links.append(("/review/tier2", "Tier two"))
         links.append(("/review/agreement", "Agreement"))
+        links.append(("/review/rejects", "Rejects"))
         nav = "".join(f'<a href="{h}">{t}</a>' for h, t in links)
         nav += (f'<span class="who" id="who" data-user="{_e(user.name)}" data-role="{_e(user.role)}">'
                 f"{_e(user.name)} ({_e(user.role)})</span>"
@@ -200,16 +202,47 @@ def image_block(record: VerdictRecord, copy: Any | None) -> str:
     return f'<figure class="copy">{svg}{toggle}</figure>'
 
 
+REJECTION_WORDS = {
+    "pending": "pending: not yet answered by the station", "queued": "queued for the PACS at the station",
+    "sent": "in PACS", "refused": "refused", "cancelled": "cancelled (the reject was refused: nothing to withdraw)",
+}  # fmt: skip
+
+
+def rejections_block(commands: Sequence[Any] | None) -> str:
+    """The verdict's rejection commands (``rejections.Command``) and their states, or nothing."""
+    if commands is None:
+        return ""
+    if not commands:
+        return '<h3>PACS rejection</h3><p id="rejection-none">None: no person confirmed a retake.</p>'
+    items = "".join(
+        f'<li data-action="{_e(c.action)}" data-state="{_e(c.state)}">{_e(c.action)}'
+        f"{' (' + _e(meaning(('DCM', c.reason_code))) + ')' if c.reason_code else ''} by {_e(c.confirmed_by)} "
+        f"(tier {c.tier}): <b>{_e(REJECTION_WORDS.get(c.state, c.state))}</b>"
+        f"{': ' + _e(c.result_reason) if c.result_reason else ''}{' - ' + _e(c.result_detail) if c.result_detail else ''}"
+        f"{' <small>document ' + _e(c.document_uid) + '</small>' if c.document_uid else ''}"
+        f" <small>({c.attempts} publish{'es' if c.attempts != 1 else ''})</small></li>"
+        for c in commands
+    )
+    return f'<h3>PACS rejection</h3><ol class="rejections" id="rejections">{items}</ol>'
+
+
 def verdict(record: VerdictRecord, reviews: Sequence[ReviewRecord], user: User, csrf: str, copy: Any | None,
-            message: str = "", chosen: Iterable[Flag] = (), comment: str = "") -> str:  # fmt: skip
-    """The verdict page: image, facts, reasons, rules, history, and the forms the user's role allows."""
+            message: str = "", chosen: Iterable[Flag] = (), comment: str = "",
+            commands: Sequence[Any] | None = None, tier_one_retake: bool = False) -> str:  # fmt: skip
+    """The verdict page: image, facts, reasons, rules, history, rejection commands (``None``:
+    rejections off), and the forms the user's role allows.  ``tier_one_retake``: tier one may
+    confirm a network retake (``[review] reject_after = "tier_one"``)."""
     chosen = tuple(chosen)
     forms = []
     # A tier-two reviewer on an image in its queue decides; the tier-one form would only confuse.
     in_tier_two = may(user, "tier_two") and record.status in TIER_TWO_QUEUE
     if may(user, "tier_one") and record.status in TIER_ONE_OPEN and not in_tier_two:
-        forms.append("<h3>Tier one</h3>" + _form(record, csrf, "tier1", [("good", "Good"), ("questionable", "Questionable")],
-                                                  True, chosen, comment))  # fmt: skip
+        buttons = [("good", "Good"), ("questionable", "Questionable")]
+        hint = ""
+        if tier_one_retake and record.decision == "retake":
+            buttons.append(("retake", "Confirm retake"))
+            hint = "<p>Confirm retake sends a rejection to the PACS with the CID 7011 flag you choose.</p>"
+        forms.append("<h3>Tier one</h3>" + hint + _form(record, csrf, "tier1", buttons, True, chosen, comment))
     if in_tier_two:
         forms.append("<h3>Tier two: final decision</h3><p>Bad needs at least one flag.</p>"
                      + _form(record, csrf, "tier2", [("good", "Final: good"), ("bad", "Final: bad")], True, chosen, comment))  # fmt: skip
@@ -220,7 +253,7 @@ def verdict(record: VerdictRecord, reviews: Sequence[ReviewRecord], user: User, 
     note = f'<p class="error" id="message" role="alert">{_e(message)}</p>' if message else ""
     return (f'{note}<div class="verdict" data-id="{_e(record.id)}"><div class="left">{image_block(record, copy)}</div>'
             f'<div class="right">{_facts(record)}<h3>Reasons</h3>{_reasons(record)}{_rules(record)}'
-            f"<h3>History</h3>{_history(reviews)}{''.join(forms)}</div></div>")  # fmt: skip
+            f"<h3>History</h3>{_history(reviews)}{rejections_block(commands)}{''.join(forms)}</div></div>")  # fmt: skip
 
 
 def conflict(verdict_id: str, action: str, earlier: Mapping[str, Any] | None, current_version: int, csrf: str,

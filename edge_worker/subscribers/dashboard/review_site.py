@@ -30,8 +30,9 @@ from http.cookies import CookieError, SimpleCookie
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from edge_worker.subscribers.dashboard import reject_pages
 from edge_worker.subscribers.dashboard import review_pages as pages
-from edge_worker.subscribers.review import agreement
+from edge_worker.subscribers.review import agreement, reject_analysis
 from edge_worker.subscribers.review.auth import Accounts, Session, csrf_ok, may
 from edge_worker.subscribers.review.errors import (
     AuthError,
@@ -42,6 +43,7 @@ from edge_worker.subscribers.review.errors import (
     UnknownVerdict,
 )
 from edge_worker.subscribers.review.flags import Flag
+from edge_worker.subscribers.review.rejections import Rejections
 from edge_worker.subscribers.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,10 @@ class ReviewSite:
         self.level = level
         self.copies = copies
         self.extra_metrics = extra_metrics
+        #: The rejection commands (``[review] rejections``): shown on each verdict page.
+        self.rejections: Rejections | None = None
+        #: Called after every change this site made (the rejection sender looks at once).
+        self.on_change: Callable[[], None] | None = None
         self._seen: dict[str, tuple[Session, float]] = {}
         self._seen_lock = threading.Lock()
         # The banner's text and when it was worked out: agreement reads every review, so the
@@ -247,6 +253,8 @@ class ReviewSite:
             return self._page("Tier two: questionable, disputed, reopened", body, session)
         if path == "/review/agreement":
             return self._agreement(session)
+        if path in ("/review/rejects", "/review/rejects.csv"):
+            return self._rejects(req, session)
         if len(parts) == 3 and parts[1] == "verdict":
             return self._verdict(session, parts[2], note=req.one("saved") and "Saved.")
         if len(parts) == 3 and parts[1] == "copy":
@@ -309,8 +317,10 @@ class ReviewSite:
         except UnknownVerdict as exc:
             return Response(404, pages.page("Not found", pages.problem(str(exc)), session.user, session.csrf))
         copy = self.copies.get(verdict_id) if self.copies is not None else None
+        commands = self.rejections.of_verdict(verdict_id) if self.rejections is not None else None
+        retake = self.rejections is not None and self.rejections.policy.after == "tier_one"
         body = pages.verdict(record, self.store.reviews_of(verdict_id), session.user, session.csrf, copy,
-                             str(note or ""), chosen, comment)  # fmt: skip
+                             str(note or ""), chosen, comment, commands, retake)  # fmt: skip
         return self._page(f"Image {verdict_id[:8]}", body, session, status)
 
     def _change(self, req: Request, session: Session, verdict_id: str, action: str) -> Response:
@@ -341,6 +351,8 @@ class ReviewSite:
             return self._verdict(session, verdict_id, note=f"Refused, nothing was changed: {exc}", status=422,
                                  chosen=pairs, comment=comment)  # fmt: skip
         self._banner = None  # the agreement changed
+        if self.on_change is not None:
+            self.on_change()
         return _redirect(f"/review/verdict/{quote(verdict_id)}?saved=1")
 
     def _agreement(self, session: Session) -> Response:
@@ -348,6 +360,22 @@ class ReviewSite:
         rows = agreement.agreement(self.store)
         recents = [agreement.recent(self.store, t, self.window, self.level) for t in (1, 2)]
         return self._page("Agreement with the network", pages.agreement_page(rows, recents), session)
+
+    def _rejects(self, req: Request, session: Session) -> Response:
+        """Reject analysis (any reviewer role): the page, or with ``.csv`` the same report as CSV."""
+        if not may(session.user, "read"):
+            return Response(403, pages.page("Refused", pages.problem("your role may not read the review"), session.user, session.csrf))
+        period, station = req.one("period", "week"), req.one("station") or None
+        if period not in reject_analysis.PERIODS:
+            return Response(400, pages.page("Refused", pages.problem(f"period must be one of {', '.join(reject_analysis.PERIODS)}"),
+                                            session.user, session.csrf))  # fmt: skip
+        report = reject_analysis.analyse(self.store, period, station)
+        if req.path.endswith(".csv"):
+            name = f"rejects-{period}{'-' + station.replace('/', '_') if station else ''}.csv"
+            return Response(200, report.csv().encode(), "text/csv; charset=utf-8",
+                            [("Content-Disposition", f'attachment; filename="{quote(name)}"')])  # fmt: skip
+        stations = sorted({g.key for g in reject_analysis.analyse(self.store, period).groups["station"]})
+        return self._page("Reject analysis", reject_pages.rejects_page(report, stations), session)
 
     def _copy(self, verdict_id: str) -> Response:
         copy = self.copies.get(verdict_id) if self.copies is not None else None

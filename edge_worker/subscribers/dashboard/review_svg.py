@@ -122,3 +122,52 @@ def image_overlay(src: str, width: int, height: int, scale: float, payload: Mapp
                    f"{escape(status.upper())} {escape(str(rule.get('code', '?')))} = {escape(text)}</text>")  # fmt: skip
     out.append("</svg>")
     return "".join(out)
+
+
+#: The reject-analysis series: (attribute, numerator, label, fill).
+RATE_SERIES = (("reject_rate", "confirmed_rejects", "confirmed rejects", "#ff4136"),
+               ("network_retake_rate", "network_retakes", "network retakes", "#ffb020"),
+               ("review_rate", "reviewed", "reviewed", "#4aa3ff"))  # fmt: skip
+
+
+def rate_bars(groups: Sequence[Any], title: str, series: Sequence[tuple[str, str, str, str]] = RATE_SERIES) -> str:
+    """Horizontal bars of reject analysis (``reject_analysis.Group``): one group per key, a bar
+    per series, x axis 0-100 %; each bar says its rate and ``numerator/images``."""
+    left, width, bar, gap, top = 190, 420, 14, 12, 50
+    group = len(series) * bar + gap
+    height = top + max(len(groups), 1) * group + 40
+    full = left + width + 150
+    out = [
+        (f'<svg class="bars rates" role="img" aria-label="{escape(title)}" width="{full}" height="{height}" '
+         f'viewBox="0 0 {full} {height}" xmlns="http://www.w3.org/2000/svg">'),
+        f'<text x="0" y="16" fill="#f4f7fa" font-size="15" font-weight="bold">{escape(title)}</text>',
+    ]  # fmt: skip
+    for k, (_, _, label, fill) in enumerate(series):
+        out.append(f'<rect x="{left + k * 140}" y="26" width="10" height="10" fill="{fill}"/>'
+                   f'<text x="{left + k * 140 + 14}" y="35" fill="#a9b6c4" font-size="12">{escape(label)}</text>')  # fmt: skip
+    axis_y = top + max(len(groups), 1) * group
+    for tick in range(0, 101, 20):
+        x = left + width * tick / 100
+        out.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{axis_y}" stroke="#2a3441"/>')
+        out.append(f'<text x="{x:.1f}" y="{axis_y + 16}" fill="#a9b6c4" font-size="12" text-anchor="middle">{tick}%</text>')
+    if not groups:
+        out.append(f'<text x="{left + 4}" y="{top + 12}" fill="#5b6775" font-size="12">no images</text>')
+    for i, g in enumerate(groups):
+        y0 = top + i * group
+        name = g.label or g.key
+        out.append(f'<text x="{left - 8}" y="{y0 + bar + 4}" fill="#f4f7fa" font-size="13" '
+                   f'text-anchor="end">{escape(str(name)[:28])}</text>')  # fmt: skip
+        for j, (attr, count, label, fill) in enumerate(series):
+            rate, n, y = getattr(g, attr), getattr(g, count), y0 + j * bar
+            of = g.all_rejects if attr == "share_of_rejects" else g.images
+            if rate is None:
+                continue
+            w = max(width * rate, 1.0)
+            out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{fill}" '
+                       f'data-series="{attr}" data-key="{escape(str(g.key))}" data-rate="{rate:.4f}">'
+                       f"<title>{escape(str(name))}, {escape(label)}: {n} of {of}</title></rect>")  # fmt: skip
+            out.append(f'<text x="{left + w + 6:.1f}" y="{y + bar - 3}" fill="#f4f7fa" font-size="11">'
+                       f"{_pct(rate)} ({n}/{of})</text>")  # fmt: skip
+    out.append(f'<line x1="{left}" y1="{top - 4}" x2="{left}" y2="{axis_y}" stroke="#a9b6c4"/>')
+    out.append("</svg>")
+    return "".join(out)

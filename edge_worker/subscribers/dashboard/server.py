@@ -473,7 +473,7 @@ def run_dashboard(
             from edge_worker.subscribers.dashboard.review_compose import open_review
         except ImportError as exc:
             raise ConfigError(f"[review] enabled needs the review extra (pip install 'edge-worker[review]'): {exc}") from exc
-        review = open_review(config)
+        review = open_review(config, settings=settings, prefix=prefix)
     dashboard = Dashboard(settings, listen, prefix, client_id=client_id, silent_after=silent_after, review=review)
     stop = threading.Event()
 

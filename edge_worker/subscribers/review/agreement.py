@@ -19,7 +19,7 @@ from edge_worker.subscribers.review import db
 from edge_worker.subscribers.review.store import ReviewStore, network_opinion
 
 DIMENSIONS = ("pack", "station", "view", "reason")
-_AGREES = {(1, "good"): "good", (1, "questionable"): "bad", (2, "good"): "good", (2, "bad"): "bad"}
+_AGREES = {(1, "good"): "good", (1, "questionable"): "bad", (1, "retake"): "bad", (2, "good"): "good", (2, "bad"): "bad"}
 
 
 @dataclass(frozen=True)

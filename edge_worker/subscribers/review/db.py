@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from edge_worker.subscribers.review.errors import StoreUnavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-HEAD = "0003"
+HEAD = "0004"
 
 metadata = sa.MetaData()
 
@@ -109,6 +109,35 @@ copies = sa.Table(
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_review_copies_received_at", "received_at"),
+)
+
+#: One row per rejection command (``rejections.py``): a ``reject`` written in the same
+#: transaction as the review that confirmed a retake, or a ``withdraw`` written with a tier-two
+#: reversal.  The id is the command's (uuid5 of verdict id, action, review version), the same on
+#: every re-publish.  ``state``: pending (no answer yet) | queued | sent | refused (the worker's
+#: answer, ``docs/review.md``) | cancelled (a withdraw whose reject was refused: nothing to undo).
+rejections = sa.Table(
+    "review_rejections",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("verdict_id", sa.String(36), sa.ForeignKey("review_verdicts.id"), nullable=False),
+    sa.Column("action", sa.String(10), nullable=False),  # reject | withdraw
+    sa.Column("reason_scheme", sa.String(10), nullable=True),  # reject only: DCM
+    sa.Column("reason_code", sa.String(20), nullable=True),  # a CID 7011 code value
+    sa.Column("confirmed_by", sa.String(100), nullable=False),
+    sa.Column("tier", sa.Integer, nullable=False),
+    sa.Column("review_version", sa.Integer, nullable=False),
+    sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),
+    sa.Column("result_reason", sa.String(50), nullable=True),
+    sa.Column("result_detail", sa.Text, nullable=True),
+    sa.Column("document_uid", sa.String(64), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("last_sent_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("answered_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_review_rejections_state", "state"),
+    sa.Index("ix_review_rejections_verdict", "verdict_id"),
 )
 
 UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)

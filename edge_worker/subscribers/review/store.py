@@ -8,6 +8,12 @@ MIQA's rules (paper 002), applied to radiographs:
   flag), only for images in its queue: questionable ones, disputed ones (tier one said good where
   the network said ``retake``) and reopened ones; tier two may reopen any image.
 
+With rejections on (``rejections=RejectPolicy(...)``, ``rejections.py``) the review that
+confirms a retake writes the rejection command in its own transaction: tier two's final
+``bad`` (it then needs a CID 7011 flag), and with ``after="tier_one"`` also tier one's
+``retake`` (a third tier-one outcome, only on a network ``retake`` and with a CID 7011 flag;
+status ``confirmed_bad``, out of tier one's hands, tier two may reopen it).
+
 Every change names the verdict version it saw; a stale version is refused with
 :class:`Conflict`, which carries the change that came first.  Every change and every refusal
 writes an audit row in the same transaction.  A database that cannot be reached raises
@@ -26,7 +32,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from edge_worker.subscribers.review import db
+from edge_worker.subscribers.review import db, rejections
 from edge_worker.subscribers.review.errors import (
     Conflict,
     NotAllowed,
@@ -36,7 +42,8 @@ from edge_worker.subscribers.review.errors import (
     StoreUnavailable,
     UnknownVerdict,
 )
-from edge_worker.subscribers.review.flags import Flag, pack_codes_of, validate_flags
+from edge_worker.subscribers.review.flags import DCM, Flag, pack_codes_of, validate_flags
+from edge_worker.subscribers.review.rejections import RejectPolicy
 
 T = TypeVar("T")
 DEFAULT_URL = "sqlite:///review.sqlite3"
@@ -52,6 +59,7 @@ class Status(enum.StrEnum):
     REOPENED = "reopened"  # tier two took it back -> tier two
     FINAL_GOOD = "final_good"
     FINAL_BAD = "final_bad"
+    CONFIRMED_BAD = "confirmed_bad"  # tier one confirmed the network's retake (reject_after = tier_one)
 
 
 TIER_TWO_QUEUE = frozenset({Status.QUESTIONABLE, Status.DISPUTED, Status.REOPENED})
@@ -148,12 +156,15 @@ class ReviewRecord:
 class ReviewStore:
     """Typed operations on the review database at ``url`` (upgraded to the newest migration).
 
-    ``clock`` gives POSIX seconds (tests pass their own).
+    ``clock`` gives POSIX seconds (tests pass their own).  ``rejections``: None (off) or when
+    confirmations become rejection commands (see the module docstring).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, url: str = DEFAULT_URL, *, clock: Callable[[], float] = time.time,
+                 rejections: RejectPolicy | None = None) -> None:  # fmt: skip
         self.url = url
         self.clock = clock
+        self.rejections = rejections
         self.engine: Engine = db.open_engine(url)
 
     def close(self) -> None:
@@ -333,29 +344,46 @@ class ReviewStore:
 
     def review_tier_one(self, verdict_id: str, user: str, seen_version: int, outcome: str,
                         flags: Iterable[Any] = (), comment: str = "") -> VerdictRecord:  # fmt: skip
-        """Tier one: ``good`` or ``questionable``.  A ``good`` on a network ``retake`` is a
-        dispute and goes to tier two.  Refused once tier two has the image (reopened or final)."""
+        """Tier one: ``good`` or ``questionable`` (or ``retake`` with ``reject_after = "tier_one"``,
+        see the module docstring).  A ``good`` on a network ``retake`` is a dispute and goes to
+        tier two.  Refused once tier two has the image (reopened or final)."""
         detail = {"outcome": outcome, "flags": [list(f) for f in flags], "comment": comment, "seen_version": seen_version}
 
         def work(conn: sa.Connection, record: VerdictRecord) -> VerdictRecord:
             self._role(conn, user, "tier_one")
-            if outcome not in ("good", "questionable"):
+            if outcome not in ("good", "questionable", "retake"):
                 raise RuleViolation(f"tier one marks good or questionable, not {outcome!r}")
             checked = validate_flags(flags, pack_codes_of(record.payload))
+            if outcome == "retake":
+                self._check_tier_one_retake(record, checked)
             if record.status not in TIER_ONE_OPEN:
                 if record.version != seen_version:
                     raise Conflict(record.id, seen_version, record.version, self._last_change(conn, record.id))
                 raise RuleViolation(f"tier two has this image ({record.status.value})")
-            if outcome == "questionable":
+            if outcome == "retake":
+                status = Status.CONFIRMED_BAD
+            elif outcome == "questionable":
                 status = Status.QUESTIONABLE
             elif network_opinion(record.decision) == "bad":
                 status = Status.DISPUTED
             else:
                 status = Status.GOOD
-            return self._apply(conn, record, seen_version, tier=1, user=user, outcome=outcome,
-                               flags=checked, comment=comment, status=status)  # fmt: skip
+            new = self._apply(conn, record, seen_version, tier=1, user=user, outcome=outcome,
+                              flags=checked, comment=comment, status=status)  # fmt: skip
+            if outcome == "retake":
+                rejections.after_review(conn, self.now(), record.id, new.version, tier=1, user=user,
+                                        outcome=outcome, flags=checked)  # fmt: skip
+            return new
 
         return self._change("tier_one", user, verdict_id, detail, work)
+
+    def _check_tier_one_retake(self, record: VerdictRecord, flags: tuple[Flag, ...]) -> None:
+        if self.rejections is None or self.rejections.after != "tier_one":
+            raise RuleViolation('tier one confirms a retake only with [review] reject_after = "tier_one"')
+        if network_opinion(record.decision) != "bad":
+            raise RuleViolation(f"tier one confirms only a network retake; the network said {record.decision}")
+        if not any(s == DCM for s, _ in flags):
+            raise RuleViolation("confirming a retake needs a CID 7011 flag (the reason the PACS is given)")
 
     def decide_tier_two(self, verdict_id: str, user: str, seen_version: int, outcome: str,
                         flags: Iterable[Any] = (), comment: str = "") -> VerdictRecord:  # fmt: skip
@@ -369,6 +397,8 @@ class ReviewStore:
             checked = validate_flags(flags, pack_codes_of(record.payload))
             if outcome == "bad" and not checked:
                 raise RuleViolation("bad needs at least one flag")
+            if outcome == "bad" and self.rejections is not None and not any(s == DCM for s, _ in checked):
+                raise RuleViolation("bad needs a CID 7011 flag here: it is the reason the PACS is given")
             if record.version != seen_version:
                 raise Conflict(record.id, seen_version, record.version, self._last_change(conn, record.id))
             if record.status not in TIER_TWO_QUEUE:
@@ -377,8 +407,13 @@ class ReviewStore:
                     "or reopened images; reopen it first"
                 )
             status = Status.FINAL_GOOD if outcome == "good" else Status.FINAL_BAD
-            return self._apply(conn, record, seen_version, tier=2, user=user, outcome=outcome,
-                               flags=checked, comment=comment, status=status)  # fmt: skip
+            new = self._apply(conn, record, seen_version, tier=2, user=user, outcome=outcome,
+                              flags=checked, comment=comment, status=status)  # fmt: skip
+            if self.rejections is not None:
+                # The same transaction: the decision and its command exist together or not at all.
+                rejections.after_review(conn, self.now(), record.id, new.version, tier=2, user=user,
+                                        outcome=outcome, flags=checked)  # fmt: skip
+            return new
 
         return self._change("tier_two", user, verdict_id, detail, work)
 
