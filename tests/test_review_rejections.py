@@ -152,6 +152,14 @@ def test_tier_one_retake_with_reject_after_tier_one(review_url: str, clock: Cloc
     assert (row.action, row.reason_code, row.tier, row.confirmed_by) == ("reject", "111211", 1, "ann")
     with pytest.raises(RuleViolation, match="tier two has this image"):
         store.review_tier_one(v.id, "ann", 2, "good")
+    # For retraining, tier one's confirmed retake is a bad label with --tier any, none with --tier 2.
+    from edge_worker.subscribers.review.export import LABELLED, _deciding_review, _why_not
+
+    record = store.get(v.id)
+    assert LABELLED[record.status] == ("bad", 1)
+    assert _why_not(record, "any") is None and _why_not(record, "2") is not None
+    deciding = _deciding_review(store.reviews_of(v.id), record.status)
+    assert deciding is not None and (deciding.tier, deciding.outcome) == (1, "retake")
     store.close()
 
 

@@ -12,7 +12,8 @@ Writes into an empty folder:
 
 What a label is (see ``docs/review-copy.md``): the final decision of tier two (``final_good``,
 ``final_bad``); with ``tier="any"`` also tier one's ``good`` where the network did not say
-retake (status ``good``: nobody disputed it).  ``grade`` on the ankle paper's 1-3 scale (1 best):
+retake (status ``good``: nobody disputed it) and tier one's confirmed retake (status
+``confirmed_bad``, with ``reject_after = "tier_one"``: a bad).  ``grade`` on the ankle paper's 1-3 scale (1 best):
 bad is 3; good keeps the network's grade when it is 1 or 2, and is 2 when the network said 3
 (a reviewer who calls it good calls it diagnostic, not flawless); good without a network grade
 leaves grade and score empty.  ``score`` is the network's score clipped into the grade's band.
@@ -53,7 +54,8 @@ COLUMNS = TRAINING_COLUMNS + ("patient_key", "final", "flags", "reviewer_tier", 
 #: The views models.data.read_csv accepts.
 TRAINING_VIEWS = ("AP", "LAT")
 TIERS = ("2", "any")
-LABELLED = {Status.FINAL_GOOD: ("good", 2), Status.FINAL_BAD: ("bad", 2), Status.GOOD: ("good", 1)}
+LABELLED = {Status.FINAL_GOOD: ("good", 2), Status.FINAL_BAD: ("bad", 2), Status.GOOD: ("good", 1),
+            Status.CONFIRMED_BAD: ("bad", 1)}
 
 
 class ExportError(ReviewError):
@@ -88,8 +90,9 @@ def patient_key(study_uid: str | None, salt: bytes) -> str:
 
 
 def _deciding_review(reviews: list[ReviewRecord], status: Status) -> ReviewRecord | None:
-    """The review that gave ``status``: the last tier-two decision, or tier one's last good."""
-    tier, outcome = (2, None) if status != Status.GOOD else (1, "good")
+    """The review that gave ``status``: the last tier-two decision, or tier one's last good
+    (or confirmed retake)."""
+    tier, outcome = {Status.GOOD: (1, "good"), Status.CONFIRMED_BAD: (1, "retake")}.get(status, (2, None))
     for review in reversed(reviews):
         if review.tier == tier and review.outcome != "reopen" and outcome in (None, review.outcome):
             return review
