@@ -43,5 +43,5 @@ def test_lesion_and_variant_options(seed: int) -> None:
     variant, vt = make_head_with_truth(seed, (48, 56, 48), (3.0, 3.0, 3.0), lesion=False,
                                        normal_variant=True)  # fmt: skip
     assert vt.normal_variant
-    csf = lambda v: int(((v > 100) & (v < 260)).sum())  # noqa: E731
+    csf = lambda v: int(((v > 100) & (v < 260)).sum())
     assert csf(variant) > csf(base)  # enlarged ventricles

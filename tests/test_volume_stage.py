@@ -7,6 +7,7 @@ stage's plumbing, not the trained pack (tests/test_mri_pack.py does that).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from edge_worker.backends import select
-from edge_worker.errors import PackError, RejectReason, Rejection
+from edge_worker.errors import PackError, Rejection, RejectReason
 from edge_worker.packs.pack import load_pack, seal_manifest
 from edge_worker.phantoms.mri import make_head
 from edge_worker.pipeline.runner import Pipeline
@@ -62,7 +63,7 @@ def test_tiles_cover_each_axis_with_minimal_overlap(length: int) -> None:
     assert covered[:length].all()
     if len(starts) > 1:
         assert starts[-1] + 64 == length  # no tile hangs over the edge
-        overlaps = [a + 64 - b for a, b in zip(starts, starts[1:])]
+        overlaps = [a + 64 - b for a, b in itertools.pairwise(starts)]
         total = len(starts) * 64 - length
         assert sum(overlaps) == total and max(overlaps) - min(overlaps) <= 1  # spread evenly
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from edge_worker.errors import RejectReason, Rejection
+from edge_worker.errors import Rejection, RejectReason
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session
