@@ -52,7 +52,8 @@ def tiles_of(volume: np.ndarray, jitter: np.random.Generator | None = None) -> n
     starts = plan_tiles(volume.shape, TILE)
     if jitter is not None:
         limit = [max(0, n - TILE) for n in volume.shape]
-        starts = [tuple(int(min(max(s + jitter.integers(-8, 9), 0), m)) for s, m in zip(st, limit))
-                  for st in starts]  # fmt: skip
+        moved = [[int(min(max(s + jitter.integers(-8, 9), 0), m)) for s, m in zip(st, limit)]
+                 for st in starts]  # fmt: skip
+        starts = [(z, y, x) for z, y, x in moved]
     _, out = next(batches(volume, starts, TILE, len(starts), intensity_scale(volume, 99.5), MEAN, STD))  # type: ignore[arg-type]
     return out.astype(np.float16)
