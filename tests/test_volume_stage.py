@@ -166,3 +166,15 @@ def test_a_radiograph_pack_judges_no_volume_and_a_volume_pack_no_radiograph(pipe
     assert pipeline.judges_volumes is True and not pipeline.pack.judges_radiographs
     with pytest.raises(PackError, match="volume pack"):
         pipeline.judge(np.zeros((64, 64), np.float32))
+
+
+def test_volume_packs_are_not_bundled_radiograph_packs_nor_routed(tiny: Path, tmp_path: Path) -> None:
+    from edge_worker.packs.pack import bundled_pack_dirs
+    from edge_worker.service.assembly import build_pipeline, build_router
+    from edge_worker.service.config import parse
+
+    assert "mri-demo" not in [d.name for d in bundled_pack_dirs()]
+    config = parse(f'[watch]\nfolder = "{tmp_path / "in"}"\n[state]\nfolder = "{tmp_path / "state"}"\n'
+                   f'[pack]\nbundled = false\nextra = ["{tiny}"]\n')  # fmt: skip
+    with pytest.raises(PackError, match="is a volume pack"):
+        build_router(config, build_pipeline(config))

@@ -220,11 +220,27 @@ def default_pack_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "packs" / DEMO_PACK_NAME
 
 
+def _is_volume_pack(root: Path) -> bool:
+    """Whether ``root``'s manifest has a tiled_volume stage (read unverified: only to sort)."""
+    try:
+        raw = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False  # load_pack says why, when the pack is loaded
+    stages = raw.get("stages") if isinstance(raw, dict) else None
+    return isinstance(stages, list) and any(
+        isinstance(s, dict) and s.get("task") == "tiled_volume" for s in stages
+    )
+
+
 def bundled_pack_dirs() -> list[Path]:
-    """The packs shipped under ``models/packs`` other than the demo pack, by name."""
+    """The radiograph packs shipped under ``models/packs`` other than the demo pack, by name.
+
+    Volume packs (``mri-demo``: a tiled_volume stage) are left out: they judge MR series, and
+    only where ``[series] pack`` names one."""
     root = default_pack_dir().parent
     return sorted(
         d for d in root.iterdir() if d.name != DEMO_PACK_NAME and (d / "manifest.json").is_file()
+        and not _is_volume_pack(d)
     )
 
 
