@@ -9,7 +9,7 @@ artifact             how                                          flag
 ghosting             ``tio.RandomGhosting`` (phase axis y)         ghosting
 motion               ``tio.RandomMotion``                         (score only)
 bias field           ``tio.RandomBiasField``                      inhomogeneity
-spike                ``tio.RandomSpike``                          (score only)
+spike                ``tio.Spike`` (one spike, random position)   (score only)
 noise                ``tio.RandomNoise``                          (score only)
 misalignment         ``tio.RandomAffine`` (a large head tilt)      misalignment
 wraparound           fold the parts outside a smaller phase FOV   wraparound
@@ -174,7 +174,8 @@ def apply(vol: np.ndarray, strengths: dict[str, float], seed: int) -> np.ndarray
         g = s["ghosting"]
         out = _tio(tio.RandomGhosting(num_ghosts=(2, 6), axes=(PHASE_AXIS,), intensity=(0.3 + 0.7 * g, 0.3 + 0.7 * g)), out)
     if s["spike"]:
-        out = _tio(tio.RandomSpike(num_spikes=1, intensity=(0.3 + 0.9 * s["spike"],) * 2), out)
+        # tio.Spike with our own position: tio.RandomSpike (1.2.1) left some volumes unchanged.
+        out = _tio(tio.Spike(rng.random((1, 3)), 0.1 + 0.4 * s["spike"]), out)
     if s["truncation"]:
         out = _truncation(out, s["truncation"], int(rng.integers(1, 3)))
     if s["noise"]:
