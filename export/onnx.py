@@ -20,7 +20,8 @@ from models.data import VIEW_LABELS
 from models.networks import ArchConfig, build
 
 OPSET = 18
-OUTPUT_NAMES = {"view": "logits", "roi": "mask", "quality": "score", "orientation": "cossin"}
+OUTPUT_NAMES = {"view": "logits", "roi": "mask", "quality": "score", "orientation": "cossin",
+                "tiled_volume": "outputs"}
 #: The gate: ``max |onnx - torch| <= ATOL + RTOL * max |torch|`` for every output.
 ATOL, RTOL = 1e-4, 1e-4
 
@@ -56,14 +57,18 @@ def load_checkpoint(path: str | Path) -> Loaded:
 
 
 def export_onnx(
-    net: nn.Module, path: str | Path, task: str, channels: int, height: int, width: int
+    net: nn.Module, path: str | Path, task: str, channels: int, height: int, width: int,
+    depth: int = 0,
 ) -> Path:
-    """Write ``net`` as ONNX at ``path`` (input ``image``, output per task, batch dynamic)."""
+    """Write ``net`` as ONNX at ``path`` (input ``image``, output per task, batch dynamic).
+
+    ``depth`` > 0: a 3-D network, input ``(N, C, depth, height, width)`` (a tiled_volume tile).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     net.eval()
     # Batch 2 in the example: torch.export specialises sizes 0 and 1.
-    example = torch.zeros(2, channels, height, width)
+    example = torch.zeros(2, channels, *((depth,) if depth else ()), height, width)
     batch = torch.export.Dim("batch", min=1, max=256)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -16,6 +16,7 @@ import pytest
 from edge_worker.errors import Rejection, RejectReason
 from edge_worker.ingest.slices import slice_file
 from edge_worker.ingest.volume import build_volume, geometry, missing
+from edge_worker.phantoms.mri import make_head
 from edge_worker.phantoms.mri_dicom import SeriesSpec, write_enhanced, write_mixed, write_series
 from edge_worker.watching.series import SeriesCollector
 
@@ -24,10 +25,7 @@ BIG = 10**9
 
 
 def _volume(seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
-    ball = ((z - 6) / 6.0) ** 2 + ((y - 20) / 16.0) ** 2 + ((x - 24) / 20.0) ** 2 < 1.0
-    return (ball * 800.0 + rng.normal(0, 5, SHAPE) + 50.0).astype(np.float32)
+    return make_head(seed, SHAPE, (12.0, 5.0, 4.0))  # the whole head in a small grid
 
 
 def _facts(paths: list[Path]) -> list:

@@ -28,8 +28,9 @@ MRI_PACK = ROOT / "models" / "packs" / "mri-demo"
 
 
 def _volume(shape: tuple[int, int, int] = (12, 40, 48), seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.random(shape) * 100.0 + 20.0).astype(np.float32)
+    from edge_worker.phantoms.mri import make_head
+
+    return make_head(seed, shape, (1.0, 1.0, 1.0))
 
 
 def _series_station(

@@ -26,6 +26,7 @@ import numpy as np
 from edge_worker.ingest.slices import slice_file
 from edge_worker.ingest.volume import build_volume, geometry
 from edge_worker.judging.process import Outcome
+from edge_worker.phantoms.mri import make_head
 from edge_worker.phantoms.mri_dicom import SeriesSpec, write_series
 from edge_worker.publish.journal import Journal
 from edge_worker.service.config import parse
@@ -33,13 +34,8 @@ from edge_worker.service.series_desk import SeriesDesk
 
 
 def _phantom(shape: tuple[int, int, int], seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    r2 = ((z - shape[0] / 2) / (shape[0] / 2.2)) ** 2 + (
-        (y - shape[1] / 2) / (shape[1] / 2.4)
-    ) ** 2
-    head = r2 + ((x - shape[2] / 2) / (shape[2] / 2.6)) ** 2 < 1.0
-    return (head * 600.0 + rng.normal(0.0, 8.0, shape) + 40.0).astype(np.float32)
+    """A head phantom filling the series' 1 mm grid (:func:`edge_worker.phantoms.mri.make_head`)."""
+    return make_head(seed, shape, (1.0, 1.0, 1.0))
 
 
 def time_series(

@@ -47,6 +47,8 @@ class InputSpec:
     channels: int
     mean: float
     std: float
+    #: Slices of a 3-D input (a tiled_volume stage's tile); 0 for a 2-D image.
+    depth: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,11 @@ class Pack:
     def networks(self) -> tuple[StageSpec, ...]:
         """The stages that run an ONNX file (the ones a backend loads)."""
         return tuple(s for s in self.stages if s.input is not None)
+
+    @property
+    def judges_radiographs(self) -> bool:
+        """False for a volume pack: one with a tiled_volume stage and no view stage."""
+        return any(s.name == self.view_stage for s in self.stages)
 
     @property
     def synthetic(self) -> bool:
@@ -213,11 +220,27 @@ def default_pack_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "packs" / DEMO_PACK_NAME
 
 
+def _is_volume_pack(root: Path) -> bool:
+    """Whether ``root``'s manifest has a tiled_volume stage (read unverified: only to sort)."""
+    try:
+        raw = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False  # load_pack says why, when the pack is loaded
+    stages = raw.get("stages") if isinstance(raw, dict) else None
+    return isinstance(stages, list) and any(
+        isinstance(s, dict) and s.get("task") == "tiled_volume" for s in stages
+    )
+
+
 def bundled_pack_dirs() -> list[Path]:
-    """The packs shipped under ``models/packs`` other than the demo pack, by name."""
+    """The radiograph packs shipped under ``models/packs`` other than the demo pack, by name.
+
+    Volume packs (``mri-demo``: a tiled_volume stage) are left out: they judge MR series, and
+    only where ``[series] pack`` names one."""
     root = default_pack_dir().parent
     return sorted(
         d for d in root.iterdir() if d.name != DEMO_PACK_NAME and (d / "manifest.json").is_file()
+        and not _is_volume_pack(d)
     )
 
 
@@ -236,6 +259,7 @@ def _input_spec(raw: dict[str, Any], where: str) -> InputSpec:
             channels=int(_require(raw, "channels", where)),
             mean=float(raw.get("mean", 0.0)),
             std=float(raw.get("std", 1.0)),
+            depth=int(raw.get("depth", 0)),
         )
     except (TypeError, ValueError) as exc:
         raise PackError(f"{where}: bad input spec: {exc}") from exc
@@ -319,6 +343,8 @@ def _stage_spec(
     when = _when(raw.get("when"), where, earlier)
     single = when.get(view_stage)
     outputs = _require(raw, "outputs", where) if network else raw.get("outputs", {})
+    if isinstance(outputs, list):  # a tiled_volume stage names its output columns, in order
+        outputs = {str(n): f"column {i}" for i, n in enumerate(outputs)}
     research_only = raw.get("research_only", False)
     if not isinstance(research_only, bool):
         raise PackError(f"{where}: research_only: must be true or false")
@@ -387,6 +413,7 @@ def load_pack(root: Path | None = None) -> Pack:
     """Read ``root/manifest.json``, verify every file's sha256 and return the :class:`Pack`.
 
     ``None`` loads the demo pack.  Raises :class:`PackError` with the reason on any problem.
+    A pack needs a view stage, except a volume pack (a ``tiled_volume`` stage, for MR series).
     """
     root = Path(root) if root is not None else default_pack_dir()
     manifest_path = root / "manifest.json"
@@ -410,7 +437,8 @@ def load_pack(root: Path | None = None) -> Pack:
     view_stage = str(raw.get("view_stage", "view"))
     stages = _stages(root, raw, view_stage)
     view = next((s for s in stages if s.name == view_stage), None)
-    if view is None or view.task != "classify" or view.options.get("multi_label"):
+    volume_only = view is None and any(s.task == "tiled_volume" for s in stages)
+    if not volume_only and (view is None or view.task != "classify" or view.options.get("multi_label")):
         raise PackError(f"{manifest_path}: view_stage: '{view_stage}' is not a single-label "
                         "classify stage of the pack")  # fmt: skip
     known = {"manifest.json": manifest_sha}

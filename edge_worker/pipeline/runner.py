@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from edge_worker.backends import LoadOptions, Selected, Session
+from edge_worker.errors import PackError
 from edge_worker.ingest.types import Header
 from edge_worker.judging.decision import (
     Reason,
@@ -24,6 +25,7 @@ from edge_worker.pipeline.preprocess import RotatedBox, Turn, working_image
 from edge_worker.pipeline.stages import OrientationResult, QualityResult, RoiResult, ViewResult
 from edge_worker.pipeline.tasks import TASKS
 from edge_worker.pipeline.tasks.base import Context, Item
+from edge_worker.pipeline.volume import VolumeJudgement, judge_volume
 
 
 @dataclass
@@ -120,11 +122,35 @@ class Pipeline:
         for spec in self.pack.networks:
             i = spec.input
             assert i is not None
-            self._sessions[spec.name].run(np.zeros((1, i.channels, i.height, i.width), np.float32))
+            depth = (i.depth,) if i.depth else ()
+            self._sessions[spec.name].run(np.zeros((1, i.channels, *depth, i.height, i.width), np.float32))
 
     def session(self, name: str) -> Session:
         """The loaded network of the stage called ``name`` (for measurements and tools)."""
         return self._sessions[name]
+
+    @property
+    def judges_volumes(self) -> bool:
+        """Whether the pack has a tiled_volume stage (:meth:`judge_volume` works)."""
+        return self._volume_stage() is not None
+
+    def _volume_stage(self) -> StageSpec | None:
+        return next((s for s in self.pack.stages if s.task == "tiled_volume"), None)
+
+    def judge_volume(
+        self, volume: np.ndarray, spacing_mm: tuple[float, float, float]
+    ) -> VolumeJudgement:
+        """Judge an MR volume ``(z, y, x)`` in scanner units, voxels of ``spacing_mm`` (z, y, x).
+
+        Raises :class:`PackError` when the pack has no tiled_volume stage, and a
+        :class:`~edge_worker.errors.Rejection` (``volume_too_large``) when the resampled volume
+        exceeds the stage's ``max_voxels`` (:func:`edge_worker.pipeline.volume.judge_volume`).
+        """
+        spec = self._volume_stage()
+        if spec is None:
+            raise PackError(f"pack {self.pack.name} has no tiled_volume stage: it judges no volume")
+        synthetic = bool(spec.options["synthetic"]) or self.pack.synthetic
+        return judge_volume(self._sessions[spec.name], spec, volume, spacing_mm, synthetic)
 
     def judge(self, pixels: np.ndarray, header: Header | None = None) -> Judgement:
         """Judge one normalised image (float32 in [0, 1], display polarity)."""
@@ -144,6 +170,9 @@ class Pipeline:
         """
         if not images:
             return []
+        if not self.pack.judges_radiographs:
+            raise PackError(f"pack {self.pack.name} is a volume pack (no view stage): it judges "
+                            "MR volumes (judge_volume), not radiographs")  # fmt: skip
         heads = list(headers) if headers is not None else [None] * len(images)
         if len(heads) != len(images):
             raise ValueError(f"{len(images)} images but {len(heads)} headers")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge_worker.backends import LoadOptions, select
+from edge_worker.errors import PackError
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.judging.bodypart import parse_keywords
 from edge_worker.judging.decision import Rules
@@ -23,6 +24,10 @@ def build_router(config: Config, primary: Pipeline) -> Router:
     """The primary pipeline plus one per extra (and bundled) pack, routed by body part."""
     others = preflight.pack_sources(config, primary.pack.root)[1:]
     pipelines = [primary] + [build_pipeline(config, d, key) for key, d in others]
+    for p in pipelines:
+        if not p.pack.judges_radiographs:
+            raise PackError(f"{p.pack.root}: {p.pack.name} is a volume pack (tiled_volume, no view "
+                            "stage): it judges MR series; name it as [series] pack")  # fmt: skip
     return Router(pipelines, parse_synonyms(config.pack.synonyms), config.pack.default,
                   parse_keywords(config.pack.body_part_keywords))  # fmt: skip
 

@@ -17,6 +17,7 @@ from edge_worker.pipeline.tasks import (
     regress,
     rules,
     segment,
+    tiled_volume,
 )
 
 TASKS: dict[str, ModuleType] = {
@@ -27,6 +28,7 @@ TASKS: dict[str, ModuleType] = {
     "rules": rules,
     "heatmap": heatmap,
     "derive": derive,
+    "tiled_volume": tiled_volume,
 }
 
 #: The tasks that run an ONNX file through an inference backend.
