@@ -8,6 +8,7 @@ disk, the bundled ankle pack for identity (digest, describe), the schema validat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from edge_worker.judging.process import Outcome
 from edge_worker.packs.pack import load_pack
 from edge_worker.phantoms.mri_dicom import write_series
 from edge_worker.publish.journal import Journal
-from edge_worker.publish.series_verdict import series_reasons
+from edge_worker.publish.series_verdict import series_reasons, unjudged_flags
 from edge_worker.service.config import parse
 from edge_worker.service.series_desk import SeriesDesk
 from edge_worker.subscribers.dashboard.state import entry_from_verdict
@@ -66,7 +67,10 @@ class StandIn:
     judges_volumes = True
 
     def __init__(self, judgement: Judgement) -> None:
-        self.pack = load_pack()
+        # The ankle pack's files for identity, with a volume pack's figures: ghosting is judged
+        # (AUC 0.9 on unseen volumes), wraparound is not (0.55), flow was never measured.
+        flags = {"ghosting": {"auc": 0.9}, "wraparound": {"auc": 0.55}}
+        self.pack = dataclasses.replace(load_pack(), validation={"flags": flags})
         self.backend = _Backend()
         self.judgement = judgement
         self.seen: list[tuple[tuple[int, ...], tuple[float, float, float]]] = []
@@ -124,9 +128,11 @@ def test_one_verdict_per_series_with_the_schema_and_a_stable_id(tmp_path: Path) 
     assert payload["decision"] == "review" and payload["diagnostic"] is None
     assert [r["code"] for r in payload["reasons"]] == [
         "mri_flagged",
+        "mri_flags_not_judged",
         "mri_quality_ok",
         "mri_synthetic_pack",
     ]
+    assert s["not_judged"] == ["wraparound"]
     assert sorted(disposed) == sorted(paths)
     assert all(
         journal.seen(Journal.key(p, p.stat().st_size, p.stat().st_mtime_ns)) == outcome.id
@@ -181,6 +187,21 @@ def test_decision_rule(judgement: Judgement, decision: str, codes: list[str]) ->
     reasons = series_reasons(judgement)
     assert [r.code for r in reasons] == codes
     assert decision_of(r.severity for r in reasons) == decision
+
+
+def test_flags_the_pack_cannot_be_trusted_on_never_raise_or_clear_a_series() -> None:
+    validation = {"flags": {"ghosting": {"auc": 0.94}, "lesion": {"auc": 0.46}, "flow": {"auc": None}}}
+    assert unjudged_flags(validation, ["ghosting", "lesion", "flow", "spike"]) == ["flow", "lesion", "spike"]
+    assert unjudged_flags({}, ["ghosting"]) == ["ghosting"]  # no figures: nothing is judged
+    # A lesion probability of 0.9 from a flag at chance is not a finding; the series is not
+    # "ok" either: a person looks for what the pack cannot see.
+    j = Judgement(score=8.0, flags={"ghosting": 0.1, "lesion": 0.9}, synthetic=False)
+    reasons = series_reasons(j, unjudged_flags(validation, j.flags))
+    assert [r.code for r in reasons] == ["mri_flags_not_judged", "mri_quality_ok"]
+    assert "lesion" in reasons[0].text
+    from edge_worker.judging.decision import decision_of
+
+    assert decision_of(r.severity for r in reasons) == "review"
 
 
 def test_radiograph_verdicts_still_need_their_fields() -> None:

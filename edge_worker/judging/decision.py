@@ -61,6 +61,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "mri_flagged": (REVIEW, "an MR series artifact or finding flag is above the pack's threshold"),
     "mri_quality_low": (REVIEW, "the MR series' quality score is below the pack's review threshold"),
     "mri_quality_not_diagnostic": (RETAKE, "the MR series' quality score is below the pack's retake threshold"),
+    "mri_flags_not_judged": (REVIEW, "flags the volume pack cannot be trusted on (low or no AUC on unseen volumes): a person looks for them"),
     "mri_quality_ok": (INFO, "the MR series' quality score is at or above the review threshold"),
     "mri_synthetic_pack": (REVIEW, "the volume pack was trained on synthetic phantoms only: a person decides"),
 }

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from edge_worker import __version__
@@ -77,14 +78,39 @@ def _tile(b: TileBoxLike) -> dict[str, Any]:
             "x1": int(b.x1), "probability": _r(b.probability)}  # fmt: skip
 
 
-def series_reasons(j: VolumeJudgementLike) -> list[Reason]:
-    """The findings on a judged volume, in order: flags, score, then the pack's provenance."""
+#: A flag whose AUC on the pack's unseen test volumes is below this is not judged by the pack.
+MIN_FLAG_AUC = 0.7
+
+
+def unjudged_flags(validation: dict[str, Any], flags: Iterable[str]) -> list[str]:
+    """The flags the pack cannot be trusted on: no measured AUC in its manifest's
+    ``validation.flags``, or one below :data:`MIN_FLAG_AUC` (near 0.5 is a coin toss).  Their
+    probabilities are still shown, but they never raise, and never clear, a series."""
+    measured = validation.get("flags") if isinstance(validation, dict) else None
+    measured = measured if isinstance(measured, dict) else {}
+
+    def auc(name: str) -> float | None:
+        value = measured.get(name, {}).get("auc") if isinstance(measured.get(name), dict) else None
+        return float(value) if isinstance(value, (int, float)) else None
+
+    return sorted(n for n in flags if (a := auc(n)) is None or a < MIN_FLAG_AUC)
+
+
+def series_reasons(j: VolumeJudgementLike, not_judged: Iterable[str] = ()) -> list[Reason]:
+    """The findings on a judged volume, in order: flags, score, then the pack's provenance.
+    ``not_judged``: flags the pack cannot be trusted on (:func:`unjudged_flags`)."""
     t = {**DEFAULT_THRESHOLDS, **(j.thresholds or {})}
+    skip = sorted(set(not_judged))
     reasons = [
         Reason("mri_flagged", _flag_text(name, p, t["flag_review_above"]), rule=name)
         for name, p in sorted(j.flags.items(), key=lambda kv: -kv[1])
-        if p > t["flag_review_above"]
+        if p > t["flag_review_above"] and name not in skip
     ]
+    if skip:
+        reasons.append(Reason("mri_flags_not_judged", (
+            f"Not judged by this pack (AUC on unseen volumes below {MIN_FLAG_AUC:.2f} or not measured): "
+            f"{', '.join(n.replace('_', ' ') for n in skip)}; a person looks for them."
+        )))  # fmt: skip
     score = float(j.score)
     if score < t["score_retake_below"]:
         reasons.append(Reason("mri_quality_not_diagnostic",
@@ -123,10 +149,11 @@ def build_series_verdict(
     """The verdict payload of one judged series (``seen_at``: when its last file came)."""
     j = judgement
     first = files[0]
-    reasons = series_reasons(j)
+    not_judged = unjudged_flags(pack.validation, j.flags)
+    reasons = series_reasons(j, not_judged)
     decision = decision_of(r.severity for r in reasons)
     thresholds = {**DEFAULT_THRESHOLDS, **(j.thresholds or {})}
-    flagged = sorted(n for n, p in j.flags.items() if p > thresholds["flag_review_above"])
+    flagged = sorted(n for n, p in j.flags.items() if p > thresholds["flag_review_above"] and n not in not_judged)
     series = {
         "series_instance_uid": first.series_uid,
         "slices": int(volume.voxels.shape[0]),
@@ -139,6 +166,7 @@ def build_series_verdict(
         "score_range": [float(score_range[0]), float(score_range[1])],
         "flags": {k: _r(v) for k, v in j.flags.items()},
         "flagged": flagged,
+        "not_judged": not_judged,
         "flag_tiles": {name: [_tile(b) for b in boxes] for name, boxes in j.flag_tiles.items()},
         "thresholds": {k: float(v) for k, v in thresholds.items()},
         "tiles": int(j.tiles),
