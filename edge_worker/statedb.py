@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge_worker.errors import EdgeWorkerError
+
 log = logging.getLogger(__name__)
 
 # Primary result codes (the low byte of an extended code) that mean the file is damaged.
@@ -203,6 +205,17 @@ def _salvage(
             recovered[table], skipped[table] = done, bad
     finally:
         old.close()
+
+
+def claim_schema_version(db: sqlite3.Connection, version: int, what: str) -> None:
+    """Stamp a new file with ``version`` (SQLite's ``user_version``), or refuse a file written
+    by another schema version: the connection is closed and ``EdgeWorkerError`` names ``what``."""
+    found = db.execute("PRAGMA user_version").fetchone()[0]
+    if found == 0:
+        db.execute(f"PRAGMA user_version={int(version)}")
+    elif found != version:
+        db.close()
+        raise EdgeWorkerError(f"{what} has schema version {found}, expected {version}")
 
 
 def open_state_db(path: Path, schema: Sequence[str], accept: RowCheck | None = None) -> Opened:

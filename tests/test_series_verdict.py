@@ -1,8 +1,8 @@
 """One series, one verdict: the payload, its schema, the decision rule and the desk's bookkeeping.
 
-The volume network is mri-model's and has not landed here, so ``judge_volume`` is a stand-in
-returning a fixed :class:`Judgement` of the interface's shape (mri_iface.md section 2): the only
-mocked part.  Everything else is real: phantom DICOM files, the assembly, a real journal on
+``judge_volume`` is a stand-in returning a fixed judgement (a real
+:class:`~edge_worker.pipeline.volume.VolumeJudgement`), so that each decision rule is reached on
+purpose: the only stand-in (the real network on a real series is in test_mri_series_daemon.py).  Everything else is real: phantom DICOM files, the assembly, a real journal on
 disk, the bundled ankle pack for identity (digest, describe), the schema validator.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from edge_worker.judging.process import Outcome
 from edge_worker.packs.pack import load_pack
 from edge_worker.phantoms.mri_dicom import write_series
+from edge_worker.pipeline.volume import TileBox, VolumeJudgement
 from edge_worker.publish.journal import Journal
 from edge_worker.publish.series_verdict import series_reasons, unjudged_flags
 from edge_worker.service.config import parse
@@ -32,29 +32,19 @@ jsonschema = pytest.importorskip("jsonschema")
 SCHEMA = json.loads((ROOT / "edge_worker" / "schema" / "verdict.schema.json").read_text())
 
 
-@dataclass(frozen=True)
-class Box:
-    z0: int
-    y0: int
-    x0: int
-    z1: int
-    y1: int
-    x1: int
-    probability: float
-
-
-@dataclass(frozen=True)
-class Judgement:
-    score: float = 7.5
-    flags: dict[str, float] = field(default_factory=lambda: {"ghosting": 0.8, "wraparound": 0.1})
-    flag_tiles: dict[str, list[Box]] = field(
-        default_factory=lambda: {"ghosting": [Box(0, 0, 0, 12, 40, 48, 0.8)]}
+def Judgement(
+    score: float = 7.5, flags: dict[str, float] | None = None, synthetic: bool = True
+) -> VolumeJudgement:
+    """A fixed judgement: ghosting 0.8 (its top tile), wraparound 0.1, the default thresholds."""
+    return VolumeJudgement(
+        score=score,
+        flags={"ghosting": 0.8, "wraparound": 0.1} if flags is None else flags,
+        flag_tiles={"ghosting": [TileBox(0, 0, 0, 12, 40, 48, 0.8)]},
+        tiles=1,
+        thresholds={"score_review_below": 6.0, "score_retake_below": 3.0, "flag_review_above": 0.5},
+        synthetic=synthetic,
+        timings_ms={"infer": 1.0},
     )
-    tiles: int = 1
-    thresholds: dict[str, float] = field(default_factory=lambda: {"score_review_below": 6.0,
-                                         "score_retake_below": 3.0, "flag_review_above": 0.5})  # fmt: skip
-    synthetic: bool = True
-    timings_ms: dict[str, float] = field(default_factory=lambda: {"infer": 1.0})
 
 
 class _Backend:
@@ -66,7 +56,7 @@ class StandIn:
 
     judges_volumes = True
 
-    def __init__(self, judgement: Judgement) -> None:
+    def __init__(self, judgement: VolumeJudgement) -> None:
         # The ankle pack's files for identity, with a volume pack's figures: ghosting is judged
         # (AUC 0.9 on unseen volumes), wraparound is not (0.55), flow was never measured.
         flags = {"ghosting": {"auc": 0.9}, "wraparound": {"auc": 0.55}}
@@ -75,7 +65,7 @@ class StandIn:
         self.judgement = judgement
         self.seen: list[tuple[tuple[int, ...], tuple[float, float, float]]] = []
 
-    def judge_volume(self, volume: np.ndarray, spacing_mm: tuple[float, float, float]) -> Judgement:
+    def judge_volume(self, volume: np.ndarray, spacing_mm: tuple[float, float, float]) -> VolumeJudgement:
         self.seen.append((volume.shape, spacing_mm))
         return self.judgement
 
@@ -181,7 +171,7 @@ def test_one_verdict_per_series_with_the_schema_and_a_stable_id(tmp_path: Path) 
         ),
     ],
 )
-def test_decision_rule(judgement: Judgement, decision: str, codes: list[str]) -> None:
+def test_decision_rule(judgement: VolumeJudgement, decision: str, codes: list[str]) -> None:
     from edge_worker.judging.decision import decision_of
 
     reasons = series_reasons(judgement)

@@ -24,8 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_worker.errors import EdgeWorkerError
-from edge_worker.statedb import Damage, open_state_db
+from edge_worker.statedb import Damage, claim_schema_version, open_state_db
 
 _SCHEMA_VERSION = 1
 _SCHEMA = (
@@ -89,12 +88,7 @@ class PacsOutbox:
         self._db = opened.db
         #: The damage healed while opening (None: the file was sound).
         self.damage: Damage | None = opened.damage
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        elif version != _SCHEMA_VERSION:
-            self._db.close()
-            raise EdgeWorkerError(f"PACS outbox {self.path} has schema version {version}, expected {_SCHEMA_VERSION}")
+        claim_schema_version(self._db, _SCHEMA_VERSION, f"PACS outbox {self.path}")
 
     # -- objects -----------------------------------------------------------------------------
     def put(self, key: str, kind: str, verdict_id: str, sop_uid: str, data: bytes) -> bool:

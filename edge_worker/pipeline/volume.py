@@ -62,7 +62,7 @@ class TileBox:
 
 @dataclass(frozen=True)
 class VolumeJudgement:
-    """What the tiled_volume stage says about one volume (mri_iface.md section 2)."""
+    """What the tiled_volume stage says about one volume (docs/mri.md, "The stage and the API")."""
 
     score: float
     """0-10, higher is better (MIQA overall quality): the mean over the tiles, clipped."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_worker.errors import EdgeWorkerError
-from edge_worker.statedb import Damage, open_state_db
+from edge_worker.statedb import Damage, claim_schema_version, open_state_db
 
 if TYPE_CHECKING:
     from typing import Self  # 3.11+; annotations are not evaluated on 3.10
@@ -130,14 +130,7 @@ class Outbox:
         self._db = opened.db
         #: The damage healed while opening (``None``: the file was sound); the daemon reports it.
         self.damage: Damage | None = opened.damage
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            self._db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        elif version != _SCHEMA_VERSION:
-            self._db.close()
-            raise EdgeWorkerError(
-                f"outbox {self.path} has schema version {version}, expected {_SCHEMA_VERSION}"
-            )
+        claim_schema_version(self._db, _SCHEMA_VERSION, f"outbox {self.path}")
         self._closed = False
         depth = self.depth()
         if depth:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from edge_worker import __version__
 from edge_worker.ingest.slices import SliceFile
 from edge_worker.ingest.volume import Volume
 from edge_worker.judging.decision import Reason, decision_of
 from edge_worker.packs.pack import Pack
+from edge_worker.pipeline.volume import TileBox, VolumeJudgement
 from edge_worker.publish.verdict import VERDICT_SCHEMA, utc_iso
 
 _NAMESPACE = uuid.UUID("6f1c2a3e-1d57-4c1b-9a8e-5b0e4f7a2c11")  # the one of publish.verdict
@@ -35,28 +36,6 @@ DEFAULT_THRESHOLDS = {
     "score_retake_below": 3.0,
     "flag_review_above": 0.5,
 }
-
-
-class TileBoxLike(Protocol):
-    z0: int
-    y0: int
-    x0: int
-    z1: int
-    y1: int
-    x1: int
-    probability: float
-
-
-class VolumeJudgementLike(Protocol):
-    """What ``Pipeline.judge_volume`` returns (edge_worker.pipeline.volume.VolumeJudgement)."""
-
-    score: float
-    flags: dict[str, float]
-    flag_tiles: dict[str, list[Any]]
-    tiles: int
-    thresholds: dict[str, float]
-    synthetic: bool
-    timings_ms: dict[str, float]
 
 
 def series_verdict_id(series_uid: str, pixel_digest: str, pack_digest: str) -> str:
@@ -73,7 +52,7 @@ def _flag_text(name: str, probability: float, threshold: float) -> str:
     return f"{label}: probability {probability:.2f} above {threshold:.2f}; see the tiles that drove it."
 
 
-def _tile(b: TileBoxLike) -> dict[str, Any]:
+def _tile(b: TileBox) -> dict[str, Any]:
     return {"z0": int(b.z0), "y0": int(b.y0), "x0": int(b.x0), "z1": int(b.z1), "y1": int(b.y1),
             "x1": int(b.x1), "probability": _r(b.probability)}  # fmt: skip
 
@@ -96,7 +75,7 @@ def unjudged_flags(validation: dict[str, Any], flags: Iterable[str]) -> list[str
     return sorted(n for n in flags if (a := auc(n)) is None or a < MIN_FLAG_AUC)
 
 
-def series_reasons(j: VolumeJudgementLike, not_judged: Iterable[str] = ()) -> list[Reason]:
+def series_reasons(j: VolumeJudgement, not_judged: Iterable[str] = ()) -> list[Reason]:
     """The findings on a judged volume, in order: flags, score, then the pack's provenance.
     ``not_judged``: flags the pack cannot be trusted on (:func:`unjudged_flags`)."""
     t = {**DEFAULT_THRESHOLDS, **(j.thresholds or {})}
@@ -139,7 +118,7 @@ def build_series_verdict(
     station: str,
     files: list[SliceFile],
     volume: Volume,
-    judgement: VolumeJudgementLike,
+    judgement: VolumeJudgement,
     pack: Pack,
     backend: str,
     seen_at: float,

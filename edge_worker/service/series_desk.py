@@ -132,7 +132,7 @@ class SeriesDesk:
         timings = {"assemble": assemble_ms, "total": (time.perf_counter() - start) * 1000.0,
                    "last_file_to_verdict": (time.time() - due.last_seen) * 1000.0}  # fmt: skip
         stage = next((s for s in self.pipeline.pack.stages if s.task == "tiled_volume"), None)
-        # The stage's checked options carry its score_range (mri_iface.md section 1); 0-10 else.
+        # The stage's checked options carry its score_range (docs/model-pack.md, `tiled_volume`); 0-10 else.
         low, high = (stage.options.get("score_range") if stage is not None else None) or (0.0, 10.0)
         payload = build_series_verdict(
             site=self.config.site, station=self.config.station, files=files, volume=volume,

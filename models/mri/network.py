@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-#: The ten flags, in the order of the pack's ``outputs`` after ``quality`` (mri_iface.md).
+#: The ten flags, in the order of the pack's ``outputs`` after ``quality`` (docs/mri.md).
 FLAGS = ("normal_variant", "lesion", "incomplete_coverage", "misalignment", "wraparound",
          "ghosting", "inhomogeneity", "susceptibility", "flow", "truncation")  # fmt: skip
 SCORE_MAX = 10.0

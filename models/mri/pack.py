@@ -37,7 +37,7 @@ def parity_tiles(tile: int, spacing_mm: tuple[float, float, float], n: int = 4) 
 
 def stage_entry(onnx_name: str, sha256: str, tile: int, spacing_mm: tuple[float, float, float],
                 architecture: str, batch: int = 4) -> dict[str, Any]:  # fmt: skip
-    """The manifest entry of the tiled_volume stage (mri_iface.md section 1)."""
+    """The manifest entry of the tiled_volume stage (docs/model-pack.md, `tiled_volume`)."""
     return {
         "name": STAGE, "task": "tiled_volume", "file": onnx_name, "sha256": sha256,
         "input": {"name": "image", "depth": tile, "height": tile, "width": tile, "channels": 1,

@@ -3,7 +3,7 @@
 The stage judges a whole volume, not a radiograph: :meth:`Pipeline.judge_volume` runs it
 (:mod:`edge_worker.pipeline.volume`); the per-image runner never does (``run`` refuses).
 
-Keys (mri_iface.md section 1), all checked when the pack loads:
+Keys (docs/model-pack.md, `tiled_volume`), all checked when the pack loads:
 
 ``tile``
     the cube's side in voxels (the network's ``input`` depth, height and width).
