@@ -28,10 +28,10 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from edge_worker.pipeline.preprocess import to_tensor
-from models.lumbar.train import Softmaxed
+from models.lumbar.data import MEAN, STD  # the normalisation intensity_augment undoes
+from models.lumbar.train import Softmaxed, intensity_augment
 from models.train import fit
 
-MEAN, STD = 0.5, 0.25
 #: Channels per level at ``net_width`` 1.0 (the lumbar demo pack's U-Net).
 CHANNELS = (16, 32, 64, 128)
 
@@ -73,15 +73,6 @@ def targets(masks: list[np.ndarray], spec: SegmentSpec) -> np.ndarray:
                      for m in masks]).astype(np.int64)  # fmt: skip
 
 
-def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    n = x.shape[0]
-    image = (x * STD + MEAN).clamp(0.0, 1.0)
-    gamma = torch.from_numpy(rng.uniform(0.7, 1.4, (n, 1, 1, 1)).astype(np.float32))
-    gain = torch.from_numpy(rng.uniform(0.85, 1.15, (n, 1, 1, 1)).astype(np.float32))
-    image = image**gamma * gain + torch.randn_like(image) * 0.01
-    return (image - MEAN) / STD
-
-
 def dice_per_class(pred: np.ndarray, truth: np.ndarray, classes: tuple[str, ...]) -> dict[str, float]:
     """Dice of every non-background class present in ``pred`` or ``truth`` (index maps)."""
     out = {}
@@ -116,7 +107,7 @@ def train_segmenter(spec: SegmentSpec, images: list[np.ndarray], masks: list[np.
     def batches():  # type: ignore[no-untyped-def]
         while True:
             pick = torch.from_numpy(rng.integers(0, x.shape[0], batch))
-            yield _augment(x[pick], rng), y[pick]
+            yield intensity_augment(x[pick], rng), y[pick]
 
     started = time.monotonic()
     net.train()

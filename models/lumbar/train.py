@@ -61,8 +61,9 @@ def describe(stage: str) -> str:
             "level, softmax over classes (incl. background)")  # fmt: skip
 
 
-def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    """Intensity augmentation of normalised inputs: gamma, contrast and noise per image."""
+def intensity_augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Intensity augmentation of normalised inputs (``MEAN``/``STD``): gamma, contrast and noise
+    per image.  Shared by the recipe's segmenters (:mod:`models.segment`)."""
     n = x.shape[0]
     image = (x * STD + MEAN).clamp(0.0, 1.0)
     gamma = torch.from_numpy(rng.uniform(0.7, 1.4, (n, 1, 1, 1)).astype(np.float32))
@@ -85,7 +86,7 @@ def _fit(
     every = max(1, steps // 10)
     for step in range(1, steps + 1):
         pick = torch.from_numpy(rng.integers(0, x.shape[0], batch))
-        loss = loss_of(net(_augment(x[pick], rng)), y[pick])
+        loss = loss_of(net(intensity_augment(x[pick], rng)), y[pick])
         opt.zero_grad()
         loss.backward()
         opt.step()
