@@ -20,6 +20,7 @@ from typing import Any
 
 from edge_worker.errors import PackError
 from edge_worker.packs.pack_v1 import SCHEMA_V1, upgrade_manifest
+from edge_worker.pipeline.preprocess import resize_mode
 
 SCHEMA = "edge-worker/model-pack@2"
 #: Keys every stage may have; each task adds its own (``KEYS`` of its module).
@@ -49,6 +50,9 @@ class InputSpec:
     std: float
     #: Slices of a 3-D input (a tiled_volume stage's tile); 0 for a 2-D image.
     depth: int = 0
+    #: How the image is laid out in the input (``preprocess.RESIZE_MODES``): ``stretch`` (the
+    #: whole input, aspect ratio not kept) or ``pad`` (aspect ratio kept, zeros around).
+    resize: str = "stretch"
 
 
 @dataclass(frozen=True)
@@ -260,9 +264,17 @@ def _input_spec(raw: dict[str, Any], where: str) -> InputSpec:
             mean=float(raw.get("mean", 0.0)),
             std=float(raw.get("std", 1.0)),
             depth=int(raw.get("depth", 0)),
+            resize=_resize(raw, where),
         )
     except (TypeError, ValueError) as exc:
         raise PackError(f"{where}: bad input spec: {exc}") from exc
+
+
+def _resize(raw: dict[str, Any], where: str) -> str:
+    try:
+        return resize_mode(raw.get("resize", "stretch"))
+    except ValueError as exc:
+        raise PackError(f"{where}: input.resize: {exc}") from None
 
 
 def _verified_file(root: Path, raw: dict[str, Any], where: str) -> tuple[Path, str]:

@@ -95,19 +95,136 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(image.astype(np.float32, copy=False), (width, height), interpolation=interp)
 
 
-def to_tensor(
-    image: np.ndarray, height: int, width: int, channels: int, mean: float, std: float
+# ``place`` and ``to_tensor`` take a parameter named ``resize`` (the manifest key's name).
+_resize = resize
+
+
+#: How an image becomes a network input (manifest ``input.resize``).  ``stretch``: the whole
+#: image resized to the input, aspect ratio not kept.  ``pad``: scaled evenly until it fits,
+#: centred, zeros (image value 0.0, before normalisation) around it (ankle paper 000, section 5).
+RESIZE_MODES = ("stretch", "pad")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an image lies inside a network input of ``input_hw`` (input pixels).
+
+    Rows ``y0 .. y0 + height`` and columns ``x0 .. x0 + width`` hold the image; the rest is
+    padding.  For ``stretch`` the image fills the input.
+    """
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+    input_hw: tuple[int, int]
+
+    @property
+    def fills(self) -> bool:
+        """Whether the image covers the whole input (no padding)."""
+        return (self.x0, self.y0, self.height, self.width) == (0, 0, *self.input_hw)
+
+    def cut(self, map_hw: tuple[int, int]) -> tuple[slice, slice]:
+        """Row and column slices of a map of ``map_hw`` (any resolution proportional to the
+        input, e.g. a segmenter's output or a CAM) that cover the image; at least one pixel."""
+        fy, fx = map_hw[0] / self.input_hw[0], map_hw[1] / self.input_hw[1]
+        y0, x0 = round(self.y0 * fy), round(self.x0 * fx)
+        y1 = max(y0 + 1, round((self.y0 + self.height) * fy))
+        x1 = max(x0 + 1, round((self.x0 + self.width) * fx))
+        return slice(y0, min(y1, map_hw[0])), slice(x0, min(x1, map_hw[1]))
+
+
+def resize_mode(value: object) -> str:
+    """``value`` if it is one of :data:`RESIZE_MODES`; raises ValueError naming them otherwise."""
+    if value not in RESIZE_MODES:
+        raise ValueError(f"must be one of {', '.join(map(repr, RESIZE_MODES))}, got {value!r}")
+    return str(value)
+
+
+def placement(
+    shape: tuple[float, ...], height: int, width: int, resize: str = "stretch"
+) -> Placement:
+    """The placement of an image of ``shape`` ``(h, w, ...)`` in a ``height x width`` input.
+
+    ``pad``: scale ``min(height / h, width / w)``, the scaled image centred (a padding of odd
+    size puts its extra pixel after the image).  ``stretch``: the whole input.
+    """
+    resize_mode(resize)
+    if resize == "stretch":
+        return Placement(0, 0, width, height, (height, width))
+    h, w = float(shape[0]), float(shape[1])
+    scale = min(height / h, width / w)
+    ih = min(height, max(1, round(h * scale)))
+    iw = min(width, max(1, round(w * scale)))
+    return Placement((width - iw) // 2, (height - ih) // 2, iw, ih, (height, width))
+
+
+def place(
+    image: np.ndarray, height: int, width: int, resize: str = "stretch", nearest: bool = False
 ) -> np.ndarray:
-    """A 2-D image in [0, 1] as a ``(1, channels, height, width)`` float32 network input."""
-    x = (resize(image, height, width) - np.float32(mean)) / np.float32(std)
+    """A 2-D image as a ``height x width`` network input laid out by ``resize``.
+
+    ``stretch`` is :func:`resize` (or a nearest-neighbour resize with ``nearest``, for class
+    index masks, which keep their dtype); ``pad`` resizes the same way into the
+    :func:`placement` and fills the rest with 0.
+    """
+    where = placement(image.shape, height, width, resize)
+
+    def sized(h: int, w: int) -> np.ndarray:
+        if nearest:
+            return cv2.resize(image, (w, h), interpolation=cv2.INTER_NEAREST)
+        return _resize(image, h, w)
+
+    if where.fills:
+        return sized(height, width)
+    out = np.zeros((height, width), dtype=image.dtype if nearest else np.float32)
+    out[where.y0 : where.y0 + where.height, where.x0 : where.x0 + where.width] = sized(
+        where.height, where.width
+    )
+    return out
+
+
+def image_part(
+    net_map: np.ndarray, shape: tuple[int, ...], height: int, width: int, resize: str = "stretch"
+) -> np.ndarray:
+    """The part of ``net_map`` (``(..., mh, mw)``, proportional to the ``height x width`` input)
+    that covers an image of ``shape``: the map itself for ``stretch``, the image's part without
+    the padding for ``pad``.  A view, not a copy."""
+    where = placement(shape, height, width, resize)
+    if where.fills:
+        return net_map
+    rows, cols = where.cut(net_map.shape[-2:])
+    return net_map[..., rows, cols]
+
+
+def to_tensor(
+    image: np.ndarray, height: int, width: int, channels: int, mean: float, std: float,
+    resize: str = "stretch",
+) -> np.ndarray:  # fmt: skip
+    """A 2-D image in [0, 1] as a ``(1, channels, height, width)`` float32 network input.
+
+    ``resize`` lays it out (:func:`place`); padding is image value 0, normalised like the rest.
+    """
+    x = (place(image, height, width, resize) - np.float32(mean)) / np.float32(std)
     return np.ascontiguousarray(np.broadcast_to(x, (1, channels, height, width)), dtype=np.float32)
 
 
-def crop_box(image: np.ndarray, box: RotatedBox, height: int, width: int) -> np.ndarray:
+def crop_box(
+    image: np.ndarray, box: RotatedBox, height: int, width: int, resize: str = "stretch"
+) -> np.ndarray:
     """Cut a rotated box out of ``image`` and return it upright as ``height x width``.
 
-    The box's long side becomes horizontal.  Pixels outside the image read as 0.
+    The box's long side becomes horizontal.  Pixels outside the image read as 0.  ``pad``
+    keeps the box's aspect ratio: the crop is made at its :func:`placement` size and padded
+    with 0 around, as :func:`place` pads a whole image.
     """
+    where = placement((box.height, box.width), height, width, resize)
+    if not where.fills:
+        out = np.zeros((height, width), np.float32)
+        out[where.y0 : where.y0 + where.height, where.x0 : where.x0 + where.width] = crop_box(
+            image, box, where.height, where.width
+        )
+        return out
     corners = box.corners()
     # boxPoints order is bottom-left, top-left, top-right, bottom-right for the box's own
     # frame; map three of them onto the output rectangle.

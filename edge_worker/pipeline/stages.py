@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edge_worker.pipeline.preprocess import RotatedBox, crop_box, mask_to_box, to_tensor
+from edge_worker.pipeline.preprocess import RotatedBox, crop_box, image_part, mask_to_box, to_tensor
 
 if TYPE_CHECKING:
     from edge_worker.backends import Session
@@ -68,7 +68,15 @@ class OrientationResult:
 def _tensor(spec: StageSpec, image: np.ndarray) -> np.ndarray:
     i = spec.input
     assert i is not None, f"stage {spec.name} runs no network"
-    return to_tensor(image, i.height, i.width, i.channels, i.mean, i.std)
+    return to_tensor(image, i.height, i.width, i.channels, i.mean, i.std, i.resize)
+
+
+def cut_to_image(spec: StageSpec, net_map: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The part of ``net_map`` (``(..., h, w)``, a network output proportional to the stage's
+    input) that covers the image of ``shape`` it read: the map itself unless the stage pads."""
+    i = spec.input
+    assert i is not None, f"stage {spec.name} runs no network"
+    return image_part(net_map, shape, i.height, i.width, i.resize)
 
 
 def image_batches(
@@ -132,8 +140,9 @@ def run_view_batch(
 def box_result(
     prob: np.ndarray, threshold: float, min_area_fraction: float, shape: tuple[int, ...]
 ) -> RoiResult:
-    """The box of ``prob`` (a map at the network's resolution) in the coordinates of an image of
-    ``shape``, and the share of the map above ``threshold``."""
+    """The box of ``prob`` in the coordinates of an image of ``shape``, and the share of the map
+    above ``threshold``.  ``prob`` is the network's map of that image alone (cut to the image
+    with :func:`cut_to_image` where the input was padded), at the network's resolution."""
     box = mask_to_box(prob, threshold, min_area_fraction)
     area = float((prob > threshold).mean())
     if box is None:
@@ -152,7 +161,8 @@ def run_roi_batch(
 ) -> list[RoiResult]:
     """Segment the ROI of each image and fit the minimum-area rectangle (threshold 0.7, paper)."""
     masks = _run(session, spec, images, "mask")
-    return [_roi_result(spec, mask[0], image.shape) for mask, image in zip(masks, images)]
+    return [_roi_result(spec, cut_to_image(spec, mask[0], image.shape), image.shape)
+            for mask, image in zip(masks, images)]  # fmt: skip
 
 
 def grade(score: float, low: float = 1.0, high: float = 3.0) -> int:
@@ -165,8 +175,8 @@ def run_quality_batch(
 ) -> list[QualityResult]:
     """Regress the 1-3 quality score on each image's upright ROI crop."""
     assert spec.input is not None, f"stage {spec.name} runs no network"
-    h, w = spec.input.height, spec.input.width
-    crops = [crop_box(image, box, h, w) for image, box in zip(images, boxes)]
+    i = spec.input
+    crops = [crop_box(image, box, i.height, i.width, i.resize) for image, box in zip(images, boxes)]
     scores = _run(session, spec, crops, "score").reshape(len(crops), -1)[:, 0]
     return [QualityResult(score=float(s), grade=grade(float(s))) for s in scores]
 

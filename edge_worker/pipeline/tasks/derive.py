@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_worker.judging.decision import Reason
 from edge_worker.pipeline.preprocess import resize
-from edge_worker.pipeline.stages import image_batches
+from edge_worker.pipeline.stages import cut_to_image, image_batches
 from edge_worker.pipeline.tasks.base import Context, Item, refuse
 
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ def run(session: Session | None, spec: StageSpec, items: Sequence[Item]) -> list
     results = []
     for source, derived in zip(images, out):
         h, w = source.shape[:2]
-        picture = np.clip(resize(derived[0].astype(np.float32), h, w), 0.0, 1.0)
+        part = cut_to_image(spec, derived[0].astype(np.float32), source.shape)
+        picture = np.clip(resize(part, h, w), 0.0, 1.0)
         results.append(DerivedResult(picture, spec.options["description"], spec.options["training_data"]))
     return results
 

@@ -49,11 +49,14 @@ def role(options: Mapping[str, Any], is_view_stage: bool) -> str:
 def run(session: Session | None, spec: StageSpec, items: Sequence[Item]) -> list[QualityResult]:
     assert session is not None and spec.input is not None
     crop = spec.reads.get("crop")
-    h, w = spec.input.height, spec.input.width
+    i = spec.input
+    # A crop is made at the input's size (padded around the box's own aspect with ``pad``), so
+    # preparing it for the network below changes nothing but the normalisation.
     images = [
-        crop_box(item.image(spec), item.results[crop].box, h, w) if crop else item.image(spec)
+        crop_box(item.image(spec), item.results[crop].box, i.height, i.width, i.resize)
+        if crop else item.image(spec)
         for item in items
-    ]
+    ]  # fmt: skip
     scores = image_batches(session, spec, images, ("score",))["score"].reshape(len(images), -1)[:, 0]
     low, high = spec.options["range"]
     return [QualityResult(score=float(s), grade=grade(float(s), low, high)) for s in scores]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_worker.judging.decision import Reason, roi_not_found
-from edge_worker.pipeline.stages import RoiResult, box_result, image_batches
+from edge_worker.pipeline.stages import RoiResult, box_result, cut_to_image, image_batches
 from edge_worker.pipeline.tasks.base import Context, Item, refuse, string_list
 
 if TYPE_CHECKING:
@@ -33,8 +33,9 @@ BACKGROUND = "background"
 class SegmentResult(RoiResult):
     """The box (if the stage has one), and every structure's mask and measures.
 
-    ``masks`` are boolean at the network's resolution; ``scale`` is the size of one mask
-    pixel in pixels of the image the stage read, ``(sx, sy)``.
+    ``masks`` are boolean at the network's resolution, cut to the part that covers the image
+    where the input was padded; ``scale`` is the size of one mask pixel in pixels of the image
+    the stage read, ``(sx, sy)``.
     """
 
     masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
@@ -101,7 +102,8 @@ def run(session: Session | None, spec: StageSpec, items: Sequence[Item]) -> list
     assert session is not None
     images = [item.image(spec) for item in items]
     scores = image_batches(session, spec, images, ("mask",))["mask"]
-    return [_result(spec, s.astype(np.float32), image.shape) for s, image in zip(scores, images)]
+    return [_result(spec, cut_to_image(spec, s.astype(np.float32), image.shape), image.shape)
+            for s, image in zip(scores, images)]  # fmt: skip
 
 
 def reasons(spec: StageSpec, result: SegmentResult | None, item: Item, context: Context) -> list[Reason]:

@@ -122,6 +122,10 @@ def _input_matches(raw: Any, tile: int, where: str) -> None:
     if dims != [tile] * 3 or raw.get("channels") != 1:
         raise refuse(where, "input", f"must be one channel of {tile}^3 voxels (the tile), got "
                      f"depth/height/width {dims}, channels {raw.get('channels')!r}")  # fmt: skip
+    if raw.get("resize", "stretch") != "stretch":
+        # A tile is cut from the resampled volume at the network's size: nothing to pad.
+        raise refuse(where, "input.resize", f"a tiled_volume stage's tiles fill the input; only "
+                     f"'stretch' applies, got {raw.get('resize')!r}")  # fmt: skip
 
 
 def role(options: Mapping[str, Any], is_view_stage: bool) -> str:
