@@ -46,7 +46,8 @@ def golden_images(dicom_dir: Path | None, n_phantoms: int = 6, limit: int = 24) 
 
 def batches(images: list[np.ndarray], spec: InputSpec, batch: int = 1) -> list[np.ndarray]:
     """Network inputs for ``spec`` from ``images``, ``batch`` images per array."""
-    tensors = [to_tensor(im, spec.height, spec.width, spec.channels, spec.mean, spec.std) for im in images]
+    tensors = [to_tensor(im, spec.height, spec.width, spec.channels, spec.mean, spec.std, spec.resize)
+               for im in images]  # fmt: skip
     return [np.concatenate(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
 
 

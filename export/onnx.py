@@ -8,6 +8,7 @@ torch 2.13.  Every file has one input ``image`` and one output named per the pac
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class Loaded:
     task: str
     view: str | None
     arch: ArchConfig
-    input: dict[str, float]
+    input: dict[str, float | str]
     meta: dict[str, object]
 
 
@@ -126,14 +127,16 @@ def check_parity(
     return {name: error for name, (error, _) in errors.items()}
 
 
-def phantom_batch(task: str, input_spec: dict[str, float], view: str | None, n: int = 4,
+def phantom_batch(task: str, input_spec: Mapping[str, float | str], view: str | None, n: int = 4,
                   seed: int = 987_654) -> np.ndarray:  # fmt: skip
-    """``(n, C, H, W)`` network inputs made from phantoms the way the worker makes them."""
+    """``(n, C, H, W)`` network inputs made from phantoms the way the worker makes them
+    (``input_spec["resize"]``, default ``stretch``, lays them out)."""
     from edge_worker.phantoms.ankle import render
     from edge_worker.pipeline.preprocess import crop_box, to_tensor, working_image
 
     h, w, c = int(input_spec["height"]), int(input_spec["width"]), int(input_spec["channels"])
     mean, std = float(input_spec["mean"]), float(input_spec["std"])
+    resize = str(input_spec.get("resize", "stretch"))
     rng = np.random.default_rng(seed)
     tensors = []
     for i in range(n):
@@ -141,8 +144,8 @@ def phantom_batch(task: str, input_spec: dict[str, float], view: str | None, n: 
         pixels, truth = render(rng, phantom_view, 1 + i % 3, float(rng.uniform(0, 360)), 1024)
         working, scale = working_image(pixels.astype(np.float32) / 65535.0)
         if task == "quality":
-            working = crop_box(working, truth.roi.scaled(scale, scale), h, w)
-        tensors.append(to_tensor(working, h, w, c, mean, std)[0])
+            working = crop_box(working, truth.roi.scaled(scale, scale), h, w, resize)
+        tensors.append(to_tensor(working, h, w, c, mean, std, resize)[0])
     return np.stack(tensors)
 
 

@@ -48,7 +48,8 @@ class StageFile:
     task: str
     onnx_path: Path
     output_name: str
-    input: dict[str, float]
+    #: height, width, channels, mean, std; ``resize`` (``stretch`` when absent).
+    input: dict[str, float | str]
     architecture: str
     opset: int
     applies_to_view: str | None = None
@@ -90,6 +91,9 @@ def stage_entry(stage: StageFile, sha256: str) -> dict[str, object]:
         "architecture": stage.architecture,
         "opset": stage.opset,
     }
+    resize = str(stage.input.get("resize", "stretch"))
+    if resize != "stretch":  # stretch is the default: a stretched stage's entry stays as it was
+        entry["input"] = {**entry["input"], "resize": resize}  # type: ignore[dict-item]
     if stage.task == "view":
         entry["labels"] = list(stage.labels or [])
     return entry

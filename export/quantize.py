@@ -214,7 +214,7 @@ def _candidate(pack: Pack, out: Path, precision: str, stages: set[str],
         files.append(StageFile(
             name=spec.name, task=spec.role, onnx_path=dst, output_name=next(iter(spec.outputs)),
             input={"height": i.height, "width": i.width, "channels": i.channels, "mean": i.mean,
-                   "std": i.std},
+                   "std": i.std, "resize": i.resize},
             architecture=spec.architecture + note, opset=_opset(spec.file),
             applies_to_view=spec.applies_to_view, labels=list(spec.labels) or None,
             thresholds=dict(spec.thresholds),

@@ -32,7 +32,8 @@ from edge_worker.pipeline.preprocess import (
     RotatedBox,
     box_mask,
     crop_box,
-    resize,
+    place,
+    placement,
     to_tensor,
     working_image,
 )
@@ -217,11 +218,13 @@ def jitter_box(rng: np.random.Generator, box: RotatedBox, amount: float = 0.06) 
 
 def example(
     task: str, sample: Sample, height: int, width: int, rng: np.random.Generator | None,
-    labels: tuple[str, ...] = VIEW_LABELS,
+    labels: tuple[str, ...] = VIEW_LABELS, resize: str = "stretch",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One ``(1, H, W)`` input and its target for ``task``; ``rng=None`` means no augmentation.
 
     ``labels``: the view classifier's vocabulary (its class order), AP and LAT by default.
+    ``resize``: how the image is laid out in the input (the manifest's ``input.resize``,
+    :func:`edge_worker.pipeline.preprocess.place`); the ROI target mask is laid out alike.
 
     Targets: view -> class index; roi -> ``(1, H, W)`` binary mask; quality -> ``(1,)`` score;
     orientation -> ``(1,)`` angle in degrees.
@@ -229,11 +232,15 @@ def example(
     img = sample.working.astype(np.float32)
     record = sample.record
     if task == "quality":
+        assert sample.roi is not None, "a quality example needs its ROI (models.train.select)"
         box = sample.roi if rng is None else jitter_box(rng, sample.roi)
-        crop = crop_box(img, box, height, width)
+        # Cut at the box's own size within the input (all of it for stretch) and augmented
+        # before padding, so the padding stays 0 as the worker's does.
+        inside = placement((box.height, box.width), height, width, resize)
+        crop = crop_box(img, box, inside.height, inside.width)
         if rng is not None:
             crop = photometric(rng, crop[:, ::-1] if rng.random() < 0.5 else crop)
-        x = to_tensor(crop, height, width, 1, MEAN, STD)[0]
+        x = to_tensor(crop, height, width, 1, MEAN, STD, resize)[0]
         return x, np.array([record.score], dtype=np.float32)
     mask = box_mask(img.shape, sample.roi) if task == "roi" else None
     angle = record.rotation_deg or 0.0
@@ -247,10 +254,10 @@ def example(
         if mirrored:
             angle = (360.0 - angle) % 360.0
         img = photometric(rng, img)
-    x = to_tensor(img, height, width, 1, MEAN, STD)[0]
+    x = to_tensor(img, height, width, 1, MEAN, STD, resize)[0]
     if task == "view":
         return x, np.array(labels.index(record.view), dtype=np.int64)
     if task == "roi":
-        target = resize(mask.astype(np.float32), height, width) > 0.5  # type: ignore[union-attr]
+        target = place(mask.astype(np.float32), height, width, resize) > 0.5  # type: ignore[union-attr]
         return x, target.astype(np.float32)[None]
     return x, np.array([angle], dtype=np.float32)

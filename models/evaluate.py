@@ -43,12 +43,13 @@ def angular_error(pred_deg: np.ndarray, true_deg: np.ndarray) -> np.ndarray:
 
 def evaluate(
     task: str, net: nn.Module, samples: list[Sample], height: int, width: int,
-    labels: tuple[str, ...] = VIEW_LABELS,
+    labels: tuple[str, ...] = VIEW_LABELS, resize: str = "stretch",
 ) -> dict[str, float]:
     """Figures for ``task`` on ``samples`` (no augmentation); keys depend on the task.
 
-    ``labels``: the view classifier's vocabulary (AP, LAT by default)."""
-    pairs = [example(task, s, height, width, None, labels) for s in samples]
+    ``labels``: the view classifier's vocabulary (AP, LAT by default); ``resize``: the input
+    layout (:func:`models.data.example`)."""
+    pairs = [example(task, s, height, width, None, labels, resize) for s in samples]
     inputs = np.stack([p[0] for p in pairs])
     targets = np.stack([p[1] for p in pairs])
     out = predict(net, inputs)

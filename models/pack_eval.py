@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edge_worker.pipeline.preprocess import box_mask, crop_box, mask_to_box, to_tensor
+from edge_worker.pipeline.preprocess import box_mask, crop_box, image_part, mask_to_box, to_tensor
 from models.data import Sample
 from models.evaluate import angular_error, dice
 
@@ -23,7 +24,7 @@ class _Stage:
         import onnxruntime as ort
 
         self.entry = entry
-        self.spec: dict[str, float] = entry["input"]  # type: ignore[assignment]
+        self.spec: dict[str, Any] = entry["input"]  # type: ignore[assignment]
         self.thresholds: dict[str, float] = entry["thresholds"]  # type: ignore[assignment]
         self.session = ort.InferenceSession(str(root / str(entry["file"])),
                                             providers=["CPUExecutionProvider"])  # fmt: skip
@@ -31,8 +32,17 @@ class _Stage:
     def run(self, image: np.ndarray) -> np.ndarray:
         s = self.spec
         x = to_tensor(image, int(s["height"]), int(s["width"]), int(s["channels"]),
-                      float(s["mean"]), float(s["std"]))  # fmt: skip
+                      float(s["mean"]), float(s["std"]), self.resize)  # fmt: skip
         return self.session.run(None, {"image": x})[0][0]
+
+    @property
+    def resize(self) -> str:
+        """The stage's input layout (``stretch`` when the manifest does not say)."""
+        return str(self.spec.get("resize", "stretch"))
+
+    def image_part(self, net_map: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The part of a network map that covers an image of ``shape`` (all of it unless padded)."""
+        return image_part(net_map, shape, int(self.spec["height"]), int(self.spec["width"]), self.resize)
 
 
 def pack_figures(pack: str | Path, samples: list[Sample]) -> dict[str, object]:
@@ -47,7 +57,7 @@ def pack_figures(pack: str | Path, samples: list[Sample]) -> dict[str, object]:
         view = labels[int(np.argmax(stages["view"].run(working)))]
         view_ok.append(view == sample.record.view)
         roi = stages[f"roi_{view.lower()}"]
-        prob = roi.run(working)[0]
+        prob = roi.image_part(roi.run(working)[0], working.shape)
         box = mask_to_box(prob, roi.thresholds["mask"], roi.thresholds["min_area_fraction"])
         if sample.roi is not None and sample.record.grade is not None:
             if box is None:
@@ -59,7 +69,7 @@ def pack_figures(pack: str | Path, samples: list[Sample]) -> dict[str, object]:
                 truth = box_mask(working.shape, sample.roi) > 0
                 dices.append(dice(box_mask(working.shape, box) > 0, truth))
                 q = stages[f"quality_{view.lower()}"]
-                crop = crop_box(working, box, int(q.spec["height"]), int(q.spec["width"]))
+                crop = crop_box(working, box, int(q.spec["height"]), int(q.spec["width"]), q.resize)
                 score = float(q.run(crop)[0])
                 quality_ok.append(round(min(max(score, 1.0), 3.0)) == sample.record.grade)
         if "orientation" in stages and sample.record.rotation_deg is not None:

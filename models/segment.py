@@ -8,8 +8,8 @@ softmax (:class:`models.lumbar.train.Softmaxed`), so the pack's ``mask`` output 
 probabilities and a pixel belongs to its highest class.
 
 Inputs are made exactly as the worker makes them (:func:`edge_worker.pipeline.preprocess.to_tensor`
-on the working image: a plain resize); masks are resized to the network's input with nearest
-neighbour.  Augmentation is intensity only (gamma, contrast, noise): a mirror would swap
+on the working image, laid out by the spec's ``resize``: a plain resize or padded); masks are
+laid out alike, resized with nearest neighbour.  Augmentation is intensity only (gamma, contrast, noise): a mirror would swap
 classes named for a side (``pedicle_left``), a crop would cut structures the rules look for.
 """
 
@@ -20,14 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 from torch import nn
 
-from edge_worker.pipeline.preprocess import to_tensor
+from edge_worker.pipeline.preprocess import place, to_tensor
 from models.lumbar.data import MEAN, STD  # the normalisation intensity_augment undoes
 from models.lumbar.train import Softmaxed, intensity_augment
 from models.train import fit
@@ -44,6 +43,8 @@ class SegmentSpec:
     height: int
     width: int
     net_width: float = 1.0
+    #: The input layout (the manifest's ``input.resize``): ``stretch`` or ``pad``.
+    resize: str = "stretch"
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -64,12 +65,13 @@ def network(spec: SegmentSpec) -> nn.Module:
 def inputs(images: list[np.ndarray], spec: SegmentSpec) -> np.ndarray:
     """``(N, 1, H, W)`` float32 network inputs of working images, as the worker makes them."""
     return np.stack([to_tensor(np.asarray(i, np.float32), spec.height, spec.width, 1, MEAN,
-                               STD)[0] for i in images])  # fmt: skip
+                               STD, spec.resize)[0] for i in images])  # fmt: skip
 
 
 def targets(masks: list[np.ndarray], spec: SegmentSpec) -> np.ndarray:
-    """``(N, H, W)`` int64 class indices at the network's resolution (nearest neighbour)."""
-    return np.stack([cv2.resize(m, (spec.width, spec.height), interpolation=cv2.INTER_NEAREST)
+    """``(N, H, W)`` int64 class indices at the network's resolution (nearest neighbour), laid
+    out as :func:`inputs` lays out their images (padding is class 0, background)."""
+    return np.stack([place(m, spec.height, spec.width, spec.resize, nearest=True)
                      for m in masks]).astype(np.int64)  # fmt: skip
 
 
@@ -124,7 +126,7 @@ def save(path: Path, net: nn.Module, spec: SegmentSpec, view: str | None, facts:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save({"task": "segment", "view": view, "classes": list(spec.classes),
                 "input": {"height": spec.height, "width": spec.width, "channels": 1,
-                          "mean": MEAN, "std": STD},
+                          "mean": MEAN, "std": STD, "resize": spec.resize},
                 "net_width": spec.net_width, "metrics": facts, **extra,
                 "state_dict": net.state_dict()}, tmp)  # fmt: skip
     tmp.replace(path)
@@ -134,7 +136,8 @@ def load(path: Path) -> tuple[nn.Module, SegmentSpec, dict[str, Any]]:
     """The softmax segmenter saved by :func:`save`, its spec and the checkpoint's facts."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
     spec = SegmentSpec(tuple(saved["classes"]), int(saved["input"]["height"]),
-                       int(saved["input"]["width"]), float(saved["net_width"]))  # fmt: skip
+                       int(saved["input"]["width"]), float(saved["net_width"]),
+                       str(saved["input"].get("resize", "stretch")))  # fmt: skip
     net = Softmaxed(network(spec))
     net.load_state_dict(saved["state_dict"])
     net.eval()

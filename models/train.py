@@ -47,6 +47,9 @@ class TrainConfig:
     arch: ArchConfig = field(default_factory=lambda: ArchConfig("view"))
     #: The view classifier's vocabulary, in class order (``arch.extra["classes"]`` must match).
     labels: tuple[str, ...] = VIEW_LABELS
+    #: How the image is laid out in the input (``stretch`` or ``pad``: the manifest's
+    #: ``input.resize``, stored in the checkpoint's ``input``).
+    resize: str = "stretch"
 
 
 def optimizer(task: str, params: list[nn.Parameter], lr: float | None) -> torch.optim.Optimizer:
@@ -104,7 +107,7 @@ class BatchStream(IterableDataset):
         rng = np.random.default_rng([c.seed, info.id if info else 0])
         while True:
             picks = rng.integers(0, len(self.samples), size=c.batch)
-            pairs = [example(c.task, self.samples[i], c.height, c.width, rng, c.labels)
+            pairs = [example(c.task, self.samples[i], c.height, c.width, rng, c.labels, c.resize)
                      for i in picks]  # fmt: skip
             yield (torch.from_numpy(np.stack([p[0] for p in pairs])),
                    torch.from_numpy(np.stack([p[1] for p in pairs])))  # fmt: skip
@@ -164,7 +167,8 @@ def train(
     fit(net, batches, lambda out, y: loss_fn(config.task, out, y), opt, schedule, config.steps,
         desc=checkpoint_name(config.task, config.view)[:-3])  # fmt: skip
     del batches, loader  # stops the worker process
-    metrics = evaluate(config.task, net, val, config.height, config.width, config.labels)
+    metrics = evaluate(config.task, net, val, config.height, config.width, config.labels,
+                       config.resize)  # fmt: skip
     metrics["train_seconds"] = round(time.monotonic() - started, 1)
     out.mkdir(parents=True, exist_ok=True)
     path = out / checkpoint_name(config.task, config.view)
@@ -173,7 +177,8 @@ def train(
         "view": config.view,
         "arch": config.arch.as_dict(),
         "input": {"height": config.height, "width": config.width,
-                  "channels": config.arch.in_channels, "mean": MEAN, "std": STD},
+                  "channels": config.arch.in_channels, "mean": MEAN, "std": STD,
+                  "resize": config.resize},
         "steps": config.steps,
         "labels": list(config.labels),
         "n_train": len(data),
@@ -209,6 +214,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128, help="input height (and width)")
     parser.add_argument("--input-width", type=int, help="input width if not square")
+    parser.add_argument("--resize", choices=["stretch", "pad"], default="stretch",
+                        help="image to input: plain resize, or aspect ratio kept with zeros around")
     parser.add_argument("--width", type=float, default=0.5, help="network width multiplier")
     parser.add_argument("--depth", type=float, default=1.0, help="EfficientNet depth multiplier")
     parser.add_argument("--lr", type=float, help="override the paper's learning rate")
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     width_px = args.input_width or args.size
     config = TrainConfig(
         task=args.task, view=args.view, steps=args.steps, batch=args.batch,
-        height=args.size, width=width_px, lr=args.lr, seed=args.seed,
+        height=args.size, width=width_px, lr=args.lr, seed=args.seed, resize=args.resize,
         arch=default_arch(args.task, args.width, args.depth, args.size, width_px),
     )  # fmt: skip
     train(config, load_samples(train_records), load_samples(val_records), args.out)

@@ -137,6 +137,26 @@ def test_recipe_refuses_unknown_keys(tmp_path: Path) -> None:
     assert short.pack_name == "ankle-phantom-smoke" and short.pack_version.endswith("-smoke")
 
 
+def test_recipe_resize_per_stage_and_preset(tmp_path: Path) -> None:
+    full, short = load_recipe(ANKLE, "full"), load_recipe(ANKLE, "short")
+    # The ankle paper pads view, ROI and quality inputs; orientation keeps the plain resize.
+    for recipe in (full, short):
+        layout = {s.task: s.hyper.resize for s in recipe.stages}
+        assert layout == {"orientation": "stretch", "view": "pad", "roi": "pad", "quality": "pad"}
+    text = ANKLE.read_text().replace('name = "view"\ntask = "view"\n',
+                                     'name = "view"\ntask = "view"\nresize = "stretch"\n'
+                                     '[stages.presets.short]\nresize = "pad"\n')  # fmt: skip
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text(text)
+    view = {p: next(s for s in load_recipe(mixed, p).stages if s.name == "view") for p in ("full", "short")}
+    assert (view["full"].hyper.resize, view["short"].hyper.resize) == ("stretch", "pad")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(ANKLE.read_text().replace('name = "view"\ntask = "view"\n',
+                                             'name = "view"\ntask = "view"\nresize = "fit"\n'))
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.resize: must be \"pad\".*got 'fit'"):
+        load_recipe(bad)
+
+
 def _build_argv(phantoms: Path, out: Path, *extra: str) -> list[str]:
     return ["build", "--recipe", str(ANKLE), "--data", str(phantoms.parent), "--labels",
             str(phantoms), "--out", str(out), "--preset", "short", *extra]  # fmt: skip

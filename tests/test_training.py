@@ -44,7 +44,8 @@ def test_training_command_writes_a_checkpoint(
     saved = torch.load(tmp_path / ckpt, weights_only=False)
     assert saved["task"] == task and saved["steps"] == 3
     assert metric in saved["metrics"] and np.isfinite(saved["metrics"][metric])
-    assert set(saved["input"]) == {"height", "width", "channels", "mean", "std"}
+    assert set(saved["input"]) == {"height", "width", "channels", "mean", "std", "resize"}
+    assert saved["input"]["resize"] == "stretch"  # the default; ``--resize pad`` pads
     assert saved["state_dict"]
 
 

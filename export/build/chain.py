@@ -26,6 +26,7 @@ from edge_worker.pipeline.preprocess import (
     WORKING_MAX_SIDE,
     box_mask,
     crop_box,
+    image_part,
     mask_to_box,
     to_tensor,
 )
@@ -84,7 +85,7 @@ def run_network(pipeline: Pipeline, name: str, image: np.ndarray) -> np.ndarray:
     spec = next(s for s in pipeline.pack.stages if s.name == name)
     i = spec.input
     assert i is not None
-    x = to_tensor(image, i.height, i.width, i.channels, i.mean, i.std)
+    x = to_tensor(image, i.height, i.width, i.channels, i.mean, i.std, i.resize)
     return next(iter(pipeline.session(name).run(x).values()))[0]
 
 
@@ -107,7 +108,9 @@ def per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dict[str, A
                 out[spec.name].append({"true": rec.view, "pred": spec.labels[int(p.argmax())],
                                        "confidence": float(p.max())})  # fmt: skip
             elif spec.role == "roi" and up.roi is not None:
-                prob = run_network(pipeline, spec.name, image)[0]
+                assert spec.input is not None
+                prob = image_part(run_network(pipeline, spec.name, image)[0], image.shape,
+                                  spec.input.height, spec.input.width, spec.input.resize)  # fmt: skip
                 truth = box_mask(prob.shape, up.roi.scaled(prob.shape[1] / image.shape[1],
                                                            prob.shape[0] / image.shape[0])) > 0
                 found = mask_to_box(prob, spec.thresholds["mask"],
@@ -117,7 +120,7 @@ def per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dict[str, A
             elif spec.role == "quality" and up.roi is not None and rec.score is not None:
                 i = spec.input
                 assert i is not None
-                crop = crop_box(image, up.roi, i.height, i.width)
+                crop = crop_box(image, up.roi, i.height, i.width, i.resize)
                 score = float(run_network(pipeline, spec.name, crop)[0])
                 out[spec.name].append({"true": rec.grade, "score_true": rec.score, "score": score,
                                        "pred": round(min(max(score, 1.0), 3.0))})  # fmt: skip

@@ -83,7 +83,8 @@ def _stage_facts(s: Stage) -> dict[str, Any]:
         return {"task": s.task, "view": s.view, "segments": s.segments, "rules": len(s.rules)}
     facts: dict[str, Any] = {"task": s.task, "view": s.view, "input": [s.hyper.height, s.hyper.width],
                              "batch": s.hyper.batch, "steps": s.hyper.steps,
-                             "lr": s.hyper.lr or "paper", "net_width": s.hyper.net_width}
+                             "lr": s.hyper.lr or "paper", "net_width": s.hyper.net_width,
+                             "resize": s.hyper.resize}
     if s.classes:
         facts["classes"] = list(s.classes)
     return facts

@@ -35,17 +35,22 @@ class Hyper:
     lr: float | None = None
     #: Network width multiplier (1.0 = the paper's EfficientNet-B0 / ResNet-50).
     net_width: float = 1.0
+    #: How the image is laid out in the input (the manifest's ``input.resize``): ``pad`` keeps
+    #: the aspect ratio with zeros around (ankle paper, section 5), ``stretch`` resizes.
+    resize: str = "stretch"
 
 
 #: The papers' recipes.  Ankle paper (000) section 5: EfficientNet-B0 224 x 224 for view (SGD
 #: 1e-3, batch 8, drop connect 0.4) and quality (SGD 1e-3, batch 16); DeepLabV3-ResNet50
 #: 400 x 400 for the ROI (Adam 1e-4, batch 4).  Paper 003: ResNet-50 224 x 224 with the
 #: circular loss (Adam; its batch of 256 does not fit a CPU, 8 is used).  Steps are far fewer
-#: than the papers' 50k-500k iterations: a full build must finish in hours, not weeks.
+#: than the papers' 50k-500k iterations: a full build must finish in hours, not weeks.  The
+#: ankle paper zero-pads each image to the input keeping its aspect ratio (``pad``); paper 003
+#: says nothing of it, and orientation keeps the plain resize.
 PAPER: dict[str, Hyper] = {
-    "view": Hyper(224, 224, 8, 3000),
-    "roi": Hyper(400, 400, 4, 3000),
-    "quality": Hyper(224, 224, 16, 3000),
+    "view": Hyper(224, 224, 8, 3000, resize="pad"),
+    "roi": Hyper(400, 400, 4, 3000, resize="pad"),
+    "quality": Hyper(224, 224, 16, 3000, resize="pad"),
     "orientation": Hyper(224, 224, 8, 4000),
     # Paper 001 (lumbar): a U-Net per view.  Its input size and schedule are the lumbar demo
     # pack's (models/lumbar/train.py: 160 x 128, batch 8, Adam 3e-3), the paper gives none
@@ -54,14 +59,16 @@ PAPER: dict[str, Hyper] = {
 }
 #: The short preset (a smoke run of the machinery, minutes on 2 cores): tiny inputs, narrow
 #: networks, a few steps.  Its pack says so in name, version and ``training_data.preset``.
+#: The input layouts are the full preset's, so a smoke build runs the same preparation.
 SHORT: dict[str, Hyper] = {
-    "view": Hyper(64, 64, 4, 12, None, 0.125),
-    "roi": Hyper(64, 64, 4, 12, None, 0.125),
-    "quality": Hyper(48, 80, 4, 12, None, 0.125),
+    "view": Hyper(64, 64, 4, 12, None, 0.125, "pad"),
+    "roi": Hyper(64, 64, 4, 12, None, 0.125, "pad"),
+    "quality": Hyper(48, 80, 4, 12, None, 0.125, "pad"),
     "orientation": Hyper(64, 64, 4, 12, None, 0.125),
     "segment": Hyper(80, 64, 4, 30, 3e-3, 0.5),
 }
-_HYPER_KEYS = {"input", "batch", "steps", "lr", "net_width"}
+_HYPER_KEYS = {"input", "batch", "steps", "lr", "net_width", "resize"}
+RESIZE = ("stretch", "pad")
 
 
 class RecipeError(ValueError):
@@ -150,6 +157,11 @@ def _hyper(where: str, base: Hyper, table: dict[str, Any]) -> Hyper:
                                                                   for v in size)):  # fmt: skip
             raise RecipeError(f"{where}.input: must be [height, width], integers >= 16")
         out = replace(out, height=size[0], width=size[1])
+    if "resize" in table:
+        if table["resize"] not in RESIZE:
+            raise RecipeError(f"{where}.resize: must be \"pad\" (aspect ratio kept, zeros around) "
+                              f"or \"stretch\" (plain resize), got {table['resize']!r}")  # fmt: skip
+        out = replace(out, resize=str(table["resize"]))
     for key, kind in (("batch", int), ("steps", int), ("lr", float), ("net_width", float)):
         if key in table:
             value = table[key]

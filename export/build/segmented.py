@@ -25,13 +25,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from edge_worker.backends import LoadOptions, select
-from edge_worker.packs.pack import SCHEMA, load_pack, seal_manifest
+from edge_worker.packs.pack import SCHEMA, InputSpec, load_pack, seal_manifest
 from edge_worker.packs.pack_v1 import upgrade_manifest
 from edge_worker.pipeline import measures
+from edge_worker.pipeline.preprocess import image_part, place
 from edge_worker.pipeline.runner import Pipeline
 from export.build.chain import per_stage, read_as_worker, run_network
 from export.build.labels import Row, read_mask
@@ -69,9 +69,11 @@ def _segment_entry(stage: Stage, facts: dict[str, Any], sha256: str) -> dict[str
 
     h = stage.hyper
     spec = SegmentSpec(stage.classes, h.height, h.width, h.net_width)
+    layout = {"resize": h.resize} if h.resize != "stretch" else {}
     return {"name": stage.name, "task": "segment", "file": f"{stage.name}.onnx", "sha256": sha256,
             "input": {"name": "image", **{k: facts["input"][k] for k in ("height", "width",
-                                                                         "channels", "mean", "std")}},
+                                                                         "channels", "mean", "std")},
+                      **layout},
             "architecture": spec.describe(), "opset": OPSET, "reads": {"image": "upright"},
             "when": {"view": [stage.view]}, "classes": list(stage.classes),
             "activation": "softmax",
@@ -120,9 +122,12 @@ def write_segmented_pack(folder: Path, view: StageFile, segments: dict[str, tupl
     return manifest_path
 
 
-def _truth_masks(row: Row, classes: list[str], height: int, width: int) -> dict[str, np.ndarray]:
+def _truth_masks(row: Row, classes: list[str], i: InputSpec) -> dict[str, np.ndarray]:
+    """The labelled mask as the worker's masks of this row are: at the segmenter's
+    resolution, laid out as its input and cut back to the image."""
     assert row.mask is not None
-    index = cv2.resize(read_mask(row.mask), (width, height), interpolation=cv2.INTER_NEAREST)
+    laid = place(read_mask(row.mask), i.height, i.width, i.resize, nearest=True)
+    index = image_part(laid, row.sample.working.shape, i.height, i.width, i.resize)
     return {c: index == k for k, c in enumerate(classes) if c != "background"}
 
 
@@ -151,14 +156,15 @@ def _record(pipeline: Pipeline, row: Row) -> dict[str, Any]:
     if seg is not None and row.mask is not None:
         i = seg.input
         assert i is not None
-        truth = _truth_masks(row, list(seg.options["classes"]), i.height, i.width)
+        truth = _truth_masks(row, list(seg.options["classes"]), i)
         h, w = row.sample.working.shape
+        th, tw = next(iter(truth.values())).shape
         found = j.results.get(seg.name)
         if found is not None:
             dice = _dice(found.masks, truth)
         if rules_spec is not None:
             want = measures.evaluate(rules_spec.options["rules"], truth, rec.view,
-                                     (w / i.width, h / i.height))  # fmt: skip
+                                     (w / tw, h / th))  # fmt: skip
             got = j.results.get(rules_spec.name)
             status = {o.code: o.status for o in got.outcomes} if got is not None else {}
             rules = [{"code": o.code, "truth": o.status, "pred": status.get(o.code, "missing")}
@@ -188,10 +194,12 @@ def segment_per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dic
         for row in rows:
             if row.record.view not in views or row.mask is None:
                 continue
-            probs = run_network(pipeline, spec.name, row.sample.working.astype(np.float32))
+            working = row.sample.working.astype(np.float32)
+            probs = image_part(run_network(pipeline, spec.name, working), working.shape,
+                               i.height, i.width, i.resize)  # fmt: skip
             winner = probs.argmax(0)
             pred = {c: winner == k for k, c in enumerate(classes) if c != "background"}
-            truth = _truth_masks(row, classes, i.height, i.width)
+            truth = _truth_masks(row, classes, i)
             per_class = {c: d for c in truth if (d := _dice({c: pred[c]}, {c: truth[c]})) is not None}
             items.append({"dice": _dice(pred, truth) or 0.0, "per_class": per_class,
                           "box_found": bool(any(m.any() for m in pred.values()))})  # fmt: skip

@@ -93,7 +93,7 @@ def _config(stage: Stage, recipe: Recipe, index: int) -> TrainConfig:
         arch = replace(arch, extra={"classes": float(len(recipe.views))})
     return TrainConfig(task=stage.task, view=stage.view, steps=h.steps, batch=h.batch,
                        height=h.height, width=h.width, lr=h.lr, seed=recipe.seed + 100 + index,
-                       arch=arch, labels=recipe.views)  # fmt: skip
+                       arch=arch, labels=recipe.views, resize=h.resize)  # fmt: skip
 
 
 def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: str,
@@ -104,7 +104,7 @@ def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: s
     from models.segment import SegmentSpec, dice_per_class, inputs, save, targets, train_segmenter
 
     h = stage.hyper
-    spec = SegmentSpec(stage.classes, h.height, h.width, h.net_width)
+    spec = SegmentSpec(stage.classes, h.height, h.width, h.net_width, h.resize)
     train_rows = [(r, r.mask) for r in split.train if r.record.view == stage.view and r.mask]
     net, facts = train_segmenter(
         spec, [r.sample.working for r, _ in train_rows], [read_mask(m) for _, m in train_rows],
@@ -155,7 +155,7 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
         h = stage.hyper
         log(f"{head}: {stage.task}{f' {stage.view}' if stage.view else ''}, input "
             f"{h.height}x{h.width}, batch {h.batch}, {h.steps} steps, lr "
-            f"{h.lr or 'paper'}, width {h.net_width}")  # fmt: skip
+            f"{h.lr or 'paper'}, width {h.net_width}, {h.resize}")  # fmt: skip
         if stage.task == "segment":
             facts = train_segment(stage, recipe, split, path, key, i)
             log(f"{head}: held-out Dice (torch) {facts.get('dice_mean')} on {facts['n_val']} images")
