@@ -18,7 +18,14 @@ pytest.importorskip("onnxruntime")
 
 from edge_worker.packs.pack import load_pack
 from edge_worker.phantoms.ankle import write_dataset
-from edge_worker.pipeline.preprocess import RotatedBox, box_mask, crop_box, place, placement, to_tensor
+from edge_worker.pipeline.preprocess import (
+    RotatedBox,
+    box_mask,
+    crop_box,
+    place,
+    placement,
+    to_tensor,
+)
 from export.onnx import export_stage, phantom_batch
 from export.pack import write_pack
 from models import train

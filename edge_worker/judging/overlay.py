@@ -1,7 +1,7 @@
 """A heatmap's overlay for the verdict: a small grey PNG covering the whole image as stored.
 
-A ``heatmap`` stage's map is at its classifier's input size, stretched over the image the
-classifier read: the working image, or the working image turned upright by the orientation
+A ``heatmap`` stage's map is at its classifier's input size (already cut to the image's part
+where the classifier pads its input), stretched over the image the classifier read: the working image, or the working image turned upright by the orientation
 stage.  The overlay undoes both: it is resized back to the working image's shape and, when
 the classifier read the upright image, turned back by the inverse rotation, so it lies over the
 stored image as it is (not rotated, same aspect ratio; the working image is the stored one
@@ -24,7 +24,7 @@ PREFIX = "data:image/png;base64,"
 
 def stored_frame_map(cam_map: np.ndarray, working_hw: tuple[int, int], turn: Turn | None,
                      read_upright: bool) -> np.ndarray:  # fmt: skip
-    """``cam_map`` (the classifier's input size) in the working image's frame, ``working_hw``.
+    """``cam_map`` (over the image the classifier read) in the working image's frame, ``working_hw``.
 
     ``turn`` is the orientation stage's rotation (None without one); ``read_upright`` whether
     the classifier read the upright image.  What turns in from outside the frame reads 0.
