@@ -93,6 +93,10 @@ def test_short_ankle_build_from_the_one_command_is_judged_by_the_worker(tmp_path
 
     pack = load_pack(out)
     _check_manifest(pack, labels, 24, {"CC0-1.0": 24})
+    # The ankle paper's layout: view, ROI and quality padded (the phantoms are portrait).
+    layout = {s.name: s.input.resize for s in pack.networks if s.input is not None}
+    assert layout == {"orientation": "stretch", "view": "pad", "roi_ap": "pad", "roi_lat": "pad",
+                      "quality_ap": "pad", "quality_lat": "pad"}
     chained = pack.validation["pipeline"]
     assert chained["grade3_decided_ok"] >= 0 and "grade_confusion" in chained
     held = _held_out(pack, labels)
