@@ -122,3 +122,31 @@ def test_a_pad_checkpoint_exports_a_pad_stage(tmp_path: Path) -> None:
     batch = phantom_batch("roi", spec, "AP")
     assert np.all(batch[:, 0, :, :3] == PAD_VALUE) and np.all(batch[:, 0, :, -3:] == PAD_VALUE)
     assert not np.all(phantom_batch("roi", {**spec, "resize": "stretch"}, "AP")[:, 0, :, :3] == PAD_VALUE)
+
+
+def test_the_segmented_evaluation_lays_its_truth_out_as_the_worker_masks(tmp_path: Path) -> None:
+    import cv2
+
+    from edge_worker.backends import select
+    from edge_worker.pipeline.runner import Pipeline
+    from export.build.labels import Row
+    from export.build.segmented import _dice, _truth_masks
+    from tests.tiny_packs import SEG, VIEW, write_tiny_pack
+
+    pytest.importorskip("onnx")
+    image = np.zeros((256, 128), np.float32)
+    image[64:160, 32:96] = 1.0
+    mask = (image > 0.5).astype(np.uint8)  # class 1 ``bright`` where the block is
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    seg = json.loads(json.dumps(SEG))
+    seg["input"]["resize"] = "pad"
+    pack = load_pack(write_tiny_pack(tmp_path / "p", [VIEW, seg]))
+    found = Pipeline(pack, select(["onnxruntime-cpu"])).judge(image).results["seg"]
+    row = Row(Record(Path("x.dcm"), "AP", None, None, 0.0, None),
+              Sample(Record(Path("x.dcm"), "AP", None, None, 0.0, None), image.astype(np.float16), None),
+              "p", None, (), None, 2, tmp_path / "mask.png")  # fmt: skip
+    spec = next(s for s in pack.stages if s.name == "seg")
+    assert spec.input is not None
+    truth = _truth_masks(row, ["background", "bright", "dark"], spec.input)
+    assert truth["bright"].shape == found.masks["bright"].shape == (32, 16)
+    assert _dice({"bright": found.masks["bright"]}, {"bright": truth["bright"]}) == pytest.approx(1.0)
