@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from models.data import MEAN, STD, VIEW_LABELS, Sample, example, load_samples, read_csv
 from models.evaluate import evaluate
 from models.networks import ArchConfig, build
+from models.turns import turned_sample
 
 
 @dataclass
@@ -47,6 +49,10 @@ class TrainConfig:
     arch: ArchConfig = field(default_factory=lambda: ArchConfig("view"))
     #: The view classifier's vocabulary, in class order (``arch.extra["classes"]`` must match).
     labels: tuple[str, ...] = VIEW_LABELS
+    #: orientation: turn every draw by a random angle, the label with it (:mod:`models.turns`).
+    turn_any: bool = False
+    #: view: draw every class equally often.
+    balance_classes: bool = False
 
 
 def optimizer(task: str, params: list[nn.Parameter], lr: float | None) -> torch.optim.Optimizer:
@@ -102,10 +108,18 @@ class BatchStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         c = self.config
         rng = np.random.default_rng([c.seed, info.id if info else 0])
+        weights = None
+        if c.balance_classes:
+            counts = Counter(s.record.view for s in self.samples)
+            weights = np.array([1.0 / counts[s.record.view] for s in self.samples])
+            weights /= weights.sum()
         while True:
-            picks = rng.integers(0, len(self.samples), size=c.batch)
-            pairs = [example(c.task, self.samples[i], c.height, c.width, rng, c.labels)
-                     for i in picks]  # fmt: skip
+            picks = (rng.integers(0, len(self.samples), size=c.batch) if weights is None
+                     else rng.choice(len(self.samples), size=c.batch, p=weights))  # fmt: skip
+            chosen = [self.samples[i] for i in picks]
+            if c.turn_any:
+                chosen = [turned_sample(rng, s) for s in chosen]
+            pairs = [example(c.task, s, c.height, c.width, rng, c.labels) for s in chosen]
             yield (torch.from_numpy(np.stack([p[0] for p in pairs])),
                    torch.from_numpy(np.stack([p[1] for p in pairs])))  # fmt: skip
 

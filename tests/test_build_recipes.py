@@ -213,11 +213,22 @@ def test_short_chest_build_on_a_real_subset_judges_a_held_out_image(tmp_path: Pa
     pack = load_pack(out)
     _check_manifest(pack, labels, len(rows), dict(Counter(r["license"] for r in rows)))
     assert facts["licenses"] == pack.training_data["licenses"]
-    assert [(s.name, s.task) for s in pack.stages] == [("orientation", "orientation"), ("view", "classify")]
+    assert [(s.name, s.task) for s in pack.stages] == [
+        ("orientation", "orientation"), ("view", "classify"), ("lungs_pa", "segment"),
+        ("lungs_ap", "segment"), ("coverage_pa", "rules"), ("coverage_ap", "rules")]
+    assert pack.judged_by == ("coverage_pa", "coverage_ap")  # a lateral is not judged: review
     view = next(s for s in pack.stages if s.name == "view")
     assert view.labels == ("AP", "PA", "LATERAL")
     assert pack.training_data["labels"]["ignored_columns"] == ["site", "source", "raw_view"]
     assert "grade_accuracy" not in pack.validation["pipeline"]
+    # The lung segmenters trained on the rows with a mask (the subset puts those first); the
+    # edge rules were measured on held-out masked images, uncut and cut on every side.
+    masked = [r for r in rows if r["mask"]]
+    assert masked and all(r["view"] in ("PA", "AP") for r in masked)
+    cut = pack.validation["pipeline"]["cut_off"]["all"]
+    assert cut["cropped"] >= 4 and 0 <= cut["detected"] <= cut["cropped"]
+    assert cut["not_ok"] <= cut["cropped"] and 0 <= cut["false_alarms"] <= cut["uncropped"]
+    assert set(pack.validation["per_stage"]) >= {"lungs_pa", "lungs_ap"}
     held = _held_out(pack, labels)
     train_patients = {r["patient_key"] for r in rows} - {r["patient_key"] for r in held}
     assert not {r["patient_key"] for r in held} & train_patients

@@ -53,6 +53,21 @@ def upright(sample: Sample) -> Sample:
     return Sample(replace(sample.record, rotation_deg=0.0), image.astype(np.float16), roi)
 
 
+def upright_mask(row: Any) -> np.ndarray:
+    """The row's class-index mask in its working frame, turned upright with the image (the
+    worker segments the image after the orientation stage has turned it)."""
+    import cv2
+
+    h, w = row.sample.working.shape
+    mask = cv2.resize(row.class_mask(), (w, h), interpolation=cv2.INTER_NEAREST)
+    angle = row.record.rotation_deg
+    if not angle:
+        return mask
+    _, turn = turn_upright(np.zeros((h, w), np.float32), angle)
+    return cv2.warpAffine(mask, turn.to_upright, (w, h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+
+
 def quarter_turns(sample: Sample) -> list[Sample]:
     """The sample and its copies turned 90, 180 and 270 degrees counter-clockwise (labels moved).
 
@@ -70,8 +85,8 @@ def quarter_turns(sample: Sample) -> list[Sample]:
 def samples_for(stage: Stage, rows: list[Sample]) -> list[Sample]:
     """What ``stage`` trains or is measured on: upright images, or all turns for orientation."""
     if stage.task == "orientation":
-        if not stage.rotate_quarters:
-            return rows
+        if stage.turn_any or not stage.rotate_quarters:
+            return rows  # turn_any: every draw is turned at random (models.turns)
         return [turned for s in rows for turned in quarter_turns(s)]
     return [upright(s) for s in rows]
 
@@ -93,27 +108,28 @@ def _config(stage: Stage, recipe: Recipe, index: int) -> TrainConfig:
         arch = replace(arch, extra={"classes": float(len(recipe.views))})
     return TrainConfig(task=stage.task, view=stage.view, steps=h.steps, batch=h.batch,
                        height=h.height, width=h.width, lr=h.lr, seed=recipe.seed + 100 + index,
-                       arch=arch, labels=recipe.views)  # fmt: skip
+                       arch=arch, labels=recipe.views, turn_any=stage.turn_any,
+                       balance_classes=stage.balance_classes)  # fmt: skip
 
 
 def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: str,
                   index: int) -> dict[str, Any]:  # fmt: skip
     """Train ``stage``'s U-Net on its view's training images and masks, measure it on the
     held-out ones, and save the checkpoint (with ``key``) at ``path``; returns its facts."""
-    from export.build.labels import read_mask
     from models.segment import SegmentSpec, dice_per_class, inputs, save, targets, train_segmenter
 
     h = stage.hyper
     spec = SegmentSpec(stage.classes, h.height, h.width, h.net_width)
-    train_rows = [(r, r.mask) for r in split.train if r.record.view == stage.view and r.mask]
+    train_rows = [r for r in split.train if r.record.view == stage.view and r.mask]
     net, facts = train_segmenter(
-        spec, [r.sample.working for r, _ in train_rows], [read_mask(m) for _, m in train_rows],
+        spec, [upright(r.sample).working for r in train_rows], [upright_mask(r) for r in train_rows],
         h.steps, h.batch, h.lr or 3e-3, recipe.seed + 100 + index, stage.name)  # fmt: skip
     held = [r for r in split.test if r.record.view == stage.view and r.mask is not None]
     if held:
         with torch.inference_mode():
-            probs = net(torch.from_numpy(inputs([r.sample.working for r in held], spec))).numpy()
-        truth = targets([read_mask(r.mask) for r in held if r.mask is not None], spec)
+            probs = net(torch.from_numpy(inputs([upright(r.sample).working for r in held],
+                                                spec))).numpy()  # fmt: skip
+        truth = targets([upright_mask(r) for r in held], spec)
         per_image = [dice_per_class(p.argmax(0), t, spec.classes) for p, t in zip(probs, truth)]
         facts["dice_mean"] = round(float(np.mean([np.mean(list(d.values())) for d in per_image
                                                   if d])), 4)  # fmt: skip
