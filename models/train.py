@@ -53,6 +53,9 @@ class TrainConfig:
     turn_any: bool = False
     #: view: draw every class equally often.
     balance_classes: bool = False
+    #: A checkpoint whose backbone initialises this network (its head is drawn afresh): a
+    #: view classifier started from the self-supervised orientation network.
+    init: Path | None = None
 
 
 def optimizer(task: str, params: list[nn.Parameter], lr: float | None) -> torch.optim.Optimizer:
@@ -165,6 +168,8 @@ def train(
     data = select(train_samples, config.task, config.view)
     val = select(val_samples, config.task, config.view)
     net = build(config.arch)
+    if config.init is not None:
+        start_from(net, config.init)
     opt = optimizer(config.task, list(net.parameters()), config.lr)
     # Cosine decay to zero: the papers ran 50k-500k iterations at a fixed rate; a schedule
     # of a few thousand steps needs the decay to settle.
@@ -196,6 +201,16 @@ def train(
     }, path)  # fmt: skip
     print(f"{path.name}: validation on {len(val)} images: {metrics}")
     return path
+
+
+def start_from(net: nn.Module, checkpoint: Path) -> None:
+    """Load ``checkpoint``'s backbone weights into ``net`` (every tensor but the ``fc.`` head);
+    ValueError when the layouts differ (another width, depth or network)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    result = net.load_state_dict(backbone, strict=False)
+    if result.unexpected_keys or any(not k.startswith("fc.") for k in result.missing_keys):
+        raise ValueError(f"{checkpoint.name} does not fit this network: {result}")
 
 
 def default_arch(task: str, width: float, depth: float, height: int, width_px: int) -> ArchConfig:

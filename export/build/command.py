@@ -87,6 +87,11 @@ def _stage_facts(s: Stage) -> dict[str, Any]:
                              "lr": s.hyper.lr or "paper", "net_width": s.hyper.net_width}
     if s.classes:
         facts["classes"] = list(s.classes)
+    for key, default in (("turn_any", False), ("balance_classes", False),
+                         ("backbone", "efficientnet"), ("init_from", None),
+                         ("mask_values", ()), ("mask_optional", False)):
+        if getattr(s, key) != default and (s.task == "view" or key not in ("backbone",)):
+            facts[key] = list(v) if isinstance(v := getattr(s, key), tuple) else v
     return facts
 
 

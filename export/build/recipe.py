@@ -64,9 +64,12 @@ SHORT: dict[str, Hyper] = {
 _HYPER_KEYS = {"input", "batch", "steps", "lr", "net_width"}
 #: Keys only some tasks take (docs/recipes.md).
 _TASK_KEYS = {"segment": ("classes", "mask_values", "mask_optional"), "orientation": ("turn_any",),
-              "view": ("balance_classes",)}  # fmt: skip
+              "view": ("balance_classes", "backbone", "init_from")}  # fmt: skip
 #: Task keys that are not true/false switches.
-_VALUED_KEYS = ("classes", "mask_values")
+_VALUED_KEYS = ("classes", "mask_values", "backbone", "init_from")
+#: A view stage's network: the ankle paper's EfficientNet-B0, or the orientation network's
+#: ResNet layout (which can start from a trained orientation stage, ``init_from``).
+BACKBONES = ("efficientnet", "resnet")
 
 
 class RecipeError(ValueError):
@@ -89,6 +92,11 @@ class Stage:
     turn_any: bool = False
     #: view: draw each class equally often (a rare projection is not drowned by the common).
     balance_classes: bool = False
+    #: view: ``efficientnet`` (paper 000) or ``resnet`` (the orientation network's layout).
+    backbone: str = "efficientnet"
+    #: view with the resnet backbone: an earlier orientation stage whose trained backbone it
+    #: starts from (self-supervised pre-training on the site's own images).
+    init_from: str | None = None
     #: segment: the class names, index = pixel value of the mask files (``background`` first).
     classes: tuple[str, ...] = ()
     #: segment: the mask files' pixel value of each class, in ``classes`` order, where they are
@@ -242,11 +250,31 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
         if hyper.height % 8 or hyper.width % 8:
             raise RecipeError(f"{where}.input: a U-Net halves the image three times; height and "
                               f"width must be multiples of 8, got {hyper.height}x{hyper.width}")
+    backbone, init_from = _view_network(where, raw, hyper, earlier)
     return Stage(str(raw["name"]), task, view, hyper, bool(raw.get("rotate_quarters", True)),
-                 turn_any=bool(raw.get("turn_any", False)),
+                 turn_any=bool(raw.get("turn_any", False)), backbone=backbone, init_from=init_from,
                  balance_classes=bool(raw.get("balance_classes", False)),
                  classes=classes, mask_values=values,
                  mask_optional=bool(raw.get("mask_optional", False)))  # fmt: skip
+
+
+def _view_network(where: str, raw: dict[str, Any], hyper: Hyper,
+                  earlier: dict[str, Stage]) -> tuple[str, str | None]:  # fmt: skip
+    """A view stage's ``backbone`` and ``init_from`` keys, checked against the earlier stages."""
+    backbone = raw.get("backbone", "efficientnet")
+    if backbone not in BACKBONES:
+        raise RecipeError(f"{where}.backbone: must be one of {BACKBONES}, got {backbone!r}")
+    source = raw.get("init_from")
+    if source is None:
+        return backbone, None
+    first = earlier.get(source)
+    if backbone != "resnet" or first is None or first.task != "orientation":
+        raise RecipeError(f"{where}.init_from: a resnet view stage starts from an earlier "
+                          f"orientation stage; got {source!r} with backbone {backbone!r}")
+    if first.hyper.net_width != hyper.net_width:
+        raise RecipeError(f"{where}.init_from: {source!r} has net_width {first.hyper.net_width}, "
+                          f"this stage {hyper.net_width}: the backbones must be the same")
+    return backbone, str(source)
 
 
 def _mask_values(where: str, raw: Any, classes: tuple[str, ...]) -> tuple[int, ...]:

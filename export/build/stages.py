@@ -91,25 +91,33 @@ def samples_for(stage: Stage, rows: list[Sample]) -> list[Sample]:
     return [upright(s) for s in rows]
 
 
-def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split) -> str:
-    """sha256 of everything a stage's weights depend on."""
+def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split,
+              upstream: str = "") -> str:  # fmt: skip
+    """sha256 of everything a stage's weights depend on (``upstream``: the key of the stage
+    it starts from, so that retraining that one retrains this one)."""
     facts = {
         "stage": asdict(stage), "preset": recipe.preset, "views": recipe.views,
         "labels_sha256": labels_sha256, "seed": recipe.seed,
         "train": sorted(r.record.path.name for r in split.train),
+        **({"upstream": upstream} if upstream else {}),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _config(stage: Stage, recipe: Recipe, index: int) -> TrainConfig:
+def _config(stage: Stage, recipe: Recipe, index: int, init: Path | None = None) -> TrainConfig:
     h = stage.hyper
     arch = default_arch(stage.task, h.net_width, 1.0, h.height, h.width)
     if stage.task == "view":
-        arch = replace(arch, extra={"classes": float(len(recipe.views))})
+        classes = float(len(recipe.views))
+        arch = replace(arch, extra={"classes": classes})
+        if stage.backbone == "resnet":  # the orientation network's layout, one output per class
+            arch = default_arch("orientation", h.net_width, 1.0, h.height, h.width)
+            arch = replace(arch, extra={"classes": classes, "outputs": classes})
     return TrainConfig(task=stage.task, view=stage.view, steps=h.steps, batch=h.batch,
                        height=h.height, width=h.width, lr=h.lr, seed=recipe.seed + 100 + index,
                        arch=arch, labels=recipe.views, turn_any=stage.turn_any,
-                       balance_classes=stage.balance_classes)  # fmt: skip
+                       balance_classes=stage.balance_classes,
+                       init=init)  # fmt: skip
 
 
 def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: str,
@@ -157,12 +165,15 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
     train_rows = [r.sample for r in split.train]
     test_rows = [r.sample for r in split.test]
     done: dict[str, Path] = {}
+    keys: dict[str, str] = {}
     started = time.monotonic()
     # A rules stage is data in the manifest: nothing to train, not counted in the time left.
     networks = [s for s in recipe.stages if s.network]
     for i, stage in enumerate(networks):
         path = ckpt_dir / f"{stage.name}.pt"
-        key = stage_key(stage, recipe, labels_sha256, split)
+        key = stage_key(stage, recipe, labels_sha256, split,
+                        keys.get(stage.init_from, "") if stage.init_from else "")  # fmt: skip
+        keys[stage.name] = key
         head = f"[{i + 1}/{len(networks)}] {stage.name}"
         if resume and reusable(path, key):
             log(f"{head}: checkpoint of this recipe, labels and split found: skipped (--resume)")
@@ -178,7 +189,8 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
         else:
             scratch = ckpt_dir / f".{stage.name}.partial"
             shutil.rmtree(scratch, ignore_errors=True)
-            written = train(_config(stage, recipe, i), samples_for(stage, train_rows),
+            init = done[stage.init_from] if stage.init_from else None
+            written = train(_config(stage, recipe, i, init), samples_for(stage, train_rows),
                             samples_for(stage, test_rows), scratch)  # fmt: skip
             saved = torch.load(written, map_location="cpu", weights_only=False)
             saved["build_key"] = key
