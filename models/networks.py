@@ -54,6 +54,9 @@ class ArchConfig:
         if self.task == "roi":
             return (f"DeepLabV3, bottleneck {backbone} backbone at output stride 8, ASPP rates "
                     f"{list(self.aspp_rates)}, width {self.width}, sigmoid output")  # fmt: skip
+        outputs = int(self.extra.get("outputs", 2))
+        if outputs != 2 or "classes" in self.extra:
+            return f"{backbone} (bottleneck), width {self.width}, {outputs}-class linear head"
         return f"{backbone} (bottleneck), width {self.width}, 2-output (cos, sin) head"
 
     def as_dict(self) -> dict[str, object]:
@@ -193,7 +196,9 @@ class OrientationResNet(nn.Module):
     def __init__(self, config: ArchConfig) -> None:
         super().__init__()
         self.backbone = ResNetBackbone(config.in_channels, config.width, config.blocks, 32)
-        self.fc = nn.Linear(self.backbone.out_channels, 2)
+        # ``extra["outputs"]``: a view classifier of this layout (started from the
+        # self-supervised orientation network's backbone) has one output per class.
+        self.fc = nn.Linear(self.backbone.out_channels, int(config.extra.get("outputs", 2)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x).mean(dim=(2, 3))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from tqdm import tqdm
 from models.data import MEAN, STD, VIEW_LABELS, Sample, example, load_samples, read_csv
 from models.evaluate import evaluate
 from models.networks import ArchConfig, build
+from models.turns import turned_sample
 
 
 @dataclass
@@ -50,6 +52,13 @@ class TrainConfig:
     #: How the image is laid out in the input (``stretch`` or ``pad``: the manifest's
     #: ``input.resize``, stored in the checkpoint's ``input``).
     resize: str = "stretch"
+    #: orientation: turn every draw by a random angle, the label with it (:mod:`models.turns`).
+    turn_any: bool = False
+    #: view: draw every class equally often.
+    balance_classes: bool = False
+    #: A checkpoint whose backbone initialises this network (its head is drawn afresh): a
+    #: view classifier started from the self-supervised orientation network.
+    init: Path | None = None
 
 
 def optimizer(task: str, params: list[nn.Parameter], lr: float | None) -> torch.optim.Optimizer:
@@ -105,10 +114,18 @@ class BatchStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         c = self.config
         rng = np.random.default_rng([c.seed, info.id if info else 0])
+        weights = None
+        if c.balance_classes:
+            counts = Counter(s.record.view for s in self.samples)
+            weights = np.array([1.0 / counts[s.record.view] for s in self.samples])
+            weights /= weights.sum()
         while True:
-            picks = rng.integers(0, len(self.samples), size=c.batch)
-            pairs = [example(c.task, self.samples[i], c.height, c.width, rng, c.labels, c.resize)
-                     for i in picks]  # fmt: skip
+            picks = (rng.integers(0, len(self.samples), size=c.batch) if weights is None
+                     else rng.choice(len(self.samples), size=c.batch, p=weights))  # fmt: skip
+            chosen = [self.samples[i] for i in picks]
+            if c.turn_any:
+                chosen = [turned_sample(rng, s) for s in chosen]
+            pairs = [example(c.task, s, c.height, c.width, rng, c.labels, c.resize) for s in chosen]
             yield (torch.from_numpy(np.stack([p[0] for p in pairs])),
                    torch.from_numpy(np.stack([p[1] for p in pairs])))  # fmt: skip
 
@@ -154,6 +171,8 @@ def train(
     data = select(train_samples, config.task, config.view)
     val = select(val_samples, config.task, config.view)
     net = build(config.arch)
+    if config.init is not None:
+        start_from(net, config.init)
     opt = optimizer(config.task, list(net.parameters()), config.lr)
     # Cosine decay to zero: the papers ran 50k-500k iterations at a fixed rate; a schedule
     # of a few thousand steps needs the decay to settle.
@@ -187,6 +206,16 @@ def train(
     }, path)  # fmt: skip
     print(f"{path.name}: validation on {len(val)} images: {metrics}")
     return path
+
+
+def start_from(net: nn.Module, checkpoint: Path) -> None:
+    """Load ``checkpoint``'s backbone weights into ``net`` (every tensor but the ``fc.`` head);
+    ValueError when the layouts differ (another width, depth or network)."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    result = net.load_state_dict(backbone, strict=False)
+    if result.unexpected_keys or any(not k.startswith("fc.") for k in result.missing_keys):
+        raise ValueError(f"{checkpoint.name} does not fit this network: {result}")
 
 
 def default_arch(task: str, width: float, depth: float, height: int, width_px: int) -> ArchConfig:

@@ -217,11 +217,22 @@ def test_short_chest_build_on_a_real_subset_judges_a_held_out_image(tmp_path: Pa
     pack = load_pack(out)
     _check_manifest(pack, labels, len(rows), dict(Counter(r["license"] for r in rows)))
     assert facts["licenses"] == pack.training_data["licenses"]
-    assert [(s.name, s.task) for s in pack.stages] == [("orientation", "orientation"), ("view", "classify")]
+    assert [(s.name, s.task) for s in pack.stages] == [
+        ("orientation", "orientation"), ("view", "classify"), ("lungs_pa", "segment"),
+        ("lungs_ap", "segment"), ("coverage_pa", "rules"), ("coverage_ap", "rules")]
+    assert pack.judged_by == ("coverage_pa", "coverage_ap")  # a lateral is not judged: review
     view = next(s for s in pack.stages if s.name == "view")
     assert view.labels == ("AP", "PA", "LATERAL")
     assert pack.training_data["labels"]["ignored_columns"] == ["site", "source", "raw_view"]
     assert "grade_accuracy" not in pack.validation["pipeline"]
+    # The lung segmenters trained on the rows with a mask (the subset puts those first); the
+    # edge rules were measured on held-out masked images, uncut and cut on every side.
+    masked = [r for r in rows if r["mask"]]
+    assert masked and all(r["view"] in ("PA", "AP") for r in masked)
+    cut = pack.validation["pipeline"]["cut_off"]["all"]
+    assert cut["cropped"] >= 4 and 0 <= cut["detected"] <= cut["cropped"]
+    assert cut["not_ok"] <= cut["cropped"] and 0 <= cut["false_alarms"] <= cut["uncropped"]
+    assert set(pack.validation["per_stage"]) >= {"lungs_pa", "lungs_ap"}
     held = _held_out(pack, labels)
     train_patients = {r["patient_key"] for r in rows} - {r["patient_key"] for r in held}
     assert not {r["patient_key"] for r in held} & train_patients
@@ -287,8 +298,8 @@ def test_a_recipe_with_rules_the_segmentation_cannot_measure_is_refused(tmp_path
         "input not a multiple of 8": text.replace('classes = ["background", "body", "disc", "t12", '
                                                   '"sacrum"]', 'classes = ["background", "body", '
                                                   '"disc", "t12", "sacrum"]\ninput = [100, 64]'),
-        "orientation before segmentation": text.replace(
-            '[[stages]]\nname = "view"', '[[stages]]\nname = "orientation"\ntask = "orientation"'
+        "roi beside segmentation": text.replace(
+            '[[stages]]\nname = "view"', '[[stages]]\nname = "roi_ap"\ntask = "roi"\nview = "AP"'
             '\n\n[[stages]]\nname = "view"'),
     }  # fmt: skip
     messages = {}
@@ -302,7 +313,7 @@ def test_a_recipe_with_rules_the_segmentation_cannot_measure_is_refused(tmp_path
     assert "kidney" in messages["no such class"]
     assert "seg_knee" in messages["no such segment stage"]
     assert "multiples of 8" in messages["input not a multiple of 8"]
-    assert "no orientation" in messages["orientation before segmentation"]
+    assert "no roi or quality" in messages["roi beside segmentation"]
 
 
 def test_the_segmented_evaluation_reproduces_the_bundled_lumbar_packs_figures(tmp_path: Path) -> None:

@@ -93,6 +93,22 @@ def test_inside_field_is_one_only_for_a_present_uncut_structure() -> None:
     assert (outcome.value, outcome.status) == (0.0, "fail")
 
 
+def test_margins_are_the_gap_to_each_edge_as_a_share_of_the_image() -> None:
+    shape = (100, 80)  # rows, columns
+    lungs = rect(shape, 10, 0, 60, 90)  # x 10..59, y 0..89: touches the top edge only
+    gaps = {side: value(rule(measure=f"margin_{side}", segments=["a"], min=0.005), {"a": lungs})
+            for side in ("top", "bottom", "left", "right")}  # fmt: skip
+    assert gaps == {"top": 0.0, "bottom": 10 / 100, "left": 10 / 80, "right": 20 / 80}
+    outcomes = evaluate(parse_rules([rule(code=f"cut_{s}", measure=f"margin_{s}", segments=["a"],
+                                          min=0.005) for s in ("top", "left")], CLASSES, "t"),
+                        {"a": lungs}, None)  # fmt: skip
+    assert [(o.code, o.status) for o in outcomes] == [("cut_top", "fail"), ("cut_left", "pass")]
+    # No lung found: not measurable (a person looks), never a pass.
+    (absent,) = evaluate(parse_rules([rule(measure="margin_top", segments=["a"], min=0.005)],
+                                     CLASSES, "t"), {"a": np.zeros(shape, bool)}, None)  # fmt: skip
+    assert (absent.value, absent.status) == (None, "not_measurable")
+
+
 def test_component_count_ignores_specks() -> None:
     shape = (100, 100)
     m = rect(shape, 10, 10, 20, 20) | rect(shape, 30, 10, 40, 20) | rect(shape, 50, 50, 60, 60)

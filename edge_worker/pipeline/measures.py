@@ -25,6 +25,12 @@ inside_field         S            1.0 when S is present and touches no image bor
                                   is a measured 0.0, not "not measurable": presence is the
                                   question.
 component_count      S            number of connected components of S (8-connectivity).
+margin_top           S            the gap between S and the image's top edge, as a fraction of
+                                  the image height (0 when S touches it).  Chest: a lung field
+                                  cut off at the apices by the collimation.  ``margin_bottom``
+                                  (costophrenic angles), ``margin_left`` and ``margin_right``
+                                  (fractions of the width; the image's sides as displayed)
+                                  are the same for the other edges.
 ===================  ===========  ==========================================================
 
 Every measure first drops connected components smaller than :data:`MIN_COMPONENT_FRACTION`
@@ -57,6 +63,10 @@ ARITY: dict[str, tuple[int, ...]] = {
     "overlap": (2,),
     "inside_field": (1,),
     "component_count": (1,),
+    "margin_top": (1,),
+    "margin_bottom": (1,),
+    "margin_left": (1,),
+    "margin_right": (1,),
 }
 ON_FAIL = ("retake", "review")
 STATUSES = ("pass", "fail", "not_measurable")
@@ -265,6 +275,22 @@ def _component_count(m: list[np.ndarray], names: tuple[str, ...], s: tuple[float
     return float(n - 1)
 
 
+def _margin(side: str) -> Measure:
+    """The measure of the gap between a segment and one image edge (see the module table)."""
+
+    def measure(m: list[np.ndarray], names: tuple[str, ...], s: tuple[float, float]) -> float:
+        mask = m[0]
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        if rows.size == 0:
+            raise _Absent(f"no {names[0]} in the image")
+        h, w = mask.shape
+        gaps = {"top": rows[0] / h, "bottom": (h - 1 - rows[-1]) / h,
+                "left": cols[0] / w, "right": (w - 1 - cols[-1]) / w}  # fmt: skip
+        return float(gaps[side])
+
+    return measure
+
+
 Measure = Callable[[list[np.ndarray], tuple[str, ...], tuple[float, float]], float]
 MEASURES: dict[str, Measure] = {
     "centroid_offset": _centroid_offset,
@@ -272,6 +298,7 @@ MEASURES: dict[str, Measure] = {
     "overlap": _overlap,
     "inside_field": _inside_field,
     "component_count": _component_count,
+    **{f"margin_{side}": _margin(side) for side in ("top", "bottom", "left", "right")},
 }
 
 

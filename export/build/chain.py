@@ -33,8 +33,15 @@ from edge_worker.pipeline.preprocess import (
 from edge_worker.pipeline.runner import Pipeline
 from export.build.labels import Row
 from export.build.stages import upright
+from models.chest.augment import rotate
 from models.data import IMAGE_SUFFIXES, read_image
 from models.evaluate import angular_error, dice
+from models.turns import seeded_turns
+
+#: Seed of the turns a self-supervised orientation stage is measured on (plus the CSV line).
+ORIENTATION_SEED = 7
+#: Turns per held-out image for a self-supervised orientation stage.
+ORIENTATION_TURNS = 8
 
 
 def read_as_worker(path: Path) -> tuple[np.ndarray, Any, float]:
@@ -89,8 +96,22 @@ def run_network(pipeline: Pipeline, name: str, image: np.ndarray) -> np.ndarray:
     return next(iter(pipeline.session(name).run(x).values()))[0]
 
 
-def per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dict[str, Any]]]:
-    """Each network alone on the held-out images, fed the truth of the stages before it."""
+def _orientation_cases(row: Row, turns: int) -> list[tuple[np.ndarray, float]]:
+    """The images an orientation network is measured on and their true angles: the stored
+    image with its label, or (``turns`` > 0, a self-supervised stage) the image turned by
+    ``turns`` seeded angles on the same canvas, the label moved with each."""
+    image = row.sample.working.astype(np.float32)
+    base = row.record.rotation_deg or 0.0
+    if turns <= 0:
+        return [(image, base)]
+    angles = seeded_turns(ORIENTATION_SEED + row.line, turns)
+    return [(rotate(image, a, "same"), (base + a) % 360.0) for a in angles]
+
+
+def per_stage(pipeline: Pipeline, rows: list[Row],
+              orientation_turns: int = 0) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Each network alone on the held-out images, fed the truth of the stages before it;
+    a self-supervised orientation stage on ``orientation_turns`` seeded turns of each."""
     pack = pipeline.pack
     view_spec = next((s for s in pack.stages if s.role == "view"), None)
     out: dict[str, list[dict[str, Any]]] = {s.name: [] for s in pack.networks}
@@ -125,18 +146,26 @@ def per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dict[str, A
                 out[spec.name].append({"true": rec.grade, "score_true": rec.score, "score": score,
                                        "pred": round(min(max(score, 1.0), 3.0))})  # fmt: skip
             elif spec.role == "orientation" and rec.rotation_deg is not None:
-                c, s = run_network(pipeline, spec.name, row.sample.working.astype(np.float32))[:2]
-                angle = float(np.degrees(np.arctan2(s, c)) % 360.0)
-                err = float(angular_error(np.array([angle]), np.array([rec.rotation_deg]))[0])
-                out[spec.name].append({"error_deg": err, "norm": float(np.hypot(c, s))})
+                for turned, truth in _orientation_cases(row, orientation_turns):
+                    c, s = run_network(pipeline, spec.name, turned)[:2]
+                    angle = float(np.degrees(np.arctan2(s, c)) % 360.0)
+                    err = float(angular_error(np.array([angle]), np.array([truth]))[0])
+                    out[spec.name].append({"error_deg": err, "norm": float(np.hypot(c, s))})
     return out
 
 
-def evaluate_pack(pack_dir: Path, rows: list[Row]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def evaluate_pack(pack_dir: Path, rows: list[Row], orientation_turns: int = 0
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
     """The chained records and the per-stage records of the pack at ``pack_dir`` on ``rows``."""
+    pipeline = worker_pipeline(pack_dir)
+    return chained(pipeline, rows), per_stage(pipeline, rows, orientation_turns)
+
+
+def worker_pipeline(pack_dir: Path) -> Pipeline:
+    """The worker's pipeline of the pack at ``pack_dir`` on ONNX Runtime (CPU), warmed up."""
     pipeline = Pipeline(load_pack(pack_dir), select(["onnxruntime-cpu"]), LoadOptions())
     pipeline.warm_up()
-    return chained(pipeline, rows), per_stage(pipeline, rows)
+    return pipeline
 
 
 def label_figures(records: list[dict[str, Any]]) -> dict[str, float | None]:

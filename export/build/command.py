@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -87,6 +88,11 @@ def _stage_facts(s: Stage) -> dict[str, Any]:
                              "resize": s.hyper.resize}
     if s.classes:
         facts["classes"] = list(s.classes)
+    for key, default in (("turn_any", False), ("balance_classes", False),
+                         ("backbone", "efficientnet"), ("init_from", None),
+                         ("mask_values", ()), ("mask_optional", False)):
+        if getattr(s, key) != default and (s.task == "view" or key not in ("backbone",)):
+            facts[key] = list(v) if isinstance(v := getattr(s, key), tuple) else v
     return facts
 
 
@@ -104,11 +110,21 @@ def _thresholds(recipe: Recipe, task: str) -> dict[str, float]:
             if t == task and name in recipe.decision}  # fmt: skip
 
 
+def _from_pack(pack: Path, path: Path) -> str:
+    """``path`` relative to the pack's folder (absolute only across drives): the label gate
+    finds the test set from the pack wherever the two are moved together."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(pack).resolve())
+    except ValueError:
+        return str(Path(path).resolve())
+
+
 def build(args: argparse.Namespace, log: Any = print) -> Path:
     """Run the whole build; returns the manifest path.  Raises RecipeError / LabelsRefused."""
     import torch
 
-    from export.build.chain import evaluate_pack
+    from export.build.chain import ORIENTATION_TURNS, evaluate_pack, worker_pipeline
+    from export.build.cutoff import cut_off_figures
     from export.build.labels import read_labels
     from export.build.report import GRADE_KEYS, figures, write_report
     from export.build.segmented import (
@@ -170,13 +186,14 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
 
     def write(validation: dict[str, Any]) -> Path:
         if segmented:
-            view = next(f for f in stage_files if f.task == "view")
-            return write_segmented_pack(out, view, segments, recipe, validation=validation, **common)
+            return write_segmented_pack(out, stage_files, segments, recipe, validation=validation,
+                                        **common)  # fmt: skip
         return write_pack(out, stage_files, validation=validation, **common)
 
     write({"per_stage_torch": per_stage_torch})
     log(f"judging the {len(split.test)} held-out images through the worker's pipeline")
-    chain, per_stage = (evaluate_segmented if segmented else evaluate_pack)(out, split.test)
+    turns = ORIENTATION_TURNS if any(s.turn_any for s in recipe.stages) else 0
+    chain, per_stage = (evaluate_segmented if segmented else evaluate_pack)(out, split.test, turns)
     figs = figures(chain, per_stage, list(recipe.views), list(recipe.grades))
     if not any(s.task == "quality" for s in recipe.stages):  # no grade: no grade figures
         figs["chained"] = {k: v for k, v in figs["chained"].items() if k not in GRADE_KEYS}
@@ -184,6 +201,10 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
     if segmented:  # judged by rules: the rules' figures
         figs["chained"]["rules"] = rule_figures(chain)
         figs["chained"]["decisions_by_rule_truth"] = decisions_by_rule_truth(chain)
+        log("cropping the held-out masked images for the edge (cut-off) rules")
+        cut_off = cut_off_figures(worker_pipeline(out), split.test)
+        if cut_off is not None:
+            figs["chained"]["cut_off"] = cut_off
     data_text = (f"{len(split.test)} images of {len({r.patient for r in split.test})} held-out "
                  f"patients (never trained on; split seed {split.seed}), read by the worker's "
                  "ingest and judged by its pipeline on ONNX Runtime sessions of this pack")
@@ -195,8 +216,8 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
                       for n, s in figs["per_stage"].items()},
         "per_stage_torch": per_stage_torch,
         "parity_max_abs_error": parity,
-        "test_set": {"labels": str(Path(args.labels).resolve()), "data": str(Path(args.data).resolve()),
-                     "recipe": str(Path(args.recipe).resolve()), "preset": recipe.preset,
+        "test_set": {"labels": _from_pack(out, args.labels), "data": _from_pack(out, args.data),
+                     "recipe": _from_pack(out, args.recipe), "preset": recipe.preset,
                      "labels_sha256": labels.sha256, "lines": [r.line for r in split.test]},
         "report": ["evaluation.html", "evaluation.json"],
     }  # fmt: skip

@@ -45,13 +45,16 @@ def test_rows(pack: Pack, labels: Path | None = None, data: Path | None = None) 
     if "recipe" not in ref:
         raise LabelGateError("the pack records no build recipe (validation.test_set.recipe): "
                              "the label gate needs a pack written by edge-export build")
-    labels_path = Path(labels or ref["labels"])
-    data_path = Path(data or ref.get("data") or labels_path.parent)
+    # The build records the paths relative to the pack's folder where it can (a pack that
+    # travels with its data keeps finding it; no build machine's paths in a shipped pack).
+    labels_path = Path(labels) if labels else pack.root / ref["labels"]
+    data_path = Path(data) if data else (pack.root / ref["data"] if ref.get("data")
+                                         else labels_path.parent)  # fmt: skip
     if not labels_path.is_file():
         raise LabelGateError(f"the labelled test set {labels_path} is not here; pass --labels "
                              "CSV --data FOLDER")  # fmt: skip
     try:
-        recipe = load_recipe(ref["recipe"], str(ref.get("preset", "full")))
+        recipe = load_recipe(pack.root / ref["recipe"], str(ref.get("preset", "full")))
         rows = read_labels(labels_path, data_path, recipe).rows
     except (RecipeError, LabelsRefused, OSError) as exc:
         raise LabelGateError(f"the labelled test set cannot be used: {exc}") from exc

@@ -86,6 +86,13 @@ class Row:
     line: int
     #: The class-index mask file (``mask`` column) when the row's view has a segment stage.
     mask: Path | None = None
+    #: The mask file's pixel value of each class (the segment stage's ``mask_values``).
+    mask_values: tuple[int, ...] = ()
+
+    def class_mask(self) -> np.ndarray:
+        """The row's mask as class indices (0 = the first class); ValueError if unusable."""
+        assert self.mask is not None, "the row has no mask"
+        return class_indices(read_mask(self.mask), self.mask_values)
 
 
 @dataclass
@@ -148,6 +155,26 @@ def read_mask(path: Path) -> np.ndarray:
     return mask
 
 
+def class_indices(mask: np.ndarray, values: tuple[int, ...]) -> np.ndarray:
+    """``mask``'s pixel values turned into class indices (``values[k]`` -> ``k``); ValueError
+    naming a value that is no class's.  ``values`` empty: the pixels are the indices already."""
+    if values == tuple(range(len(values))):
+        top = int(mask.max()) if mask.size else 0
+        if values and top >= len(values):
+            raise ValueError(f"class value {top} is no class's (values 0-{len(values) - 1})")
+        return mask
+    out = np.zeros(mask.shape, np.uint8)
+    known = np.zeros(mask.shape, bool)
+    for k, v in enumerate(values):
+        hit = mask == v
+        out[hit] = k
+        known |= hit
+    if not known.all():
+        raise ValueError(f"mask values {sorted(set(np.unique(mask[~known]).tolist()))[:5]} are no "
+                         f"class's (mask_values {list(values)})")  # fmt: skip
+    return out
+
+
 def _segment_mask(raw: dict[str, str], sample: Sample, data: Path, recipe: Recipe, line: int,
                   problems: list[Problem]) -> Path | None:  # fmt: skip
     """The row's mask file, checked against its image and its view's classes."""
@@ -157,8 +184,9 @@ def _segment_mask(raw: dict[str, str], sample: Sample, data: Path, recipe: Recip
         return None
     name = (raw.get("mask") or "").strip()
     if not name:
-        problems.append(Problem("missing_image", f"view {sample.record.view} is segmented by "
-                                f"stage {stage.name!r}: a mask file is required", line, "mask"))
+        if not stage.mask_optional:
+            problems.append(Problem("missing_image", f"view {sample.record.view} is segmented by "
+                                    f"stage {stage.name!r}: a mask file is required", line, "mask"))
         return None
     path = data / name
     if not path.is_file():
@@ -176,12 +204,11 @@ def _segment_mask(raw: dict[str, str], sample: Sample, data: Path, recipe: Recip
                                 "not the shape of its image (it must cover the stored image)",
                                 line, "mask"))  # fmt: skip
         return None
-    top = int(mask.max())
-    if top >= len(stage.classes):
-        problems.append(Problem("unknown_label", f"mask {name} has class value {top}; stage "
-                                f"{stage.name!r} has {len(stage.classes)} classes "
-                                f"{list(stage.classes)} (values 0-{len(stage.classes) - 1})",
-                                line, "mask"))  # fmt: skip
+    try:
+        class_indices(mask, stage.mask_values)
+    except ValueError as exc:
+        problems.append(Problem("unknown_label", f"mask {name}: {exc}; stage {stage.name!r} has "
+                                f"classes {list(stage.classes)}", line, "mask"))  # fmt: skip
         return None
     return path
 
@@ -328,8 +355,10 @@ def read_labels(csv_path: str | Path, data: str | Path, recipe: Recipe) -> Label
             problems.append(Problem("bad_value", f"split must be one of {SPLITS}, got {split!r}",
                                     line, "split"))  # fmt: skip
             continue
+        values = next((s.mask_values for s in recipe.stages
+                       if s.task == "segment" and s.view == record.view), ())  # fmt: skip
         rows.append(Row(record, sample, patient, (raw.get("license") or "").strip() or None,
-                        _flags(raw), split, line, mask))  # fmt: skip
+                        _flags(raw), split, line, mask, values))  # fmt: skip
     problems += class_problems(rows, recipe)
     if any(r.fixed_split for r in rows):
         problems += check_disjoint([r for r in rows if r.fixed_split == "train"],
@@ -373,6 +402,14 @@ def class_problems(rows: list[Row], recipe: Recipe) -> list[Problem]:
     need = 2 * recipe.min_per_class
     wanted = [f"view={v}" for v in recipe.views]
     counts = Counter({name: len(p) for name, p in patients.items()})
-    return [Problem("class_too_small", f"{name}: {counts[name]} patient(s); splitting needs at "
-                    f"least {need} ({recipe.min_per_class} per side)")
-            for name in sorted(set(wanted) | set(counts)) if counts[name] < need]  # fmt: skip
+    found = [Problem("class_too_small", f"{name}: {counts[name]} patient(s); splitting needs at "
+                     f"least {need} ({recipe.min_per_class} per side)")
+             for name in sorted(set(wanted) | set(counts)) if counts[name] < need]  # fmt: skip
+    for stage in recipe.stages:
+        if stage.task == "segment":
+            masked = {r.patient for r in rows if r.record.view == stage.view and r.mask is not None}
+            if len(masked) < need:  # only reachable with mask_optional: else every row has one
+                found.append(Problem("class_too_small", f"stage {stage.name}: {len(masked)} "
+                                     f"patient(s) of view {stage.view} with a mask; its "
+                                     f"segmenter needs at least {need}"))  # fmt: skip
+    return found

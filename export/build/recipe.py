@@ -69,6 +69,14 @@ SHORT: dict[str, Hyper] = {
 }
 _HYPER_KEYS = {"input", "batch", "steps", "lr", "net_width", "resize"}
 RESIZE = ("stretch", "pad")
+#: Keys only some tasks take (docs/recipes.md).
+_TASK_KEYS = {"segment": ("classes", "mask_values", "mask_optional"), "orientation": ("turn_any",),
+              "view": ("balance_classes", "backbone", "init_from")}  # fmt: skip
+#: Task keys that are not true/false switches.
+_VALUED_KEYS = ("classes", "mask_values", "backbone", "init_from")
+#: A view stage's network: the ankle paper's EfficientNet-B0, or the orientation network's
+#: ResNet layout (which can start from a trained orientation stage, ``init_from``).
+BACKBONES = ("efficientnet", "resnet")
 
 
 class RecipeError(ValueError):
@@ -86,8 +94,24 @@ class Stage:
     hyper: Hyper
     #: orientation: also train on copies turned by 90, 180 and 270 degrees (paper 003).
     rotate_quarters: bool = True
+    #: orientation, self-supervised (paper 003 on upright images): every training draw turned
+    #: by a random angle over the full circle, the label moved with it; measured the same way.
+    turn_any: bool = False
+    #: view: draw each class equally often (a rare projection is not drowned by the common).
+    balance_classes: bool = False
+    #: view: ``efficientnet`` (paper 000) or ``resnet`` (the orientation network's layout).
+    backbone: str = "efficientnet"
+    #: view with the resnet backbone: an earlier orientation stage whose trained backbone it
+    #: starts from (self-supervised pre-training on the site's own images).
+    init_from: str | None = None
     #: segment: the class names, index = pixel value of the mask files (``background`` first).
     classes: tuple[str, ...] = ()
+    #: segment: the mask files' pixel value of each class, in ``classes`` order, where they are
+    #: not 0, 1, 2, ... (a site's binary lung masks: ``[0, 255]``).
+    mask_values: tuple[int, ...] = ()
+    #: segment: rows of the view without a mask train the other stages; the segmenter trains
+    #: and is measured on the rows that have one.
+    mask_optional: bool = False
     #: rules: the segment stage the rules measure, and the rules (the manifest's dicts,
     #: checked by :func:`edge_worker.pipeline.measures.parse_rules`).
     segments: str | None = None
@@ -212,9 +236,13 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
         raise RecipeError(f"{where}.task: must be one of {TASKS}, got {task!r}")
     if task == "rules":
         return _rules_stage(where, raw, views, earlier)
-    allowed = {"name", "task", "view", "rotate_quarters", "presets", *_HYPER_KEYS}
-    _check_keys(where, raw, allowed | ({"classes"} if task == "segment" else set()),
+    allowed = {"name", "task", "view", "rotate_quarters", "presets", *_HYPER_KEYS,
+               *_TASK_KEYS.get(task, ())}  # fmt: skip
+    _check_keys(where, raw, allowed,
                 {"name", "task", *({"view", "classes"} if task == "segment" else set())})
+    for key in _TASK_KEYS.get(task, ()):
+        if key not in _VALUED_KEYS and not isinstance(raw.get(key, False), bool):
+            raise RecipeError(f"{where}.{key}: must be true or false, got {raw[key]!r}")
     view = raw.get("view")
     if task in ("roi", "quality", "segment") and view not in views:
         raise RecipeError(f"{where}.view: {task} trains one network per view; must be one of "
@@ -227,23 +255,60 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
     _check_keys(f"{where}.presets", presets, set(PRESETS), set())
     hyper = _hyper(f"{where}.presets.{preset}", hyper, _table(f"{where}.presets", presets, preset))
     classes: tuple[str, ...] = ()
+    values: tuple[int, ...] = ()
     if task == "segment":
         classes = _classes(where, raw["classes"])
+        values = _mask_values(where, raw.get("mask_values"), classes)
         if hyper.height % 8 or hyper.width % 8:
             raise RecipeError(f"{where}.input: a U-Net halves the image three times; height and "
                               f"width must be multiples of 8, got {hyper.height}x{hyper.width}")
+    backbone, init_from = _view_network(where, raw, hyper, earlier)
     return Stage(str(raw["name"]), task, view, hyper, bool(raw.get("rotate_quarters", True)),
-                 classes=classes)  # fmt: skip
+                 turn_any=bool(raw.get("turn_any", False)), backbone=backbone, init_from=init_from,
+                 balance_classes=bool(raw.get("balance_classes", False)),
+                 classes=classes, mask_values=values,
+                 mask_optional=bool(raw.get("mask_optional", False)))  # fmt: skip
+
+
+def _view_network(where: str, raw: dict[str, Any], hyper: Hyper,
+                  earlier: dict[str, Stage]) -> tuple[str, str | None]:  # fmt: skip
+    """A view stage's ``backbone`` and ``init_from`` keys, checked against the earlier stages."""
+    backbone = raw.get("backbone", "efficientnet")
+    if backbone not in BACKBONES:
+        raise RecipeError(f"{where}.backbone: must be one of {BACKBONES}, got {backbone!r}")
+    source = raw.get("init_from")
+    if source is None:
+        return backbone, None
+    first = earlier.get(source)
+    if backbone != "resnet" or first is None or first.task != "orientation":
+        raise RecipeError(f"{where}.init_from: a resnet view stage starts from an earlier "
+                          f"orientation stage; got {source!r} with backbone {backbone!r}")
+    if first.hyper.net_width != hyper.net_width:
+        raise RecipeError(f"{where}.init_from: {source!r} has net_width {first.hyper.net_width}, "
+                          f"this stage {hyper.net_width}: the backbones must be the same")
+    return backbone, str(source)
+
+
+def _mask_values(where: str, raw: Any, classes: tuple[str, ...]) -> tuple[int, ...]:
+    """The ``mask_values`` key: one distinct pixel value per class; absent: 0, 1, 2, ..."""
+    if raw is None:
+        return tuple(range(len(classes)))
+    if (not isinstance(raw, list) or len(raw) != len(classes)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535
+                       for v in raw) or len(set(raw)) != len(raw)):  # fmt: skip
+        raise RecipeError(f"{where}.mask_values: one distinct pixel value (0-65535) per class of "
+                          f"{list(classes)}, got {raw!r}")  # fmt: skip
+    return tuple(raw)
 
 
 def _check_chain(where: str, stages: tuple[Stage, ...]) -> None:
     """Combinations the build cannot make yet, refused rather than built wrong."""
     tasks = {s.task for s in stages}
-    if "segment" in tasks and tasks & {"orientation", "roi", "quality"}:
-        # The worker would segment the image turned upright by the orientation stage; the
-        # masks would have to be turned with it, which the build does not do yet.
-        raise RecipeError(f"{where}.stages: a recipe with segment stages may have a view stage "
-                          "and rules stages only (no orientation, roi or quality) for now")
+    if "segment" in tasks and tasks & {"roi", "quality"}:
+        # A segmented pack is judged by its rules; an ROI box and a quality grade beside them
+        # would be a second judge the pack format has no way to combine yet.
+        raise RecipeError(f"{where}.stages: a recipe with segment stages may have orientation, "
+                          "view and rules stages only (no roi or quality)")
     segmented = [s.view for s in stages if s.task == "segment"]
     if len(set(segmented)) != len(segmented):
         raise RecipeError(f"{where}.stages: one segment stage per view, got {segmented}")

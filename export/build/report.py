@@ -78,6 +78,14 @@ def _severity(r: dict[str, Any]) -> float:
     return s
 
 
+def class_recall(truth: list[Any], pred: list[Any], labels: list[Any]) -> dict[str, Any]:
+    """Recall per class present in ``truth`` and their mean (balanced accuracy)."""
+    recall = {str(c): round(float(np.mean([p == c for t, p in zip(truth, pred) if t == c])), 4)
+              for c in labels if c in truth}  # fmt: skip
+    balanced = round(float(np.mean(list(recall.values()))), 4) if recall else None
+    return {"recall": recall, "balanced_accuracy": balanced}
+
+
 def figures(chain: list[dict[str, Any]], stages: dict[str, list[dict[str, Any]]],
             views: list[str], grades: list[int]) -> dict[str, Any]:  # fmt: skip
     """Every figure of the report, as JSON-ready values."""
@@ -86,6 +94,7 @@ def figures(chain: list[dict[str, Any]], stages: dict[str, list[dict[str, Any]]]
         "n": len(chain),
         "view_accuracy": round(float(np.mean([r["view"] == r["view_true"] for r in chain])), 4),
         "view_confusion": confusion([r["view_true"] for r in chain], [r["view"] for r in chain], views),
+        **class_recall([r["view_true"] for r in chain], [r["view"] for r in chain], views),
         "grade_accuracy": round(float(np.mean([r["grade"] == r["grade_true"] for r in graded])), 4)
         if graded else None,
         "grade_confusion": confusion([r["grade_true"] for r in graded], [r["grade"] for r in graded],
@@ -114,6 +123,7 @@ def figures(chain: list[dict[str, Any]], stages: dict[str, list[dict[str, Any]]]
                 "n": len(items),
                 "accuracy": round(float(np.mean([i["true"] == i["pred"] for i in items])), 4),
                 "confusion": confusion([i["true"] for i in items], [i["pred"] for i in items], views),
+                **class_recall([i["true"] for i in items], [i["pred"] for i in items], views),
                 "reliability": reliability([i["confidence"] for i in items],
                                            [i["true"] == i["pred"] for i in items]),
             }  # fmt: skip
@@ -139,6 +149,8 @@ def figures(chain: list[dict[str, Any]], stages: dict[str, list[dict[str, Any]]]
             e = [i["error_deg"] for i in items]
             per_stage[name] = {
                 "n": len(items), "mae_deg": round(float(np.mean(e)), 2),
+                "median_deg": round(float(np.median(e)), 2),
+                "p90_deg": round(float(np.percentile(e, 90)), 2),
                 "within_10_deg": round(float(np.mean(np.array(e) <= 10)), 4),
                 "norm_vs_within_10_deg": reliability([min(i["norm"], 1.5) for i in items],
                                                      [i["error_deg"] <= 10 for i in items], 0.0, 1.5),

@@ -27,15 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from edge_worker.backends import LoadOptions, select
-from edge_worker.packs.pack import SCHEMA, InputSpec, load_pack, seal_manifest
+from edge_worker.packs.pack import SCHEMA, InputSpec, seal_manifest
 from edge_worker.packs.pack_v1 import upgrade_manifest
 from edge_worker.pipeline import measures
 from edge_worker.pipeline.preprocess import image_part, place
 from edge_worker.pipeline.runner import Pipeline
-from export.build.chain import per_stage, read_as_worker, run_network
-from export.build.labels import Row, read_mask
+from export.build.chain import per_stage, read_as_worker, run_network, worker_pipeline
+from export.build.labels import Row
 from export.build.recipe import Recipe, Stage
+from export.build.stages import upright, upright_mask
 from export.pack import StageFile, sha256_of, stage_entry
 
 STATUSES = ("pass", "fail", "not_measurable", "missing")
@@ -82,23 +82,30 @@ def _segment_entry(stage: Stage, facts: dict[str, Any], sha256: str) -> dict[str
             "thresholds": {}}  # fmt: skip
 
 
-def write_segmented_pack(folder: Path, view: StageFile, segments: dict[str, tuple[Path, dict[str, Any]]],
-                         recipe: Recipe, **common: Any) -> Path:  # fmt: skip
-    """Write the pack (view, segmenters, rules; the rules judge) and seal it; the manifest path.
+def write_segmented_pack(folder: Path, networks: list[StageFile],
+                         segments: dict[str, tuple[Path, dict[str, Any]]], recipe: Recipe,
+                         **common: Any) -> Path:  # fmt: skip
+    """Write the pack (orientation if any, view, segmenters, rules; the rules judge) and seal
+    it; the manifest path.
 
-    ``segments`` maps a segment stage's name to its ONNX file and checkpoint facts.
+    ``networks``: the exported view stage and any orientation stage; ``segments`` maps a
+    segment stage's name to its ONNX file and checkpoint facts.
     """
+    view = next(f for f in networks if f.task == "view")
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = folder / "manifest.json"
     manifest_path.unlink(missing_ok=True)  # a half-written folder never carries a manifest
-    keep = {f"{view.name}.onnx", *(f"{n}.onnx" for n in segments)}
+    keep = {*(f"{f.name}.onnx" for f in networks), *(f"{n}.onnx" for n in segments)}
     for old in folder.glob("*.onnx"):
         if old.name not in keep:
             old.unlink()
-    target = folder / f"{view.name}.onnx"
-    shutil.copyfile(view.onnx_path, target)
-    # The view stage's entry is the ankle chain's, converted by the worker's own adapter.
-    entries = upgrade_manifest({"stages": [stage_entry(view, sha256_of(target))]})["stages"]
+    v1 = []
+    for f in networks:
+        target = folder / f"{f.name}.onnx"
+        shutil.copyfile(f.onnx_path, target)
+        v1.append(stage_entry(f, sha256_of(target)))
+    # Orientation and view entries are the ankle chain's, converted by the worker's own adapter.
+    entries = upgrade_manifest({"stages": v1})["stages"]
     for stage in recipe.stages:
         if stage.task == "segment":
             onnx_path, facts = segments[stage.name]
@@ -123,10 +130,10 @@ def write_segmented_pack(folder: Path, view: StageFile, segments: dict[str, tupl
 
 
 def _truth_masks(row: Row, classes: list[str], i: InputSpec) -> dict[str, np.ndarray]:
-    """The labelled mask as the worker's masks of this row are: at the segmenter's
-    resolution, laid out as its input and cut back to the image."""
+    """The labelled mask as the worker's masks of this row are: turned upright with its image,
+    at the segmenter's resolution, laid out as its input and cut back to the image."""
     assert row.mask is not None
-    laid = place(read_mask(row.mask), i.height, i.width, i.resize, nearest=True)
+    laid = place(upright_mask(row), i.height, i.width, i.resize, nearest=True)
     index = image_part(laid, row.sample.working.shape, i.height, i.width, i.resize)
     return {c: index == k for k, c in enumerate(classes) if c != "background"}
 
@@ -194,7 +201,7 @@ def segment_per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dic
         for row in rows:
             if row.record.view not in views or row.mask is None:
                 continue
-            working = row.sample.working.astype(np.float32)
+            working = upright(row.sample).working.astype(np.float32)
             probs = image_part(run_network(pipeline, spec.name, working), working.shape,
                                i.height, i.width, i.resize)  # fmt: skip
             winner = probs.argmax(0)
@@ -207,12 +214,13 @@ def segment_per_stage(pipeline: Pipeline, rows: list[Row]) -> dict[str, list[dic
     return out
 
 
-def evaluate_segmented(pack_dir: Path, rows: list[Row]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The chained records and the per-stage records (view, every segmenter) on ``rows``."""
-    pipeline = Pipeline(load_pack(pack_dir), select(["onnxruntime-cpu"]), LoadOptions())
-    pipeline.warm_up()
+def evaluate_segmented(pack_dir: Path, rows: list[Row], orientation_turns: int = 0
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any]]:  # fmt: skip
+    """The chained records and the per-stage records (orientation, view, every segmenter) on
+    ``rows``; a self-supervised orientation stage on ``orientation_turns`` turns of each."""
+    pipeline = worker_pipeline(pack_dir)
     chain = [_record(pipeline, row) for row in rows]
-    stages = {k: v for k, v in per_stage(pipeline, rows).items() if v}
+    stages = {k: v for k, v in per_stage(pipeline, rows, orientation_turns).items() if v}
     stages.update(segment_per_stage(pipeline, rows))
     return chain, stages
 

@@ -53,6 +53,21 @@ def upright(sample: Sample) -> Sample:
     return Sample(replace(sample.record, rotation_deg=0.0), image.astype(np.float16), roi)
 
 
+def upright_mask(row: Any) -> np.ndarray:
+    """The row's class-index mask in its working frame, turned upright with the image (the
+    worker segments the image after the orientation stage has turned it)."""
+    import cv2
+
+    h, w = row.sample.working.shape
+    mask = cv2.resize(row.class_mask(), (w, h), interpolation=cv2.INTER_NEAREST)
+    angle = row.record.rotation_deg
+    if not angle:
+        return mask
+    _, turn = turn_upright(np.zeros((h, w), np.float32), angle)
+    return cv2.warpAffine(mask, turn.to_upright, (w, h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)  # fmt: skip
+
+
 def quarter_turns(sample: Sample) -> list[Sample]:
     """The sample and its copies turned 90, 180 and 270 degrees counter-clockwise (labels moved).
 
@@ -70,50 +85,58 @@ def quarter_turns(sample: Sample) -> list[Sample]:
 def samples_for(stage: Stage, rows: list[Sample]) -> list[Sample]:
     """What ``stage`` trains or is measured on: upright images, or all turns for orientation."""
     if stage.task == "orientation":
-        if not stage.rotate_quarters:
-            return rows
+        if stage.turn_any or not stage.rotate_quarters:
+            return rows  # turn_any: every draw is turned at random (models.turns)
         return [turned for s in rows for turned in quarter_turns(s)]
     return [upright(s) for s in rows]
 
 
-def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split) -> str:
-    """sha256 of everything a stage's weights depend on."""
+def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split,
+              upstream: str = "") -> str:  # fmt: skip
+    """sha256 of everything a stage's weights depend on (``upstream``: the key of the stage
+    it starts from, so that retraining that one retrains this one)."""
     facts = {
         "stage": asdict(stage), "preset": recipe.preset, "views": recipe.views,
         "labels_sha256": labels_sha256, "seed": recipe.seed,
         "train": sorted(r.record.path.name for r in split.train),
+        **({"upstream": upstream} if upstream else {}),
     }  # fmt: skip
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _config(stage: Stage, recipe: Recipe, index: int) -> TrainConfig:
+def _config(stage: Stage, recipe: Recipe, index: int, init: Path | None = None) -> TrainConfig:
     h = stage.hyper
     arch = default_arch(stage.task, h.net_width, 1.0, h.height, h.width)
     if stage.task == "view":
-        arch = replace(arch, extra={"classes": float(len(recipe.views))})
+        classes = float(len(recipe.views))
+        arch = replace(arch, extra={"classes": classes})
+        if stage.backbone == "resnet":  # the orientation network's layout, one output per class
+            arch = default_arch("orientation", h.net_width, 1.0, h.height, h.width)
+            arch = replace(arch, extra={"classes": classes, "outputs": classes})
     return TrainConfig(task=stage.task, view=stage.view, steps=h.steps, batch=h.batch,
                        height=h.height, width=h.width, lr=h.lr, seed=recipe.seed + 100 + index,
-                       arch=arch, labels=recipe.views, resize=h.resize)  # fmt: skip
+                       arch=arch, labels=recipe.views, resize=h.resize, turn_any=stage.turn_any,
+                       balance_classes=stage.balance_classes, init=init)  # fmt: skip
 
 
 def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: str,
                   index: int) -> dict[str, Any]:  # fmt: skip
     """Train ``stage``'s U-Net on its view's training images and masks, measure it on the
     held-out ones, and save the checkpoint (with ``key``) at ``path``; returns its facts."""
-    from export.build.labels import read_mask
     from models.segment import SegmentSpec, dice_per_class, inputs, save, targets, train_segmenter
 
     h = stage.hyper
     spec = SegmentSpec(stage.classes, h.height, h.width, h.net_width, h.resize)
-    train_rows = [(r, r.mask) for r in split.train if r.record.view == stage.view and r.mask]
+    train_rows = [r for r in split.train if r.record.view == stage.view and r.mask]
     net, facts = train_segmenter(
-        spec, [r.sample.working for r, _ in train_rows], [read_mask(m) for _, m in train_rows],
+        spec, [upright(r.sample).working for r in train_rows], [upright_mask(r) for r in train_rows],
         h.steps, h.batch, h.lr or 3e-3, recipe.seed + 100 + index, stage.name)  # fmt: skip
     held = [r for r in split.test if r.record.view == stage.view and r.mask is not None]
     if held:
         with torch.inference_mode():
-            probs = net(torch.from_numpy(inputs([r.sample.working for r in held], spec))).numpy()
-        truth = targets([read_mask(r.mask) for r in held if r.mask is not None], spec)
+            probs = net(torch.from_numpy(inputs([upright(r.sample).working for r in held],
+                                                spec))).numpy()  # fmt: skip
+        truth = targets([upright_mask(r) for r in held], spec)
         per_image = [dice_per_class(p.argmax(0), t, spec.classes) for p, t in zip(probs, truth)]
         facts["dice_mean"] = round(float(np.mean([np.mean(list(d.values())) for d in per_image
                                                   if d])), 4)  # fmt: skip
@@ -141,12 +164,15 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
     train_rows = [r.sample for r in split.train]
     test_rows = [r.sample for r in split.test]
     done: dict[str, Path] = {}
+    keys: dict[str, str] = {}
     started = time.monotonic()
     # A rules stage is data in the manifest: nothing to train, not counted in the time left.
     networks = [s for s in recipe.stages if s.network]
     for i, stage in enumerate(networks):
         path = ckpt_dir / f"{stage.name}.pt"
-        key = stage_key(stage, recipe, labels_sha256, split)
+        key = stage_key(stage, recipe, labels_sha256, split,
+                        keys.get(stage.init_from, "") if stage.init_from else "")  # fmt: skip
+        keys[stage.name] = key
         head = f"[{i + 1}/{len(networks)}] {stage.name}"
         if resume and reusable(path, key):
             log(f"{head}: checkpoint of this recipe, labels and split found: skipped (--resume)")
@@ -162,7 +188,8 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
         else:
             scratch = ckpt_dir / f".{stage.name}.partial"
             shutil.rmtree(scratch, ignore_errors=True)
-            written = train(_config(stage, recipe, i), samples_for(stage, train_rows),
+            init = done[stage.init_from] if stage.init_from else None
+            written = train(_config(stage, recipe, i, init), samples_for(stage, train_rows),
                             samples_for(stage, test_rows), scratch)  # fmt: skip
             saved = torch.load(written, map_location="cpu", weights_only=False)
             saved["build_key"] = key
