@@ -146,6 +146,46 @@ def expose_features(onnx_in: str | Path, onnx_out: str | Path, head_out: str | P
     return sha256_of(onnx_out), sha256_of(head_out)
 
 
+def add_heatmap_stage(pack_dir: str | Path, classifier: str = "view") -> str:
+    """Give the pack at ``pack_dir`` a ``heatmap`` stage on its ``classifier`` stage, in place.
+
+    The classifier's ONNX file gains the ``features`` output (:func:`expose_features`, its
+    gate included), its head is written beside it as ``<classifier>_head.npz``, the heatmap
+    stage ``<classifier>_cam`` goes right after it in the manifest, and the manifest is
+    resealed.  Returns the heatmap stage's name.  Raises :class:`ExportError` when the
+    classifier is not GAP + one linear layer or already has ``features``.
+    """
+    import json
+    import shutil
+    import tempfile
+
+    from edge_worker.packs.pack import seal_manifest
+
+    root = Path(pack_dir)
+    manifest = json.loads((root / "manifest.json").read_text())
+    stages = manifest["stages"]
+    index = next((i for i, s in enumerate(stages) if s["name"] == classifier), None)
+    if index is None or stages[index].get("task") != "classify":
+        raise ExportError(f"{root.name}: no classify stage named {classifier!r}")
+    entry = stages[index]
+    onnx_path, head = root / str(entry["file"]), root / f"{classifier}_head.npz"
+    with tempfile.TemporaryDirectory() as tmp:
+        original = Path(tmp) / onnx_path.name  # the gate compares against the untouched file
+        shutil.copyfile(onnx_path, original)
+        onnx_sha, head_sha = expose_features(original, onnx_path, head)
+    entry["sha256"] = onnx_sha
+    entry.setdefault("outputs", {})["features"] = (
+        "(N, C, h, w) the feature map the head pools (export.cam_graph)")
+    name = f"{classifier}_cam"
+    stages.insert(index + 1, {"name": name, "task": "heatmap", "reads": {"classifier": classifier},
+                              "file": head.name, "sha256": head_sha})  # fmt: skip
+    tmp_manifest = root / "manifest.json.tmp"
+    tmp_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp_manifest.replace(root / "manifest.json")
+    seal_manifest(root)
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m export.cam_graph", description=__doc__.split("\n\n")[0])
     parser.add_argument("onnx_in", type=Path)

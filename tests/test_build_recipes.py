@@ -97,6 +97,8 @@ def test_short_ankle_build_from_the_one_command_is_judged_by_the_worker(tmp_path
     layout = {s.name: s.input.resize for s in pack.networks if s.input is not None}
     assert layout == {"orientation": "stretch", "view": "pad", "roi_ap": "pad", "roi_lat": "pad",
                       "quality_ap": "pad", "quality_lat": "pad"}
+    assert [(s.name, s.reads) for s in pack.stages if s.task == "heatmap"] == [
+        ("view_cam", {"classifier": "view"})]
     chained = pack.validation["pipeline"]
     assert chained["grade3_decided_ok"] >= 0 and "grade_confusion" in chained
     held = _held_out(pack, labels)
@@ -104,6 +106,8 @@ def test_short_ankle_build_from_the_one_command_is_judged_by_the_worker(tmp_path
     for row, verdict in zip(held, verdicts):
         assert verdict["kind"] == "verdict" and verdict["pack"]["name"] == "ankle-phantom-smoke"
         assert verdict["view"]["label"] in ("AP", "LAT") and verdict["orientation"] is not None
+        # every built view classifier has its heatmap stage; the verdict names the mapped view
+        assert list(verdict["heatmaps"]) == [verdict["view"]["label"]]
         assert verdict["decision"] in ("ok", "review", "retake"), row
 
 
@@ -120,8 +124,8 @@ def test_short_lumbar_build_segments_with_named_classes_and_judges_by_its_rules(
     pack = load_pack(out)
     _check_manifest(pack, labels, 24, {"CC0-1.0": 24})
     assert [(s.name, s.task) for s in pack.stages] == [
-        ("view", "classify"), ("seg_ap", "segment"), ("seg_lat", "segment"), ("seg_obl", "segment"),
-        ("rules_ap", "rules"), ("rules_lat", "rules"), ("rules_obl", "rules")]
+        ("view", "classify"), ("view_cam", "heatmap"), ("seg_ap", "segment"), ("seg_lat", "segment"),
+        ("seg_obl", "segment"), ("rules_ap", "rules"), ("rules_lat", "rules"), ("rules_obl", "rules")]
     seg_ap = next(s for s in pack.stages if s.name == "seg_ap")
     assert seg_ap.options["classes"][:2] == ("background", "body") and seg_ap.options["activation"] == "softmax"
     manifest = json.loads((out / "manifest.json").read_text())
@@ -218,7 +222,8 @@ def test_short_chest_build_on_a_real_subset_judges_a_held_out_image(tmp_path: Pa
     _check_manifest(pack, labels, len(rows), dict(Counter(r["license"] for r in rows)))
     assert facts["licenses"] == pack.training_data["licenses"]
     assert [(s.name, s.task) for s in pack.stages] == [
-        ("orientation", "orientation"), ("view", "classify"), ("lungs_pa", "segment"),
+        ("orientation", "orientation"), ("view", "classify"), ("view_cam", "heatmap"),
+        ("lungs_pa", "segment"),
         ("lungs_ap", "segment"), ("coverage_pa", "rules"), ("coverage_ap", "rules")]
     assert pack.judged_by == ("coverage_pa", "coverage_ap")  # a lateral is not judged: review
     view = next(s for s in pack.stages if s.name == "view")

@@ -20,7 +20,7 @@ import pytest
 from edge_worker.backends import select
 from edge_worker.ingest.types import IngestPolicy
 from edge_worker.judging.process import Judge
-from edge_worker.packs.pack import load_pack, seal_manifest
+from edge_worker.packs.pack import load_pack
 from edge_worker.phantoms.ankle import write_phantom
 from edge_worker.pipeline.runner import Pipeline
 from export.onnx import ExportError
@@ -34,20 +34,10 @@ DEMO = ROOT / "models" / "packs" / "ankle-demo"
 
 
 def _with_view_heatmap(dest: Path) -> Path:
-    from export.cam_graph import expose_features
+    from export.cam_graph import add_heatmap_stage
 
     shutil.copytree(DEMO, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    onnx_sha, head_sha = expose_features(DEMO / "view.onnx", dest / "view.onnx", dest / "view_head.npz")
-    stages = manifest["stages"]
-    index = next(i for i, s in enumerate(stages) if s["name"] == "view")
-    view = stages[index]
-    view["sha256"] = onnx_sha
-    view["outputs"]["features"] = "(N, C, h, w) the feature map the head pools (export.cam_graph)"
-    stages.insert(index + 1, {"name": "view_cam", "task": "heatmap", "reads": {"classifier": "view"},
-                              "file": "view_head.npz", "sha256": head_sha})  # fmt: skip
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    seal_manifest(dest)
+    assert add_heatmap_stage(dest, "view") == "view_cam"
     return dest
 
 

@@ -136,7 +136,8 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         write_segmented_pack,
     )
     from export.build.stages import train_stages
-    from export.onnx import ATOL, RTOL, export_stage, load_checkpoint
+    from export.cam_graph import add_heatmap_stage
+    from export.onnx import ATOL, RTOL, ExportError, export_stage, load_checkpoint
     from export.pack import write_pack
     from export.seed_pack import SEED_ATOL
 
@@ -186,9 +187,17 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
 
     def write(validation: dict[str, Any]) -> Path:
         if segmented:
-            return write_segmented_pack(out, stage_files, segments, recipe, validation=validation,
-                                        **common)  # fmt: skip
-        return write_pack(out, stage_files, validation=validation, **common)
+            path = write_segmented_pack(out, stage_files, segments, recipe,
+                                        validation=validation, **common)  # fmt: skip
+        else:
+            path = write_pack(out, stage_files, validation=validation, **common)
+        # Every built view classifier gets its class activation map (paper 004), for people:
+        # it never changes a decision; the verdict carries it when [verdict] says so.
+        try:
+            add_heatmap_stage(out, next(f.name for f in stage_files if f.task == "view"))
+        except ExportError as exc:
+            log(f"no heatmap stage for the view classifier: {exc}")
+        return path
 
     write({"per_stage_torch": per_stage_torch})
     log(f"judging the {len(split.test)} held-out images through the worker's pipeline")
