@@ -113,10 +113,11 @@ def _thresholds(recipe: Recipe, task: str) -> dict[str, float]:
 def _from_pack(pack: Path, path: Path) -> str:
     """``path`` relative to the pack's folder (absolute only across drives): the label gate
     finds the test set from the pack wherever the two are moved together."""
+    # abspath, not resolve(): a data folder reached through a link keeps the path given.
     try:
-        return os.path.relpath(Path(path).resolve(), Path(pack).resolve())
+        return os.path.relpath(os.path.abspath(path), os.path.abspath(pack))
     except ValueError:
-        return str(Path(path).resolve())
+        return os.path.abspath(path)
 
 
 def build(args: argparse.Namespace, log: Any = print) -> Path:
