@@ -157,7 +157,7 @@ def test_segment_recipe_keys_and_chains(tmp_path: Path) -> None:
     lungs = stages["lungs_pa"]
     assert lungs.mask_values == (0, 255) and lungs.mask_optional
     assert [r["measure"] for r in stages["coverage_pa"].rules] == [
-        "margin_top", "margin_bottom", "margin_left", "margin_right"]
+        "component_count", "margin_top", "margin_bottom", "margin_left", "margin_right"]
     text = CHEST.read_text()
     bad = tmp_path / "bad.toml"
     bad.write_text(text.replace("mask_values = [0, 255]", "mask_values = [0, 0]", 1))

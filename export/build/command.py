@@ -126,6 +126,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
 
     from export.build.chain import ORIENTATION_TURNS, evaluate_pack, worker_pipeline
     from export.build.cutoff import cut_off_figures
+    from export.build.shortcuts import shortcut_figures
     from export.build.labels import read_labels
     from export.build.report import GRADE_KEYS, figures, write_report
     from export.build.segmented import (
@@ -215,6 +216,11 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         cut_off = cut_off_figures(worker_pipeline(out), split.test)
         if cut_off is not None:
             figs["chained"]["cut_off"] = cut_off
+    shortcuts = shortcut_figures(worker_pipeline(out), split.test)
+    if shortcuts is not None:
+        figs["shortcut_check"] = shortcuts
+        log("shortcut check (view network, every held-out image altered): " + ", ".join(
+            f"{k} {v['accuracy']}" for k, v in shortcuts["probes"].items()))  # fmt: skip
     data_text = (f"{len(split.test)} images of {len({r.patient for r in split.test})} held-out "
                  f"patients (never trained on; split seed {split.seed}), read by the worker's "
                  "ingest and judged by its pipeline on ONNX Runtime sessions of this pack")
@@ -225,6 +231,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         "per_stage": {n: {k: v for k, v in s.items() if not isinstance(v, list)}
                       for n, s in figs["per_stage"].items()},
         "per_stage_torch": per_stage_torch,
+        **({"shortcut_check": shortcuts} if shortcuts is not None else {}),
         "parity_max_abs_error": parity,
         "test_set": {"labels": _from_pack(out, args.labels), "data": _from_pack(out, args.data),
                      "recipe": _from_pack(out, args.recipe), "preset": recipe.preset,

@@ -304,6 +304,33 @@ def _rules_html(rules: dict[str, Any] | None) -> list[str]:
              "<th>pass kept</th><th>truth -> predicted</th></tr>"), *rows, "</table>"]
 
 
+def _probes_html(check: dict[str, Any] | None) -> list[str]:
+    """The shortcut probes: the view network's accuracy with one cue removed from every image."""
+    if not check:
+        return []
+    rows = [f"<tr><th>{html.escape(k)}</th><td>{v['accuracy']}</td><td>{v['balanced_accuracy']}</td>"
+            f"<td>{v['accuracy_change']}</td></tr>" for k, v in check["probes"].items()]  # fmt: skip
+    return [f"<h2>Shortcut check ({html.escape(check['network'])} alone, {check['n']} held-out "
+            "images, every one altered)</h2>", "<table class=cm><tr><th>probe</th><th>accuracy"
+            "</th><th>balanced</th><th>change</th></tr>", *rows, "</table>"]
+
+
+def _cut_off_html(cut: dict[str, Any] | None) -> list[str]:
+    """The edge rules on held-out images cut on each side (known truth) and as they are."""
+    if not cut:
+        return []
+    rows = []
+    for view, sides in cut["per_view"].items():
+        for side, t in sides.items():
+            rows.append(f"<tr><th>{html.escape(view)} {html.escape(side)}</th><td>{t['cropped']}</td>"
+                        f"<td>{t['detection_rate']}</td><td>{t['not_ok_rate']}</td>"
+                        f"<td>{t['uncropped']}</td><td>{t['false_alarm_rate']}</td></tr>")  # fmt: skip
+    return [f"<h2>Cut-off check (the labelled structure cut by {cut['cut_fraction']:.0%} at one "
+            "edge: known truth)</h2>", "<table class=cm><tr><th>view, edge</th><th>cropped</th>"
+            "<th>detected</th><th>not ok</th><th>uncropped</th><th>false alarms</th></tr>",
+            *rows, "</table>"]
+
+
 def write_report(folder: Path, result: dict[str, Any], chain: list[dict[str, Any]]) -> tuple[Path, Path]:
     """Write ``evaluation.json`` and ``evaluation.html`` into ``folder``; returns both paths."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -331,6 +358,7 @@ def write_report(folder: Path, result: dict[str, Any], chain: list[dict[str, Any
                          f"{html.escape(json.dumps(s['dice_per_class']))}</p>")
         if "norm_vs_within_10_deg" in s:
             parts.append(svg_bins(s["norm_vs_within_10_deg"], f"{name}: norm vs within 10 deg", False))
+    parts += _probes_html(figs.get("shortcut_check")) + _cut_off_html(c.get("cut_off"))
     parts.append("<h2>The images the pack got most wrong</h2><div class=worst>")
     by_file = {r["file"]: r for r in chain}
     for w in figs["worst"]:
