@@ -21,6 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--pack", type=Path, help="measure this pack instead of the demo pack")
+    parser.add_argument("--checkpoints", type=Path,
+                        help="the torch checkpoints --pack was built from (edge-export build's "
+                        "<work>/checkpoints): the straightforward pipeline runs beside it")  # fmt: skip
     parser.add_argument(
         "--files", type=int, default=20, help="files per latency measurement (default 20)"
     )
@@ -53,7 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--skip-optimisations", action="store_true", help="skip the before/after figures"
     )
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: 3 small files (1024 rows), demo pack only, no comparisons")  # fmt: skip
+                        help="a smoke run: 3 small files (1024 rows), no full-size packs, no "
+                        "before/after figures (the straightforward pipeline still runs beside "
+                        "a --pack given its --checkpoints)")  # fmt: skip
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -63,10 +68,15 @@ def run_command(args: argparse.Namespace) -> int:
     from edge_worker.service.config import Config
 
     quick = bool(args.quick)
+    if args.checkpoints is not None and (args.pack is None or not args.checkpoints.is_dir()):
+        print("edge-worker bench: --checkpoints needs --pack and must be a folder",
+              file=sys.stderr)  # fmt: skip
+        return 2
     real = args.real if args.real else (SHARED_DICOM if SHARED_DICOM.is_dir() else None)
     opts = BenchOptions(
         cache=args.cache or default_cache(),
         pack=args.pack,
+        checkpoints=args.checkpoints,
         files=3 if quick else args.files,
         backlog=6 if quick else args.backlog,
         backlog_full=args.backlog_full,

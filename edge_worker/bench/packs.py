@@ -47,6 +47,8 @@ class BenchPack:
     gate: dict[str, Any] | None = None
     #: False for a pack its precision gate refused: measured for information, never a target.
     accepted: bool = True
+    #: Loaded alone in the measured worker (``--pack``): see :attr:`WorkerSettings.alone`.
+    alone: bool = False
 
 
 def demo() -> BenchPack:

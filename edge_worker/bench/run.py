@@ -8,8 +8,10 @@ and per encoding (uncompressed, JPEG 2000 lossless):
    optimised-model cache, file closed -> verdict received for files dropped one at a time,
    a backlog dropped at once (with and without batching), peak memory
    (:mod:`edge_worker.bench.worker`);
-3. for packs with torch checkpoints, the straightforward pipeline in its own process
-   (:mod:`models.baseline.naive`) on the same files, and the ratio of its time to ours;
+3. for packs with torch checkpoints (the seed packs; ``--pack`` with ``--checkpoints``, e.g.
+   a pack from ``edge-export build`` and its ``<work>/checkpoints``), the straightforward
+   pipeline in its own process (:mod:`models.baseline.naive`) on the same files, and the
+   ratio of its time to ours;
 
 then the before/after figures of each optimisation (:mod:`edge_worker.bench.optimise`).
 """
@@ -44,6 +46,8 @@ class BenchOptions:
 
     cache: Path
     pack: Path | None = None
+    #: The torch checkpoints ``pack`` was built from: the straightforward pipeline runs on it.
+    checkpoints: Path | None = None
     files: int = 20
     backlog: int = 200
     backlog_full: int = 16
@@ -79,7 +83,8 @@ def _e2e(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def _worker_phase(pack: BenchPack, encoding: str, bases: list[BaseFile], root: Path,
                   broker: BenchBroker, opts: BenchOptions, backlog: int) -> dict[str, Any]:  # fmt: skip
     """Latency and backlog of one pack on one encoding, in a worker with a warm cache."""
-    settings = WorkerSettings(pack.path, settle_s=opts.settle_s, batch_files=opts.batch)
+    settings = WorkerSettings(pack.path, settle_s=opts.settle_s, batch_files=opts.batch,
+                              alone=pack.alone)  # fmt: skip
     run = WorkerRun(root, broker, settings, station=f"{encoding[:4]}-b{opts.batch}")
     try:
         startup = run.start()
@@ -97,7 +102,8 @@ def _worker_phase(pack: BenchPack, encoding: str, bases: list[BaseFile], root: P
     if encoding == "uncompressed" and opts.batch != 1 and not opts.quick:
         # The same backlog judged one file at a time: batching's before/after.
         run = WorkerRun(
-            root, broker, WorkerSettings(pack.path, settle_s=opts.settle_s), station="b1"
+            root, broker, WorkerSettings(pack.path, settle_s=opts.settle_s, alone=pack.alone),
+            station="b1",
         )
         try:
             run.start()
@@ -112,7 +118,8 @@ def _worker_phase(pack: BenchPack, encoding: str, bases: list[BaseFile], root: P
 def _cold_start(pack: BenchPack, root: Path, broker: BenchBroker, opts: BenchOptions) -> float:
     """Seconds to ``online`` with an empty state folder (no optimised-model cache yet)."""
     shutil.rmtree(root / "state", ignore_errors=True)
-    run = WorkerRun(root, broker, WorkerSettings(pack.path, settle_s=opts.settle_s), station="cold")
+    settings = WorkerSettings(pack.path, settle_s=opts.settle_s, alone=pack.alone)
+    run = WorkerRun(root, broker, settings, station="cold")
     try:
         return round(run.start(), 2)
     finally:
@@ -215,7 +222,7 @@ def _whole_file(pack: BenchPack, inputs: dict[str, list[BaseFile]],
     with tempfile.TemporaryDirectory(prefix="edge-bench-whole-") as tmp, BenchBroker() as broker:
         for skip in (False, True):
             settings = WorkerSettings(pack.path, settle_s=opts.settle_s,
-                                      skip_settle_when_whole=skip)  # fmt: skip
+                                      skip_settle_when_whole=skip, alone=pack.alone)  # fmt: skip
             run = WorkerRun(Path(tmp), broker, settings, station=f"whole-{str(skip).lower()}")
             try:
                 run.start()
@@ -239,7 +246,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         _say(f"inputs: {count} base files, {opts.size} rows, {encoding} (cached in {opts.cache})")
         inputs[encoding] = base_files(opts.cache, encoding, count, opts.size)
     report["inputs"] = {enc: describe(files) for enc, files in inputs.items()}
-    primary = BenchPack(f"{opts.pack.name} (fp32)", opts.pack) if opts.pack else packs.demo()
+    primary = (BenchPack(f"{opts.pack.name} (fp32)", opts.pack, opts.checkpoints, alone=True)
+               if opts.pack else packs.demo())  # fmt: skip
     extra: list[BenchPack] = []
     skipped = "--quick" if opts.quick else None
     skipped = skipped or (None if opts.full else "--skip-full given") or packs.ml_missing()

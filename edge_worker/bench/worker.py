@@ -9,6 +9,7 @@ outbox, MQTT).  Peak memory is the worker process's ``VmHWM`` from ``/proc/<pid>
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,9 @@ class WorkerSettings:
     threads: int = 2
     batch_files: int = 1
     review_copy: bool = False  # [verdict] review_copy: a copy after each verdict
+    #: The pack alone: no bundled packs (one covering the same body part would be refused
+    #: beside it) and every image sent to it whatever its body part (the inputs are phantoms).
+    alone: bool = False
 
 
 def _toml(settings: WorkerSettings, root: Path, station: str, url: str) -> str:
@@ -48,12 +52,20 @@ def _toml(settings: WorkerSettings, root: Path, station: str, url: str) -> str:
         f"skip_settle_when_whole = {str(settings.skip_settle_when_whole).lower()}",
         "[quarantine]", f"folder = {q(root / 'quarantine')}",
         "[state]", f"folder = {q(root / 'state')}",
-        "[pack]", f"path = {q(settings.pack)}",
+        "[pack]", f"path = {q(settings.pack)}", *_alone(settings),
         "[inference]", f"threads = {settings.threads}", f"batch_files = {settings.batch_files}",
         "[mqtt]", f'url = "{url}"', f'topic_prefix = "{_PREFIX}"',
         "[service]", 'metrics_listen = ""',
         "[verdict]", f"review_copy = {str(settings.review_copy).lower()}",
     ]) + "\n"  # fmt: skip
+
+
+def _alone(settings: WorkerSettings) -> list[str]:
+    """The ``[pack]`` lines that load ``settings.pack`` alone and route every image to it."""
+    if not settings.alone:
+        return []
+    name = json.loads((settings.pack / "manifest.json").read_text())["name"]
+    return ["bundled = false", f"default = {json.dumps(str(name))}"]  # a TOML basic string
 
 
 def _timestamp(iso: str) -> float:

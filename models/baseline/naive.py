@@ -10,6 +10,25 @@ OpenCV's default interpolation, torch eager (``eval()``, ``no_grad``, torch's de
 and the same decision rules.  Nothing is deliberately slowed down: the default linear resize
 is cheaper than the area resize the worker uses.
 
+Two pipelines, chosen by the pack's stages:
+
+* ankle-style chains (view, ROI box, quality on the crop, orientation): :meth:`Naive.judge_ankle`,
+  as the first version of this module wrote it (no upright turn, no header checks);
+* chains with segment and rules stages (the chest pack: orientation, view, per-view U-Nets,
+  ``margin_*`` rules): :meth:`Naive.judge_chain`.  The full image is turned upright by the
+  orientation answer with ``cv2.warpAffine`` (the worker turns its working image), each stage
+  reads the image its ``reads.image`` names, runs when its ``when`` holds, the masks are the
+  argmax of the softmax (or the sigmoid over ``mask``), and the pack's rules are measured by
+  :func:`edge_worker.pipeline.measures.evaluate` (the same closed set of measures).  The
+  decision follows the worker's rule (:mod:`edge_worker.judging.decision`): anything unsure
+  (a network under its threshold, a header ViewPosition naming another view, a rule not
+  measurable or left to a person, no judging stage due for the view, an exposure outside
+  the deviation-index band of 3) is ``review``; else a failed retake rule is ``retake``; else
+  a pack with no judging stage is ``not_judged``; else ``ok``.  Left out: heatmap stages (the
+  CAM changes no decision: not computed); multi-label flag stages, ROI boxes and regress
+  stages in such chains are refused (the ankle path has its box and quality); and the
+  journal's and router's checks (a reused UID, conflicting body parts), not the pipeline's.
+
 It runs in its own process (``edge-worker bench`` starts it) and prints one JSON document:
 per file, the wall time from path to decision and its parts.  It is the only module under
 ``edge_worker/`` that imports torch; the worker never imports this module.
@@ -30,8 +49,16 @@ import numpy as np
 import pydicom
 import torch  # the comparison's point: the obvious pipeline runs the networks in torch
 
+from edge_worker.judging.decision import header_view
 from edge_worker.packs.pack_v1 import SCHEMA_V1, role_of, upgrade_manifest
+from edge_worker.pipeline import measures
 from export.onnx import load_checkpoint
+from models import segment
+
+#: Tasks :meth:`Naive.judge_chain` handles; a pack with a stage of another task is refused.
+CHAIN_TASKS = ("orientation", "classify", "segment", "rules", "heatmap")
+#: The worker's default ``rules.deviation_index_limit`` (IEC 62494-1).
+DEVIATION_INDEX_LIMIT = 3.0
 
 
 def normalise(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
@@ -71,6 +98,34 @@ def roi_box(mask: np.ndarray, stage: dict[str, Any], shape: tuple[int, int]) -> 
     return cv2.minAreaRect(points)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of one row of raw class scores."""
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def upright(img: np.ndarray, angle_deg: float) -> np.ndarray:
+    """Rotate clockwise by ``angle_deg`` about the centre, same frame, zeros around."""
+    h, w = img.shape
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), -angle_deg, 1.0)
+    return cv2.warpAffine(img, matrix, (w, h)) if angle_deg % 360.0 else img
+
+
+def header_unsure(ds: pydicom.Dataset, labels: list[str], view: str) -> bool:
+    """Whether the header's ViewPosition names another view family than ``view``, or its
+    deviation index (or exposure index against its target) is outside the band."""
+    said = header_view(str(getattr(ds, "ViewPosition", "") or ""))
+    seen = header_view(view) or view.upper()
+    if said is not None and not {"AP", "PA"} <= {header_view(v) or v.upper() for v in labels}:
+        said, seen = ("FRONTAL" if x in ("AP", "PA") else x for x in (said, seen))
+    di = getattr(ds, "DeviationIndex", None)
+    ei, target = getattr(ds, "ExposureIndex", None), getattr(ds, "TargetExposureIndex", None)
+    if di is None and ei and target and float(ei) > 0 and float(target) > 0:
+        di = 10.0 * math.log10(float(ei) / float(target))
+    exposure = di is not None and abs(float(di)) > DEVIATION_INDEX_LIMIT
+    return (said is not None and said != seen) or exposure
+
+
 def crop(img: np.ndarray, box: Any, height: int, width: int) -> np.ndarray:
     """Cut the rotated box out upright, long side horizontal."""
     (cx, cy), (w, h), angle = box
@@ -91,9 +146,38 @@ class Naive:
             manifest = upgrade_manifest(manifest)
         self.view_stage = str(manifest.get("view_stage", "view"))
         self.stages = {s["name"]: s for s in manifest["stages"]}
-        self.nets = {
-            name: load_checkpoint(checkpoints / f"{name}.pt").net.eval() for name in self.stages
-        }
+        self.judged_by = list((manifest.get("decision") or {}).get("judged_by", []))
+        tasks = {str(s.get("task")) for s in self.stages.values()}
+        #: Segment stages without a box or rules stages: the chest-style chain.
+        self.chain = "rules" in tasks or any(
+            s.get("task") == "segment" and not s.get("box") for s in self.stages.values()
+        )
+        odd = sorted(tasks - set(CHAIN_TASKS)) + [
+            n for n, s in self.stages.items() if s.get("multi_label") or s.get("box")
+        ]  # fmt: skip
+        if self.chain and odd:
+            raise SystemExit(f"{', '.join(odd)} beside segment or rules stages: the "
+                             "straightforward pipeline does not run them")  # fmt: skip
+        self.nets: dict[str, torch.nn.Module] = {}
+        for name, s in self.stages.items():
+            if not str(s.get("file", "")).endswith(".onnx"):
+                continue  # heatmap heads and rules run no network of their own
+            if s["input"].get("resize", "stretch") != "stretch":
+                raise SystemExit(f"stage {name}: input.resize {s['input']['resize']!r}: the "
+                                 "straightforward pipeline only stretches")  # fmt: skip
+            path = checkpoints / f"{name}.pt"
+            if s.get("task") == "segment" and "box" not in s:
+                self.nets[name] = segment.load(path)[0]  # models/segment.py's checkpoints
+            else:
+                self.nets[name] = load_checkpoint(path).net.eval()
+        self.rules = {
+            name: measures.parse_rules(s["rules"], self._classes(s), f"stage {name}")
+            for name, s in self.stages.items() if s.get("task") == "rules"
+        }  # fmt: skip
+
+    def _classes(self, rules_stage: dict[str, Any]) -> list[str]:
+        source = self.stages[rules_stage["reads"]["segments"]]
+        return [c for c in source["classes"] if c != "background"]
 
     def stage(self, task: str, view: str | None = None) -> dict[str, Any] | None:
         for s in self.stages.values():
@@ -105,12 +189,14 @@ class Naive:
     def run(self, name: str, x: torch.Tensor, times: dict[str, float]) -> np.ndarray:
         t = time.perf_counter()
         with torch.no_grad():
-            out = self.nets[name](x).numpy()
+            out = self.nets[name](x)
+        if isinstance(out, (tuple, list)):
+            out = out[0]  # a network that also returns its features: the first is the answer
         times[f"net:{name}"] = (time.perf_counter() - t) * 1000.0
-        return out
+        return out.numpy()
 
     def judge(self, path: Path) -> dict[str, Any]:
-        """Path -> decision, with wall times in ms."""
+        """Path -> decision, with wall times in ms (the chain's or the ankle's pipeline)."""
         times: dict[str, float] = {}
         start = time.perf_counter()
         ds = pydicom.dcmread(path)
@@ -119,10 +205,76 @@ class Naive:
         t = time.perf_counter()
         img = normalise(ds, pixels)
         times["normalise"] = (time.perf_counter() - t) * 1000.0
+        if self.chain:
+            out = self.judge_chain(ds, img, times)
+        else:
+            out = self.judge_ankle(img, times)
+        times["total"] = (time.perf_counter() - start) * 1000.0
+        return {"file": path.name, **out, "times_ms": times}
+
+    def judge_chain(self, ds: pydicom.Dataset, img: np.ndarray,
+                    times: dict[str, float]) -> dict[str, Any]:  # fmt: skip
+        """Stages in pack order on the normalised image: view label, decision, rule outcomes."""
+        turned = img
+        labels: dict[str, str] = {}
+        masks: dict[str, tuple[dict[str, np.ndarray], tuple[float, float]]] = {}
+        due: list[str] = []
+        unsure = retake = False
+        outcomes: list[dict[str, Any]] = []
+        for name, s in self.stages.items():
+            when = s.get("when") or {}
+            if not all(labels.get(k) in allowed for k, allowed in when.items()):
+                continue
+            due.append(name)
+            thresholds = s.get("thresholds") or {}
+            source = img if (s.get("reads") or {}).get("image") == "working" else turned
+            task, counts = s.get("task"), not s.get("research_only", False)
+            if task == "orientation":
+                cos, sin = self.run(name, tensor(source, s), times).ravel()[:2]
+                t = time.perf_counter()
+                turned = upright(img, math.degrees(math.atan2(float(sin), float(cos))) % 360.0)
+                times["upright"] = (time.perf_counter() - t) * 1000.0
+                norm = min(1.0, math.hypot(float(cos), float(sin)))
+                unsure |= counts and norm < thresholds.get("min_norm", 0.5)
+            elif task == "classify":
+                probs = softmax(self.run(name, tensor(source, s), times)[0].astype(np.float64))
+                labels[name] = s["labels"][int(probs.argmax())]
+                unsure |= counts and float(probs.max()) < thresholds.get("min_confidence", 0.8)
+                if name == self.view_stage:
+                    unsure |= header_unsure(ds, list(s["labels"]), labels[name])
+            elif task == "segment":
+                scores = self.run(name, tensor(source, s), times)[0]
+                classes = list(s["classes"])
+                if s.get("activation") == "softmax":
+                    winner = scores.argmax(axis=0)
+                    found = {c: winner == k for k, c in enumerate(classes) if c != "background"}
+                else:
+                    cut = thresholds.get("mask", 0.5)
+                    found = {c: scores[k] > cut for k, c in enumerate(classes) if c != "background"}
+                h, w = source.shape
+                masks[name] = (found, (w / scores.shape[2], h / scores.shape[1]))
+            elif task == "rules" and s["reads"]["segments"] in masks:
+                t = time.perf_counter()
+                found, scale = masks[s["reads"]["segments"]]
+                for o in measures.evaluate(self.rules[name], found, labels.get(self.view_stage), scale):
+                    outcomes.append({"code": o.code, "status": o.status, "value": o.value})
+                    if counts and o.status == "not_measurable":
+                        unsure = True
+                    elif counts and o.status == "fail":
+                        retake |= o.on_fail == "retake"
+                        unsure |= o.on_fail != "retake"
+                times["rules"] = times.get("rules", 0.0) + (time.perf_counter() - t) * 1000.0
+        judged = any(name in due for name in self.judged_by)
+        unsure |= bool(self.judged_by) and not judged  # a view the pack does not judge
+        decision = ("review" if unsure else "retake" if retake
+                    else "ok" if judged else "not_judged")  # fmt: skip
+        return {"view": labels[self.view_stage], "decision": decision, "rules": outcomes}
+
+    def judge_ankle(self, img: np.ndarray, times: dict[str, float]) -> dict[str, Any]:
+        """View, ROI box, quality on the crop and orientation (no upright turn)."""
         view_stage = self.stage("view")
         assert view_stage is not None
-        logits = self.run(view_stage["name"], tensor(img, view_stage), times)[0]
-        probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+        probs = softmax(self.run(view_stage["name"], tensor(img, view_stage), times)[0])
         view = view_stage["labels"][int(probs.argmax())]
         unsure = probs.max() < view_stage["thresholds"].get("min_confidence", 0.8)
         grade = None
@@ -148,8 +300,7 @@ class Naive:
                 "min_norm", 0.5
             )
         decision = "review" if unsure else ("retake" if grade == 3 else "ok")
-        times["total"] = (time.perf_counter() - start) * 1000.0
-        return {"file": path.name, "view": view, "decision": decision, "times_ms": times}
+        return {"view": view, "decision": decision}
 
 
 def main(argv: list[str] | None = None) -> int:
