@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -150,6 +151,39 @@ def test_a_mask_is_turned_upright_with_its_image(tmp_path: Path) -> None:
     assert mask.shape == back.shape and set(np.unique(mask)) == {0, 1}
     # the mask lands on the bar of the upright image, which is back at the top
     assert back[mask == 1].mean() > 0.8 and np.nonzero(mask)[0].mean() < mask.shape[0] / 2
+
+
+def test_frame_crops_bring_a_structure_to_the_edge() -> None:
+    import torch
+
+    from models.segment import frame_crop
+
+    x = torch.zeros(64, 1, 40, 40)
+    y = torch.zeros(64, 1, 40, 40, dtype=torch.int64)
+    y[:, :, 6:34, 6:34] = 1  # a structure clear of every edge by 6 px (15 %)
+    x[y == 1] = 1.0
+    xs, ys = frame_crop(x, y, np.random.default_rng(1))
+    assert xs.shape == x.shape and ys.dtype == y.dtype and set(ys.unique().tolist()) <= {0, 1}
+    at_edge = [bool(m[0, 0].any() or m[0, -1].any() or m[0, :, 0].any() or m[0, :, -1].any())
+               for m in ys]  # fmt: skip
+    kept = sum(torch.equal(a, b) for a, b in zip(ys, y))
+    assert 16 < kept < 48  # about half the draws are kept whole ...
+    assert sum(at_edge) >= 8  # ... and many of the others now reach an edge
+
+
+def test_a_new_recipe_key_at_its_default_keeps_the_stage_key() -> None:
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from export.build.stages import stage_key
+
+    recipe = load_recipe(CHEST, "full")
+    split: Any = SimpleNamespace(train=[])
+    orientation = recipe.stages[0]
+    key = stage_key(orientation, recipe, "sha", split)
+    assert stage_key(replace(orientation, frame_crops=False), recipe, "sha", split) == key
+    assert stage_key(replace(orientation, turn_any=False), recipe, "sha", split) != key
+    assert stage_key(orientation, recipe, "other labels", split) != key
 
 
 def test_segment_recipe_keys_and_chains(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The chest extras end to end (slow: a real training run): ``train_extras`` with the ``short``
-preset on the real chest sets, its stages added to the committed chest-views pack, and one
+preset on the real chest sets, its stages added to the committed chest pack, and one
 chest phantom judged by that pack with the derived image and the overlay switched on.
 
 The short preset's figures say nothing about the method (seconds of training); the test
@@ -51,7 +51,7 @@ def test_short_extras_join_a_chest_pack_and_run_in_the_worker(tmp_path: Path) ->
     assert 0.0 <= low <= auc <= high <= 1.0
 
     pack = tmp_path / "pack"
-    shutil.copytree(ROOT / "models" / "packs" / "chest-views", pack)
+    shutil.copytree(ROOT / "models" / "packs" / "chest", pack)
     for name, path in extras.files.items():
         shutil.copy(path, pack / name)
     manifest = json.loads((pack / "manifest.json").read_text())

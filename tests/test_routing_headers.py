@@ -33,9 +33,9 @@ shared = pytest.mark.skipif(not SHARED_DICOM.is_dir(), reason="../shared/data/ra
 
 @pytest.fixture(scope="module")
 def router() -> Router:
-    """The bundled demo (ANKLE) and chest-views (CHEST) packs, no default pack."""
+    """The bundled demo (ANKLE) and chest (CHEST) packs, no default pack."""
     cpu = select(["onnxruntime-cpu"])
-    chest = next(d for d in bundled_pack_dirs() if d.name == "chest-views")
+    chest = next(d for d in bundled_pack_dirs() if d.name == "chest")
     return Router([Pipeline(load_pack(), cpu), Pipeline(load_pack(chest), cpu)])
 
 
@@ -70,7 +70,7 @@ def _refusal(router: Router, path: Path) -> str:
 )
 def test_real_chests_go_to_the_chest_pack(router: Router, name: str, field: str, value: str) -> None:
     pipeline, route = router.route_header(read_header(SHARED_DICOM / name))
-    assert pipeline.pack.name == "chest-views"
+    assert pipeline.pack.name == "chest"
     assert route.public() == {"body_part": "CHEST", "field": field, "value": value, "conflict": None}
 
 
@@ -93,7 +93,7 @@ def test_real_distal_tibia_is_not_taken_for_an_ankle(router: Router) -> None:
     assert detail.startswith("body part TIBIA from StudyDescription 'tibia': no loaded pack covers it")
     assert "BodyPartExamined 'EXTREMITY' (only the generic EXTREMITY)" in detail
     assert "StudyDescription 'Non-ossifying fibroma of distal tibia' (TIBIA)" in detail
-    assert "ankle-demo: ANKLE; chest-views: CHEST" in detail
+    assert "ankle-demo: ANKLE; chest: CHEST" in detail
 
 
 @shared
@@ -103,7 +103,7 @@ def test_real_header_without_a_body_part_is_refused_naming_every_field(router: R
     assert detail.startswith(
         "no body part in the header: no BodyPartExamined, no AnatomicRegionSequence, "
         "StudyDescription 'No Finding' (no known body part), no SeriesDescription, no ProtocolName; "
-        "loaded packs cover ankle-demo: ANKLE; chest-views: CHEST"
+        "loaded packs cover ankle-demo: ANKLE; chest: CHEST"
     )
     assert "pack.body_part_keywords" in _refusal(router, SHARED_DICOM / "wg04_RG2_J2KI.dcm")
 

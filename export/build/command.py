@@ -90,7 +90,7 @@ def _stage_facts(s: Stage) -> dict[str, Any]:
         facts["classes"] = list(s.classes)
     for key, default in (("turn_any", False), ("balance_classes", False),
                          ("backbone", "efficientnet"), ("init_from", None),
-                         ("mask_values", ()), ("mask_optional", False)):
+                         ("mask_values", ()), ("mask_optional", False), ("frame_crops", False)):
         if getattr(s, key) != default and (s.task == "view" or key not in ("backbone",)):
             facts[key] = list(v) if isinstance(v := getattr(s, key), tuple) else v
     return facts

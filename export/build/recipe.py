@@ -70,7 +70,8 @@ SHORT: dict[str, Hyper] = {
 _HYPER_KEYS = {"input", "batch", "steps", "lr", "net_width", "resize"}
 RESIZE = ("stretch", "pad")
 #: Keys only some tasks take (docs/recipes.md).
-_TASK_KEYS = {"segment": ("classes", "mask_values", "mask_optional"), "orientation": ("turn_any",),
+_TASK_KEYS = {"segment": ("classes", "mask_values", "mask_optional", "frame_crops"),
+              "orientation": ("turn_any",),
               "view": ("balance_classes", "backbone", "init_from")}  # fmt: skip
 #: Task keys that are not true/false switches.
 _VALUED_KEYS = ("classes", "mask_values", "backbone", "init_from")
@@ -112,6 +113,9 @@ class Stage:
     #: segment: rows of the view without a mask train the other stages; the segmenter trains
     #: and is measured on the rows that have one.
     mask_optional: bool = False
+    #: segment: half the training draws cut by a tighter frame (structures reach the edge, as
+    #: under tight collimation: ``models.segment.frame_crop``), for edge rules.
+    frame_crops: bool = False
     #: rules: the segment stage the rules measure, and the rules (the manifest's dicts,
     #: checked by :func:`edge_worker.pipeline.measures.parse_rules`).
     segments: str | None = None
@@ -267,7 +271,8 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
                  turn_any=bool(raw.get("turn_any", False)), backbone=backbone, init_from=init_from,
                  balance_classes=bool(raw.get("balance_classes", False)),
                  classes=classes, mask_values=values,
-                 mask_optional=bool(raw.get("mask_optional", False)))  # fmt: skip
+                 mask_optional=bool(raw.get("mask_optional", False)),
+                 frame_crops=bool(raw.get("frame_crops", False)))  # fmt: skip
 
 
 def _view_network(where: str, raw: dict[str, Any], hyper: Hyper,

@@ -24,7 +24,7 @@ import pickle
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,13 @@ def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split,
               upstream: str = "") -> str:  # fmt: skip
     """sha256 of everything a stage's weights depend on (``upstream``: the key of the stage
     it starts from, so that retraining that one retrains this one)."""
+    # Only the fields away from their defaults: a build that learns a new recipe key keeps
+    # reusing the checkpoints of stages that do not use it.
+    defaults = {f.name: f.default for f in fields(Stage)}
+    own = {k: v for k, v in asdict(stage).items() if k not in defaults or v != defaults[k]
+           or k in ("name", "task")}  # fmt: skip
     facts = {
-        "stage": asdict(stage), "preset": recipe.preset, "views": recipe.views,
+        "stage": own, "preset": recipe.preset, "views": recipe.views,
         "labels_sha256": labels_sha256, "seed": recipe.seed,
         "train": sorted(r.record.path.name for r in split.train),
         **({"upstream": upstream} if upstream else {}),
@@ -130,7 +135,8 @@ def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: s
     train_rows = [r for r in split.train if r.record.view == stage.view and r.mask]
     net, facts = train_segmenter(
         spec, [upright(r.sample).working for r in train_rows], [upright_mask(r) for r in train_rows],
-        h.steps, h.batch, h.lr or 3e-3, recipe.seed + 100 + index, stage.name)  # fmt: skip
+        h.steps, h.batch, h.lr or 3e-3, recipe.seed + 100 + index, stage.name,
+        stage.frame_crops)  # fmt: skip
     held = [r for r in split.test if r.record.view == stage.view and r.mask is not None]
     if held:
         with torch.inference_mode():
