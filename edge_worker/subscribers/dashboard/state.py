@@ -42,6 +42,8 @@ REJECTED = "rejected"
 THUMBNAIL_PREFIX = "data:image/png;base64,"
 #: A thumbnail larger than this (characters of data URL) is not passed on to browsers.
 MAX_THUMBNAIL_CHARS = 400_000
+#: The same cap for a heatmap overlay drawn over the thumbnail.
+MAX_HEATMAP_CHARS = MAX_THUMBNAIL_CHARS
 _MAX_REASONS = 4
 _MAX_TEXT = 300
 
@@ -81,8 +83,8 @@ class _Station:
             "status": self.status,
             "heard": self.heard,
             "silent": self.silent,
-            # The thumbnail rides only on ``latest``: ten pictures per tile would bloat events.
-            "history": [{k: v for k, v in e.items() if k != "thumbnail"} for e in self.history],
+            # The pictures ride only on ``latest``: ten per tile would bloat events.
+            "history": [{k: v for k, v in e.items() if k not in ("thumbnail", "heatmap")} for e in self.history],
         }
 
 
@@ -155,9 +157,30 @@ def entry_from_verdict(payload: dict[str, Any], received: float) -> dict[str, An
         "reason_codes": [c for c in (_text(_reason_code(x), 64) for x in reasons[:_MAX_REASONS]) if c],
         "not_for_clinical_use": payload.get("not_for_clinical_use") is True,
         "thumbnail": thumbnail,
+        "heatmap": _heatmap(payload, msg_id) if thumbnail else None,
         "rules": _rules(payload.get("rules")),
         "series": _series(payload.get("series")),
     }
+
+
+def _heatmap(payload: dict[str, Any], msg_id: str) -> dict[str, str] | None:
+    """The first heatmap with an overlay, as ``{"label", "overlay"}``; None if there is none.
+
+    Only for a thumbnail of the whole image (no ROI box): the overlay covers the whole image as
+    stored, which is what such a thumbnail shows (:func:`edge_worker.judging.thumbnail.verdict_thumbnail`);
+    over an ROI crop it would lie wrong.  An overlay over :data:`MAX_HEATMAP_CHARS` is dropped.
+    """
+    if _table(payload.get("roi")).get("box") is not None:
+        return None
+    for label, heat in _table(payload.get("heatmaps")).items():
+        overlay = _table(heat).get("overlay")
+        if not (isinstance(label, str) and isinstance(overlay, str) and overlay.startswith(THUMBNAIL_PREFIX)):
+            continue
+        if len(overlay) > MAX_HEATMAP_CHARS:
+            log.warning("verdict %s: heatmap overlay of %d characters not passed on", msg_id, len(overlay))
+            return None
+        return {"label": label[:64], "overlay": overlay}
+    return None
 
 
 def _series(value: object) -> dict[str, Any] | None:
