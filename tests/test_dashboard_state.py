@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from edge_worker.subscribers.dashboard.state import MAX_HEATMAP_CHARS, MAX_THUMBNAIL_CHARS, StationBoard
+from edge_worker.subscribers.dashboard.state import (
+    MAX_HEATMAP_CHARS,
+    MAX_TEXT,
+    MAX_THUMBNAIL_CHARS,
+    StationBoard,
+)
 
 T0 = 1_800_000_000.0
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -124,12 +129,12 @@ def test_fields_are_copied_not_passed_through() -> None:
     """A publisher cannot push arbitrary data (or a non-PNG picture) through to the browser."""
     board = StationBoard()
     payload = json.loads(verdict(1, extra_field="<script>", thumbnail="javascript:alert(1)"))
-    payload["reasons"] = ["<b>r</b>", 5, "x" * 1000]
+    payload["reasons"] = ["<b>r</b>", 5, "x" * (MAX_TEXT + 200)]
     event = board.apply("xray/st-a/xr-01/verdict", json.dumps(payload).encode(), T0)
     assert event is not None
     latest = event.data["station"]["latest"]
     assert "extra_field" not in latest and latest["thumbnail"] is None
-    assert latest["reasons"][0] == "<b>r</b>" and len(latest["reasons"]) == 2 and len(latest["reasons"][1]) == 300
+    assert latest["reasons"][0] == "<b>r</b>" and len(latest["reasons"]) == 2 and len(latest["reasons"][1]) == MAX_TEXT
     huge = verdict(2, thumbnail=PNG + "A" * MAX_THUMBNAIL_CHARS)
     event = board.apply("xray/st-a/xr-01/verdict", huge, T0)
     assert event is not None and event.data["station"]["latest"]["thumbnail"] is None

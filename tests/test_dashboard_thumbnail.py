@@ -12,7 +12,12 @@ import pytest
 
 from edge_worker.errors import ConfigError
 from edge_worker.judging.overlay import stored_frame_map
-from edge_worker.judging.thumbnail import BOX_COLOUR, DATA_URL_PREFIX, make_thumbnail, verdict_thumbnail
+from edge_worker.judging.thumbnail import (
+    BOX_COLOUR,
+    DATA_URL_PREFIX,
+    make_thumbnail,
+    verdict_thumbnail,
+)
 from edge_worker.pipeline.preprocess import RotatedBox, resize, turn_upright
 from edge_worker.service.config import Config, parse
 
