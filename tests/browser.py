@@ -45,12 +45,17 @@ class Station:
     dropped: int = 0
 
 
-def daemon_config(root: Path, site: str, name: str, url: str, thumbnail: bool, review_copy: bool = False) -> Path:
-    """A station's TOML config under ``root``: quick settle, no metrics, thumbnails and review
-    copies on or off."""
+def daemon_config(root: Path, site: str, name: str, url: str, thumbnail: bool, review_copy: bool = False,
+                  *, pack: Path | None = None, default_pack: str = "", heatmap_overlay: bool = False) -> Path:  # fmt: skip
+    """A station's TOML config under ``root``: quick settle, no metrics, thumbnails, review
+    copies and heatmap overlays on or off; ``pack``: the only pack, a folder (None: the demo
+    pack and the bundled ones), and ``default_pack`` the name of the pack that judges images
+    whose header names no body part (``[pack] default``)."""
     path = root / "edge-worker.toml"
+    # Alone: a copy of a bundled pack beside the original would cover the same body parts twice.
+    pack_table = f'[pack]\npath = "{pack}"\nbundled = false\ndefault = "{default_pack}"\n' if pack is not None else ""
     path.write_text(
-        f'site = "{site}"\nstation = "{name}"\n'
+        f'site = "{site}"\nstation = "{name}"\n{pack_table}'
         f'[watch]\nfolder = "{root / "incoming"}"\nsettle_seconds = 0.2\n'
         f'[quarantine]\nfolder = "{root / "quarantine"}"\n'
         f'[state]\nfolder = "{root / "state"}"\n'
@@ -58,6 +63,7 @@ def daemon_config(root: Path, site: str, name: str, url: str, thumbnail: bool, r
         '[service]\nmetrics_listen = ""\n'
         f"[verdict]\nthumbnail = {'true' if thumbnail else 'false'}\n"
         f"review_copy = {'true' if review_copy else 'false'}\n"
+        f"heatmap_overlay = {'true' if heatmap_overlay else 'false'}\n"
     )
     return path
 

@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from edge_worker.subscribers.dashboard.state import MAX_THUMBNAIL_CHARS, StationBoard
+from edge_worker.subscribers.dashboard.state import (
+    MAX_HEATMAP_CHARS,
+    MAX_TEXT,
+    MAX_THUMBNAIL_CHARS,
+    StationBoard,
+)
 
 T0 = 1_800_000_000.0
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -124,12 +129,12 @@ def test_fields_are_copied_not_passed_through() -> None:
     """A publisher cannot push arbitrary data (or a non-PNG picture) through to the browser."""
     board = StationBoard()
     payload = json.loads(verdict(1, extra_field="<script>", thumbnail="javascript:alert(1)"))
-    payload["reasons"] = ["<b>r</b>", 5, "x" * 1000]
+    payload["reasons"] = ["<b>r</b>", 5, "x" * (MAX_TEXT + 200)]
     event = board.apply("xray/st-a/xr-01/verdict", json.dumps(payload).encode(), T0)
     assert event is not None
     latest = event.data["station"]["latest"]
     assert "extra_field" not in latest and latest["thumbnail"] is None
-    assert latest["reasons"][0] == "<b>r</b>" and len(latest["reasons"]) == 2 and len(latest["reasons"][1]) == 300
+    assert latest["reasons"][0] == "<b>r</b>" and len(latest["reasons"]) == 2 and len(latest["reasons"][1]) == MAX_TEXT
     huge = verdict(2, thumbnail=PNG + "A" * MAX_THUMBNAIL_CHARS)
     event = board.apply("xray/st-a/xr-01/verdict", huge, T0)
     assert event is not None and event.data["station"]["latest"]["thumbnail"] is None
@@ -164,3 +169,29 @@ def test_snapshot_is_json_and_sorted() -> None:
     snap = board.snapshot(T0)
     assert [s["station"] for s in snap["stations"]] == ["xr-01", "xr-02", "xr-03"]
     json.dumps(snap, allow_nan=False)
+
+
+def test_the_first_heatmap_rides_on_a_whole_image_thumbnail_only(caplog: pytest.LogCaptureFixture) -> None:
+    heat = "data:image/png;base64,HEAT"
+    maps = {"PA": {"stage": "view_cam", "peak": 1.0, "overlay": heat}, "AP": {"overlay": PNG}}
+    board = StationBoard()
+    whole = board.apply("xray/st-a/xr-01/verdict", verdict(1, thumbnail=PNG, roi=None, heatmaps=maps), T0)
+    assert whole is not None and whole.data["station"]["latest"]["heatmap"] == {"label": "PA", "overlay": heat}
+    assert "heatmap" not in whole.data["station"]["history"][0]
+    # An ROI crop is not the frame the overlay covers; no thumbnail, nothing to draw it on.
+    boxed = board.apply("xray/st-a/xr-01/verdict", verdict(2, thumbnail=PNG, heatmaps=maps,
+                                                           roi={"found": True, "box": [1, 2, 30, 40]}), T0)  # fmt: skip
+    assert boxed is not None and boxed.data["station"]["latest"]["heatmap"] is None
+    bare = board.apply("xray/st-a/xr-01/verdict", verdict(3, heatmaps=maps), T0)
+    assert bare is not None and bare.data["station"]["latest"]["heatmap"] is None
+    # A map without an overlay is skipped; a huge overlay or a foreign URL is never passed on.
+    only_ap = {"PA": {"stage": "view_cam"}, "AP": {"overlay": heat}}
+    later = board.apply("xray/st-a/xr-01/verdict", verdict(4, thumbnail=PNG, heatmaps=only_ap), T0)
+    assert later is not None and later.data["station"]["latest"]["heatmap"] == {"label": "AP", "overlay": heat}
+    huge = {"PA": {"overlay": "data:image/png;base64," + "A" * MAX_HEATMAP_CHARS}}
+    with caplog.at_level(logging.WARNING):
+        big = board.apply("xray/st-a/xr-01/verdict", verdict(5, thumbnail=PNG, heatmaps=huge), T0)
+    assert big is not None and big.data["station"]["latest"]["heatmap"] is None
+    assert "heatmap overlay" in caplog.text
+    other = board.apply("xray/st-a/xr-01/verdict", verdict(6, thumbnail=PNG, heatmaps={"PA": {"overlay": "javascript:x"}}), T0)
+    assert other is not None and other.data["station"]["latest"]["heatmap"] is None

@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 
 from edge_worker.errors import ConfigError
-from edge_worker.judging.thumbnail import BOX_COLOUR, DATA_URL_PREFIX, make_thumbnail
-from edge_worker.pipeline.preprocess import RotatedBox
+from edge_worker.judging.overlay import stored_frame_map
+from edge_worker.judging.thumbnail import (
+    BOX_COLOUR,
+    DATA_URL_PREFIX,
+    make_thumbnail,
+    verdict_thumbnail,
+)
+from edge_worker.pipeline.preprocess import RotatedBox, resize, turn_upright
 from edge_worker.service.config import Config, parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +56,27 @@ def test_no_box_gives_the_whole_image_reduced() -> None:
     picture = _decode(make_thumbnail(_gradient(300, 450), None, size=96))
     assert picture.shape[:2] == (64, 96)
     assert np.array_equal(picture[..., 0], picture[..., 2])  # nothing drawn
+
+
+def test_a_whole_image_thumbnail_is_in_the_frame_of_the_heatmap_overlay() -> None:
+    # A bright block in the stored image's upper right; the orientation stage turned it by 30
+    # degrees and the classifier, reading the upright image, looked exactly at the block.
+    stored = np.zeros((60, 80), np.float32)
+    stored[5:15, 60:75] = 1.0
+    upright, turn = turn_upright(stored, 30.0)
+    overlay = stored_frame_map(resize(upright, 32, 32), (60, 80), turn, read_upright=True)
+    hot = cv2.resize(overlay, (80, 60)) > 0.5
+    picture = _decode(verdict_thumbnail(upright, stored, None, 80))[..., 0]
+    assert picture.shape == overlay.shape == (60, 80)
+    bright = picture > 128
+    # The thumbnail's bright pixels are the overlay's: stretched over it, it lies on the block.
+    assert (bright & hot).sum() / (bright | hot).sum() > 0.6
+    # The upright image, the frame the networks read, would leave the overlay off the block.
+    turned = _decode(make_thumbnail(upright, None, 80))[..., 0] > 128
+    assert (turned & hot).sum() / (turned | hot).sum() < 0.3
+    # With an ROI box the picture is cut from the upright image, where the box was found.
+    box = RotatedBox(cx=40.0, cy=30.0, width=20.0, height=20.0, angle_deg=0.0)
+    assert verdict_thumbnail(upright, stored, box, 64) == make_thumbnail(upright, box, 64)
 
 
 def test_a_box_at_the_edge_and_odd_pixels_are_handled() -> None:

@@ -20,7 +20,7 @@ from edge_worker.ingest import read_radiograph
 from edge_worker.ingest.reader import SOP_UID_ATTRIBUTE
 from edge_worker.ingest.types import IngestPolicy, Radiograph
 from edge_worker.judging.overlay import overlay_data_url
-from edge_worker.judging.thumbnail import make_thumbnail
+from edge_worker.judging.thumbnail import verdict_thumbnail
 from edge_worker.names import printable
 from edge_worker.pipeline.preprocess import WORKING_MAX_SIDE
 from edge_worker.pipeline.runner import Judgement, Pipeline
@@ -129,7 +129,8 @@ class Judge:
             return None
         t = time.perf_counter()
         box = judgement.roi.box if judgement.roi is not None else None
-        thumbnail = make_thumbnail(judgement.working_image, box, self.thumbnail_size)
+        stored = judgement.stored_image if judgement.stored_image is not None else judgement.working_image
+        thumbnail = verdict_thumbnail(judgement.working_image, stored, box, self.thumbnail_size)
         timings["thumbnail"] = (time.perf_counter() - t) * 1000.0
         return thumbnail
 

@@ -3,7 +3,9 @@
 Off by default (``[verdict] thumbnail``): a radiograph can carry burned-in patient details, and
 a verdict with a picture is no longer free of them.  The picture is cut from the pipeline's
 working image (already reduced, display polarity) around the ROI with a margin, so the
-radiographer sees the joint and the box the networks judged, drawn on it.
+radiographer sees the joint and the box the networks judged, drawn on it.  Without an ROI the
+whole image is shown as stored (not turned upright): the frame a heatmap overlay covers
+(:mod:`edge_worker.judging.overlay`), so the ward tile can stretch one over the other.
 """
 
 from __future__ import annotations
@@ -67,3 +69,15 @@ def make_thumbnail(image: np.ndarray, box: RotatedBox | None, size: int = 192) -
     if not ok:  # OpenCV reports failure by value; a uint8 BGR image should always encode
         raise ValueError("OpenCV could not encode the thumbnail as PNG")
     return DATA_URL_PREFIX + base64.b64encode(png.tobytes()).decode("ascii")
+
+
+def verdict_thumbnail(upright: np.ndarray, stored: np.ndarray, box: RotatedBox | None, size: int) -> str:
+    """The verdict's thumbnail (see :func:`make_thumbnail` for ``size`` and the errors).
+
+    ``upright``: the working image turned upright (``box``, the ROI, is in its coordinates);
+    ``stored``: the same image before the turn, the stored image scaled evenly.  With a box the
+    picture is cut from ``upright`` around it; without one it is the whole of ``stored``, in the
+    frame of the heatmap overlays, so that an overlay stretched over it lies exactly on it
+    (turning the thumbnail instead would leave the overlay off by the orientation's angle).
+    """
+    return make_thumbnail(upright if box is not None else stored, box, size)

@@ -52,6 +52,9 @@ class Judgement:
     working_image: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: The rotation that made the working image upright (``None`` without an orientation stage).
     turn: Turn | None = field(default=None, repr=False, compare=False)
+    #: The working image before it was turned upright: the stored image scaled evenly (the
+    #: frame of heatmap overlays, :mod:`edge_worker.judging.overlay`).
+    stored_image: np.ndarray | None = field(default=None, repr=False, compare=False)
     #: Every stage's result by stage name, in pack order (rules, flags and heatmaps among them).
     results: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -236,6 +239,7 @@ class Pipeline:
             timings_ms=dict(timings),
             working_image=item.upright,
             turn=item.turn,
+            stored_image=item.working,
             results=dict(item.results),
         )
 

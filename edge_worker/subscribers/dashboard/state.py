@@ -42,8 +42,13 @@ REJECTED = "rejected"
 THUMBNAIL_PREFIX = "data:image/png;base64,"
 #: A thumbnail larger than this (characters of data URL) is not passed on to browsers.
 MAX_THUMBNAIL_CHARS = 400_000
-_MAX_REASONS = 4
-_MAX_TEXT = 300
+#: The same cap for a heatmap overlay drawn over the thumbnail.
+MAX_HEATMAP_CHARS = MAX_THUMBNAIL_CHARS
+#: A chest verdict has up to six reasons (four lung-edge rules, orientation and view uncertain)
+#: and each rule's sentence, criterion cited, runs to about 450 characters: the ward must see
+#: them whole.  The caps only bound what a publisher can push through to browsers.
+MAX_REASONS = 8
+MAX_TEXT = 800
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,8 @@ class _Station:
             "status": self.status,
             "heard": self.heard,
             "silent": self.silent,
-            # The thumbnail rides only on ``latest``: ten pictures per tile would bloat events.
-            "history": [{k: v for k, v in e.items() if k != "thumbnail"} for e in self.history],
+            # The pictures ride only on ``latest``: ten per tile would bloat events.
+            "history": [{k: v for k, v in e.items() if k not in ("thumbnail", "heatmap")} for e in self.history],
         }
 
 
@@ -90,7 +95,7 @@ def _table(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _text(value: object, limit: int = _MAX_TEXT) -> str | None:
+def _text(value: object, limit: int = MAX_TEXT) -> str | None:
     return value[:limit] if isinstance(value, str) else None
 
 
@@ -151,13 +156,34 @@ def entry_from_verdict(payload: dict[str, Any], received: float) -> dict[str, An
         "view_confidence": _number(view.get("confidence")),
         "angle_deg": _number(orient.get("angle_deg")) if orient else None,
         "rotate_deg": _number(orient.get("suggested_rotation_deg")) if orient else None,
-        "reasons": [r for r in (_text(_reason_text(x)) for x in reasons[:_MAX_REASONS]) if r],
-        "reason_codes": [c for c in (_text(_reason_code(x), 64) for x in reasons[:_MAX_REASONS]) if c],
+        "reasons": [r for r in (_text(_reason_text(x)) for x in reasons[:MAX_REASONS]) if r],
+        "reason_codes": [c for c in (_text(_reason_code(x), 64) for x in reasons[:MAX_REASONS]) if c],
         "not_for_clinical_use": payload.get("not_for_clinical_use") is True,
         "thumbnail": thumbnail,
+        "heatmap": _heatmap(payload, msg_id) if thumbnail else None,
         "rules": _rules(payload.get("rules")),
         "series": _series(payload.get("series")),
     }
+
+
+def _heatmap(payload: dict[str, Any], msg_id: str) -> dict[str, str] | None:
+    """The first heatmap with an overlay, as ``{"label", "overlay"}``; None if there is none.
+
+    Only for a thumbnail of the whole image (no ROI box): the overlay covers the whole image as
+    stored, which is what such a thumbnail shows (:func:`edge_worker.judging.thumbnail.verdict_thumbnail`);
+    over an ROI crop it would lie wrong.  An overlay over :data:`MAX_HEATMAP_CHARS` is dropped.
+    """
+    if _table(payload.get("roi")).get("box") is not None:
+        return None
+    for label, heat in _table(payload.get("heatmaps")).items():
+        overlay = _table(heat).get("overlay")
+        if not (isinstance(label, str) and isinstance(overlay, str) and overlay.startswith(THUMBNAIL_PREFIX)):
+            continue
+        if len(overlay) > MAX_HEATMAP_CHARS:
+            log.warning("verdict %s: heatmap overlay of %d characters not passed on", msg_id, len(overlay))
+            return None
+        return {"label": label[:64], "overlay": overlay}
+    return None
 
 
 def _series(value: object) -> dict[str, Any] | None:
@@ -171,13 +197,13 @@ def _series(value: object) -> dict[str, Any] | None:
         "slices": series.get("slices") if isinstance(series.get("slices"), int) else None,
         "score": _number(series.get("score")),
         "flagged": [{"flag": f, "probability": _number(probabilities.get(f))}
-                    for f in (_text(x, 64) for x in (flagged if isinstance(flagged, list) else [])[:_MAX_REASONS]) if f],
+                    for f in (_text(x, 64) for x in (flagged if isinstance(flagged, list) else [])[:MAX_REASONS]) if f],
     }  # fmt: skip
 
 
 def _rules(value: object) -> dict[str, Any] | None:
     """How many positioning rules passed, and the codes of those that did not."""
-    tally = rules_tally(value[: _MAX_REASONS * 4] if isinstance(value, list) else value)
+    tally = rules_tally(value[: MAX_REASONS * 4] if isinstance(value, list) else value)
     if tally is None:
         return None
     total, failed = tally

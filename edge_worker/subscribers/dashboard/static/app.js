@@ -329,6 +329,19 @@
       if (thumb) img.setAttribute("src", thumb); else img.removeAttribute("src");
     }
     img.hidden = !thumb;
+    // The board sends a heatmap only over a whole-image thumbnail, in the same frame (the image
+    // as stored): both pictures share the box and object-fit, so one lies exactly on the other.
+    const heat = tile.querySelector(".heat");
+    const h = thumb && v.heatmap && typeof v.heatmap.overlay === "string" && v.heatmap.overlay.startsWith("data:image/png;base64,") ? v.heatmap : null;
+    tile.dataset.heatmap = h ? h.label : "";
+    if ((heat.getAttribute("src") || "") !== (h ? h.overlay : "")) {
+      if (h) heat.setAttribute("src", h.overlay); else heat.removeAttribute("src");
+    }
+    heat.hidden = !h;
+    const legend = tile.querySelector(".heat-legend");
+    legend.textContent = h ? `heatmap: ${h.label} (what the view network looked at)` : "";
+    legend.hidden = !h;
+    tile.querySelector(".thumb-box").hidden = !thumb;
 
     const strip = tile.querySelector(".history");
     const ids = st.history.map((h) => h.id).join(",");
