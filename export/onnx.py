@@ -81,7 +81,26 @@ def export_onnx(
     if program is None:
         raise ExportError(f"torch.onnx.export returned nothing for {task}")
     program.save(str(path))
+    strip_build_metadata(path)
     return path
+
+
+def strip_build_metadata(path: str | Path) -> None:
+    """Drop what the exporter records about the build machine from the ONNX file at ``path``:
+    each node's source stack trace, module path and FX node (file paths of the machine that
+    exported it).  Nothing the graph computes changes."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph, *(f for f in model.functions)]
+    for graph in graphs:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        for info in getattr(graph, "value_info", []):
+            del info.metadata_props[:]
+    model.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def parity_errors(

@@ -125,3 +125,35 @@ def test_images_that_are_no_chest_are_never_ok() -> None:
     pipeline = Pipeline(load_pack(PACK), select(["onnxruntime-cpu"]), LoadOptions())
     decisions = {c.file: pipeline.judge(c.image).decision for c in cases}
     assert "ok" not in decisions.values(), decisions
+
+
+@pytest.mark.shared
+@needs_shared
+def test_a_lateral_is_never_judged_by_the_frontal_rules() -> None:
+    """The DEV set's chest laterals: no lung-field rule is made for them, so never ``ok``."""
+    from edge_worker.backends import LoadOptions, select
+    from edge_worker.pipeline.runner import Pipeline
+    from models.chest.ood import ood_cases
+
+    laterals = [c for c in ood_cases(SHARED / "radiographs", n_phantoms=0) if c.kind == "chest lateral"]
+    assert laterals
+    pipeline = Pipeline(load_pack(PACK), select(["onnxruntime-cpu"]), LoadOptions())
+    for case in laterals:
+        judged = pipeline.judge(case.image)
+        assert judged.decision != "ok", case.file
+        if judged.view.label == "LATERAL":
+            assert not {"coverage_pa", "coverage_ap"} & set(judged.results), case.file
+
+
+def test_an_image_without_lungs_goes_to_a_person() -> None:
+    """No lung field found (a blank exposure): the lung rules cannot be checked, so review."""
+    import numpy as np
+
+    from edge_worker.backends import LoadOptions, select
+    from edge_worker.pipeline.runner import Pipeline
+
+    pipeline = Pipeline(load_pack(PACK), select(["onnxruntime-cpu"]), LoadOptions())
+    for image in (np.full((512, 512), 0.5, np.float32), np.zeros((400, 500), np.float32)):
+        judged = pipeline.judge(image)
+        assert judged.decision == "review", judged.reason_codes
+        assert "rules_passed" not in judged.reason_codes

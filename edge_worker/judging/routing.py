@@ -75,7 +75,7 @@ class Router:
             self.default = matches[0]
 
     def coverage(self) -> str:
-        """``"ankle-demo: ANKLE; chest-views: CHEST"``, for messages."""
+        """``"ankle-demo: ANKLE; chest: CHEST"``, for messages."""
         return "; ".join(f"{p.pack.name}: {', '.join(p.pack.body_parts) or '-'}" for p in self.pipelines)
 
     def route(self, body_part: str) -> Pipeline:
