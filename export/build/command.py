@@ -126,7 +126,6 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
 
     from export.build.chain import ORIENTATION_TURNS, evaluate_pack, worker_pipeline
     from export.build.cutoff import cut_off_figures
-    from export.build.shortcuts import shortcut_figures
     from export.build.labels import read_labels
     from export.build.report import GRADE_KEYS, figures, write_report
     from export.build.segmented import (
@@ -137,6 +136,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         rule_figures,
         write_segmented_pack,
     )
+    from export.build.shortcuts import shortcut_figures
     from export.build.stages import train_stages
     from export.cam_graph import add_heatmap_stage
     from export.onnx import ATOL, RTOL, ExportError, export_stage, load_checkpoint
@@ -209,14 +209,15 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
     if not any(s.task == "quality" for s in recipe.stages):  # no grade: no grade figures
         figs["chained"] = {k: v for k, v in figs["chained"].items() if k not in GRADE_KEYS}
         figs["chained"]["decisions"] = dict(Counter(r["decision"] for r in chain))
+    written = worker_pipeline(out)  # the checks below judge again with the written pack
     if segmented:  # judged by rules: the rules' figures
         figs["chained"]["rules"] = rule_figures(chain)
         figs["chained"]["decisions_by_rule_truth"] = decisions_by_rule_truth(chain)
         log("cropping the held-out masked images for the edge (cut-off) rules")
-        cut_off = cut_off_figures(worker_pipeline(out), split.test)
+        cut_off = cut_off_figures(written, split.test)
         if cut_off is not None:
             figs["chained"]["cut_off"] = cut_off
-    shortcuts = shortcut_figures(worker_pipeline(out), split.test)
+    shortcuts = shortcut_figures(written, split.test)
     if shortcuts is not None:
         figs["shortcut_check"] = shortcuts
         log("shortcut check (view network, every held-out image altered): " + ", ".join(
