@@ -32,8 +32,9 @@ from edge_worker.packs.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = next((p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared",
-                           Path("/work/shared")) if (p / "data").is_dir()), ROOT.parent / "shared")  # fmt: skip
+#: ``../shared`` beside the checkout (or beside the folder of a worktree).
+SHARED = next((p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared")
+               if (p / "data").is_dir()), ROOT.parent / "shared")  # fmt: skip
 TRAINING = SHARED / "data" / "training"
 CHEST_DICOM = SHARED / "data" / "radiographs" / "dicom" / "nhsx_nih_cxr14_DX.dcm"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

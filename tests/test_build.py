@@ -133,8 +133,13 @@ def test_recipe_refuses_unknown_keys(tmp_path: Path) -> None:
         load_recipe(bad)
     full, short = load_recipe(ANKLE, "full"), load_recipe(ANKLE, "short")
     roi = next(s for s in full.stages if s.task == "roi")
-    assert (roi.hyper.height, roi.hyper.batch) == (400, 4)  # the ankle paper, section 5.2
-    assert short.pack_name == "ankle-phantom-smoke" and short.pack_version.endswith("-smoke")
+    assert (roi.hyper.height, roi.hyper.batch, roi.hyper.resize) == (128, 8, "pad")  # CPU-sized
+    # Without the recipe's own sizes a stage takes the paper's (ankle paper, section 5.2).
+    paper = tmp_path / "paper.toml"
+    paper.write_text(re.sub(r"\[stages\.presets\.full\]\n(.+\n)*", "", ANKLE.read_text()))
+    roi = next(s for s in load_recipe(paper, "full").stages if s.task == "roi")
+    assert (roi.hyper.height, roi.hyper.batch, roi.hyper.resize) == (400, 4, "pad")
+    assert short.pack_name == "ankle-demo-smoke" and short.pack_version.endswith("-smoke")
 
 
 def test_recipe_resize_per_stage_and_preset(tmp_path: Path) -> None:
@@ -192,7 +197,7 @@ def built(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_short_ankle_build_writes_an_evaluated_pack(built: Path, phantoms: Path) -> None:
     pack = load_pack(built)  # verifies every sha256 and the seal
-    assert pack.name == "ankle-phantom-smoke" and pack.version == "1.0.0-smoke"
+    assert pack.name == "ankle-demo-smoke" and pack.version == "2.0.0-smoke"
     assert [s.name for s in pack.networks] == [
         "orientation", "view", "roi_ap", "roi_lat", "quality_ap", "quality_lat"]
     training = pack.training_data
@@ -215,7 +220,7 @@ def test_short_ankle_build_writes_an_evaluated_pack(built: Path, phantoms: Path)
     checked = subprocess.run([sys.executable, "-m", "edge_worker.cli", "check", "--pack", str(built),
                               "--skip-broker"], check=False, cwd=ROOT, capture_output=True, text=True,
                              env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)  # fmt: skip
-    assert "ankle-phantom-smoke 1.0.0-smoke" in checked.stdout and checked.returncode == 0, checked.stdout
+    assert "ankle-demo-smoke 2.0.0-smoke" in checked.stdout and checked.returncode == 0, checked.stdout
 
 
 def _copy_with_roi_bias(pack_dir: Path, out: Path, bias: float | None) -> Path:

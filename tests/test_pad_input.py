@@ -88,6 +88,23 @@ def test_a_box_drawn_on_a_portrait_image_comes_back_where_it_was(map_size: tuple
     assert _iou(back, mask > 0) > (0.9 if map_size[0] >= 32 else 0.8)
 
 
+@pytest.mark.parametrize("shape", [(300, 120), (120, 300), (512, 512), (1536, 1024), (7, 5)])
+def test_the_straightforward_pipeline_pads_where_the_worker_does(shape: tuple[int, int]) -> None:
+    """models.baseline.naive (edge-worker bench's torch comparison) lays a padded stage out in
+    the worker's placement: a box mapped back by one lands where the other put it."""
+    pytest.importorskip("torch")
+    from models.baseline.naive import laid, where
+
+    stage = {"input": {"height": 64, "width": 96, "resize": "pad"}}
+    ours = placement(shape, 64, 96, "pad")
+    assert where(shape, stage) == (ours.x0, ours.y0, ours.width, ours.height)
+    image = np.ones(shape, np.float32)
+    theirs = laid(image, stage)
+    assert theirs.shape == (64, 96) and np.array_equal(theirs > 0, place(image, 64, 96, "pad") > 0)
+    stage["input"]["resize"] = "stretch"
+    assert where(shape, stage) == (0, 0, 96, 64) and laid(image, stage).min() == 1.0
+
+
 def test_stretch_is_the_plain_resize_and_its_map_is_the_map_itself() -> None:
     image = np.random.default_rng(3).random((300, 140), dtype=np.float32)
     legacy = (cv2.resize(image, (48, 32), interpolation=cv2.INTER_AREA) - np.float32(0.5)) / np.float32(0.25)

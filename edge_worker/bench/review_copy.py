@@ -1,8 +1,8 @@
 """PNG against JPEG q90 for review copies, on real DICOM files: bytes and encode time.
 
 ``python3 -m edge_worker.bench.review_copy [FOLDER] [--size 1024]`` reads every ``*.dcm`` in
-FOLDER (default ``/work/shared/data/radiographs/dicom``) as the worker would for a copy
-(``read_radiograph(max_side=size)``), reduces it to ``size`` and encodes it both ways, five
+FOLDER (default ``../shared/data/radiographs/dicom`` beside the checkout) as the worker would
+for a copy (``read_radiograph(max_side=size)``), reduces it to ``size`` and encodes it both ways, five
 times each; prints one line per file and the totals (median encode times).
 
 ``--latency N``: instead, the real worker (a subprocess on mosquitto, the demo pack) judges N
@@ -24,7 +24,8 @@ from edge_worker.errors import Rejection
 from edge_worker.ingest import read_radiograph
 from edge_worker.judging.review_copy import encode, reduce_to
 
-DEFAULT_FOLDER = Path("/work/shared/data/radiographs/dicom")
+#: ``../shared/data/radiographs/dicom`` beside the checkout.
+DEFAULT_FOLDER = Path(__file__).resolve().parents[3] / "shared" / "data" / "radiographs" / "dicom"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ upright, so a verdict's ROI box (in stored pixels) lands on it at ``box * scale`
 drawn on it: the review pages draw the box, the rule results and any heatmap themselves, and
 the export gives the plain image to training.
 
-PNG, not JPEG: measured on the 20 real files of ``/work/shared/data/radiographs/dicom`` at
+PNG, not JPEG: measured on the 20 real files of ``../shared/data/radiographs/dicom`` at
 1024 pixels (``docs/review-copy.md``), JPEG q90 is about a third of PNG's size and faster, but
 it is lossy exactly where review looks (fine trabecular texture, the joint space, the lung
 apices' vessels) and it would put JPEG's block artefacts into the images the models retrain on.

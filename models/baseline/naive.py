@@ -6,7 +6,8 @@ What a user would write first, with the same networks and weights as the pack (t
 checkpoints the pack was exported from) and the same files: pydicom ``dcmread`` +
 ``pixel_array`` with pydicom's default decoding plugins, min-max normalisation in numpy
 (inverted for MONOCHROME1), ``cv2.resize`` of the full image to each network's input with
-OpenCV's default interpolation, torch eager (``eval()``, ``no_grad``, torch's default threads),
+OpenCV's default interpolation (stretched, or scaled to fit and centred on zeros where the
+stage's ``input.resize`` is ``pad``), torch eager (``eval()``, ``no_grad``, torch's default threads),
 and the same decision rules.  Nothing is deliberately slowed down: the default linear resize
 is cheaper than the area resize the worker uses.
 
@@ -74,11 +75,32 @@ def normalise(ds: pydicom.Dataset, pixels: np.ndarray) -> np.ndarray:
     return img
 
 
-def tensor(img: np.ndarray, stage: dict[str, Any]) -> torch.Tensor:
-    """Resize to the network's input and standardise: a ``(1, C, H, W)`` tensor."""
+def where(shape: tuple[int, ...], stage: dict[str, Any]) -> tuple[int, int, int, int]:
+    """Where an image of ``shape`` lies in the stage's input ``(x0, y0, w, h)``: all of it
+    (stretched), or scaled to fit with its aspect ratio and centred (``input.resize`` pad)."""
     i = stage["input"]
-    small = cv2.resize(img, (int(i["width"]), int(i["height"])))
-    x = (small - float(i["mean"])) / float(i["std"])
+    height, width = int(i["height"]), int(i["width"])
+    if i.get("resize", "stretch") != "pad":
+        return 0, 0, width, height
+    scale = min(height / shape[0], width / shape[1])
+    h = min(height, max(1, round(shape[0] * scale)))
+    w = min(width, max(1, round(shape[1] * scale)))
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def laid(img: np.ndarray, stage: dict[str, Any]) -> np.ndarray:
+    """The image as the network's input lays it out, zeros around it when padded."""
+    i = stage["input"]
+    x0, y0, w, h = where(img.shape, stage)
+    out = np.zeros((int(i["height"]), int(i["width"])), np.float32)
+    out[y0 : y0 + h, x0 : x0 + w] = cv2.resize(img, (w, h))
+    return out
+
+
+def tensor(img: np.ndarray, stage: dict[str, Any]) -> torch.Tensor:
+    """Lay out to the network's input and standardise: a ``(1, C, H, W)`` tensor."""
+    i = stage["input"]
+    x = (laid(img, stage) - float(i["mean"])) / float(i["std"])
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].expand(
         1, int(i["channels"]), -1, -1
     )
@@ -86,6 +108,8 @@ def tensor(img: np.ndarray, stage: dict[str, Any]) -> torch.Tensor:
 
 def roi_box(mask: np.ndarray, stage: dict[str, Any], shape: tuple[int, int]) -> Any:
     """Largest region over the threshold -> minimum-area rectangle in full-image pixels."""
+    x0, y0, w, h = where(shape, stage)
+    mask = mask[y0 : y0 + h, x0 : x0 + w]  # the padding is no part of the image
     binary = (mask > stage["thresholds"].get("mask", 0.7)).astype(np.uint8)
     contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
@@ -126,15 +150,15 @@ def header_unsure(ds: pydicom.Dataset, labels: list[str], view: str) -> bool:
     return (said is not None and said != seen) or exposure
 
 
-def crop(img: np.ndarray, box: Any, height: int, width: int) -> np.ndarray:
-    """Cut the rotated box out upright, long side horizontal."""
+def crop(img: np.ndarray, box: Any) -> np.ndarray:
+    """Cut the rotated box out upright, long side horizontal (its own size: :func:`tensor`
+    lays it out as the quality stage's input)."""
     (cx, cy), (w, h), angle = box
     if h > w:
         w, h, angle = h, w, angle + 90.0
     matrix = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
     matrix[:, 2] += np.array([w / 2.0 - cx, h / 2.0 - cy])
-    upright = cv2.warpAffine(img, matrix, (max(1, int(w)), max(1, int(h))))
-    return cv2.resize(upright, (width, height))
+    return cv2.warpAffine(img, matrix, (max(1, int(w)), max(1, int(h))))
 
 
 class Naive:
@@ -162,9 +186,6 @@ class Naive:
         for name, s in self.stages.items():
             if not str(s.get("file", "")).endswith(".onnx"):
                 continue  # heatmap heads and rules run no network of their own
-            if s["input"].get("resize", "stretch") != "stretch":
-                raise SystemExit(f"stage {name}: input.resize {s['input']['resize']!r}: the "
-                                 "straightforward pipeline only stretches")  # fmt: skip
             path = checkpoints / f"{name}.pt"
             if s.get("task") == "segment" and "box" not in s:
                 self.nets[name] = segment.load(path)[0]  # models/segment.py's checkpoints
@@ -251,8 +272,10 @@ class Naive:
                 else:
                     cut = thresholds.get("mask", 0.5)
                     found = {c: scores[k] > cut for k, c in enumerate(classes) if c != "background"}
+                x0, y0, iw, ih = where(source.shape, s)
+                found = {c: m[y0 : y0 + ih, x0 : x0 + iw] for c, m in found.items()}
                 h, w = source.shape
-                masks[name] = (found, (w / scores.shape[2], h / scores.shape[1]))
+                masks[name] = (found, (w / iw, h / ih))
             elif task == "rules" and s["reads"]["segments"] in masks:
                 t = time.perf_counter()
                 found, scale = masks[s["reads"]["segments"]]
@@ -284,8 +307,7 @@ class Naive:
             box = roi_box(mask, roi_stage, img.shape)
             unsure = unsure or box is None
             if box is not None and quality_stage is not None:
-                i = quality_stage["input"]
-                cut = crop(img, box, int(i["height"]), int(i["width"]))
+                cut = crop(img, box)
                 score = float(
                     self.run(quality_stage["name"], tensor(cut, quality_stage), times).ravel()[0]
                 )

@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from edge_worker.phantoms.lumbar import VIEWS
 from edge_worker.pipeline.measures import Rule, evaluate, parse_rules
+from edge_worker.pipeline.preprocess import to_tensor
 from models.lumbar.data import Example, tensor
 
 
@@ -72,7 +73,8 @@ class PackRunner:
     def view(self, working: np.ndarray) -> tuple[str, float]:
         """The top view label and its softmax confidence."""
         spec = self.view_stage["input"]
-        x = tensor(working, (spec["height"], spec["width"]))[None]
+        x = to_tensor(working, spec["height"], spec["width"], 1, spec["mean"], spec["std"],
+                      spec.get("resize", "stretch"))  # fmt: skip
         logits = self.view_session.run(None, {"image": x})[0][0]
         p = np.exp(logits - logits.max())
         p /= p.sum()
@@ -82,6 +84,8 @@ class PackRunner:
     def segment(self, view: str, working: np.ndarray) -> np.ndarray:
         """The ``view`` segmenter's label map (argmax over the softmax channels)."""
         stage, sess = self.seg[view]
+        if stage["input"].get("resize", "stretch") != "stretch":
+            raise ValueError(f"stage {stage['name']}: only stretched segmenters are measured here")
         x = tensor(working, (stage["input"]["height"], stage["input"]["width"]))[None]
         probs = sess.run(None, {"image": x})[0][0]
         return np.argmax(probs, axis=0).astype(np.uint8)
