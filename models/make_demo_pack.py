@@ -1,4 +1,9 @@
-"""Build the demo pack end to end: ``python -m models.make_demo_pack --out models/packs/ankle-demo``.
+"""The 1.x demo-pack maker: ``python -m models.make_demo_pack --out runs/ankle-1x``.
+
+The bundled ``models/packs/ankle-demo`` 2.x is built by the ML team's one command from
+``models/recipes/ankle.toml`` (README, "The demo pack"); this maker made the 1.x networks kept
+as ``tests/data/packs/ankle-demo-1.1``, and its phantom sets and learning rates feed
+:mod:`models.make_full_pack` (the GPU proof's full-width pack).
 
 1. Write phantom DICOM files: a training set with small rotations (+-15 deg) for the view,
    ROI and quality stages, one with any rotation for the orientation stage, and two
@@ -11,7 +16,7 @@
    (:mod:`models.evaluate_chain`) and write them into the manifest too.
 
 ``--preset quick`` is a smoke run of a few minutes whose version says so; ``full`` (default)
-is the committed pack, about 25 minutes on 2 CPU cores.  ``--only view,roi_ap`` retrains the
+made the 1.x pack, about 25 minutes on 2 CPU cores.  ``--only view,roi_ap`` retrains the
 named stages and keeps the others of the pack in ``--out``.
 """
 
@@ -100,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     """Build the pack; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m models.make_demo_pack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("models/packs/ankle-demo"))
+    parser.add_argument("--out", type=Path, default=Path("runs/ankle-1x"))
     parser.add_argument("--work", type=Path, default=Path("runs/demo"),
                         help="phantoms and checkpoints (not part of the pack)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")

@@ -43,10 +43,12 @@ def write_phantoms(folder: Path) -> list[Path]:
     return paths
 
 
-def analyze(paths: list[Path]) -> list[dict[str, Any]]:
-    """``edge-worker analyze --json`` on ``paths``, one payload per file, in order."""
+def analyze(paths: list[Path], packs: list[Path] | None = None) -> list[dict[str, Any]]:
+    """``edge-worker analyze --json`` on ``paths``, one payload per file, in order, with
+    ``packs`` (default: every bundled pack)."""
+    chosen = [a for d in packs or [] for a in ("--pack", str(d))]
     out = subprocess.run(
-        [sys.executable, "-m", "edge_worker", "analyze", "--json", *map(str, paths)],
+        [sys.executable, "-m", "edge_worker", "analyze", "--json", *chosen, *map(str, paths)],
         check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     by_name = {}

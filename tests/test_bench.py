@@ -166,8 +166,10 @@ def _swap_view_logits(src: Path, dst: Path) -> None:
 
 
 def _pack_copy(tmp_path: Path) -> Path:
+    """A pack without a recorded labelled test set (the ankle pack 1.1): the gate is agreement
+    with FP32 alone (a built pack's label gate: tests/test_build.py)."""
     pack = tmp_path / "pack"
-    shutil.copytree(default_pack_dir(), pack)
+    shutil.copytree(Path(__file__).parent / "data" / "packs" / "ankle-demo-1.1", pack)
     return pack
 
 

@@ -1,8 +1,9 @@
-"""A heatmap on a classifier of any pack: the ankle demo pack's view classifier exports no
-``features``; :func:`export.cam_graph.expose_features` adds them to its ONNX file (no torch,
-no retraining), and the worker then maps the view label's evidence, overlay included.
+"""A heatmap on a classifier of any pack: the view classifier of the ankle demo pack 1.1 (kept
+as a test pack; the built 2.x has its heatmap stage from the build) exports no ``features``;
+:func:`export.cam_graph.expose_features` adds them to its ONNX file (no torch, no retraining),
+and the worker then maps the view label's evidence, overlay included.
 
-Real parts: the committed ankle demo pack, ONNX Runtime sessions, an ankle phantom DICOM file
+Real parts: the committed ankle demo pack 1.1, ONNX Runtime sessions, an ankle phantom DICOM file
 through the ingest, the verdict against its schema.
 """
 
@@ -30,7 +31,8 @@ pytest.importorskip("onnxruntime")
 jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "models" / "packs" / "ankle-demo"
+# A pack whose view classifier exports no features: the ankle demo pack of version 1.1.
+DEMO = ROOT / "tests" / "data" / "packs" / "ankle-demo-1.1"
 
 
 def _with_view_heatmap(dest: Path) -> Path:

@@ -183,14 +183,16 @@ def test_a_changed_network_file_is_refused_for_every_task(tmp_path: Path) -> Non
 
 
 def test_a_version_one_manifest_is_read_through_the_adapter(tmp_path: Path) -> None:
-    """The same networks under a version-1 manifest: the same stages, in version 1's order."""
-    from edge_worker.packs.pack import default_pack_dir
+    """The same networks under a version-1 manifest: the same stages, in version 1's order.
 
-    v2 = json.loads((default_pack_dir() / "manifest.json").read_text())
+    On the ankle pack 1.1 (kept under tests/data/packs): version 1 has no heatmap stage and no
+    padded input, which the built 2.x has."""
+    v1_networks = Path(__file__).parent / "data" / "packs" / "ankle-demo-1.1"
+    v2 = json.loads((v1_networks / "manifest.json").read_text())
     root = tmp_path / "v1"
     root.mkdir()
     for stage in v2["stages"]:
-        (root / stage["file"]).write_bytes((default_pack_dir() / stage["file"]).read_bytes())
+        (root / stage["file"]).write_bytes((v1_networks / stage["file"]).read_bytes())
     task_v1 = {"classify": "view", "segment": "roi", "regress": "quality", "orientation": "orientation"}
     v1_stages = []
     # Orientation listed last, as the version-1 ankle pack had it: version 1 ran it first anyway.
@@ -203,7 +205,7 @@ def test_a_version_one_manifest_is_read_through_the_adapter(tmp_path: Path) -> N
     body = {k: v for k, v in v2.items() if k not in ("stages", "decision", "view_stage")}
     (root / "manifest.json").write_text(json.dumps(dict(body, schema="edge-worker/model-pack@1", stages=v1_stages)))
     seal_manifest(root)
-    old, new = load_pack(root), load_pack(default_pack_dir())
+    old, new = load_pack(root), load_pack(v1_networks)
     assert old.schema == "edge-worker/model-pack@1"
     assert [(s.name, s.task, s.role, s.when, s.reads) for s in old.stages] == \
         [(s.name, s.task, s.role, s.when, s.reads) for s in new.stages]  # fmt: skip
