@@ -83,17 +83,25 @@ def test_concurrent_puts_never_collide(tmp_path: Path) -> None:
     assert sorted(d.read_bytes() for d in results) == [bytes([i]) for i in range(8)]
 
 
+def _cross_device(monkeypatch: pytest.MonkeyPatch, source: Path) -> None:
+    """``source`` on another filesystem than the quarantine: no hard link, no rename."""
+    real_link, real_replace = os.link, os.replace
+
+    def refuse(real):  # type: ignore[no-untyped-def]
+        def call(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
+            if Path(src) == source:
+                raise OSError(errno.EXDEV, "Invalid cross-device link")
+            real(src, dst)
+        return call
+
+    monkeypatch.setattr(os, "link", refuse(real_link))
+    monkeypatch.setattr(os, "replace", refuse(real_replace))
+
+
 def test_cross_filesystem_move_copies_then_unlinks(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = make_file(tmp_path / "in" / "img.dcm", b"far away")
-    real_replace = os.replace
-
-    def replace(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
-        if Path(src) == source:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    _cross_device(monkeypatch, source)
     dest = Quarantine(tmp_path / "q").put(source, "unreadable", "x")
     assert dest.read_bytes() == b"far away"
     assert not source.exists()
@@ -103,18 +111,11 @@ def test_cross_filesystem_move_copies_then_unlinks(
 def test_disk_full_during_copy_keeps_original(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = make_file(tmp_path / "in" / "img.dcm", b"precious")
-    real_replace = os.replace
-
-    def replace(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
-        if Path(src) == source:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_replace(src, dst)
-
     def copyfile(src: Path, dst: Path) -> None:
         Path(dst).write_bytes(b"prec")  # a partial copy, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "replace", replace)
+    _cross_device(monkeypatch, source)
     monkeypatch.setattr(shutil, "copyfile", copyfile)
     q = Quarantine(tmp_path / "q")
     with pytest.raises(QuarantineError, match="No space left"):
@@ -123,22 +124,19 @@ def test_disk_full_during_copy_keeps_original(
     assert list(q.folder.iterdir()) == []
 
 
+@pytest.mark.parametrize("far", [True, False], ids=["copied across filesystems", "hard-linked"])
 def test_failed_unlink_after_copy_leaves_file_only_at_origin(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, far: bool) -> None:
     source = make_file(tmp_path / "in" / "img.dcm", b"stuck")
-    real_replace, real_unlink = os.replace, Path.unlink
-
-    def replace(src: os.PathLike[str] | str, dst: os.PathLike[str] | str) -> None:
-        if Path(src) == source:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        real_replace(src, dst)
+    real_unlink = Path.unlink
 
     def unlink(self: Path, missing_ok: bool = False) -> None:
         if self == source:
             raise PermissionError(errno.EACCES, "Permission denied")
         real_unlink(self, missing_ok=missing_ok)
 
-    monkeypatch.setattr(os, "replace", replace)
+    if far:
+        _cross_device(monkeypatch, source)
     monkeypatch.setattr(Path, "unlink", unlink)
     q = Quarantine(tmp_path / "q")
     with pytest.raises(QuarantineError):

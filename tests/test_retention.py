@@ -79,6 +79,55 @@ def test_a_quarantined_file_and_its_reason_are_one_item(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["y.dcm"]
 
 
+def _inotify_masks(folder: Path, action: Callable[[], object]) -> list[int]:
+    """The kernel's inotify event masks for ``folder`` while ``action`` runs (Linux only)."""
+    import ctypes
+    import struct
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK)
+    if fd < 0:
+        pytest.skip("no inotify here")
+    try:
+        assert libc.inotify_add_watch(fd, str(folder).encode(), 0x0FFF) >= 0  # IN_ALL_EVENTS
+        action()
+        data = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    masks, at = [], 0
+    while at < len(data):
+        _, mask, _, size = struct.unpack_from("iIII", data, at)
+        masks.append(mask)
+        at += 16 + size
+    return masks
+
+
+IN_MOVED_FROM, IN_DELETE = 0x40, 0x200
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="inotify")
+def test_a_file_leaves_the_watch_folder_without_an_unpaired_move(tmp_path: Path) -> None:
+    """watchdog holds an IN_MOVED_FROM with no partner for 0.5 s and every event behind it:
+    archiving and quarantining must delete from the watch folder's view, not move out."""
+    from edge_worker.watching.quarantine import Quarantine
+
+    watch, archive = tmp_path / "in", tmp_path / "archive"
+    judged = _file(watch / "IMG1.dcm", 10)
+    masks = _inotify_masks(watch, lambda: archive_file(judged, watch, archive, time.time()))
+    assert any(m & IN_DELETE for m in masks) and not any(m & IN_MOVED_FROM for m in masks), masks
+    assert not judged.exists() and len(list(archive.rglob("IMG1.dcm"))) == 1
+    rejected = _file(watch / "IMG2.dcm", 10)
+    masks = _inotify_masks(watch, lambda: Quarantine(tmp_path / "q").put(rejected, "test", "why"))
+    assert any(m & IN_DELETE for m in masks) and not any(m & IN_MOVED_FROM for m in masks), masks
+    assert not rejected.exists()
+
+
 def test_archive_keeps_subfolders_never_overwrites_and_pruning_drops_empty_days(tmp_path: Path) -> None:
     watch, archive = tmp_path / "in", tmp_path / "archive"
     when = time.time()

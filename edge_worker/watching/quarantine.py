@@ -32,6 +32,7 @@ from pathlib import Path
 
 from edge_worker.errors import EdgeWorkerError
 from edge_worker.names import printable
+from edge_worker.watching.relink import rename_over
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class Quarantine:
         ``dest``.
         """
         try:
-            os.replace(source, dest)
+            rename_over(source, dest)
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise

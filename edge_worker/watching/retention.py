@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from edge_worker.service.config import RetentionConfig
+from edge_worker.watching.relink import rename_over
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def archive_file(path: Path, watch_root: Path, archive_root: Path, when: float) 
     else:
         raise OSError(f"no free name for {target.name} in {target.parent}")
     try:
-        os.replace(path, dest)
+        rename_over(path, dest)
     except OSError as exc:
         if exc.errno != getattr(os, "EXDEV", 18):
             dest.unlink(missing_ok=True)
