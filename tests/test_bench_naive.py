@@ -32,9 +32,7 @@ from edge_worker.packs.pack import load_pack
 from edge_worker.pipeline.runner import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-#: ``../shared`` beside the checkout (or beside the folder of a worktree).
-SHARED = next((p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared")
-               if (p / "data").is_dir()), ROOT.parent / "shared")  # fmt: skip
+SHARED = ROOT.parent / "shared"
 TRAINING = SHARED / "data" / "training"
 CHEST_DICOM = SHARED / "data" / "radiographs" / "dicom" / "nhsx_nih_cxr14_DX.dcm"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

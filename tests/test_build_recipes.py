@@ -33,9 +33,7 @@ from export.build.labels import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "models" / "recipes"
-#: ``../shared`` beside the checkout (or beside the folder of a worktree).
-TRAINING = next((p / "data" / "training" for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared")
-                 if (p / "data" / "training").is_dir()), ROOT.parent / "shared" / "data" / "training")  # fmt: skip
+TRAINING = ROOT.parent / "shared" / "data" / "training"
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 #: A short build's wall-clock limit: far above its 1-3 minutes, below a hung run's forever.
 LIMIT_S = 600

@@ -53,6 +53,7 @@ import torch  # the comparison's point: the obvious pipeline runs the networks i
 from edge_worker.judging.decision import header_view
 from edge_worker.packs.pack_v1 import SCHEMA_V1, role_of, upgrade_manifest
 from edge_worker.pipeline import measures
+from edge_worker.pipeline.preprocess import placement
 from export.onnx import load_checkpoint
 from models import segment
 
@@ -79,13 +80,8 @@ def where(shape: tuple[int, ...], stage: dict[str, Any]) -> tuple[int, int, int,
     """Where an image of ``shape`` lies in the stage's input ``(x0, y0, w, h)``: all of it
     (stretched), or scaled to fit with its aspect ratio and centred (``input.resize`` pad)."""
     i = stage["input"]
-    height, width = int(i["height"]), int(i["width"])
-    if i.get("resize", "stretch") != "pad":
-        return 0, 0, width, height
-    scale = min(height / shape[0], width / shape[1])
-    h = min(height, max(1, round(shape[0] * scale)))
-    w = min(width, max(1, round(shape[1] * scale)))
-    return (width - w) // 2, (height - h) // 2, w, h
+    at = placement(shape, int(i["height"]), int(i["width"]), i.get("resize", "stretch"))
+    return at.x0, at.y0, at.width, at.height
 
 
 def laid(img: np.ndarray, stage: dict[str, Any]) -> np.ndarray:

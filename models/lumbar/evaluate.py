@@ -177,6 +177,10 @@ def evaluate_sweep(runner: PackRunner, examples: list[Example]) -> dict[str, Any
             "n_images": len(examples)}  # fmt: skip
 
 
+#: The seed of :func:`evaluate_dicom`'s phantoms (the recipe's folder is written with seed 7).
+FRESH_DICOM_SEED = 909
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure a built lumbar pack on fresh phantoms and a threshold sweep; prints JSON."""
     import argparse
@@ -209,10 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     figures["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(figures, indent=1))
     return 0
-
-
-#: The seed of :func:`evaluate_dicom`'s phantoms (the recipe's folder is written with seed 7).
-FRESH_DICOM_SEED = 909
 
 
 def evaluate_dicom(pack: Path, n: int) -> dict[str, Any]:
