@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 
+from models.chest.augment import cdf, view_augment
 from models.data import MEAN, STD, VIEW_LABELS, Sample, example, load_samples, read_csv
 from models.evaluate import evaluate
 from models.networks import ArchConfig, build
@@ -56,6 +57,9 @@ class TrainConfig:
     turn_any: bool = False
     #: view: draw every class equally often.
     balance_classes: bool = False
+    #: view: the chest shortcut breakers on every draw (:func:`models.chest.augment.view_augment`)
+    #: before the usual augmentation.
+    break_shortcuts: bool = False
     #: A checkpoint whose backbone initialises this network (its head is drawn afresh): a
     #: view classifier started from the self-supervised orientation network.
     init: Path | None = None
@@ -119,15 +123,33 @@ class BatchStream(IterableDataset):
             counts = Counter(s.record.view for s in self.samples)
             weights = np.array([1.0 / counts[s.record.view] for s in self.samples])
             weights /= weights.sum()
+        looks = shortcut_looks(rng, self.samples) if c.break_shortcuts else None
         while True:
             picks = (rng.integers(0, len(self.samples), size=c.batch) if weights is None
                      else rng.choice(len(self.samples), size=c.batch, p=weights))  # fmt: skip
             chosen = [self.samples[i] for i in picks]
             if c.turn_any:
                 chosen = [turned_sample(rng, s) for s in chosen]
+            if looks is not None:
+                chosen = [Sample(s.record, view_augment(rng, s.working.astype(np.float32), looks),
+                                 s.roi) for s in chosen]  # fmt: skip
             pairs = [example(c.task, s, c.height, c.width, rng, c.labels, c.resize) for s in chosen]
             yield (torch.from_numpy(np.stack([p[0] for p in pairs])),
                    torch.from_numpy(np.stack([p[1] for p in pairs])))  # fmt: skip
+
+
+def shortcut_looks(rng: np.random.Generator, samples: list[Sample], per_class: int = 32
+                   ) -> np.ndarray:  # fmt: skip
+    """Grey-level CDFs of ``per_class`` random training images of every view, an equal number
+    of each, for :func:`models.chest.augment.view_augment` to impose: the imposed histogram is
+    then independent of the label."""
+    by_view: dict[str | None, list[Sample]] = {}
+    for s in samples:
+        by_view.setdefault(s.record.view, []).append(s)
+    looks = [cdf(np.clip(group[i].working.astype(np.float32), 0.0, 1.0))
+             for group in by_view.values()
+             for i in rng.choice(len(group), size=per_class, replace=len(group) < per_class)]
+    return np.stack(looks)
 
 
 def fit(

@@ -88,7 +88,7 @@ def _stage_facts(s: Stage) -> dict[str, Any]:
                              "resize": s.hyper.resize}
     if s.classes:
         facts["classes"] = list(s.classes)
-    for key, default in (("turn_any", False), ("balance_classes", False),
+    for key, default in (("turn_any", False), ("balance_classes", False), ("break_shortcuts", False),
                          ("backbone", "efficientnet"), ("init_from", None),
                          ("mask_values", ()), ("mask_optional", False), ("frame_crops", False)):
         if getattr(s, key) != default and (s.task == "view" or key not in ("backbone",)):

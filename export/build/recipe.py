@@ -72,7 +72,7 @@ RESIZE = ("stretch", "pad")
 #: Keys only some tasks take (docs/recipes.md).
 _TASK_KEYS = {"segment": ("classes", "mask_values", "mask_optional", "frame_crops"),
               "orientation": ("turn_any",),
-              "view": ("balance_classes", "backbone", "init_from")}  # fmt: skip
+              "view": ("balance_classes", "backbone", "init_from", "break_shortcuts")}  # fmt: skip
 #: Task keys that are not true/false switches.
 _VALUED_KEYS = ("classes", "mask_values", "backbone", "init_from")
 #: A view stage's network: the ankle paper's EfficientNet-B0, or the orientation network's
@@ -100,6 +100,11 @@ class Stage:
     turn_any: bool = False
     #: view: draw each class equally often (a rare projection is not drowned by the common).
     balance_classes: bool = False
+    #: view: every training draw also given the chest shortcut breakers at random
+    #: (:func:`models.chest.augment.view_augment`: burned-in text, lines, blanked borders,
+    #: reframing, detector looks, a histogram drawn independently of the class), so that
+    #: markers, borders and grey levels say nothing of the projection.
+    break_shortcuts: bool = False
     #: view: ``efficientnet`` (paper 000) or ``resnet`` (the orientation network's layout).
     backbone: str = "efficientnet"
     #: view with the resnet backbone: an earlier orientation stage whose trained backbone it
@@ -270,6 +275,7 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
     return Stage(str(raw["name"]), task, view, hyper, bool(raw.get("rotate_quarters", True)),
                  turn_any=bool(raw.get("turn_any", False)), backbone=backbone, init_from=init_from,
                  balance_classes=bool(raw.get("balance_classes", False)),
+                 break_shortcuts=bool(raw.get("break_shortcuts", False)),
                  classes=classes, mask_values=values,
                  mask_optional=bool(raw.get("mask_optional", False)),
                  frame_crops=bool(raw.get("frame_crops", False)))  # fmt: skip

@@ -121,7 +121,8 @@ def _config(stage: Stage, recipe: Recipe, index: int, init: Path | None = None) 
     return TrainConfig(task=stage.task, view=stage.view, steps=h.steps, batch=h.batch,
                        height=h.height, width=h.width, lr=h.lr, seed=recipe.seed + 100 + index,
                        arch=arch, labels=recipe.views, resize=h.resize, turn_any=stage.turn_any,
-                       balance_classes=stage.balance_classes, init=init)  # fmt: skip
+                       balance_classes=stage.balance_classes,
+                       break_shortcuts=stage.break_shortcuts, init=init)  # fmt: skip
 
 
 def train_segment(stage: Stage, recipe: Recipe, split: Split, path: Path, key: str,
