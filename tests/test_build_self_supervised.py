@@ -242,3 +242,74 @@ def test_a_site_fold_holds_out_whole_sites(tmp_path: Path) -> None:
     recipe = load_recipe(CHEST, "short")
     split = split_by_patient(read_labels(out, TRAINING, recipe), recipe)
     assert {r.line for r in split.test} == {i + 2 for i, r in enumerate(rows) if r["split"] == "test"}
+
+
+def test_shortcut_breakers_take_the_grey_levels_away_from_the_class() -> None:
+    import torch
+
+    from models.data import Record, Sample
+    from models.train import BatchStream, TrainConfig, default_arch
+
+    def sample(view: str, i: int, low: float) -> Sample:
+        rec = Record(path=Path(f"{view}{i}.png"), view=view, grade=None, score=None,
+                     rotation_deg=0.0, roi=None)  # fmt: skip
+        ramp = np.linspace(low, low + 0.4, 48 * 48, dtype=np.float32).reshape(48, 48)
+        return Sample(rec, ramp.astype(np.float16), None)
+
+    # PA dark, LATERAL bright: the grey level alone tells the class
+    samples = [sample("PA", i, 0.05) for i in range(20)] + [sample("LATERAL", i, 0.55)
+                                                          for i in range(20)]  # fmt: skip
+    separation = {}
+    for breakers in (False, True):
+        config = TrainConfig(task="view", batch=40, height=32, width=32, labels=("PA", "LATERAL"),
+                             arch=default_arch("view", 0.125, 1.0, 32, 32), seed=4,
+                             break_shortcuts=breakers)  # fmt: skip
+        stream = iter(BatchStream(config, samples))
+        xs, ys = zip(*(next(stream) for _ in range(5)))
+        x, y = torch.cat(xs), torch.cat(ys)
+        assert torch.isfinite(x).all() and x.shape == (200, 1, 32, 32)
+        means = x.mean(dim=(1, 2, 3))
+        pa, lat = means[y == 0], means[y == 1]
+        # share of (PA, LATERAL) pairs a mean-grey threshold orders right (the AUC)
+        separation[breakers] = float((pa[:, None] < lat[None, :]).float().mean())
+    assert separation[False] > 0.95, separation  # the usual jitter leaves the cue
+    assert separation[True] < 0.8, separation
+
+
+def test_quarter_turns_is_an_inference_key_of_the_orientation_stage(tmp_path: Path) -> None:
+    import json
+    import shutil
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from edge_worker.packs.pack import load_pack
+    from export.build.command import worker_options
+    from export.build.stages import stage_key
+
+    text = CHEST.read_text().replace("turn_any = true", "turn_any = true\nquarter_turns = true")
+    recipe_file = tmp_path / "chest.toml"
+    recipe_file.write_text(text)
+    recipe = load_recipe(recipe_file, "full")
+    orientation = recipe.stages[0]
+    assert orientation.quarter_turns
+    split: Any = SimpleNamespace(train=[])
+    # reading four turns changes nothing of the training: the checkpoint is kept
+    assert stage_key(orientation, recipe, "sha", split) == stage_key(
+        replace(orientation, quarter_turns=False), recipe, "sha", split)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace("quarter_turns = true", 'quarter_turns = "yes"'))
+    with pytest.raises(RecipeError, match="quarter_turns: must be true or false"):
+        load_recipe(bad)
+    bad.write_text(CHEST.read_text().replace("balance_classes = true",
+                                             "balance_classes = true\nquarter_turns = true"))
+    with pytest.raises(RecipeError, match=r"unknown key\(s\) \['quarter_turns'\]"):
+        load_recipe(bad)  # a view stage has no such key
+    pack = ROOT / "models" / "packs" / "chest"
+    if not (pack / "manifest.json").is_file():
+        return
+    copy = tmp_path / "pack"
+    shutil.copytree(pack, copy)
+    worker_options(copy, recipe)  # writes the key into the manifest and reseals
+    entries = {e["name"]: e for e in json.loads((copy / "manifest.json").read_text())["stages"]}
+    assert entries["orientation"]["quarter_turns"] is True and "quarter_turns" not in entries["view"]
+    assert load_pack(copy).stage("orientation").options["quarter_turns"] is True  # type: ignore[union-attr]

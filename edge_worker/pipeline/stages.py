@@ -57,7 +57,10 @@ class QualityResult:
 @dataclass(frozen=True)
 class OrientationResult:
     angle_deg: float
+    #: The (cos, sin) answer's norm, capped at 1.
     confidence: float
+    #: The norm itself (an untrained-for input drifts away from 1 either way): for evaluation.
+    norm: float | None = field(default=None, compare=False)
 
     @property
     def suggested_rotation_deg(self) -> int:
@@ -184,13 +187,29 @@ def run_quality_batch(
 def run_orientation_batch(
     session: Session, spec: StageSpec, images: Sequence[np.ndarray]
 ) -> list[OrientationResult]:
-    """Angle of the anatomy from upright, counter-clockwise, from the (cos, sin) head."""
+    """Angle of the anatomy from upright, counter-clockwise, from the (cos, sin) head.
+
+    With the stage's ``quarter_turns`` option each image is also read turned by 90, 180 and
+    270 degrees and the answers, turned back, are averaged (:mod:`edge_worker.pipeline.tasks.orientation`).
+    """
     results = []
-    for cos, sin in _run(session, spec, images, "cossin").reshape(len(images), -1)[:, :2]:
+    turns = 4 if spec.options.get("quarter_turns") else 1
+    looks = [np.ascontiguousarray(np.rot90(image, k)) for image in images for k in range(turns)]
+    answers = _run(session, spec, looks, "cossin").reshape(len(looks), -1)[:, :2]
+    if turns > 1:
+        # np.rot90 by k turns the anatomy by 90k degrees counter-clockwise (the stage's sense):
+        # the answer to look k, turned back by -90k, estimates the stored image's angle.
+        back = np.radians(-90.0 * np.arange(turns, dtype=np.float64))
+        c, s = answers[:, 0].reshape(-1, turns), answers[:, 1].reshape(-1, turns)
+        cos_b, sin_b = np.cos(back), np.sin(back)
+        mean_c = (c * cos_b - s * sin_b).mean(axis=1)
+        mean_s = (c * sin_b + s * cos_b).mean(axis=1)
+        answers = np.stack([mean_c, mean_s], axis=1)
+    for cos, sin in answers:
         angle = math.degrees(math.atan2(float(sin), float(cos))) % 360.0
         # The norm of an untrained-for input drifts away from 1; keep it as a confidence figure.
-        confidence = float(min(1.0, math.hypot(cos, sin)))
-        results.append(OrientationResult(angle_deg=angle, confidence=confidence))
+        norm = float(math.hypot(cos, sin))
+        results.append(OrientationResult(angle_deg=angle, confidence=min(1.0, norm), norm=norm))
     return results
 
 

@@ -31,6 +31,7 @@ from edge_worker.pipeline.preprocess import (
     to_tensor,
 )
 from edge_worker.pipeline.runner import Pipeline
+from edge_worker.pipeline.stages import run_orientation_batch
 from export.build.labels import Row
 from export.build.stages import upright
 from models.chest.augment import rotate
@@ -146,11 +147,13 @@ def per_stage(pipeline: Pipeline, rows: list[Row],
                 out[spec.name].append({"true": rec.grade, "score_true": rec.score, "score": score,
                                        "pred": round(min(max(score, 1.0), 3.0))})  # fmt: skip
             elif spec.role == "orientation" and rec.rotation_deg is not None:
-                for turned, truth in _orientation_cases(row, orientation_turns):
-                    c, s = run_network(pipeline, spec.name, turned)[:2]
-                    angle = float(np.degrees(np.arctan2(s, c)) % 360.0)
-                    err = float(angular_error(np.array([angle]), np.array([truth]))[0])
-                    out[spec.name].append({"error_deg": err, "norm": float(np.hypot(c, s))})
+                cases = _orientation_cases(row, orientation_turns)
+                # The worker's own function: the stage's options (quarter_turns) count.
+                found = run_orientation_batch(pipeline.session(spec.name), spec,
+                                              [turned for turned, _ in cases])  # fmt: skip
+                for result, (_, truth) in zip(found, cases):
+                    err = float(angular_error(np.array([result.angle_deg]), np.array([truth]))[0])
+                    out[spec.name].append({"error_deg": err, "norm": result.norm})
     return out
 
 

@@ -88,7 +88,8 @@ def _stage_facts(s: Stage) -> dict[str, Any]:
                              "resize": s.hyper.resize}
     if s.classes:
         facts["classes"] = list(s.classes)
-    for key, default in (("turn_any", False), ("balance_classes", False), ("break_shortcuts", False),
+    for key, default in (("turn_any", False), ("quarter_turns", False),
+                         ("balance_classes", False), ("break_shortcuts", False),
                          ("backbone", "efficientnet"), ("init_from", None),
                          ("mask_values", ()), ("mask_optional", False), ("frame_crops", False)):
         if getattr(s, key) != default and (s.task == "view" or key not in ("backbone",)):
@@ -108,6 +109,27 @@ def _summary(chained: dict[str, Any]) -> str:
 def _thresholds(recipe: Recipe, task: str) -> dict[str, float]:
     return {key: recipe.decision[name] for name, (t, key) in _DECISION.items()
             if t == task and name in recipe.decision}  # fmt: skip
+
+
+def worker_options(pack: Path, recipe: Recipe) -> None:
+    """Write the recipe's inference options into the pack's stage entries (resealed): an
+    orientation stage's ``quarter_turns``."""
+    import json
+
+    from edge_worker.packs.pack import seal_manifest
+
+    wanted = {s.name: {"quarter_turns": True} for s in recipe.stages
+              if s.task == "orientation" and s.quarter_turns}  # fmt: skip
+    if not wanted:
+        return
+    path = pack / "manifest.json"
+    manifest = json.loads(path.read_text())
+    for entry in manifest["stages"]:
+        entry.update(wanted.get(entry["name"], {}))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path)
+    seal_manifest(pack)
 
 
 def _from_pack(pack: Path, path: Path) -> str:
@@ -193,6 +215,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
                                         validation=validation, **common)  # fmt: skip
         else:
             path = write_pack(out, stage_files, validation=validation, **common)
+        worker_options(out, recipe)
         # Every built view classifier gets its class activation map (paper 004), for people:
         # it never changes a decision; the verdict carries it when [verdict] says so.
         try:

@@ -71,7 +71,7 @@ _HYPER_KEYS = {"input", "batch", "steps", "lr", "net_width", "resize"}
 RESIZE = ("stretch", "pad")
 #: Keys only some tasks take (docs/recipes.md).
 _TASK_KEYS = {"segment": ("classes", "mask_values", "mask_optional", "frame_crops"),
-              "orientation": ("turn_any",),
+              "orientation": ("turn_any", "quarter_turns"),
               "view": ("balance_classes", "backbone", "init_from", "break_shortcuts")}  # fmt: skip
 #: Task keys that are not true/false switches.
 _VALUED_KEYS = ("classes", "mask_values", "backbone", "init_from")
@@ -98,6 +98,10 @@ class Stage:
     #: orientation, self-supervised (paper 003 on upright images): every training draw turned
     #: by a random angle over the full circle, the label moved with it; measured the same way.
     turn_any: bool = False
+    #: orientation: the worker also reads every image turned by 90, 180 and 270 degrees and
+    #: averages the four answers turned back (the manifest's ``quarter_turns``; inference only,
+    #: unlike ``rotate_quarters``, which is about the training copies).
+    quarter_turns: bool = False
     #: view: draw each class equally often (a rare projection is not drowned by the common).
     balance_classes: bool = False
     #: view: every training draw also given the chest shortcut breakers at random
@@ -273,7 +277,8 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
                               f"width must be multiples of 8, got {hyper.height}x{hyper.width}")
     backbone, init_from = _view_network(where, raw, hyper, earlier)
     return Stage(str(raw["name"]), task, view, hyper, bool(raw.get("rotate_quarters", True)),
-                 turn_any=bool(raw.get("turn_any", False)), backbone=backbone, init_from=init_from,
+                 turn_any=bool(raw.get("turn_any", False)),
+                 quarter_turns=bool(raw.get("quarter_turns", False)), backbone=backbone, init_from=init_from,
                  balance_classes=bool(raw.get("balance_classes", False)),
                  break_shortcuts=bool(raw.get("break_shortcuts", False)),
                  classes=classes, mask_values=values,

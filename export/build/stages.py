@@ -91,6 +91,11 @@ def samples_for(stage: Stage, rows: list[Sample]) -> list[Sample]:
     return [upright(s) for s in rows]
 
 
+#: Stage keys about how the worker runs the network, not how it is trained: a change keeps
+#: the checkpoint.
+INFERENCE_ONLY = frozenset({"quarter_turns"})
+
+
 def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split,
               upstream: str = "") -> str:  # fmt: skip
     """sha256 of everything a stage's weights depend on (``upstream``: the key of the stage
@@ -98,8 +103,8 @@ def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split,
     # Only the fields away from their defaults: a build that learns a new recipe key keeps
     # reusing the checkpoints of stages that do not use it.
     defaults = {f.name: f.default for f in fields(Stage)}
-    own = {k: v for k, v in asdict(stage).items() if k not in defaults or v != defaults[k]
-           or k in ("name", "task")}  # fmt: skip
+    own = {k: v for k, v in asdict(stage).items() if k not in INFERENCE_ONLY
+           and (k not in defaults or v != defaults[k] or k in ("name", "task"))}  # fmt: skip
     facts = {
         "stage": own, "preset": recipe.preset, "views": recipe.views,
         "labels_sha256": labels_sha256, "seed": recipe.seed,
