@@ -286,10 +286,8 @@ def test_quarter_turns_is_an_inference_key_of_the_orientation_stage(tmp_path: Pa
     from export.build.command import worker_options
     from export.build.stages import stage_key
 
-    text = CHEST.read_text().replace("turn_any = true", "turn_any = true\nquarter_turns = true")
-    recipe_file = tmp_path / "chest.toml"
-    recipe_file.write_text(text)
-    recipe = load_recipe(recipe_file, "full")
+    text = CHEST.read_text()
+    recipe = load_recipe(CHEST, "full")  # the chest recipe reads four turns
     orientation = recipe.stages[0]
     assert orientation.quarter_turns
     split: Any = SimpleNamespace(train=[])

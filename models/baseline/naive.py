@@ -209,7 +209,8 @@ class Naive:
             out = self.nets[name](x)
         if isinstance(out, (tuple, list)):
             out = out[0]  # a network that also returns its features: the first is the answer
-        times[f"net:{name}"] = (time.perf_counter() - t) * 1000.0
+        key = f"net:{name}"  # summed over the runs of one image (the orientation's looks)
+        times[key] = times.get(key, 0.0) + (time.perf_counter() - t) * 1000.0
         return out.numpy()
 
     def judge(self, path: Path) -> dict[str, Any]:
@@ -247,7 +248,17 @@ class Naive:
             source = img if (s.get("reads") or {}).get("image") == "working" else turned
             task, counts = s.get("task"), not s.get("research_only", False)
             if task == "orientation":
-                cos, sin = self.run(name, tensor(source, s), times).ravel()[:2]
+                # quarter_turns: the same four looks as the worker, one network run each,
+                # each answer turned back by -90k degrees, averaged
+                looks = 4 if s.get("quarter_turns") else 1
+                vectors = []
+                for k in range(looks):
+                    c, si = self.run(name, tensor(np.ascontiguousarray(np.rot90(source, k)), s),
+                                     times).ravel()[:2]  # fmt: skip
+                    back = math.radians(-90.0 * k)
+                    vectors.append((c * math.cos(back) - si * math.sin(back),
+                                    c * math.sin(back) + si * math.cos(back)))
+                cos, sin = np.mean(vectors, axis=0)
                 t = time.perf_counter()
                 turned = upright(img, math.degrees(math.atan2(float(sin), float(cos))) % 360.0)
                 times["upright"] = (time.perf_counter() - t) * 1000.0
