@@ -31,7 +31,7 @@ pytestmark = [
 
 
 def _pack_with(tmp_path: Path, value: object) -> Path:
-    copy = tmp_path / "chest"
+    copy = tmp_path / f"chest-{value}"
     shutil.copytree(PACK, copy)
     path = copy / "manifest.json"
     manifest = json.loads(path.read_text())
@@ -57,11 +57,12 @@ def _held_out_images(n: int) -> list[np.ndarray]:
 def test_four_looks_are_averaged_turned_back(tmp_path: Path) -> None:
     from export.build.chain import worker_pipeline
 
-    plain = worker_pipeline(PACK)
+    plain = worker_pipeline(_pack_with(tmp_path, False))
     turned = worker_pipeline(_pack_with(tmp_path, True))
     single = next(s for s in plain.pack.stages if s.task == "orientation")
     four = next(s for s in turned.pack.stages if s.task == "orientation")
-    assert four.options["quarter_turns"] is True and not single.options["quarter_turns"]
+    assert four.options["quarter_turns"] is True and single.options["quarter_turns"] is False
+    assert load_pack(PACK).stage("orientation").options["quarter_turns"] is True  # type: ignore[union-attr]
     images = _held_out_images(6)
     averaged = run_orientation_batch(turned.session(four.name), four, images)
     for image, result in zip(images, averaged):
