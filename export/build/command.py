@@ -114,8 +114,6 @@ def _thresholds(recipe: Recipe, task: str) -> dict[str, float]:
 def worker_options(pack: Path, recipe: Recipe) -> None:
     """Write the recipe's inference options into the pack's stage entries (resealed): an
     orientation stage's ``quarter_turns``."""
-    import json
-
     from edge_worker.packs.pack import seal_manifest
 
     wanted = {s.name: {"quarter_turns": True} for s in recipe.stages
