@@ -75,7 +75,8 @@ def test_naive_judges_a_real_chest_dicom_as_the_worker_does(chest: tuple[Path, P
 
     pack_dir, checkpoints = chest
     naive = Naive(pack_dir, checkpoints)
-    assert naive.chain and set(naive.nets) == {"orientation", "view", "lungs_pa", "lungs_ap"}
+    assert naive.chain and set(naive.nets) == {"orientation", "view", "lungs_pa", "lungs_ap",
+                                               "finding", "bone_suppression"}  # fmt: skip
     ours = naive.judge(CHEST_DICOM)
 
     pack = load_pack(pack_dir)
@@ -89,6 +90,10 @@ def test_naive_judges_a_real_chest_dicom_as_the_worker_does(chest: tuple[Path, P
     rules = next((r for name, r in theirs.results.items() if name.startswith("coverage")), None)
     expected = [o.code for o in rules.outcomes] if rules is not None else []
     assert [r["code"] for r in ours["rules"]] == expected
+    # Paper 004's bone suppressor ran where the worker ran it (frontal images)
+    from edge_worker.pipeline.tasks.derive import DerivedResult
+
+    assert ours["derived"] == sorted(n for n, r in theirs.results.items() if isinstance(r, DerivedResult))
     assert {"read_decode", "normalise", "net:orientation", "net:view", "total"} <= set(ours["times_ms"])
 
 

@@ -232,8 +232,20 @@ def test_short_chest_build_on_a_real_subset_judges_a_held_out_image(tmp_path: Pa
     assert [(s.name, s.task) for s in pack.stages] == [
         ("orientation", "orientation"), ("view", "classify"), ("view_cam", "heatmap"),
         ("lungs_pa", "segment"),
-        ("lungs_ap", "segment"), ("coverage_pa", "rules"), ("coverage_ap", "rules")]
+        ("lungs_ap", "segment"), ("coverage_pa", "rules"), ("coverage_ap", "rules"),
+        ("finding", "classify"), ("finding_cam", "heatmap"), ("bone_suppression", "derive")]
     assert pack.judged_by == ("coverage_pa", "coverage_ap")  # a lateral is not judged: review
+    # Paper 004's extras: research only, on frontal images, figures in the manifest
+    extras = {s.name: s for s in pack.stages if s.research_only}
+    assert set(extras) == {"finding", "finding_cam", "bone_suppression"}
+    assert extras["bone_suppression"].training_data["kind"] == "synthetic-phantom"
+    figures = pack.validation["extras"]
+    assert figures["finding"]["test"]["images"] + figures["finding"]["train"]["images"] == sum(
+        1 for r in rows if r["view"] != "LATERAL" and r["finding"] and r["finding"] != "todo")
+    assert set(figures["bone_suppression"]["network"]) == {"mae", "psnr_db", "ssim"}
+    # the classifier also scored as the worker runs it: every held-out labelled image, run or not
+    worker = figures["finding"]["through_worker"]
+    assert worker["images"] + worker["not_run"] == figures["finding"]["test"]["images"]
     view = next(s for s in pack.stages if s.name == "view")
     assert view.labels == ("AP", "PA", "LATERAL")
     assert pack.training_data["labels"]["ignored_columns"] == ["site", "source", "raw_view"]

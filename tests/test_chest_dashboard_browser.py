@@ -129,9 +129,10 @@ def _heard(sub: Any, topic: str, n: int) -> bool:
 
 
 def _first_overlay(verdict: dict[str, Any]) -> tuple[str, str] | None:
-    """The first ``heatmaps.<label>.overlay`` of the verdict, as the board picks it."""
+    """The first ``heatmaps.<label>.overlay`` of the verdict, as the board picks it (never a
+    research stage's: paper 004's finding classifier stays off the ward tile)."""
     for label, heat in (verdict.get("heatmaps") or {}).items():
-        if isinstance(heat, dict) and isinstance(heat.get("overlay"), str):
+        if isinstance(heat, dict) and isinstance(heat.get("overlay"), str) and not heat.get("research_only"):
             return label, heat["overlay"]
     return None
 
@@ -160,9 +161,18 @@ def _check_review_page(driver: Any, base: str, verdict: dict[str, Any]) -> None:
         "return Array.from(document.querySelectorAll('#review-image .heatmap')).map("
         "(l) => [l.dataset.label, l.getAttribute('href'), l.getAttribute('visibility')]);"
     )
-    expected = sorted((label, heat["overlay"]) for label, heat in verdict["heatmaps"].items() if "overlay" in heat)
+    maps = verdict["heatmaps"].items()
+    expected = sorted((label, heat["overlay"]) for label, heat in maps if "overlay" in heat and not heat["research_only"])
     assert sorted((label, href) for label, href, _ in layers) == expected
     assert all(shown == "visible" for _, _, shown in layers)
+    # The research classifier's map: on the page, hidden until its own toggle is ticked.
+    research = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#review-image .heatmap-research')).map("
+        "(l) => [l.dataset.label, l.getAttribute('href'), l.getAttribute('visibility')]);"
+    )
+    wanted = sorted((label, heat["overlay"]) for label, heat in maps if "overlay" in heat and heat["research_only"])
+    assert sorted((label, href) for label, href, _ in research) == wanted
+    assert all(shown == "hidden" for _, _, shown in research)
     rules = driver.execute_script(
         "return Array.from(document.querySelectorAll('#rules tbody tr')).map((r) => [r.dataset.code, r.dataset.status]);"
     )
@@ -238,6 +248,17 @@ def test_chest_verdicts_heatmap_and_lung_coverage_in_a_real_browser(
         screenshot(driver, tmp_path, "chest-review-cut-heatmap-off.png")
         driver.find_element("id", "heatmap-toggle").click()
         assert driver.execute_script(layer) == "visible"
+        # The bundled pack's research classifier maps frontal chests: its toggle shows its map.
+        research_maps = [h for h in cropped["heatmaps"].values() if h["research_only"]]
+        if _full_build() and cropped["view"]["label"] in ("AP", "PA"):
+            assert research_maps, "the full chest pack's research finding classifier maps a frontal chest"
+        if research_maps:
+            toggle = driver.find_element("id", "research-heatmap-toggle")
+            assert "research only, not a diagnosis" in toggle.find_element("xpath", "..").text
+            research = 'return document.querySelector("#review-image .heatmap-research").getAttribute("visibility");'
+            toggle.click()
+            assert driver.execute_script(research) == "visible"
+            screenshot(driver, tmp_path, "chest-review-cut-research-heatmap.png")
         assert proc.poll() is None, "the daemon died"
     finally:
         run.stop()

@@ -41,15 +41,21 @@ def test_pack_loads_with_its_stages_and_says_what_it_is() -> None:
     assert [(s.name, s.task) for s in pack.stages] == [
         ("orientation", "orientation"), ("view", "classify"), ("view_cam", "heatmap"),
         ("lungs_pa", "segment"), ("lungs_ap", "segment"), ("coverage_pa", "rules"),
-        ("coverage_ap", "rules")]
+        ("coverage_ap", "rules"), ("finding", "classify"), ("finding_cam", "heatmap"),
+        ("bone_suppression", "derive")]
     assert pack.judged_by == ("coverage_pa", "coverage_ap")
+    # paper 004's extras: research only (never in the decision), the bone suppressor synthetic
+    assert {s.name for s in pack.stages if s.research_only} == {"finding", "finding_cam",
+                                                                "bone_suppression"}  # fmt: skip
+    bone = next(s for s in pack.stages if s.name == "bone_suppression")
+    assert bone is not None and bone.training_data["kind"] == "synthetic-phantom"
     view = pack.stage("view")
     assert view is not None and view.labels == ("AP", "PA", "LATERAL")
     codes = {r.code for s in pack.stages if s.task == "rules" for r in s.options["rules"]}
     assert codes == {"lung_fields_found", "lung_cut_off_top", "lung_cut_off_bottom",
                      "lung_cut_off_left", "lung_cut_off_right"}
     size = sum(p.stat().st_size for p in PACK.iterdir() if p.is_file())
-    assert size < 20 * 1024 * 1024
+    assert size < 60 * 1024 * 1024  # DenseNet-121 (paper 004) is most of it
 
 
 def test_manifest_records_data_split_licences_and_figures() -> None:
@@ -109,6 +115,62 @@ def test_held_out_figures_reproduce(remeasured: dict[str, Any]) -> None:
             if key in theirs:
                 assert mine[key] == pytest.approx(theirs[key], abs=1e-3), (name, key)
     assert remeasured["shortcut_check"]["probes"] == stated["shortcut_check"]["probes"]
+
+
+@pytest.mark.shared
+@needs_shared
+def test_finding_classifier_auc_reproduces_on_the_held_out_patients() -> None:
+    """The research-only classifier's AUC (COVID-19 against another finding), measured again
+    with ONNX Runtime on the pack's held-out patients as the build measured it in torch."""
+    import numpy as np
+
+    from edge_worker.backends import LoadOptions, select
+    from export.build.extras import chest_records
+    from export.build.label_gate import test_rows
+    from models.chest import classifier
+
+    pack = load_pack(PACK)
+    stated = _manifest()["validation"]["extras"]["finding"]
+    stage = next(s for s in pack.stages if s.name == "finding")
+    assert stage is not None and stage.input is not None and stage.file is not None
+    rows = test_rows(pack)
+    assert rows, "the pack records its test set"
+    held = [(r, y) for r in chest_records(rows)
+            if (y := classifier.finding_label(r)) is not None]  # fmt: skip
+    assert len(held) == stated["test"]["images"]
+    session = select(["onnxruntime-cpu"]).load(PACK / stage.file, LoadOptions())
+    size = stage.input.height
+    x = np.stack([classifier._tensor(classifier._image(r), size) for r, _ in held])
+    logits = np.concatenate([session.run(x[i:i + 8])["logits"] for i in range(0, len(x), 8)])
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    scores = p[:, 1] / p.sum(1)
+    auc = classifier.auc(scores, np.array([y for _, y in held]))
+    assert auc == pytest.approx(stated["auc_unseen_patients"], abs=2e-3)
+    low, high = stated["auc_95ci_patient_bootstrap"]
+    assert low <= auc <= high and stated["better_than_chance"] == (low > 0.5)
+
+
+def test_bone_suppression_error_reproduces_on_unseen_phantoms() -> None:
+    """The bone suppressor's MAE / PSNR / SSIM on the unseen phantoms, again through ONNX
+    Runtime, and better than passing the image through unchanged."""
+    import numpy as np
+
+    from edge_worker.backends import LoadOptions, select
+    from models.chest import bone
+
+    pack = load_pack(PACK)
+    stated = _manifest()["validation"]["extras"]["bone_suppression"]
+    stage = next(s for s in pack.stages if s.name == "bone_suppression")
+    assert stage is not None and stage.input is not None and stage.file is not None
+    n, size = stated["recipe"]["test_phantoms"], stage.input.height
+    x, y = bone.pairs(range(bone.TEST_SEED_START, bone.TEST_SEED_START + n), size)
+    session = select(["onnxruntime-cpu"]).load(PACK / stage.file, LoadOptions())
+    inputs = ((x[:, None] - bone.MEAN) / bone.STD).astype("float32")
+    out = [session.run(inputs[i:i + 8])["soft_tissue"][:, 0] for i in range(0, n, 8)]
+    got = bone.metrics(np.concatenate(out), y)
+    for key in ("mae", "psnr_db", "ssim"):
+        assert got[key] == pytest.approx(stated["network"][key], rel=1e-3), key
+    assert stated["better_than_baseline"] and got["mae"] < stated["baseline_output_equals_input"]["mae"]
 
 
 @pytest.mark.shared

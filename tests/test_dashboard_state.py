@@ -195,3 +195,12 @@ def test_the_first_heatmap_rides_on_a_whole_image_thumbnail_only(caplog: pytest.
     assert "heatmap overlay" in caplog.text
     other = board.apply("xray/st-a/xr-01/verdict", verdict(6, thumbnail=PNG, heatmaps={"PA": {"overlay": "javascript:x"}}), T0)
     assert other is not None and other.data["station"]["latest"]["heatmap"] is None
+    # A research stage's map (paper 004's finding classifier) never reaches the ward tile,
+    # even listed first: the view's map does.
+    research = {"COVID-19": {"stage": "finding_cam", "research_only": True, "overlay": heat + "R"},
+                "PA": {"stage": "view_cam", "research_only": False, "overlay": heat}}
+    both = board.apply("xray/st-a/xr-01/verdict", verdict(7, thumbnail=PNG, heatmaps=research), T0)
+    assert both is not None and both.data["station"]["latest"]["heatmap"] == {"label": "PA", "overlay": heat}
+    alone = {"COVID-19": research["COVID-19"]}
+    only = board.apply("xray/st-a/xr-01/verdict", verdict(8, thumbnail=PNG, heatmaps=alone), T0)
+    assert only is not None and only.data["station"]["latest"]["heatmap"] is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,7 +278,9 @@ def test_review_copy_from_mqtt_drawn_with_roi_rules_and_heatmap(running: Running
     ok, png = cv2.imencode(".png", image)
     assert ok
     heat = base64.b64encode(cv2.imencode(".png", np.zeros((8, 6, 4), np.uint8))[1].tobytes()).decode()
-    payload = verdict(1) | {"heatmaps": {"lung_opacity": {"peak_x": 0.5, "overlay": f"data:image/png;base64,{heat}"}}}
+    payload = verdict(1) | {"heatmaps": {
+        "lung_opacity": {"peak_x": 0.5, "overlay": f"data:image/png;base64,{heat}"},
+        "COVID-19": {"stage": "finding_cam", "research_only": True, "overlay": f"data:image/png;base64,{heat}"}}}
     _record(running, mosquitto, payload)
     copy = build_review_copy(verdict_id=V1, site="ward-3", station="xr-01", media_type="image/png",
                              width=300, height=400, scale=0.5, data=png.tobytes())  # fmt: skip
@@ -292,6 +295,11 @@ def test_review_copy_from_mqtt_drawn_with_roi_rules_and_heatmap(running: Running
     # The ROI box [100, 120, 400, 600] in stored pixels, times the copy's scale 0.5.
     assert '<rect id="roi-box" x="50.0" y="60.0" width="150.0" height="240.0"' in text
     assert 'class="heatmap" data-label="lung_opacity"' in text and 'id="heatmap-toggle"' in text
+    # A research stage's map is kept apart: hidden, with its own toggle saying what it is.
+    assert 'class="heatmap" data-label="COVID-19"' not in text
+    research = re.search(r'<image class="heatmap-research" data-label="COVID-19"[^>]*>', text)
+    assert research is not None and 'visibility="hidden"' in research.group(0)
+    assert 'id="research-heatmap-toggle"' in text and "research only, not a diagnosis" in text
     assert "FAIL ap_spinous_centred = 0.31" in text
     # A refused payload (bad sha256) is logged and kept out; the board never saw either topic's copy.
     publish(mosquitto, "xray/ward-3/xr-01/review-copy", json.dumps(copy | {"verdict_id": verdict(9)["id"],

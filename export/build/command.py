@@ -82,6 +82,12 @@ def _training_data(recipe: Recipe, labels: LabelSet, split: Split) -> dict[str, 
 def _stage_facts(s: Stage) -> dict[str, Any]:
     if not s.network:
         return {"task": s.task, "view": s.view, "segments": s.segments, "rules": len(s.rules)}
+    if s.extra:
+        return {"task": s.task, "views": list(s.views), "input": [s.hyper.height, s.hyper.width],
+                "batch": s.hyper.batch, "steps": s.hyper.steps, "lr": s.hyper.lr,
+                "research_only": True,
+                **({"phantoms": list(s.phantoms), "data": "synthetic chest phantoms"}
+                   if s.task == "bone_suppression" else {})}  # fmt: skip
     facts: dict[str, Any] = {"task": s.task, "view": s.view, "input": [s.hyper.height, s.hyper.width],
                              "batch": s.hyper.batch, "steps": s.hyper.steps,
                              "lr": s.hyper.lr or "paper", "net_width": s.hyper.net_width,
@@ -146,6 +152,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
 
     from export.build.chain import ORIENTATION_TURNS, evaluate_pack, worker_pipeline
     from export.build.cutoff import cut_off_figures
+    from export.build.extras import add_extras, through_worker, train_extras
     from export.build.labels import read_labels
     from export.build.report import GRADE_KEYS, figures, write_report
     from export.build.segmented import (
@@ -177,12 +184,13 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         **split.describe(), "train_lines": [r.line for r in split.train],
         "test_lines": [r.line for r in split.test]}, indent=1) + "\n")  # fmt: skip
     ckpts = train_stages(recipe, split, labels.sha256, work, args.resume, log)
+    extras = train_extras(recipe, split, labels.sha256, work, args.resume, log)
     stage_files: list[Any] = []
     per_stage_torch: dict[str, Any] = {}
     parity: dict[str, Any] = {}
     segments: dict[str, tuple[Path, dict[str, Any]]] = {}
     for stage in recipe.stages:
-        if not stage.network:
+        if not stage.network or stage.extra:
             continue
         if stage.task == "segment":
             mine = [r for r in split.test + split.train if r.record.view == stage.view]
@@ -214,6 +222,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         else:
             path = write_pack(out, stage_files, validation=validation, **common)
         worker_options(out, recipe)
+        add_extras(out, extras)
         # Every built view classifier gets its class activation map (paper 004), for people:
         # it never changes a decision; the verdict carries it when [verdict] says so.
         try:
@@ -231,6 +240,8 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         figs["chained"] = {k: v for k, v in figs["chained"].items() if k not in GRADE_KEYS}
         figs["chained"]["decisions"] = dict(Counter(r["decision"] for r in chain))
     written = worker_pipeline(out)  # the checks below judge again with the written pack
+    if segmented:
+        through_worker(extras, chain, split)
     if segmented:  # judged by rules: the rules' figures
         figs["chained"]["rules"] = rule_figures(chain)
         figs["chained"]["decisions_by_rule_truth"] = decisions_by_rule_truth(chain)
@@ -254,6 +265,9 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
                       for n, s in figs["per_stage"].items()},
         "per_stage_torch": per_stage_torch,
         **({"shortcut_check": shortcuts} if shortcuts is not None else {}),
+        # Paper 004's research-only extras: the finding classifier's AUC on the held-out
+        # patients, the bone suppressor's error on unseen synthetic phantoms.
+        **({"extras": extras.figures} if extras.figures else {}),
         "parity_max_abs_error": parity,
         "test_set": {"labels": _from_pack(out, args.labels), "data": _from_pack(out, args.data),
                      "recipe": _from_pack(out, args.recipe), "preset": recipe.preset,
@@ -263,7 +277,8 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
     manifest = write(validation)
     result = {"pack": {"name": recipe.pack_name, "version": recipe.pack_version},
               "data": data_text, "preset": recipe.preset, "split": training["split"],
-              "labels_sha256": labels.sha256, "figures": figs,
+              "labels_sha256": labels.sha256, "figures": {**figs, **(
+                  {"extras": extras.figures} if extras.figures else {})},
               "seconds": round(time.monotonic() - started, 1)}  # fmt: skip
     write_report(out, result, chain)
     log(f"wrote {manifest} and its report in {(time.monotonic() - started) / 60:.1f} min: view "

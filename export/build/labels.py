@@ -35,8 +35,9 @@ CORE_COLUMNS = ("file", "view", "grade", "score", "rotation_deg",
 ROI_COLUMNS = CORE_COLUMNS[5:]
 #: Columns the build reads besides the core: licence per image, a fixed split, an ROI given as
 #: a mask file (non-zero pixels), flags (``;``-separated names from ``labels.flags``), and the
-#: segmentation: a PNG whose pixel values are the class indices of the view's segment stage.
-BUILD_COLUMNS = ("license", "split", "roi_mask", "flags", "mask")
+#: segmentation: a PNG whose pixel values are the class indices of the view's segment stage;
+#: ``finding``: free text a ``finding`` stage learns from (``models.chest.classifier``).
+BUILD_COLUMNS = ("license", "split", "roi_mask", "flags", "mask", "finding")
 #: The review export's bookkeeping (branch review-copies) and the phantom writer's description
 #: columns: accepted, not used for training.
 REVIEW_COLUMNS = ("patient_key", "final", "reviewer_tier", "reviewed_at", "review_id",
@@ -88,6 +89,8 @@ class Row:
     mask: Path | None = None
     #: The mask file's pixel value of each class (the segment stage's ``mask_values``).
     mask_values: tuple[int, ...] = ()
+    #: The ``finding`` column's text (empty when the file has none).
+    finding: str = ""
 
     def class_mask(self) -> np.ndarray:
         """The row's mask as class indices (0 = the first class); ValueError if unusable."""
@@ -358,7 +361,8 @@ def read_labels(csv_path: str | Path, data: str | Path, recipe: Recipe) -> Label
         values = next((s.mask_values for s in recipe.stages
                        if s.task == "segment" and s.view == record.view), ())  # fmt: skip
         rows.append(Row(record, sample, patient, (raw.get("license") or "").strip() or None,
-                        _flags(raw), split, line, mask, values))  # fmt: skip
+                        _flags(raw), split, line, mask, values,
+                        (raw.get("finding") or "").strip()))  # fmt: skip
     problems += class_problems(rows, recipe)
     if any(r.fixed_split for r in rows):
         problems += check_disjoint([r for r in rows if r.fixed_split == "train"],
@@ -367,6 +371,7 @@ def read_labels(csv_path: str | Path, data: str | Path, recipe: Recipe) -> Label
         raise LabelsRefused(problems)
     used = {*CORE_COLUMNS, "license", "split", "roi_mask", *(("flags",) if recipe.flags else ()),
             *(("mask",) if any(s.task == "segment" for s in recipe.stages) else ()),
+            *(("finding",) if any(s.task == "finding" for s in recipe.stages) else ()),
             *((recipe.patient_column,) if by_patient_column else ())}
     ignored = [c for c in columns if c not in used]
     source = (f"column {recipe.patient_column}" if by_patient_column
@@ -412,4 +417,18 @@ def class_problems(rows: list[Row], recipe: Recipe) -> list[Problem]:
                 found.append(Problem("class_too_small", f"stage {stage.name}: {len(masked)} "
                                      f"patient(s) of view {stage.view} with a mask; its "
                                      f"segmenter needs at least {need}"))  # fmt: skip
+        if stage.task == "finding":
+            from models.chest.classifier import LABELS, finding_class
+
+            by_class: dict[int, set[str]] = {0: set(), 1: set()}
+            for r in rows:
+                label = finding_class(r.finding, r.record.view)
+                if label is not None and r.record.view in stage.views:
+                    by_class[label].add(r.patient)
+            for label, who in by_class.items():
+                if len(who) < need:
+                    found.append(Problem("class_too_small", f"stage {stage.name}: {len(who)} "
+                                         f"patient(s) whose `finding` is {LABELS[label]} on "
+                                         f"{list(stage.views)}; the classifier needs at least "
+                                         f"{need}", column="finding"))  # fmt: skip
     return found

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any
 
 #: Tasks a build stage may train (``docs/recipes.md``): the ankle-style chain, segmentation
-#: with named classes from mask files, and rules measured on a segmentation (paper 001).
-TASKS = ("view", "roi", "quality", "orientation", "segment", "rules")
+#: with named classes from mask files, rules measured on a segmentation (paper 001), and
+#: paper 004's research-only extras (:mod:`export.build.extras`): a finding classifier with
+#: its heatmap, trained on the labels' ``finding`` column, and a bone suppressor trained on
+#: synthetic chest phantoms.
+TASKS = ("view", "roi", "quality", "orientation", "segment", "rules", "finding",
+         "bone_suppression")
+#: Tasks trained by their own recipe (:mod:`export.build.extras`), not by ``models.train``.
+EXTRA_TASKS = ("finding", "bone_suppression")
 #: Tasks with no network of their own.
 NO_NETWORK = ("rules",)
 PRESETS = ("short", "full")
@@ -56,6 +62,11 @@ PAPER: dict[str, Hyper] = {
     # pack's (models/lumbar/train.py: 160 x 128, batch 8, Adam 3e-3), the paper gives none
     # that fit a CPU.
     "segment": Hyper(160, 128, 8, 1000, 3e-3),
+    # Paper 004: DenseNet-121 behind a stride-2 convolution and a max-pool, 512 px.  Its
+    # schedule and the bone suppressor's (a U-Net, L1 + conditional PatchGAN) are the chest
+    # extras' (models/chest/extras.py).
+    "finding": Hyper(512, 512, 8, 200, 1e-3),
+    "bone_suppression": Hyper(256, 256, 6, 120, 2e-3),
 }
 #: The short preset (a smoke run of the machinery, minutes on 2 cores): tiny inputs, narrow
 #: networks, a few steps.  Its pack says so in name, version and ``training_data.preset``.
@@ -66,15 +77,20 @@ SHORT: dict[str, Hyper] = {
     "quality": Hyper(48, 80, 4, 12, None, 0.125, "pad"),
     "orientation": Hyper(64, 64, 4, 12, None, 0.125),
     "segment": Hyper(80, 64, 4, 30, 3e-3, 0.5),
+    "finding": Hyper(128, 128, 2, 3, 1e-3),
+    "bone_suppression": Hyper(64, 64, 2, 6, 2e-3),
 }
+#: A bone suppressor's phantoms (train, test) by preset, unless the recipe says ``phantoms``.
+PHANTOMS = {"full": (300, 100), "short": (8, 4)}
 _HYPER_KEYS = {"input", "batch", "steps", "lr", "net_width", "resize"}
 RESIZE = ("stretch", "pad")
 #: Keys only some tasks take (docs/recipes.md).
 _TASK_KEYS = {"segment": ("classes", "mask_values", "mask_optional", "frame_crops"),
               "orientation": ("turn_any", "quarter_turns"),
-              "view": ("balance_classes", "backbone", "init_from", "break_shortcuts")}  # fmt: skip
+              "view": ("balance_classes", "backbone", "init_from", "break_shortcuts"),
+              "finding": ("views",), "bone_suppression": ("views", "phantoms")}  # fmt: skip
 #: Task keys that are not true/false switches.
-_VALUED_KEYS = ("classes", "mask_values", "backbone", "init_from")
+_VALUED_KEYS = ("classes", "mask_values", "backbone", "init_from", "views", "phantoms")
 #: A view stage's network: the ankle paper's EfficientNet-B0, or the orientation network's
 #: ResNet layout (which can start from a trained orientation stage, ``init_from``).
 BACKBONES = ("efficientnet", "resnet")
@@ -129,11 +145,20 @@ class Stage:
     #: checked by :func:`edge_worker.pipeline.measures.parse_rules`).
     segments: str | None = None
     rules: tuple[dict[str, Any], ...] = ()
+    #: finding, bone_suppression: the view labels the stage runs on (``when`` in the manifest).
+    views: tuple[str, ...] = ()
+    #: bone_suppression: synthetic chest phantoms drawn to train and to measure it.
+    phantoms: tuple[int, int] = (0, 0)
 
     @property
     def network(self) -> bool:
         """Whether the stage trains a network (a rules stage does not)."""
         return self.task not in NO_NETWORK
+
+    @property
+    def extra(self) -> bool:
+        """Whether the stage is one of paper 004's extras (:data:`EXTRA_TASKS`)."""
+        return self.task in EXTRA_TASKS
 
 
 @dataclass(frozen=True)
@@ -260,8 +285,10 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
     if task in ("roi", "quality", "segment") and view not in views:
         raise RecipeError(f"{where}.view: {task} trains one network per view; must be one of "
                           f"{list(views)}, got {view!r}")  # fmt: skip
-    if task in ("view", "orientation") and view is not None:
-        raise RecipeError(f"{where}.view: a {task} stage sees every view; remove the key")
+    if task in ("view", "orientation", *EXTRA_TASKS) and view is not None:
+        raise RecipeError(f"{where}.view: a {task} stage "
+                          f"{'names its views in `views`' if task in EXTRA_TASKS else 'sees every view'}"
+                          "; remove the key")  # fmt: skip
     base = PAPER[task] if preset == "full" else SHORT[task]
     hyper = _hyper(where, base, {k: v for k, v in raw.items() if k in _HYPER_KEYS})
     presets = _table(where, raw, "presets")
@@ -275,6 +302,8 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
         if hyper.height % 8 or hyper.width % 8:
             raise RecipeError(f"{where}.input: a U-Net halves the image three times; height and "
                               f"width must be multiples of 8, got {hyper.height}x{hyper.width}")
+    if task in EXTRA_TASKS:
+        return _extra_stage(where, raw, task, hyper, preset, views)
     backbone, init_from = _view_network(where, raw, hyper, earlier)
     return Stage(str(raw["name"]), task, view, hyper, bool(raw.get("rotate_quarters", True)),
                  turn_any=bool(raw.get("turn_any", False)),
@@ -284,6 +313,35 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
                  classes=classes, mask_values=values,
                  mask_optional=bool(raw.get("mask_optional", False)),
                  frame_crops=bool(raw.get("frame_crops", False)))  # fmt: skip
+
+
+def _extra_stage(where: str, raw: dict[str, Any], task: str, hyper: Hyper, preset: str,
+                 views: tuple[str, ...]) -> Stage:  # fmt: skip
+    """A ``finding`` or ``bone_suppression`` stage: square input, the views it runs on, and
+    the bone suppressor's phantom counts."""
+    if hyper.height != hyper.width:
+        raise RecipeError(f"{where}.input: a {task} stage's input is square, got "
+                          f"{hyper.height}x{hyper.width}")  # fmt: skip
+    # finding: the stem and DenseNet-121 divide by 128 (the CAM grid); bone: the U-Net by 16.
+    step = 128 if task == "finding" else 16
+    if hyper.height % step:
+        raise RecipeError(f"{where}.input: must be a multiple of {step}, got {hyper.height}")
+    on = raw.get("views")
+    if not (isinstance(on, list) and on and all(isinstance(v, str) for v in on)
+            and {v.upper() for v in on} <= set(views)):  # fmt: skip
+        raise RecipeError(f"{where}.views: the view labels the stage runs on, a non-empty list "
+                          f"from {list(views)}, got {on!r}")  # fmt: skip
+    phantoms = PHANTOMS[preset]
+    if task == "bone_suppression" and "phantoms" in raw and preset == "full":
+        value = raw["phantoms"]
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 2 for v in value)):
+            raise RecipeError(f"{where}.phantoms: [train, test] phantom counts, integers >= 2, "
+                              f"got {value!r}")  # fmt: skip
+        phantoms = (value[0], value[1])
+    return Stage(str(raw["name"]), task, None, hyper, False,
+                 views=tuple(v.upper() for v in on),
+                 phantoms=phantoms if task == "bone_suppression" else (0, 0))  # fmt: skip
 
 
 def _view_network(where: str, raw: dict[str, Any], hyper: Hyper,
@@ -325,6 +383,9 @@ def _check_chain(where: str, stages: tuple[Stage, ...]) -> None:
         # would be a second judge the pack format has no way to combine yet.
         raise RecipeError(f"{where}.stages: a recipe with segment stages may have orientation, "
                           "view and rules stages only (no roi or quality)")
+    if tasks & set(EXTRA_TASKS) and "view" not in tasks:
+        raise RecipeError(f"{where}.stages: a finding or bone_suppression stage runs on the views "
+                          "its `views` key names: the recipe needs a view stage")
     segmented = [s.view for s in stages if s.task == "segment"]
     if len(set(segmented)) != len(segmented):
         raise RecipeError(f"{where}.stages: one segment stage per view, got {segmented}")

@@ -183,6 +183,11 @@ def _record(pipeline: Pipeline, row: Row) -> dict[str, Any]:
         "decision": j.decision, "reasons": j.reason_codes, "angle_true": None, "angle": None,
         "roi_found": dice is not None, "dice": dice, "rules": rules,
         "thumbnail_source": row.sample.working, "box": None, "truth_box": None,
+        # research-only classify stages (paper 004's finding classifier): their answers, for
+        # their figures through the worker; never part of the decision
+        "research": {s.name: dict(getattr(j.results[s.name], "probabilities", {}))
+                     for s in pack.stages if s.research_only and s.task == "classify"
+                     and s.name in j.results},
     }  # fmt: skip
 
 

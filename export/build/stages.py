@@ -178,8 +178,9 @@ def train_stages(recipe: Recipe, split: Split, labels_sha256: str, work: Path, r
     done: dict[str, Path] = {}
     keys: dict[str, str] = {}
     started = time.monotonic()
-    # A rules stage is data in the manifest: nothing to train, not counted in the time left.
-    networks = [s for s in recipe.stages if s.network]
+    # A rules stage is data in the manifest: nothing to train, not counted in the time left;
+    # paper 004's extras train by their own recipes (export.build.extras).
+    networks = [s for s in recipe.stages if s.network and not s.extra]
     for i, stage in enumerate(networks):
         path = ckpt_dir / f"{stage.name}.pt"
         key = stage_key(stage, recipe, labels_sha256, split,

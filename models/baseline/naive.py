@@ -25,7 +25,10 @@ Two pipelines, chosen by the pack's stages:
   (a network under its threshold, a header ViewPosition naming another view, a rule not
   measurable or left to a person, no judging stage due for the view, an exposure outside
   the deviation-index band of 3) is ``review``; else a failed retake rule is ``retake``; else
-  a pack with no judging stage is ``not_judged``; else ``ok``.  Left out: heatmap stages (the
+  a pack with no judging stage is ``not_judged``; else ``ok``.  Research-only stages run
+  and never count (paper 004's finding classifier; a ``derive`` stage's image, the bone
+  suppressor's, is computed and resized back to the image it read, as the worker does before
+  it writes it).  Left out: heatmap stages (the
   CAM changes no decision: not computed); multi-label flag stages, ROI boxes and regress
   stages in such chains are refused (the ankle path has its box and quality); and the
   journal's and router's checks (a reused UID, conflicting body parts), not the pipeline's.
@@ -58,7 +61,7 @@ from export.onnx import load_checkpoint
 from models import segment
 
 #: Tasks :meth:`Naive.judge_chain` handles; a pack with a stage of another task is refused.
-CHAIN_TASKS = ("orientation", "classify", "segment", "rules", "heatmap")
+CHAIN_TASKS = ("orientation", "classify", "segment", "rules", "heatmap", "derive")
 #: The worker's default ``rules.deviation_index_limit`` (IEC 62494-1).
 DEVIATION_INDEX_LIMIT = 3.0
 
@@ -183,7 +186,10 @@ class Naive:
             if not str(s.get("file", "")).endswith(".onnx"):
                 continue  # heatmap heads and rules run no network of their own
             path = checkpoints / f"{name}.pt"
-            if s.get("task") == "segment" and "box" not in s:
+            if s.get("task") == "derive" or s.get("research_only"):
+                # export.build.extras saves paper 004's extras as their torch modules
+                self.nets[name] = torch.load(path, map_location="cpu", weights_only=False)["module"].eval()
+            elif s.get("task") == "segment" and "box" not in s:
                 self.nets[name] = segment.load(path)[0]  # models/segment.py's checkpoints
             else:
                 self.nets[name] = load_checkpoint(path).net.eval()
@@ -237,6 +243,7 @@ class Naive:
         labels: dict[str, str] = {}
         masks: dict[str, tuple[dict[str, np.ndarray], tuple[float, float]]] = {}
         due: list[str] = []
+        derived: dict[str, np.ndarray] = {}
         unsure = retake = False
         outcomes: list[dict[str, Any]] = []
         for name, s in self.stages.items():
@@ -283,6 +290,11 @@ class Naive:
                 found = {c: m[y0 : y0 + ih, x0 : x0 + iw] for c, m in found.items()}
                 h, w = source.shape
                 masks[name] = (found, (w / iw, h / ih))
+            elif task == "derive":
+                out = self.run(name, tensor(source, s), times)[0, 0]
+                t = time.perf_counter()
+                derived[name] = cv2.resize(out, (source.shape[1], source.shape[0]))
+                times["derive_resize"] = (time.perf_counter() - t) * 1000.0
             elif task == "rules" and s["reads"]["segments"] in masks:
                 t = time.perf_counter()
                 found, scale = masks[s["reads"]["segments"]]
@@ -298,7 +310,8 @@ class Naive:
         unsure |= bool(self.judged_by) and not judged  # a view the pack does not judge
         decision = ("review" if unsure else "retake" if retake
                     else "ok" if judged else "not_judged")  # fmt: skip
-        return {"view": labels[self.view_stage], "decision": decision, "rules": outcomes}
+        return {"view": labels[self.view_stage], "decision": decision, "rules": outcomes,
+                "derived": sorted(derived)}
 
     def judge_ankle(self, img: np.ndarray, times: dict[str, float]) -> dict[str, Any]:
         """View, ROI box, quality on the crop and orientation (no upright turn)."""

@@ -50,15 +50,20 @@ MEAN, STD = 0.5, 0.25
 FEATURES = 1024
 
 
-def finding_label(record: Record) -> int | None:
+def finding_class(finding: str, view: str) -> int | None:
     """1 for COVID-19, 0 for another named finding (or No Finding), None when unusable.
 
     Unusable: no finding (chest-views), ``todo``, or a lateral view.
     """
-    finding = record.finding.strip()
-    if not finding or finding.lower() == "todo" or record.view == "LATERAL":
+    finding = finding.strip()
+    if not finding or finding.lower() == "todo" or view == "LATERAL":
         return None
     return 1 if finding.startswith("COVID-19") else 0
+
+
+def finding_label(record: Record) -> int | None:
+    """:func:`finding_class` of a record."""
+    return finding_class(record.finding, record.view)
 
 
 def finding_counts(records: Sequence[Record]) -> dict[str, Any]:
@@ -102,6 +107,9 @@ class ClassifierConfig:
     lr: float = 1e-3
     seed: int = 16
     bootstrap: int = 2000
+    #: What the training images are (``edge-export build``: a digest of its labels file and
+    #: split), so that a checkpoint never resumes on other data; empty: not recorded.
+    train_key: str = ""
 
 
 def _image(record: Record) -> np.ndarray:
@@ -146,6 +154,8 @@ def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, patients: Sequence[str
         value = auc(scores[picks], labels[picks])
         if not math.isnan(value):
             values.append(value)
+    if not values:
+        return float("nan"), float("nan")
     low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
 
@@ -208,18 +218,19 @@ def train_classifier(
                 "rng": rng.bit_generator.state}  # fmt: skip
 
     run_steps(start, config.steps, step, state, path, "finding classifier", every=25)
-    test_x = np.stack([_tensor(_image(r), config.size) for r, _ in test_rows])
-    test_y = np.array([y for _, y in test_rows])
-    scores = predict(net, test_x)
+    test_y = np.array([y for _, y in test_rows], np.int64)
+    scores = (predict(net, np.stack([_tensor(_image(r), config.size) for r, _ in test_rows]))
+              if test_rows else np.zeros(0))  # fmt: skip
     patients = [r.patient for r, _ in test_rows]
     value = auc(scores, test_y)
     low, high = bootstrap_auc(scores, test_y, patients, config.bootstrap, config.seed)
+    measured = not math.isnan(value)  # both classes among the held-out images
     figures = {
         "task": "COVID-19 vs other finding (frontal images; 'todo' left out, 'No Finding' with other)",
-        "auc_unseen_patients": round(value, 4),
-        "auc_95ci_patient_bootstrap": [round(low, 4), round(high, 4)],
+        "auc_unseen_patients": round(value, 4) if measured else None,
+        "auc_95ci_patient_bootstrap": [round(low, 4), round(high, 4)] if measured else None,
         # The pack builder reads this: a classifier whose interval holds 0.5 has shown nothing.
-        "better_than_chance": bool(low > 0.5),
+        "better_than_chance": bool(measured and low > 0.5),
         "bootstrap_resamples": config.bootstrap,
         "test": {"images": len(test_rows), "patients": len(set(patients)),
                  **{LABELS[k]: int((test_y == k).sum()) for k in (0, 1)}},  # fmt: skip

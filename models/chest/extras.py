@@ -87,6 +87,48 @@ def _licences(records: Sequence[Record]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def finding_data(licences: dict[str, int], description: str) -> dict[str, Any]:
+    """The finding stage's ``training_data``: real images, their licences, research only."""
+    return {"kind": "real", "description": description, "licences": licences,
+            "research_only": True}  # fmt: skip
+
+
+def finding_stages(name: str, size: int, onnx_sha: str, head_sha: str, figures: dict[str, Any],
+                   data: dict[str, Any], when: dict[str, list[str]]) -> list[dict[str, Any]]:  # fmt: skip
+    """The manifest entries of a finding classifier ``name`` (files ``<name>.onnx`` and
+    ``<name>_head.npz``) and of its heatmap stage ``<name>_cam``, both research only."""
+    feature_hw = size // 128
+    return [
+        {"name": name, "task": "classify", "file": f"{name}.onnx", "sha256": onnx_sha,
+         "input": _input(size, classifier.MEAN, classifier.STD),
+         "labels": list(classifier.LABELS),
+         "outputs": {"logits": f"(N, {len(classifier.LABELS)})",
+                     "features": f"(N, {classifier.FEATURES}, {feature_hw}, {feature_hw})"},
+         "reads": {"image": "upright"}, "when": when,
+         "architecture": figures["architecture"], "opset": OPSET, "thresholds": {},
+         "research_only": True, "training_data": data},
+        {"name": f"{name}_cam", "task": "heatmap", "reads": {"classifier": name},
+         "file": f"{name}_head.npz", "sha256": head_sha, "research_only": True},
+    ]  # fmt: skip
+
+
+def bone_stage(name: str, config: BoneConfig, onnx_sha: str, figures: dict[str, Any],
+               when: dict[str, list[str]]) -> dict[str, Any]:  # fmt: skip
+    """The manifest entry of a bone suppressor ``name`` (file ``<name>.onnx``): a ``derive``
+    stage on the working image, research only, its training data synthetic."""
+    return {
+        "name": name, "task": "derive", "file": f"{name}.onnx", "sha256": onnx_sha,
+        "input": _input(config.size, bone.MEAN, bone.STD),
+        "outputs": {"soft_tissue": f"(N, 1, {config.size}, {config.size})"},
+        "reads": {"image": "working"}, "when": when, "description": BONE_DESCRIPTION,
+        "architecture": "MONAI 2-D U-Net (residual units) predicting the bone layer, "
+                        f"{config.size} px; {figures['loss']}",
+        "opset": OPSET, "research_only": True,
+        "training_data": {"kind": "synthetic-phantom", "description": figures["data"],
+                          "n_train": config.train_phantoms},
+    }  # fmt: skip
+
+
 def train_extras(records: Sequence[Record], split: Split, workdir: Path, preset: str,
                  view_stage: str = "view") -> Extras:  # fmt: skip
     """Train, export and describe the finding classifier (+ heatmap) and the bone suppressor.
@@ -114,42 +156,16 @@ def train_extras(records: Sequence[Record], split: Split, workdir: Path, preset:
         files[f"{FINDING}_head.npz"],
     )
     bone_sha = export_bone(bone_net, bone_config.size, files[f"{BONE}.onnx"])
-    feature_hw = cls_config.size // 128
     licences = _licences(records)
-    finding_data = {
-        "kind": "real",
-        "description": "chest-multisite (COVID-19 image data collection, Cohen et al., "
-                       "arXiv:2003.11597), frontal images with a named finding, train patients",
-        "licences": licences,
-        "research_only": True,
-    }
-    stages = [
-        {"name": FINDING, "task": "classify", "file": f"{FINDING}.onnx", "sha256": cls_sha,
-         "input": _input(cls_config.size, classifier.MEAN, classifier.STD),
-         "labels": list(classifier.LABELS),
-         "outputs": {"logits": f"(N, {len(classifier.LABELS)})",
-                     "features": f"(N, {classifier.FEATURES}, {feature_hw}, {feature_hw})"},
-         "reads": {"image": "upright"}, "when": {view_stage: ["AP", "PA"]},
-         "architecture": cls_figures["architecture"], "opset": OPSET, "thresholds": {},
-         "research_only": True, "training_data": finding_data},
-        {"name": FINDING_CAM, "task": "heatmap", "reads": {"classifier": FINDING},
-         "file": f"{FINDING}_head.npz", "sha256": head_sha, "research_only": True},
-        {"name": BONE, "task": "derive", "file": f"{BONE}.onnx", "sha256": bone_sha,
-         "input": _input(bone_config.size, bone.MEAN, bone.STD),
-         "outputs": {"soft_tissue": f"(N, 1, {bone_config.size}, {bone_config.size})"},
-         "reads": {"image": "working"}, "when": {view_stage: ["AP", "PA"]},
-         "description": BONE_DESCRIPTION,
-         "architecture": "MONAI 2-D U-Net (residual units) predicting the bone layer, "
-                         f"{bone_config.size} px; {bone_figures['loss']}",
-         "opset": OPSET, "research_only": True,
-         "training_data": {"kind": "synthetic-phantom",
-                           "description": bone_figures["data"],
-                           "n_train": bone_config.train_phantoms}},
-    ]  # fmt: skip
+    data = finding_data(licences, "chest-multisite (COVID-19 image data collection, Cohen et al., "
+                        "arXiv:2003.11597), frontal images with a named finding, train patients")
+    stages = [*finding_stages(FINDING, cls_config.size, cls_sha, head_sha, cls_figures, data,
+                              {view_stage: ["AP", "PA"]}),
+              bone_stage(BONE, bone_config, bone_sha, bone_figures, {view_stage: ["AP", "PA"]})]
     figures = {"preset": preset, "finding_classifier": cls_figures, "bone_suppression": bone_figures,
                "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     training_data = {
-        FINDING: finding_data,
+        FINDING: data,
         BONE: stages[2]["training_data"],
         "attribution": "J. P. Cohen, P. Morrison, L. Dao et al., COVID-19 Image Data "
                        "Collection, arXiv:2003.11597 (2020)",

@@ -21,6 +21,9 @@ models/recipes/chest.toml --data <training> --labels <out>``:
   ``training_data.licenses``; most multisite images are non-commercial or unstated);
 * ``mask``: the image's machine-generated lung mask (``255`` = lung; 189 frontal multisite
   images), else empty: the recipe's lung segmenters train on the rows that have one;
+* ``finding``: the multisite set's finding (``COVID-19``, ``SARS``, ``Pneumonia``, ``No
+  Finding``, ``todo``, ...; empty for chest-views, which has none): the recipe's research-only
+  finding classifier trains on it (:mod:`models.chest.classifier` says what the labels support);
 * ``site``, ``source``, ``raw_view``: kept for leave-site-out work and for the record, listed
   in the recipe's ``labels.ignore_columns`` (the build accepts them unused).
 
@@ -31,8 +34,9 @@ the DEV set measures the worker, so a pack must never have trained on them.
 I's whole sites are held out (``test``), every other site trains.
 
 ``--patients-per-view N`` keeps a small subset for a smoke run: per view, the N patients
-first in an order drawn from ``--seed`` among those with an image of that view (at most
-``--images-per-patient`` images each, of that view); a patient is chosen for one view only.
+first in an order drawn from ``--seed`` among those with an image of that view (those with a
+lung mask first, the finding classes in turn; at most ``--images-per-patient`` images each,
+of that view); a patient is chosen for one view only.
 """
 
 from __future__ import annotations
@@ -43,10 +47,11 @@ import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from models.chest.classifier import finding_class
 from models.chest.multisite import LABELS, Record, read_records, site_folds
 
 COLUMNS = ("file", "view", "rotation_deg", "patient_key", "license", "site", "source", "raw_view",
-           "mask")
+           "mask", "finding")
 
 
 def subset(records: list[Record], patients_per_view: int, images_per_patient: int,
@@ -58,10 +63,15 @@ def subset(records: list[Record], patients_per_view: int, images_per_patient: in
     taken: set[str] = set()
     out: list[Record] = []
     for view in LABELS:
-        # Patients with a lung mask first, so that a smoke run trains the lung segmenters too.
-        patients = sorted(by_view[view], key=lambda p: (
+        # Patients with a lung mask first, so that a smoke run trains the lung segmenters too,
+        # taken in turn from each finding class (COVID-19, another finding, none), so that it
+        # trains the finding classifier on both of its classes.
+        ordered = sorted(by_view[view], key=lambda p: (
             not any(r.lung_mask for r in by_view[view][p]),
             hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()))  # fmt: skip
+        queues = [[p for p in ordered if finding_class(by_view[view][p][0].finding, view) == c]
+                  for c in (1, 0, None)]  # fmt: skip
+        patients = [q[i] for i in range(len(ordered)) for q in queues if i < len(q)]
         chosen = [p for p in patients if p not in taken][:patients_per_view]
         taken.update(chosen)
         for p in chosen:
@@ -99,7 +109,8 @@ def write_labels(training: Path, out: Path, patients_per_view: int | None = None
             row = {"file": r.path.relative_to(training).as_posix(), "view": r.view,
                    "rotation_deg": 0, "patient_key": r.patient, "license": r.license,
                    "site": r.site, "source": r.source, "raw_view": r.raw_view,
-                   "mask": r.lung_mask.relative_to(training).as_posix() if r.lung_mask else ""}  # fmt: skip
+                   "mask": r.lung_mask.relative_to(training).as_posix() if r.lung_mask else "",
+                   "finding": r.finding}  # fmt: skip
             if held_sites is not None:
                 row["split"] = "test" if r.site in held_sites else "train"
             writer.writerow(row)

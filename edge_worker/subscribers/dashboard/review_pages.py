@@ -30,6 +30,8 @@ from edge_worker.subscribers.review.store import (
 )
 
 NO_COPY = "no review copy (station has review copies off, or it expired)"
+#: Beside a research stage's heatmap toggle (paper 004's finding classifier).
+RESEARCH_HEATMAP = "research only, not a diagnosis, never part of the decision"
 STATUS_WORDS = {
     Status.NEW: "not reviewed", Status.GOOD: "tier one: good", Status.QUESTIONABLE: "tier one: questionable",
     Status.DISPUTED: "tier one: good, the network said retake (for tier two)", Status.REOPENED: "reopened (for tier two)",
@@ -199,6 +201,11 @@ def image_block(record: VerdictRecord, copy: Any | None) -> str:
     toggle = ""
     if heatmap_overlays(record.payload):
         toggle = '<label class="toggle"><input type="checkbox" id="heatmap-toggle" checked> heatmap overlay</label>'
+    research = heatmap_overlays(record.payload, research=True)
+    if research:
+        labels = ", ".join(label for label, _ in research)
+        toggle += ('<label class="toggle research"><input type="checkbox" id="research-heatmap-toggle"> '
+                   f'research heatmap ({_e(labels)}): {_e(RESEARCH_HEATMAP)}</label>')  # fmt: skip
     return f'<figure class="copy">{svg}{toggle}</figure>'
 
 

@@ -73,13 +73,17 @@ def _box(box: Any) -> tuple[float, float, float, float] | None:
     return None
 
 
-def heatmap_overlays(payload: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """``(label, PNG data URL)`` of each ``heatmaps.<label>.overlay`` the verdict carries."""
+def heatmap_overlays(payload: Mapping[str, Any], research: bool = False) -> list[tuple[str, str]]:
+    """``(label, PNG data URL)`` of each ``heatmaps.<label>.overlay`` the verdict carries: of
+    the stages that are part of the verdict, or with ``research`` of the research-only ones
+    (``research_only``: paper 004's finding classifier), which the page keeps apart."""
     found = []
     heatmaps = payload.get("heatmaps")
     if isinstance(heatmaps, Mapping):
         for label, entry in sorted(heatmaps.items()):
-            overlay = entry.get("overlay") if isinstance(entry, Mapping) else None
+            if not isinstance(entry, Mapping) or bool(entry.get("research_only")) != research:
+                continue
+            overlay = entry.get("overlay")
             if isinstance(overlay, str) and overlay.startswith("data:image/png;base64,"):
                 found.append((str(label), overlay))
     return found
@@ -101,6 +105,11 @@ def image_overlay(src: str, width: int, height: int, scale: float, payload: Mapp
     for label, url in heatmap_overlays(payload):
         out.append(f'<image class="heatmap" data-label="{escape(label)}" href="{escape(url)}" x="0" y="0" '
                    f'width="{width}" height="{height}" preserveAspectRatio="none" opacity="0.45"/>')  # fmt: skip
+    # Research maps: drawn hidden, shown only when the reviewer asks (their own toggle).
+    for label, url in heatmap_overlays(payload, research=True):
+        out.append(f'<image class="heatmap-research" data-label="{escape(label)}" href="{escape(url)}" '
+                   f'x="0" y="0" width="{width}" height="{height}" preserveAspectRatio="none" '
+                   'opacity="0.45" visibility="hidden"/>')  # fmt: skip
     roi = payload.get("roi")
     box = _box(roi.get("box")) if isinstance(roi, Mapping) else None
     if box is not None:

@@ -169,7 +169,9 @@ def entry_from_verdict(payload: dict[str, Any], received: float) -> dict[str, An
 def _heatmap(payload: dict[str, Any], msg_id: str) -> dict[str, str] | None:
     """The first heatmap with an overlay, as ``{"label", "overlay"}``; None if there is none.
 
-    Only for a thumbnail of the whole image (no ROI box): the overlay covers the whole image as
+    A research stage's map (``research_only``: paper 004's finding classifier) is never put on
+    the ward tile: the tile says what the view network looked at, and a research answer is no
+    part of the verdict a radiographer acts on (the review page lists it, marked).  Only for a thumbnail of the whole image (no ROI box): the overlay covers the whole image as
     stored, which is what such a thumbnail shows (:func:`edge_worker.judging.thumbnail.verdict_thumbnail`);
     over an ROI crop it would lie wrong.  An overlay over :data:`MAX_HEATMAP_CHARS` is dropped.
     """
@@ -177,6 +179,8 @@ def _heatmap(payload: dict[str, Any], msg_id: str) -> dict[str, str] | None:
         return None
     for label, heat in _table(payload.get("heatmaps")).items():
         overlay = _table(heat).get("overlay")
+        if _table(heat).get("research_only"):
+            continue
         if not (isinstance(label, str) and isinstance(overlay, str) and overlay.startswith(THUMBNAIL_PREFIX)):
             continue
         if len(overlay) > MAX_HEATMAP_CHARS:

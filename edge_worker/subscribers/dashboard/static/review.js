@@ -1,14 +1,17 @@
-// Review pages: the heatmap overlay's on/off toggle.  Everything else works without script.
+// Review pages: the heatmap overlays' on/off toggles (the verdict's maps, shown by default;
+// research-only maps, hidden until asked for).  Everything else works without script.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
-  const toggle = document.getElementById("heatmap-toggle");
-  if (!toggle) return;
-  const apply = () => {
-    for (const layer of document.querySelectorAll("#review-image .heatmap")) {
-      layer.setAttribute("visibility", toggle.checked ? "visible" : "hidden");
-    }
-  };
-  toggle.addEventListener("change", apply);
-  apply();
+  for (const [id, layers] of [["heatmap-toggle", ".heatmap"], ["research-heatmap-toggle", ".heatmap-research"]]) {
+    const toggle = document.getElementById(id);
+    if (!toggle) continue;
+    const apply = () => {
+      for (const layer of document.querySelectorAll(`#review-image ${layers}`)) {
+        layer.setAttribute("visibility", toggle.checked ? "visible" : "hidden");
+      }
+    };
+    toggle.addEventListener("change", apply);
+    apply();
+  }
 });
