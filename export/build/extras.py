@@ -81,7 +81,7 @@ def _finding(stage: Stage, recipe: Recipe, split: Split, labels_sha256: str, fol
     onnx, head = folder / f"{stage.name}.onnx", folder / f"{stage.name}_head.npz"
     onnx_sha, head_sha = export_cam_classifier(net, (h.height, h.height), onnx, head)
     files = {onnx.name: onnx, head.name: head}
-    used = [r for r in split.train if classifier.finding_label(chest_records([r])[0]) is not None]
+    used = [r for r in split.train if classifier.finding_class(r.finding, r.record.view) is not None]
     licences = dict(Counter(r.license or recipe.license or "unstated" for r in used).most_common())
     data = finding_data(licences, f"{len(used)} frontal training images of the labels file "
                         "whose `finding` names one (COVID-19 against another finding)")

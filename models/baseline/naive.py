@@ -188,7 +188,8 @@ class Naive:
             path = checkpoints / f"{name}.pt"
             if s.get("task") == "derive" or s.get("research_only"):
                 # export.build.extras saves paper 004's extras as their torch modules
-                self.nets[name] = torch.load(path, map_location="cpu", weights_only=False)["module"].eval()
+                saved = torch.load(path, map_location="cpu", weights_only=False)
+                self.nets[name] = saved["module"].eval()
             elif s.get("task") == "segment" and "box" not in s:
                 self.nets[name] = segment.load(path)[0]  # models/segment.py's checkpoints
             else:
