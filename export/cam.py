@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.onnx import ATOL, OPSET, RTOL, ExportError, check_parity
+from export.onnx import ATOL, OPSET, RTOL, ExportError, check_parity, strip_build_metadata
 from export.pack import sha256_of
 
 OUTPUT_NAMES = ("logits", "features")
@@ -56,6 +56,7 @@ def _export_onnx(net: CamClassifier, path: Path, channels: int, height: int, wid
     if program is None:
         raise ExportError("torch.onnx.export returned nothing for the CAM classifier")
     program.save(str(path))
+    strip_build_metadata(path)  # no file paths of the exporting machine in a pack
 
 
 def _check_head(onnx_path: Path, weights_path: Path, batch: np.ndarray) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edge_worker.backends import BACKENDS, probe_all, select
@@ -41,3 +43,36 @@ def test_preference_order_is_kept_and_failures_reported() -> None:
     assert "no-such-backend" in chosen.failures
     with pytest.raises(BackendError, match="no backend preference"):
         select([])
+
+
+def test_a_batch_larger_than_an_engines_profile_runs_in_slices(tmp_path: Path) -> None:
+    """TensorRT cannot run here; its session's slicing (``in_chunks``) is the part that decides
+    what a stage gets back, and is checked on a real ONNX Runtime session: every slice at most
+    ``largest`` images, the outputs the same as one run on the whole batch, in order."""
+    import numpy as np
+
+    from edge_worker.backends import LoadOptions, ort_cpu
+    from edge_worker.backends.tensorrt import in_chunks
+    from tests.tiny_packs import derive_model
+
+    path = tmp_path / "derive.onnx"  # image in, image out: each answer is its own image's
+    path.write_bytes(derive_model())
+    session = ort_cpu.load(path, LoadOptions(threads=1))
+    seen: list[int] = []
+
+    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
+        seen.append(batch.shape[0])
+        return session.run(batch)
+
+    batch = np.random.default_rng(3).uniform(-1, 1, (12, 1, 32, 32)).astype(np.float32)
+    whole = session.run(batch)
+    for largest, slices in ((8, [8, 4]), (5, [5, 5, 2]), (12, [12]), (20, [12])):
+        seen.clear()
+        got = in_chunks(run, batch, largest)
+        assert seen == slices
+        assert set(got) == set(whole)
+        assert not np.allclose(whole[next(iter(whole))][0], whole[next(iter(whole))][1])
+        for name in whole:
+            np.testing.assert_allclose(got[name], whole[name], atol=1e-6)
+    with pytest.raises(ValueError, match="largest"):
+        in_chunks(run, batch, 0)

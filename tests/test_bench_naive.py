@@ -95,6 +95,11 @@ def test_naive_judges_a_real_chest_dicom_as_the_worker_does(chest: tuple[Path, P
 
     assert ours["derived"] == sorted(n for n, r in theirs.results.items() if isinstance(r, DerivedResult))
     assert {"read_decode", "normalise", "net:orientation", "net:view", "total"} <= set(ours["times_ms"])
+    # Without a derived folder the worker leaves the derive stages out; so does this pipeline.
+    skipping = Naive(pack_dir, checkpoints, derive=False).judge(CHEST_DICOM)
+    assert skipping["derived"] == [] and (skipping["view"], skipping["decision"]) == (
+        ours["view"], ours["decision"])
+    assert not any(k.startswith("net:bone") for k in skipping["times_ms"])
 
 
 def test_bench_runs_the_built_pack_beside_the_straightforward_pipeline(

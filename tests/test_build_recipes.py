@@ -258,6 +258,14 @@ def test_short_chest_build_on_a_real_subset_judges_a_held_out_image(tmp_path: Pa
     assert cut["cropped"] >= 4 and 0 <= cut["detected"] <= cut["cropped"]
     assert cut["not_ok"] <= cut["cropped"] and 0 <= cut["false_alarms"] <= cut["uncropped"]
     assert set(pack.validation["per_stage"]) >= {"lungs_pa", "lungs_ap"}
+    # The orientation probes, on the per-stage figure's turns
+    probe = pack.validation["shortcut_check"]["orientation"]
+    assert probe["n"] == pack.validation["per_stage"]["orientation"]["n"]
+    assert probe["turned"]["mean_deg"] == pytest.approx(
+        pack.validation["per_stage"]["orientation"]["mae_deg"], abs=1e-2)
+    for key in ("corners_only", "no_corners", "as_stored"):
+        assert 0.0 <= probe[key]["mean_deg"] <= 180.0 and 0.0 <= probe[key]["within_10_deg"] <= 1.0
+    assert 0.0 <= probe["as_stored"]["quadrant_right"] <= 1.0
     held = _held_out(pack, labels)
     train_patients = {r["patient_key"] for r in rows} - {r["patient_key"] for r in held}
     assert not {r["patient_key"] for r in held} & train_patients

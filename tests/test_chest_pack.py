@@ -85,7 +85,7 @@ def remeasured() -> dict[str, Any]:
     from export.build.label_gate import test_rows
     from export.build.report import figures
     from export.build.segmented import evaluate_segmented, rule_figures
-    from export.build.shortcuts import shortcut_figures
+    from export.build.shortcuts import orientation_figures, shortcut_figures
 
     pack = load_pack(PACK)
     rows = test_rows(pack)
@@ -96,6 +96,7 @@ def remeasured() -> dict[str, Any]:
     pipeline = worker_pipeline(PACK)
     figs["chained"]["cut_off"] = cut_off_figures(pipeline, rows)
     figs["shortcut_check"] = shortcut_figures(pipeline, rows)
+    figs["orientation_check"] = orientation_figures(pipeline, rows, ORIENTATION_TURNS)
     return figs
 
 
@@ -115,6 +116,13 @@ def test_held_out_figures_reproduce(remeasured: dict[str, Any]) -> None:
             if key in theirs:
                 assert mine[key] == pytest.approx(theirs[key], abs=1e-3), (name, key)
     assert remeasured["shortcut_check"]["probes"] == stated["shortcut_check"]["probes"]
+    # The orientation probes (README): the turned figure is the per-stage one; on images
+    # framed as radiographs arrive (a quarter turn of a patient tilted up to 10 deg in a full
+    # frame) the stage finds the quadrant of nearly all.
+    probe = remeasured["orientation_check"]
+    assert probe == stated["shortcut_check"]["orientation"]
+    assert probe["turned"]["mean_deg"] == pytest.approx(stated["per_stage"]["orientation"]["mae_deg"], abs=1e-2)
+    assert probe["as_stored"]["quadrant_right"] > 0.95
 
 
 @pytest.mark.shared

@@ -135,6 +135,24 @@ def test_without_a_derived_folder_nothing_is_written_and_a_failed_write_is_a_val
     jsonschema.validate(outcome.payload, SCHEMA)
 
 
+def test_without_a_derived_folder_the_derive_stage_does_not_run(tmp_path: Path) -> None:
+    root = write_tiny_pack(tmp_path / "p", [VIEW, DERIVE])
+    source_path = _chest(tmp_path)
+    without, with_folder = _judge(root), _judge(root, derived_folder=tmp_path / "derived")
+    assert without.skip_tasks == {"derive"} and with_folder.skip_tasks == frozenset()
+    skipped, ran = without(source_path).payload, with_folder(source_path).payload
+    # The stage's own clock only where it ran; the rest of the verdict is the same.
+    assert "derive" not in skipped["timings_ms"] and "derive" in ran["timings_ms"]
+    assert "derived" not in skipped and len(ran["derived"]) == 1
+    assert (skipped["decision"], skipped["view"]) == (ran["decision"], ran["view"])
+    # Only a task that never decides may be left out.
+    pipeline = Pipeline(load_pack(root), select(["onnxruntime-cpu"]))
+    image = np.zeros((40, 40), np.float32)
+    assert "derive" not in pipeline.judge(image, None, {"derive"}).results
+    with pytest.raises(ValueError, match="cannot be skipped"):
+        pipeline.judge(image, None, {"classify"})
+
+
 def test_malformed_derive_stages_are_refused_at_load(tmp_path: Path) -> None:
     two = dict(DERIVE, outputs={"soft_tissue": "(N, 1, 32, 32)", "bone": "(N, 1, 32, 32)"})
     with pytest.raises(PackError, match="exactly one output image"):

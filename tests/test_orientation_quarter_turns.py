@@ -9,17 +9,16 @@ own), and a manifest that says anything but true or false is refused.
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge_worker.errors import PackError
-from edge_worker.packs.pack import load_pack, seal_manifest
+from edge_worker.packs.pack import load_pack
 from edge_worker.pipeline.stages import run_orientation_batch
+from tests.pack_copies import with_option
 
 REPO = Path(__file__).resolve().parents[1]
 PACK = REPO / "models" / "packs" / "chest"
@@ -31,16 +30,7 @@ pytestmark = [
 
 
 def _pack_with(tmp_path: Path, value: object) -> Path:
-    copy = tmp_path / f"chest-{value}"
-    shutil.copytree(PACK, copy)
-    path = copy / "manifest.json"
-    manifest = json.loads(path.read_text())
-    for entry in manifest["stages"]:
-        if entry["task"] == "orientation":
-            entry["quarter_turns"] = value
-    path.write_text(json.dumps(manifest, indent=2))
-    seal_manifest(copy)
-    return copy
+    return with_option(PACK, tmp_path / f"chest-{value}", "orientation", "quarter_turns", value)
 
 
 def _held_out_images(n: int) -> list[np.ndarray]:

@@ -8,6 +8,7 @@ foreign engine raises :class:`BackendError` that says how to build the right one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,25 @@ def engine_key(onnx_sha256: str, options: LoadOptions, gpu: GpuIdentity) -> Engi
     return EngineKey(onnx_sha256, gpu, options.precision, options.max_batch)
 
 
-class TrtSession:
-    """One deserialised engine with its execution context and device buffers."""
+def in_chunks(run: Callable[[np.ndarray], dict[str, np.ndarray]], batch: np.ndarray,
+              largest: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """``run`` on ``batch`` in slices of at most ``largest`` images, each output concatenated
+    back in order.  An engine's optimisation profile ends at its ``max_batch``, while a stage
+    may send more in one call: four quarter turns, or an image and its mirror, of each file of
+    a batch (4 files x 4 looks at 128 px is a chunk of 12 under ``MAX_BATCH_PIXELS``)."""
+    if largest < 1:
+        raise ValueError(f"largest must be >= 1, got {largest}")
+    if batch.shape[0] <= largest:
+        return run(batch)
+    parts = [run(batch[start : start + largest]) for start in range(0, batch.shape[0], largest)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
-    def __init__(self, engine_path: Path) -> None:
+
+class TrtSession:
+    """One deserialised engine with its execution context and device buffers; a batch larger
+    than the engine's profile (``max_batch``) is run in slices (:func:`in_chunks`)."""
+
+    def __init__(self, engine_path: Path, max_batch: int) -> None:
         import tensorrt as trt
 
         from edge_worker.backends import _cuda
@@ -79,6 +95,7 @@ class TrtSession:
             raise BackendError(f"{engine_path.name}: expected one input, found {self._inputs}")
         self._stream = self._check(self._cuda.cudaStreamCreate(), "cudaStreamCreate")
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self.max_batch = max_batch
 
     def _device(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
@@ -90,7 +107,11 @@ class TrtSession:
         return ptr
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Copy ``batch`` to the GPU, execute, copy every output back."""
+        """Copy ``batch`` to the GPU, execute, copy every output back (in slices of at most
+        ``max_batch`` images)."""
+        return in_chunks(self._run, batch, self.max_batch)
+
+    def _run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         cudart, trt = self._cuda, self._trt
         host = np.ascontiguousarray(batch, dtype=np.float32)
         name = self._inputs[0]
@@ -138,4 +159,4 @@ def find_engine(path: Path, options: LoadOptions, gpu: GpuIdentity) -> Path:
 
 def load(path: Path, options: LoadOptions) -> Any:
     """A session on the engine built on this box for the ONNX file at ``path``."""
-    return TrtSession(find_engine(path, options, gpu_identity()))
+    return TrtSession(find_engine(path, options, gpu_identity()), options.max_batch)

@@ -52,6 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-naive", action="store_true", help="skip the straightforward pipeline"
     )
+    parser.add_argument("--derived", action="store_true",
+                        help="the measured worker writes derived images ([derived] folder), so "
+                        "a pack's derive stages (bone suppression) run; by default, as in the "
+                        "worker's default configuration, they do not")  # fmt: skip
     parser.add_argument(
         "--skip-optimisations", action="store_true", help="skip the before/after figures"
     )
@@ -89,6 +93,7 @@ def run_command(args: argparse.Namespace) -> int:
         optimisations=not args.skip_optimisations,
         real=real,
         train_full=bool(args.train_full),
+        derived=bool(args.derived),
     )
     started = time.monotonic()
     report = run_bench(opts)

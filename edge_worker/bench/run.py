@@ -60,6 +60,10 @@ class BenchOptions:
     optimisations: bool = True
     real: Path | None = None
     train_full: bool = False
+    #: The measured worker writes derived images (``[derived] folder``), so a pack's derive
+    #: stages run; without it they do not, in the worker, in-process and in the
+    #: straightforward pipeline alike (the worker's default).
+    derived: bool = False
 
 
 def default_cache() -> Path:
@@ -84,7 +88,7 @@ def _worker_phase(pack: BenchPack, encoding: str, bases: list[BaseFile], root: P
                   broker: BenchBroker, opts: BenchOptions, backlog: int) -> dict[str, Any]:  # fmt: skip
     """Latency and backlog of one pack on one encoding, in a worker with a warm cache."""
     settings = WorkerSettings(pack.path, settle_s=opts.settle_s, batch_files=opts.batch,
-                              alone=pack.alone)  # fmt: skip
+                              alone=pack.alone, derived=opts.derived)  # fmt: skip
     run = WorkerRun(root, broker, settings, station=f"{encoding[:4]}-b{opts.batch}")
     try:
         startup = run.start()
@@ -102,7 +106,8 @@ def _worker_phase(pack: BenchPack, encoding: str, bases: list[BaseFile], root: P
     if encoding == "uncompressed" and opts.batch != 1 and not opts.quick:
         # The same backlog judged one file at a time: batching's before/after.
         run = WorkerRun(
-            root, broker, WorkerSettings(pack.path, settle_s=opts.settle_s, alone=pack.alone),
+            root, broker, WorkerSettings(pack.path, settle_s=opts.settle_s, alone=pack.alone,
+                                         derived=opts.derived),
             station="b1",
         )
         try:
@@ -126,11 +131,13 @@ def _cold_start(pack: BenchPack, root: Path, broker: BenchBroker, opts: BenchOpt
         run.stop()
 
 
-def _naive(pack: BenchPack, paths: list[Path], repeat: int) -> dict[str, Any]:
-    """The straightforward pipeline in its own process on ``paths``."""
+def _naive(pack: BenchPack, paths: list[Path], repeat: int, derived: bool) -> dict[str, Any]:
+    """The straightforward pipeline in its own process on ``paths`` (its derive stages only
+    where ``derived``, as in the measured worker)."""
     assert pack.checkpoints is not None
     cmd = [sys.executable, "-m", "models.baseline.naive", "--pack", str(pack.path),
-           "--checkpoints", str(pack.checkpoints), "--repeat", str(repeat), *map(str, paths)]  # fmt: skip
+           "--checkpoints", str(pack.checkpoints), "--repeat", str(repeat),
+           *([] if derived else ["--skip-derive"]), *map(str, paths)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
     if done.returncode != 0:
         raise BenchError(f"the straightforward pipeline failed:\n{done.stderr[-2000:]}")
@@ -162,7 +169,8 @@ def _pack_runs(pack: BenchPack, inputs: dict[str, list[BaseFile]], broker: Bench
         paths = [b.path for b in bases]
         _say(f"{pack.label}, {encoding}: per-stage latency in-process")
         run: dict[str, Any] = measure(
-            pack.path, paths, LoadOptions(), repeat=max(1, opts.files // len(paths))
+            pack.path, paths, LoadOptions(), repeat=max(1, opts.files // len(paths)),
+            skip_tasks=() if opts.derived else ("derive",),
         )
         _say(f"{pack.label}, {encoding}: the worker on the broker (latency, backlog of {backlog})")
         run.update(_worker_phase(pack, encoding, bases, root, broker, opts, backlog))
@@ -172,7 +180,8 @@ def _pack_runs(pack: BenchPack, inputs: dict[str, list[BaseFile]], broker: Bench
                 _say(
                     f"{pack.label}, {encoding}: the straightforward pipeline (torch, separate process)"
                 )
-                naive_runs[key] = _naive(pack, paths, repeat=max(1, opts.files // (2 * len(paths))))
+                naive_runs[key] = _naive(pack, paths, max(1, opts.files // (2 * len(paths))),
+                                         opts.derived)  # fmt: skip
             naive = naive_runs[key]
             ours_e2e = run["e2e_ms"]["p50"]
             run["naive"] = naive

@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,14 +97,16 @@ class ImageTiming:
 
 
 def time_image(pipeline: Pipeline, log: dict[str, list[float]], path: Path,
-               max_side: int | None = WORKING_MAX_SIDE) -> ImageTiming:  # fmt: skip
-    """Read, decode, normalise and judge ``path`` as the worker does, timing each part."""
+               max_side: int | None = WORKING_MAX_SIDE,
+               skip_tasks: Collection[str] = ()) -> ImageTiming:  # fmt: skip
+    """Read, decode, normalise and judge ``path`` as the worker does, timing each part
+    (``skip_tasks``: as :meth:`Pipeline.judge` takes them)."""
     for runs in log.values():
         runs.clear()
     start = time.perf_counter()
     image = read_radiograph(path, IngestPolicy(), max_side=max_side)
     read_total = (time.perf_counter() - start) * 1000.0
-    judgement = pipeline.judge(image.pixels)
+    judgement = pipeline.judge(image.pixels, None, skip_tasks)
     total = (time.perf_counter() - start) * 1000.0
     t = image.timings_ms
     parts = {
@@ -122,15 +124,16 @@ def time_image(pipeline: Pipeline, log: dict[str, list[float]], path: Path,
 
 
 def measure(pack_dir: Path, files: Sequence[Path], options: LoadOptions, repeat: int = 1,
-            max_side: int | None = WORKING_MAX_SIDE) -> dict[str, object]:  # fmt: skip
+            max_side: int | None = WORKING_MAX_SIDE,
+            skip_tasks: Collection[str] = ()) -> dict[str, object]:  # fmt: skip
     """Per-stage summaries over ``files`` x ``repeat`` (after one warm-up image)."""
     pipeline, log = timed_pipeline(load_pack(pack_dir), options)
-    time_image(pipeline, log, files[0], max_side)
+    time_image(pipeline, log, files[0], max_side, skip_tasks)
     per_part: dict[str, list[float]] = defaultdict(list)
     decisions = []
     for _ in range(repeat):
         for path in files:
-            timing = time_image(pipeline, log, path, max_side)
+            timing = time_image(pipeline, log, path, max_side, skip_tasks)
             for key, value in timing.parts.items():
                 per_part[key].append(value)
             decisions.append(timing.judgement.decision)

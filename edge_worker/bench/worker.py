@@ -37,6 +37,8 @@ class WorkerSettings:
     threads: int = 2
     batch_files: int = 1
     review_copy: bool = False  # [verdict] review_copy: a copy after each verdict
+    #: [derived] folder under the run's root: a pack's derive stages run and are written.
+    derived: bool = False
     #: The pack alone: no bundled packs (one covering the same body part would be refused
     #: beside it) and every image sent to it whatever its body part (the inputs are phantoms).
     alone: bool = False
@@ -57,6 +59,7 @@ def _toml(settings: WorkerSettings, root: Path, station: str, url: str) -> str:
         "[mqtt]", f'url = "{url}"', f'topic_prefix = "{_PREFIX}"',
         "[service]", 'metrics_listen = ""',
         "[verdict]", f"review_copy = {str(settings.review_copy).lower()}",
+        *(["[derived]", f"folder = {q(root / 'derived')}"] if settings.derived else []),
     ]) + "\n"  # fmt: skip
 
 

@@ -100,7 +100,9 @@ class Judge:
     ``heatmap_overlay_size``: when set, each heatmap in a verdict carries its overlay, a PNG
     of at most that many pixels a side (off by default, like the thumbnail).
     ``derived_folder``: where a ``derive`` stage's image is written as a DICOM Secondary
-    Capture (``[derived] folder``); ``None`` writes nothing.
+    Capture (``[derived] folder``); ``None`` writes nothing, and the derive stages do not run
+    (paper 004's bone suppressor took 16 ms of every frontal chest image on two cores, for an
+    image nobody would read: BENCHMARKS.md).
     """
 
     def __init__(
@@ -118,6 +120,8 @@ class Judge:
         self.pipeline = pipeline
         self.heatmap_overlay_size = heatmap_overlay_size
         self.derived_folder = derived_folder
+        #: Stages whose results nothing here would read.
+        self.skip_tasks: frozenset[str] = frozenset() if derived_folder else frozenset({"derive"})
         self.read = read or read_radiograph
         self.site = site
         self.station = station
@@ -203,7 +207,8 @@ class Judge:
         if ready:
             try:
                 judgements = self.pipeline.judge_many(
-                    [r.image.pixels for r in ready], [r.image.header for r in ready]
+                    [r.image.pixels for r in ready], [r.image.header for r in ready],
+                    self.skip_tasks,
                 )
                 results = {id(r): j for r, j in zip(ready, judgements)}
             except Exception as exc:
@@ -242,7 +247,7 @@ class Judge:
 
     def _judge_alone(self, r: _Read) -> Judgement | Rejection:
         try:
-            return self.pipeline.judge(r.image.pixels, r.image.header)
+            return self.pipeline.judge(r.image.pixels, r.image.header, self.skip_tasks)
         except Exception as exc:
             log.exception("inference failed on %s", printable(r.path.name))
             return _inference_failed(exc)

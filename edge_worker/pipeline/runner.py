@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +72,12 @@ class Judgement:
 #: Roles whose stages share one timing key, as version 1 reported them (roi_ap and roi_lat
 #: add up under ``roi``); other stages are timed under their own name.
 _TIMED_ROLES = ("orientation", "view", "roi", "quality")
+
+
+#: Tasks a caller may leave out of a judgement: their results never change a decision and no
+#: later stage reads them (a ``derive`` stage's image is for people, written only to a
+#: configured folder: :class:`edge_worker.judging.process.Judge` skips it without one).
+SKIPPABLE = frozenset({"derive"})
 
 
 def _inputs_ready(spec: StageSpec, item: Item) -> bool:
@@ -155,13 +161,15 @@ class Pipeline:
         synthetic = bool(spec.options["synthetic"]) or self.pack.synthetic
         return judge_volume(self._sessions[spec.name], spec, volume, spacing_mm, synthetic)
 
-    def judge(self, pixels: np.ndarray, header: Header | None = None) -> Judgement:
+    def judge(self, pixels: np.ndarray, header: Header | None = None,
+              skip_tasks: Collection[str] = ()) -> Judgement:  # fmt: skip
         """Judge one normalised image (float32 in [0, 1], display polarity)."""
-        return self.judge_many([pixels], [header])[0]
+        return self.judge_many([pixels], [header], skip_tasks)[0]
 
     def judge_many(
-        self, images: Sequence[np.ndarray], headers: Sequence[Header | None] | None = None
-    ) -> list[Judgement]:
+        self, images: Sequence[np.ndarray], headers: Sequence[Header | None] | None = None,
+        skip_tasks: Collection[str] = (),
+    ) -> list[Judgement]:  # fmt: skip
         """Judge several normalised images, running each network once on all that need it.
 
         The pack's stages run in list order; each runs once on every image it is due for (its
@@ -169,8 +177,13 @@ class Pipeline:
         with a batch of one, so batching changes how often a network runs, never what it
         computes.  ``headers`` (one per image, optional) bring the header cross-checks into the
         decision.  Each judgement's ``timings_ms`` are the batch's wall times by stage role,
-        with ``batch`` set to the batch size when it is above one.
+        with ``batch`` set to the batch size when it is above one.  ``skip_tasks``: tasks
+        (of :data:`SKIPPABLE`) whose stages are left out because nothing would read their
+        result: ``derive`` when no derived folder is configured.
         """
+        if unknown := set(skip_tasks) - SKIPPABLE:
+            raise ValueError(f"tasks {sorted(unknown)} cannot be skipped (only "
+                             f"{sorted(SKIPPABLE)}: they never change a decision)")  # fmt: skip
         if not images:
             return []
         if not self.pack.judges_radiographs:
@@ -185,7 +198,8 @@ class Pipeline:
             reduced = [working_image(pixels) for pixels in images]
         items = [Item(working=work, upright=work) for work, _ in reduced]
         for spec in self.pack.stages:
-            self._run_stage(spec, items, clock)
+            if spec.task not in skip_tasks:
+                self._run_stage(spec, items, clock)
         if len(items) > 1:
             timings["batch"] = float(len(items))
         return [

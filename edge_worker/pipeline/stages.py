@@ -119,11 +119,43 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 # with a batch of one, so batching changes how often a network runs, never what it computes.
 
 
-def view_from_logits(
-    spec: StageSpec, row: np.ndarray, features: np.ndarray | None = None
-) -> ViewResult:
-    """A single-label answer from one row of raw class scores: softmax, top label."""
+def mirrored(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each image mirrored left-right (a classify stage's ``mirrored_look``)."""
+    return [np.ascontiguousarray(image[:, ::-1]) for image in images]
+
+
+def with_mirrored_look(
+    session: Session, spec: StageSpec, images: Sequence[np.ndarray], outputs: Sequence[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The network's ``outputs`` for every image and, with the stage's ``mirrored_look``
+    option, the ``logits`` of every image mirrored left-right (``None`` without it).
+
+    Both looks go through the network in the same batches.  A projection (PA, AP, lateral)
+    is the same projection mirrored, so the mean of the two answers is the stage's answer:
+    on the chest pack's held-out patients and the unseen sites of four leave-site-out folds it
+    lifted the view network's balanced accuracy by 0.2 to 2.9 points, never lowering it (README).  A feature map for a
+    heatmap comes from the image as stored, never the mirror.
+    """
+    if not spec.options.get("mirrored_look"):
+        return image_batches(session, spec, images, outputs), None
+    both = image_batches(session, spec, [*images, *mirrored(images)], outputs)
+    n = len(images)
+    return {name: value[:n] for name, value in both.items()}, both["logits"][n:]
+
+
+def mean_softmax(row: np.ndarray, mirror: np.ndarray | None) -> np.ndarray:
+    """Softmax of one row of class scores, averaged with the mirrored look's when there is one."""
     probs = _softmax(row.astype(np.float64))
+    return probs if mirror is None else (probs + _softmax(mirror.astype(np.float64))) / 2.0
+
+
+def view_from_logits(
+    spec: StageSpec, row: np.ndarray, features: np.ndarray | None = None,
+    mirror: np.ndarray | None = None,
+) -> ViewResult:  # fmt: skip
+    """A single-label answer from one row of raw class scores: softmax (averaged with the
+    mirrored look's ``mirror`` row when given), top label."""
+    probs = mean_softmax(row, mirror)
     best = int(np.argmax(probs))
     return ViewResult(
         label=spec.labels[best],
@@ -136,8 +168,11 @@ def view_from_logits(
 def run_view_batch(
     session: Session, spec: StageSpec, images: Sequence[np.ndarray]
 ) -> list[ViewResult]:
-    """Classify the projection of each working image (in [0, 1])."""
-    return [view_from_logits(spec, row) for row in _run(session, spec, images, "logits")]
+    """Classify the projection of each working image (in [0, 1]); with the stage's
+    ``mirrored_look`` option the answers to each image and its mirror are averaged."""
+    outputs, mirror = with_mirrored_look(session, spec, images, ("logits",))
+    return [view_from_logits(spec, row, mirror=None if mirror is None else mirror[i])
+            for i, row in enumerate(outputs["logits"])]  # fmt: skip
 
 
 def box_result(

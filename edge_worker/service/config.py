@@ -235,7 +235,7 @@ class DerivedConfig:
     folder: str = ""
     """Where a pack's derived images (``derive`` stages, e.g. bone suppression) are written as
     DICOM Secondary Captures, named by their new SOP Instance UID; the verdict names the file.
-    Empty: none are written.  Never the watch folder nor inside it (the worker would judge its
+    Empty: none are written, and the derive stages do not run.  Never the watch folder nor inside it (the worker would judge its
     own output), nor the quarantine or state folder."""
 
 

@@ -31,7 +31,7 @@ from edge_worker.pipeline.preprocess import (
     to_tensor,
 )
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.pipeline.stages import run_orientation_batch
+from edge_worker.pipeline.stages import run_orientation_batch, run_view_batch
 from export.build.labels import Row
 from export.build.stages import upright
 from models.chest.augment import rotate
@@ -124,11 +124,10 @@ def per_stage(pipeline: Pipeline, rows: list[Row],
             if spec.applies_to_view is not None and spec.applies_to_view != rec.view:
                 continue
             if spec.role == "view" and view_spec is not None:
-                logits = run_network(pipeline, spec.name, image)
-                p = np.exp(logits - logits.max())
-                p /= p.sum()
-                out[spec.name].append({"true": rec.view, "pred": spec.labels[int(p.argmax())],
-                                       "confidence": float(p.max())})  # fmt: skip
+                # The worker's own function: the stage's options (mirrored_look) count.
+                view = run_view_batch(pipeline.session(spec.name), spec, [image])[0]
+                out[spec.name].append({"true": rec.view, "pred": view.label,
+                                       "confidence": view.confidence})  # fmt: skip
             elif spec.role == "roi" and up.roi is not None:
                 assert spec.input is not None
                 prob = image_part(run_network(pipeline, spec.name, image)[0], image.shape,

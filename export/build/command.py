@@ -95,7 +95,7 @@ def _stage_facts(s: Stage) -> dict[str, Any]:
     if s.classes:
         facts["classes"] = list(s.classes)
     for key, default in (("turn_any", False), ("quarter_turns", False),
-                         ("balance_classes", False), ("break_shortcuts", False),
+                         ("mirrored_look", False), ("balance_classes", False), ("break_shortcuts", False),
                          ("backbone", "efficientnet"), ("init_from", None),
                          ("mask_values", ()), ("mask_optional", False), ("frame_crops", False)):
         if getattr(s, key) != default and (s.task == "view" or key not in ("backbone",)):
@@ -119,11 +119,13 @@ def _thresholds(recipe: Recipe, task: str) -> dict[str, float]:
 
 def worker_options(pack: Path, recipe: Recipe) -> None:
     """Write the recipe's inference options into the pack's stage entries (resealed): an
-    orientation stage's ``quarter_turns``."""
+    orientation stage's ``quarter_turns``, a view stage's ``mirrored_look``."""
     from edge_worker.packs.pack import seal_manifest
 
     wanted = {s.name: {"quarter_turns": True} for s in recipe.stages
               if s.task == "orientation" and s.quarter_turns}  # fmt: skip
+    wanted.update({s.name: {"mirrored_look": True} for s in recipe.stages
+                   if s.task == "view" and s.mirrored_look})  # fmt: skip
     if not wanted:
         return
     path = pack / "manifest.json"
@@ -163,7 +165,7 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         rule_figures,
         write_segmented_pack,
     )
-    from export.build.shortcuts import shortcut_figures
+    from export.build.shortcuts import orientation_figures, shortcut_figures
     from export.build.stages import train_stages
     from export.cam_graph import add_heatmap_stage
     from export.onnx import ATOL, RTOL, ExportError, export_stage, load_checkpoint
@@ -254,6 +256,12 @@ def build(args: argparse.Namespace, log: Any = print) -> Path:
         figs["shortcut_check"] = shortcuts
         log("shortcut check (view network, every held-out image altered): " + ", ".join(
             f"{k} {v['accuracy']}" for k, v in shortcuts["probes"].items()))  # fmt: skip
+        corners = orientation_figures(written, split.test, turns)
+        if corners is not None:
+            shortcuts["orientation"] = corners
+            log("shortcut check (orientation, mean error): " + ", ".join(
+                f"{k} {corners[k]['mean_deg']} deg" for k in ("turned", "corners_only", "no_corners",
+                                                             "as_stored")))  # fmt: skip
     data_text = (f"{len(split.test)} images of {len({r.patient for r in split.test})} held-out "
                  f"patients (never trained on; split seed {split.seed}), read by the worker's "
                  "ingest and judged by its pipeline on ONNX Runtime sessions of this pack")

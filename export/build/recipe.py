@@ -87,7 +87,8 @@ RESIZE = ("stretch", "pad")
 #: Keys only some tasks take (docs/recipes.md).
 _TASK_KEYS = {"segment": ("classes", "mask_values", "mask_optional", "frame_crops"),
               "orientation": ("turn_any", "quarter_turns"),
-              "view": ("balance_classes", "backbone", "init_from", "break_shortcuts"),
+              "view": ("balance_classes", "backbone", "init_from", "break_shortcuts",
+                       "mirrored_look"),
               "finding": ("views",), "bone_suppression": ("views", "phantoms")}  # fmt: skip
 #: Task keys that are not true/false switches.
 _VALUED_KEYS = ("classes", "mask_values", "backbone", "init_from", "views", "phantoms")
@@ -120,6 +121,9 @@ class Stage:
     quarter_turns: bool = False
     #: view: draw each class equally often (a rare projection is not drowned by the common).
     balance_classes: bool = False
+    #: view: the worker also reads every image mirrored left-right and averages the two
+    #: answers (the manifest's ``mirrored_look``; inference only: the weights are the same).
+    mirrored_look: bool = False
     #: view: every training draw also given the chest shortcut breakers at random
     #: (:func:`models.chest.augment.view_augment`: burned-in text, lines, blanked borders,
     #: reframing, detector looks, a histogram drawn independently of the class), so that
@@ -309,6 +313,7 @@ def _stage(where: str, raw: dict[str, Any], preset: str, views: tuple[str, ...],
                  turn_any=bool(raw.get("turn_any", False)),
                  quarter_turns=bool(raw.get("quarter_turns", False)), backbone=backbone, init_from=init_from,
                  balance_classes=bool(raw.get("balance_classes", False)),
+                 mirrored_look=bool(raw.get("mirrored_look", False)),
                  break_shortcuts=bool(raw.get("break_shortcuts", False)),
                  classes=classes, mask_values=values,
                  mask_optional=bool(raw.get("mask_optional", False)),

@@ -93,7 +93,7 @@ def samples_for(stage: Stage, rows: list[Sample]) -> list[Sample]:
 
 #: Stage keys about how the worker runs the network, not how it is trained: a change keeps
 #: the checkpoint.
-INFERENCE_ONLY = frozenset({"quarter_turns"})
+INFERENCE_ONLY = frozenset({"quarter_turns", "mirrored_look"})
 
 
 def stage_key(stage: Stage, recipe: Recipe, labels_sha256: str, split: Split,

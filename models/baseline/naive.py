@@ -163,7 +163,9 @@ def crop(img: np.ndarray, box: Any) -> np.ndarray:
 class Naive:
     """The pack's networks as torch modules, and the per-file pipeline."""
 
-    def __init__(self, pack: Path, checkpoints: Path) -> None:
+    def __init__(self, pack: Path, checkpoints: Path, derive: bool = True) -> None:
+        #: Whether derive stages run: the worker runs them only with a derived folder.
+        self.derive = derive
         manifest = json.loads((pack / "manifest.json").read_text())
         if manifest.get("schema") == SCHEMA_V1:
             manifest = upgrade_manifest(manifest)
@@ -274,6 +276,10 @@ class Naive:
                 unsure |= counts and norm < thresholds.get("min_norm", 0.5)
             elif task == "classify":
                 probs = softmax(self.run(name, tensor(source, s), times)[0].astype(np.float64))
+                if s.get("mirrored_look"):  # the worker's second look, mirrored left-right
+                    mirror = np.ascontiguousarray(source[:, ::-1])
+                    probs = (probs + softmax(self.run(name, tensor(mirror, s), times)[0]
+                                             .astype(np.float64))) / 2.0  # fmt: skip
                 labels[name] = s["labels"][int(probs.argmax())]
                 unsure |= counts and float(probs.max()) < thresholds.get("min_confidence", 0.8)
                 if name == self.view_stage:
@@ -291,7 +297,7 @@ class Naive:
                 found = {c: m[y0 : y0 + ih, x0 : x0 + iw] for c, m in found.items()}
                 h, w = source.shape
                 masks[name] = (found, (w / iw, h / ih))
-            elif task == "derive":
+            elif task == "derive" and self.derive:
                 out = self.run(name, tensor(source, s), times)[0, 0]
                 t = time.perf_counter()
                 derived[name] = cv2.resize(out, (source.shape[1], source.shape[0]))
@@ -357,9 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pack", type=Path, required=True, help="the pack (thresholds, sizes)")
     parser.add_argument("--checkpoints", type=Path, required=True, help="its torch checkpoints")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--skip-derive", action="store_true",
+                        help="leave the derive stages out, as a worker without a derived folder does")  # fmt: skip
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    naive = Naive(args.pack, args.checkpoints)
+    naive = Naive(args.pack, args.checkpoints, derive=not args.skip_derive)
     load_s = time.perf_counter() - started
     naive.judge(args.files[0])  # warm-up: first-call allocations, as the worker's warm_up()
     results = [naive.judge(path) for _ in range(args.repeat) for path in args.files]

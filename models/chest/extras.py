@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from export.cam import export_cam_classifier
-from export.onnx import OPSET, ExportError, check_parity
+from export.onnx import OPSET, ExportError, check_parity, strip_build_metadata
 from export.pack import sha256_of
 from models.chest import bone, classifier
 from models.chest.bone import BoneConfig, BoneSuppressor
@@ -74,6 +74,7 @@ def export_bone(net: BoneSuppressor, size: int, path: Path) -> str:
     if program is None:
         raise ExportError("torch.onnx.export returned nothing for the bone suppressor")
     program.save(str(path))
+    strip_build_metadata(path)  # no file paths of the exporting machine in a pack
     radiographs, _ = bone.pairs(range(bone.TEST_SEED_START, bone.TEST_SEED_START + 2), size)
     check_parity(net, path, ((radiographs[:, None] - bone.MEAN) / bone.STD).astype(np.float32))
     return sha256_of(path)

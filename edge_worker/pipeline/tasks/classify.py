@@ -4,6 +4,10 @@ Single-label: softmax over ``labels``; under ``min_confidence`` the decision is 
 Multi-label: a sigmoid per label; a label at or above ``present`` (default 0.5) is a finding
 (``label_flagged``: a person looks).  A classifier that exports ``features`` (N, C, h, w)
 keeps each image's map in its result, for a ``heatmap`` stage to read.
+
+Option ``mirrored_look: true``: the network also reads each image mirrored left-right and the
+two answers (softmax or sigmoid) are averaged; for labels that a mirror does not change (a
+projection, a body part), not for a side (left/right marker) or anything lateralised.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_worker.judging.decision import Reason, view_reasons
-from edge_worker.pipeline.stages import image_batches, run_view_batch, view_from_logits
+from edge_worker.pipeline.stages import run_view_batch, view_from_logits, with_mirrored_look
 from edge_worker.pipeline.tasks.base import Context, Item, refuse, string_list
 
 if TYPE_CHECKING:
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
     from edge_worker.packs.pack import StageSpec
 
 NETWORK = True
-KEYS = frozenset({"labels", "multi_label"})
+KEYS = frozenset({"labels", "multi_label", "mirrored_look"})
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,10 @@ def parse(raw: Mapping[str, Any], where: str, earlier: Mapping[str, StageSpec]) 
         raise refuse(where, "labels", "a single-label classifier needs at least two labels")
     if "logits" not in raw.get("outputs", {}):
         raise refuse(where, "outputs", "a classify stage's network must output 'logits'")
-    return {"labels": labels, "multi_label": multi}
+    mirror = raw.get("mirrored_look", False)
+    if not isinstance(mirror, bool):
+        raise refuse(where, "mirrored_look", "must be true or false")
+    return {"labels": labels, "multi_label": multi, "mirrored_look": mirror}
 
 
 def role(options: Mapping[str, Any], is_view_stage: bool) -> str:
@@ -62,19 +69,23 @@ def run(session: Session | None, spec: StageSpec, items: Sequence[Item]) -> list
     keep = "features" in spec.outputs
     if not spec.options.get("multi_label") and not keep:
         return list(run_view_batch(session, spec, images))
-    outputs = image_batches(session, spec, images, ("logits", "features") if keep else ("logits",))
+    outputs, mirror = with_mirrored_look(session, spec, images,
+                                         ("logits", "features") if keep else ("logits",))  # fmt: skip
     results: list[Any] = []
     for i, row in enumerate(outputs["logits"]):
         features = outputs["features"][i] if "features" in outputs else None
+        other = None if mirror is None else mirror[i]
         if spec.options.get("multi_label"):
             probs = _sigmoid(row.astype(np.float64))
+            if other is not None:
+                probs = (probs + _sigmoid(other.astype(np.float64))) / 2.0
             cut = spec.threshold("present", 0.5)
             results.append(FlagsResult(
                 {label: float(p) for label, p in zip(spec.labels, probs)},
                 tuple(label for label, p in zip(spec.labels, probs) if p >= cut), features,
             ))  # fmt: skip
         else:
-            results.append(view_from_logits(spec, row, features))
+            results.append(view_from_logits(spec, row, features, other))
     return results
 
 
