@@ -133,8 +133,8 @@ def with_mirrored_look(
     Both looks go through the network in the same batches.  A projection (PA, AP, lateral)
     is the same projection mirrored, so the mean of the two answers is the stage's answer:
     on the chest pack's held-out patients and the unseen sites of four leave-site-out folds it
-    lifted the view network's balanced accuracy by 0.2 to 2.9 points, never lowering it (README).  A feature map for a
-    heatmap comes from the image as stored, never the mirror.
+    lifted the view network's balanced accuracy by 0.2 to 2.9 points, never lowering it
+    (README).  A feature map for a heatmap comes from the image as stored, never the mirror.
     """
     if not spec.options.get("mirrored_look"):
         return image_batches(session, spec, images, outputs), None

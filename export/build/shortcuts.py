@@ -17,6 +17,7 @@ images (``validation.pipeline`` is the chained figure; this is the view network 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -24,11 +25,15 @@ from typing import Any
 import numpy as np
 
 from edge_worker.pipeline.runner import Pipeline
-from edge_worker.pipeline.stages import run_view_batch
+from edge_worker.pipeline.stages import run_orientation_batch, run_view_batch
+from export.build.chain import ORIENTATION_SEED
 from export.build.labels import Row
 from export.build.report import class_recall
 from export.build.stages import upright
+from models.chest.augment import rotate
 from models.chest.shortcuts import equalise, mask_border, remove_text
+from models.evaluate import angular_error
+from models.turns import QUARTER_RESIDUE_DEG, seeded_turns
 
 PROBES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "unaltered": lambda img: img,
@@ -86,14 +91,6 @@ def orientation_figures(pipeline: Pipeline, rows: list[Row], turns: int) -> dict
     Mean, median and share within 10 deg of each; ``None`` for a pack without an orientation
     stage or without turns to measure on (a stage trained on labelled angles).
     """
-    import math
-
-    from edge_worker.pipeline.stages import run_orientation_batch
-    from export.build.chain import ORIENTATION_SEED
-    from models.chest.augment import rotate
-    from models.evaluate import angular_error
-    from models.turns import QUARTER_RESIDUE_DEG, seeded_turns
-
     spec = next((s for s in pipeline.pack.stages if s.role == "orientation"), None)
     if spec is None or turns <= 0 or not rows:
         return None
@@ -133,10 +130,6 @@ def orientation_figures(pipeline: Pipeline, rows: list[Row], turns: int) -> dict
 def _tilted_in_frame(image: np.ndarray, tilt: float) -> np.ndarray:
     """``image`` turned by ``tilt`` degrees and cut to the largest centred rectangle of its
     own aspect ratio that the turn leaves without black."""
-    import math
-
-    from models.chest.augment import rotate
-
     h, w = image.shape
     t = math.radians(abs(tilt))
     c, s = math.cos(t), math.sin(t)
